@@ -1,0 +1,58 @@
+"""hf_soups: model soups for the Hugging Face ecosystem.
+
+Average the weights of models fine-tuned from one pretrained checkpoint (Wortsman et al., ICML 2022,
+arXiv:2203.05482): uniform, weighted, greedy and learned soups, pulled from and pushed to the Hub.
+"""
+
+__version__ = "0.1.0"
+
+from .api import check_compatibility, soup_from_hub
+from .compat import CompatibilityReport, Problem
+from .errors import (
+    AuthenticationError,
+    CorruptCheckpointError,
+    DiskFullError,
+    EvaluationError,
+    IncompatibleIngredientsError,
+    IngredientNotFoundError,
+    LabelMismatchError,
+    NonFiniteTensorError,
+    NoSafetensorsError,
+    OutputExistsError,
+    PushError,
+    RecipeError,
+    RevisionNotFoundError,
+    SoupError,
+    UnsafeCheckpointError,
+)
+from .recipes import EvalSpec, Recipe
+from .refs import Ingredient, IngredientRef
+from .soup import Soup
+
+__all__ = [
+    "__version__",
+    "soup_from_hub",
+    "check_compatibility",
+    "Soup",
+    "Ingredient",
+    "IngredientRef",
+    "Recipe",
+    "EvalSpec",
+    "CompatibilityReport",
+    "Problem",
+    "SoupError",
+    "IncompatibleIngredientsError",
+    "IngredientNotFoundError",
+    "RevisionNotFoundError",
+    "AuthenticationError",
+    "NoSafetensorsError",
+    "UnsafeCheckpointError",
+    "CorruptCheckpointError",
+    "NonFiniteTensorError",
+    "OutputExistsError",
+    "DiskFullError",
+    "PushError",
+    "LabelMismatchError",
+    "EvaluationError",
+    "RecipeError",
+]

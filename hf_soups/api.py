@@ -1,0 +1,348 @@
+"""The one module that wires the Hub to the math: resolve -> preflight -> fetch -> plan -> merge -> card."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from . import constants
+from .checkpoint.local import local_meta
+from .checkpoint.reader import CheckpointReader, open_checkpoint
+from .checkpoint.writer import AtomicDirectory
+from .compat import CompatibilityReport, IngredientMeta, compare, init_distance_warnings, normalize_id2label, \
+    sample_tensor_names
+from .errors import SoupError
+from .merge import IntRule, build_plan, merge_to_directory
+from .modeling import check_remote_code
+from .recipes import EvalSpec, Recipe
+from .refs import Ingredient, IngredientRef
+from .soup import Soup
+
+__all__ = ["soup_from_hub", "check_compatibility", "Method"]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["uniform", "weighted", "greedy", "learned"]
+RefLike = str | os.PathLike | IngredientRef
+
+
+def _resolve_all(refs: Sequence[RefLike], revision: str | None, token: Any, endpoint: str | None,
+                 cache_dir: str | None) -> list[Ingredient]:
+    if isinstance(refs, (str, os.PathLike)):
+        refs = [refs]
+    if not refs:
+        raise SoupError("no ingredients given.", fix="pass a list of repo ids or checkpoint directories.")
+    parsed = [IngredientRef.parse(r, revision) for r in refs]
+    if all(p.is_local for p in parsed):
+        return [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
+    from . import hub
+
+    return [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+
+
+def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, cache_dir: str | None,
+           allow_pickle: bool) -> list[IngredientMeta]:
+    metas = []
+    for ing in ingredients:
+        if ing.repo_id is None:
+            assert ing.local_dir is not None
+            metas.append(local_meta(ing.local_dir, ing.name, allow_pickle=allow_pickle))
+        else:
+            from . import hub
+
+            metas.append(hub.fetch_meta(ing, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                        allow_pickle=allow_pickle))
+    return metas
+
+
+def _label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
+    ref = normalize_id2label(metas[0].config)
+    perms: list[list[int] | None] = []
+    for meta in metas:
+        labels = normalize_id2label(meta.config)
+        if ref is None or labels is None or labels == ref:
+            perms.append(None)
+            continue
+        index_of = {name: idx for idx, name in labels.items()}
+        perms.append([index_of[ref[j]] for j in range(len(ref))])
+    return perms
+
+
+def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any, endpoint: str | None,
+                  cache_dir: str | None, allow_pickle: bool, stack: contextlib.ExitStack) -> list[CheckpointReader]:
+    readers: list[CheckpointReader] = []
+    for ing in ingredients:
+        if ing.repo_id is not None and ing.local_dir is None:
+            from . import hub
+
+            if stream:
+                small = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
+                ing.local_dir = small
+                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=small)
+            else:
+                ing.local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                             allow_pickle=allow_pickle)
+                reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+        else:
+            assert ing.local_dir is not None
+            reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+        readers.append(stack.enter_context(reader))
+    return readers
+
+
+def check_compatibility(
+    refs: Sequence[RefLike],
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    align_labels: bool = False,
+    weight_check: bool = True,
+    allow_pickle: bool = False,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+) -> CompatibilityReport:
+    """Decide whether ingredients can be souped, before any weight is downloaded.
+
+    Compares `model_type`, `architectures`, tensor names, shapes and dtypes (from safetensors headers),
+    `id2label`, `num_labels`, tokenizer identity and declared `base_model`. With `weight_check=True`, local
+    ingredients also get a cheap weight-space test (relative L2 distance on a few tensors) flagging one that does
+    not share the others' pretrained init; it is a warning.
+
+    Args:
+        refs (`Sequence[str]`):
+            Hub repo ids (`"user/model"`, `"user/model@rev"`) or local checkpoint directories.
+        revision (`str`, *optional*):
+            Revision for references without their own `@rev`.
+        token (`str` or `bool`, *optional*):
+            Hub token for private repos.
+        align_labels (`bool`, *optional*, defaults to `False`):
+            Accept `id2label` permutations (the soup then permutes the classifier rows).
+        weight_check (`bool`, *optional*, defaults to `True`):
+            Run the weight-space init check on ingredients already on disk.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Accept `pytorch_model.bin` ingredients (read with `torch.load(weights_only=True)`).
+        endpoint, cache_dir (`str`, *optional*):
+            Hub endpoint and cache directory.
+
+    Returns:
+        [`CompatibilityReport`]: `.compatible`, `.problems` (each naming the ingredient, field or tensor, and the
+        fix) and `.warnings`.
+
+    Raises:
+        [`IngredientNotFoundError`], [`AuthenticationError`], [`NoSafetensorsError`], [`CorruptCheckpointError`]:
+            when an ingredient cannot be read at all.
+
+    Example:
+        ```python
+        >>> from hf_soups import check_compatibility
+        >>> report = check_compatibility(["user/ft-lr1e-4", "user/ft-lr2e-4"])
+        >>> report.compatible
+        True
+        ```
+    """
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
+    report = compare(metas, align_labels=align_labels)
+    if weight_check and report.compatible and all(i.local_dir for i in ingredients):
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name,  # type: ignore[arg-type]
+                                                           allow_pickle=allow_pickle)) for i in ingredients]
+            warnings, _ = init_distance_warnings([m.name for m in metas], readers,
+                                                 sample_tensor_names(metas[0].tensors))
+            report.warnings.extend(warnings)
+    return report
+
+
+def soup_from_hub(
+    refs: Sequence[RefLike],
+    method: Method = "uniform",
+    weights: Sequence[float] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    *,
+    revision: str | None = None,
+    stream: bool = False,
+    eval_dataset: Any = None,
+    metric: Any = "accuracy",
+    strict: bool = False,
+    eval_spec: EvalSpec | None = None,
+    dtype: torch.dtype | str | None = None,
+    int_rule: IntRule = "first",
+    align_labels: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    check_finite: bool = True,
+    overwrite: bool = False,
+    max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
+    base_model: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    eval_kwargs: dict[str, Any] | None = None,
+) -> Soup:
+    """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
+
+    Each reference is pinned to a commit sha, the compatibility verdict runs on config files and safetensors
+    headers before any weight is downloaded, then the soup is computed tensor by tensor in fp32 with bounded memory
+    and written atomically as sharded safetensors with config, tokenizer files and a model card.
+
+    Args:
+        refs (`Sequence[str]`):
+            Repo ids (`"user/ft-1"`, `"user/ft-2@v1"`) or local checkpoint directories, all fine-tuned from one base.
+        method (`str`, *optional*, defaults to `"uniform"`):
+            `"uniform"` (mean), `"weighted"` (`weights`, normalised to sum to 1), `"greedy"` (needs
+            `eval_dataset`) or `"learned"` (needs `eval_dataset`).
+        weights (`Sequence[float]`, *optional*):
+            One weight per ingredient, for `method="weighted"`.
+        output_dir (`str`, *optional*):
+            Where to write the soup; a new temporary directory when omitted. Must be empty unless `overwrite=True`.
+        token (`str` or `bool`, *optional*):
+            Hub token for private repos. Never logged or stored.
+        revision (`str`, *optional*):
+            Revision for references without their own `@rev`.
+        stream (`bool`, *optional*, defaults to `False`):
+            Read weights with HTTP range requests instead of downloading the ingredients.
+        eval_dataset (`datasets.Dataset`, *optional*):
+            Held-out data for greedy and learned soups.
+        metric (`str` or `evaluate.EvaluationModule`, *optional*, defaults to `"accuracy"`):
+            Metric for held-out scores.
+        strict (`bool`, *optional*, defaults to `False`):
+            Greedy accepts only strict improvements (`>`), instead of the paper's `>=`.
+        dtype (`torch.dtype`, *optional*):
+            Output dtype of floating tensors; defaults to the ingredients' dtype (the most precise one when mixed).
+        int_rule (`str`, *optional*, defaults to `"first"`):
+            How integer buffers that differ are resolved: `"first"`, `"max"` or `"error"`. They are never averaged.
+        align_labels (`bool`, *optional*, defaults to `False`):
+            Permute classifier rows of ingredients whose `id2label` is a permutation of the first one's.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Accept `pytorch_model.bin` ingredients, read only with `torch.load(weights_only=True)`.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Accept configs with `auto_map` (code from the repository).
+        check_finite (`bool`, *optional*, defaults to `True`):
+            Refuse ingredients holding NaN or Inf.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace a non-empty `output_dir`.
+        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
+            Largest output shard.
+        base_model (`str`, *optional*):
+            The shared pretrained checkpoint, recorded in the card.
+
+    Returns:
+        [`Soup`]: with `.output_dir`, `.method`, `.ingredients` (pinned `.revision`, `.weight`), a lazy `.model`,
+        `.card`, `.save_pretrained()` and `.push_to_hub()`.
+
+    Raises:
+        [`IncompatibleIngredientsError`]: the verdict is negative (its `.report` lists every problem).
+        [`IngredientNotFoundError`], [`RevisionNotFoundError`], [`AuthenticationError`]: a reference cannot be resolved.
+        [`NoSafetensorsError`], [`UnsafeCheckpointError`], [`CorruptCheckpointError`]: an ingredient cannot be read
+            safely.
+        [`NonFiniteTensorError`]: an ingredient holds NaN/Inf.
+        [`OutputExistsError`], [`DiskFullError`]: the output cannot be written; nothing partial is left.
+
+    Example:
+        ```python
+        >>> from hf_soups import soup_from_hub
+        >>> soup = soup_from_hub(["user/ft-1", "user/ft-2"], output_dir="soup")
+        >>> soup.ingredients[0].revision  # pinned commit sha
+        '5f0c...'
+        >>> soup.push_to_hub("user/my-soup")
+        ```
+    """
+    if method not in ("uniform", "weighted", "greedy", "learned"):
+        raise SoupError(f"unknown method {method!r}.", fix="use 'uniform', 'weighted', 'greedy' or 'learned'.")
+    if method == "weighted" and weights is None:
+        raise SoupError("method='weighted' needs weights.", fix="pass weights=[...] with one weight per ingredient.")
+    if method in ("greedy", "learned") and eval_dataset is None:
+        raise SoupError(f"method={method!r} needs held-out data.", fix="pass eval_dataset=<datasets.Dataset>.")
+    if output_dir is not None:  # fail fast, before any download
+        AtomicDirectory(output_dir, overwrite=overwrite)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    if weights is not None and len(weights) != len(ingredients):
+        raise SoupError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
+                        fix="pass one weight per ingredient.")
+    metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
+    for meta in metas:
+        check_remote_code(meta.config, meta.name, trust_remote_code)
+    report = compare(metas, align_labels=align_labels)
+    for w in report.warnings:
+        logger.warning("%s", w)
+    report.raise_if_incompatible()
+
+    with contextlib.ExitStack() as stack:
+        readers = _open_readers(ingredients, stream=stream, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                allow_pickle=allow_pickle, stack=stack)
+        tensor_maps = [r.tensors for r in readers]
+        if len(readers) > 1:
+            warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
+                                                 sample_tensor_names(tensor_maps[0]))
+            for w in warnings:
+                logger.warning("%s", w)
+            report.warnings.extend(warnings)
+        perms = _label_permutations(metas) if align_labels else None
+        num_labels = len(normalize_id2label(metas[0].config) or {}) or None
+        names = [i.name for i in ingredients]
+        plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=dtype, int_rule=int_rule,
+                          label_permutations=perms, num_labels=num_labels, check_finite=check_finite)
+        trace: list[dict[str, Any]] = []
+        scores: dict[str, float] = {}
+        evaluator = None
+        if method == "weighted":
+            plan = plan.with_weights(weights)  # type: ignore[arg-type]
+        elif method in ("greedy", "learned"):
+            from .recipes.greedy import choose_weights
+
+            chosen = choose_weights(method, plan, readers, ingredients, metas[0].config, eval_dataset, metric=metric,
+                                    strict=strict, progress=progress, **(eval_kwargs or {}))
+            plan, trace, scores, evaluator = chosen.plan, chosen.trace, chosen.scores, chosen.evaluator
+        for ing, w in zip(ingredients, plan.weights):
+            ing.weight = w
+            if ing.name in scores:
+                ing.score = scores[ing.name]
+        target = os.fspath(output_dir) if output_dir is not None else os.path.join(
+            tempfile.mkdtemp(prefix="hf-soup-"), "soup")
+        recipe = Recipe(
+            method=method, ingredients=tuple(i.name for i in ingredients), weights=plan.weights,
+            dtype=str(dtype).replace("torch.", "") if dtype is not None else None, int_rule=int_rule,
+            align_labels=align_labels, evaluation=eval_spec if eval_spec is not None else (
+                EvalSpec(dataset="<in-memory dataset>", metric=metric if isinstance(metric, str) else
+                         getattr(metric, "name", "metric"), strict=strict) if eval_dataset is not None else None),
+        )
+        soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
+                    trace=trace, scores=scores, base_model=base_model,
+                    metric=metric if isinstance(metric, str) else getattr(metric, "name", "metric"),
+                    trust_remote_code=trust_remote_code)
+        soup._evaluator = evaluator
+        with AtomicDirectory(target, overwrite=overwrite) as tmp:
+            merge_to_directory(plan, readers, tmp, max_shard_size=max_shard_size, names=names, progress=progress)
+            _copy_aux_files(ingredients[0], tmp, dtype)
+            soup.output_dir = tmp
+            soup.write_card()
+            soup.output_dir = target
+    return soup
+
+
+def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | None) -> None:
+    import json
+
+    assert first.local_dir is not None
+    for name in constants.AUX_FILES:
+        src = os.path.join(first.local_dir, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(target, name))
+    if dtype is not None:
+        path = os.path.join(target, "config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        name = str(dtype).replace("torch.", "")
+        for key in ("torch_dtype", "dtype"):
+            if key in config:
+                config[key] = name
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)

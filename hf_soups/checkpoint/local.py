@@ -1,0 +1,29 @@
+"""Compatibility metadata of a local checkpoint directory: config, headers, tokenizer identity, card."""
+
+from __future__ import annotations
+
+import os
+
+from ..compat import IngredientMeta
+from .meta import card_base_model, local_tokenizer_identity, read_config
+from .reader import open_checkpoint
+
+__all__ = ["local_meta"]
+
+
+def local_meta(directory: str, name: str, *, allow_pickle: bool = False) -> IngredientMeta:
+    """Read an [`IngredientMeta`] from a local directory: headers only, no weights.
+
+    Raises:
+        [`IngredientNotFoundError`], [`NoSafetensorsError`], [`CorruptCheckpointError`], [`UnsafeCheckpointError`].
+    """
+    config = read_config(os.path.join(directory, "config.json"), name)
+    with open_checkpoint(directory, ingredient=name, allow_pickle=allow_pickle) as reader:
+        tensors = dict(reader.tensors)
+    return IngredientMeta(
+        name=name,
+        config=config,
+        tensors=tensors,
+        tokenizer_hash=local_tokenizer_identity(directory),
+        base_model=card_base_model(os.path.join(directory, "README.md")),
+    )

@@ -1,0 +1,86 @@
+"""Reading the small files of a checkpoint: config, tokenizer identity, card metadata. No weights, no HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .. import constants
+from ..errors import CorruptCheckpointError, IngredientNotFoundError
+
+__all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "local_tokenizer_identity", "card_base_model", "find_files"]
+
+
+def read_config(path: str, ingredient: str) -> dict[str, Any]:
+    """Load `config.json`.
+
+    Raises:
+        [`IngredientNotFoundError`]: no config.json.
+        [`CorruptCheckpointError`]: it is not a JSON object.
+    """
+    if not os.path.isfile(path):
+        raise IngredientNotFoundError(
+            "no config.json found.", ingredient=ingredient, file="config.json",
+            fix="point to a transformers checkpoint saved with `save_pretrained`.",
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"config.json is not valid JSON ({e}).", ingredient=ingredient,
+                                     file="config.json", fix="re-export the checkpoint.") from None
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError("config.json is not a JSON object.", ingredient=ingredient, file="config.json")
+    return config
+
+
+def git_blob_sha(path: str) -> str:
+    """The git blob id of a local file: what the Hub reports as a file's `blobId`."""
+    h = hashlib.sha1()
+    h.update(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_identity(blob_ids: Mapping[str, str | None]) -> str | None:
+    """sha256 over `name:blob-id` of the tokenizer identity files present; `None` when there are none.
+
+    `tokenizer.json` alone identifies a fast tokenizer; otherwise the vocabulary files do. Hashing git blob ids
+    lets a Hub ingredient (ids from the API, nothing downloaded) and a local one (ids computed) be compared.
+    """
+    names = ["tokenizer.json"] if blob_ids.get("tokenizer.json") else list(constants.TOKENIZER_IDENTITY_FILES)
+    parts = [f"{n}:{blob_ids[n]}" for n in names if blob_ids.get(n)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else None
+
+
+def local_tokenizer_identity(directory: str) -> str | None:
+    """[`tokenizer_identity`] of the tokenizer files in a local directory."""
+    return tokenizer_identity({n: git_blob_sha(p) for n, p in find_files(directory).items()})
+
+
+def card_base_model(readme_path: str | None) -> tuple[str, ...] | None:
+    """The `base_model` declared in a model card's front matter, if any."""
+    if readme_path is None or not os.path.isfile(readme_path):
+        return None
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme_path) or {}
+    except Exception:  # a malformed card must not stop a soup
+        return None
+    base = meta.get("base_model")
+    if isinstance(base, str):
+        return (base,)
+    if isinstance(base, list) and all(isinstance(b, str) for b in base):
+        return tuple(base)
+    return None
+
+
+def find_files(directory: str, names: tuple[str, ...] = constants.TOKENIZER_IDENTITY_FILES) -> dict[str, str]:
+    """The subset of `names` present in `directory`, as name -> path."""
+    return {n: os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))}

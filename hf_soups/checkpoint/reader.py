@@ -1,0 +1,305 @@
+"""Lazy checkpoint readers: tensor names, shapes and dtypes from headers; weights only when asked for.
+
+A reader is a `Mapping[str, torch.Tensor]`, so the merge math also accepts plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from ..errors import CorruptCheckpointError, IngredientNotFoundError, NoSafetensorsError, UnsafeCheckpointError
+from .format import DTYPES, TensorInfo, dtype_code, parse_header
+from .sources import ByteSource, LocalFileSource
+
+__all__ = [
+    "CheckpointReader",
+    "SafetensorsReader",
+    "StateDictReader",
+    "open_checkpoint",
+    "safe_join",
+    "SAFETENSORS_SINGLE",
+    "SAFETENSORS_INDEX",
+]
+
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+class CheckpointReader(Mapping[str, torch.Tensor]):
+    """Base class: `.tensors` maps names to [`TensorInfo`]; indexing returns a tensor that owns its memory."""
+
+    tensors: dict[str, TensorInfo]
+    ingredient: str | None = None
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor, into `buffer` (a flat `uint8` tensor) when given. The result may alias `buffer`."""
+        raise NotImplementedError
+
+    def read_range(self, name: str, start: int, count: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read elements `[start, start + count)` of the flattened tensor, into `buffer` when given."""
+        return self.read(name).reshape(-1)[start : start + count]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise KeyError(name)
+        return self.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SafetensorsReader(CheckpointReader):
+    """Reads tensors from safetensors files through [`ByteSource`]s, parsing every header up front.
+
+    Args:
+        sources (`dict[str, ByteSource]`):
+            One byte source per shard file name.
+        weight_map (`dict[str, str]`, *optional*):
+            The index's tensor -> file map. Checked against the headers when given.
+        ingredient (`str`, *optional*):
+            Name used in errors.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, ByteSource],
+        weight_map: Mapping[str, str] | None = None,
+        ingredient: str | None = None,
+    ) -> None:
+        self.ingredient = ingredient
+        self.sources = dict(sources)
+        self.tensors = {}
+        self.metadata: dict[str, dict[str, str]] = {}
+        for file, source in self.sources.items():
+            infos, meta = parse_header(source.read, source.size, file, ingredient)
+            self.metadata[file] = meta
+            for name, info in infos.items():
+                if weight_map is not None and weight_map.get(name, file) != file:
+                    continue  # the index says another shard owns this name
+                if name in self.tensors:
+                    raise CorruptCheckpointError(
+                        f"stored in both '{self.tensors[name].file}' and '{file}'.", ingredient=ingredient,
+                        tensor=name, fix="re-export the checkpoint so that each tensor is stored once.",
+                    )
+                self.tensors[name] = info
+        if weight_map is not None:
+            for name, file in weight_map.items():
+                if name not in self.tensors:
+                    raise CorruptCheckpointError(
+                        f"the index maps it to '{file}', whose header does not hold it.", ingredient=ingredient,
+                        tensor=name, file=SAFETENSORS_INDEX, fix="re-download the checkpoint; the index and shards disagree.",
+                    )
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        info = self.tensors[name]
+        dtype = DTYPES[info.dtype]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        if buffer is None or buffer.numel() < info.nbytes:
+            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        raw = buffer[: info.nbytes]
+        got = self.sources[info.file].readinto(info.start, memoryview(raw.numpy()))
+        if got != info.nbytes:
+            raise CorruptCheckpointError(
+                f"expected {info.nbytes} bytes at offset {info.start}, got {got}: the file is truncated.",
+                ingredient=self.ingredient, file=info.file, tensor=name, fix="re-download the checkpoint.",
+            )
+        return raw.view(dtype).view(info.shape)
+
+    def read_range(self, name: str, start: int, count: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        info = self.tensors[name]
+        dtype = DTYPES[info.dtype]
+        size = torch.empty((), dtype=dtype).element_size()
+        nbytes = count * size
+        if nbytes == 0:
+            return torch.empty(0, dtype=dtype)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+        raw = buffer[:nbytes]
+        offset = info.start + start * size
+        got = self.sources[info.file].readinto(offset, memoryview(raw.numpy()))
+        if got != nbytes:
+            raise CorruptCheckpointError(
+                f"expected {nbytes} bytes at offset {offset}, got {got}: the file is truncated.",
+                ingredient=self.ingredient, file=info.file, tensor=name, fix="re-download the checkpoint.",
+            )
+        return raw.view(dtype)
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+
+
+class StateDictReader(CheckpointReader):
+    """A reader over tensors already in memory (tests, pickled checkpoints loaded with `weights_only=True`)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], ingredient: str | None = None, file: str = "<memory>"):
+        self.ingredient = ingredient
+        self._state = {k: v.detach() for k, v in state_dict.items()}
+        self.tensors = {
+            k: TensorInfo(k, dtype_code(v.dtype), tuple(v.shape), file, -1, v.numel() * v.element_size())
+            for k, v in self._state.items()
+        }
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self._state[name]
+
+
+def _allowed_roots(directory: str) -> list[str]:
+    real = os.path.realpath(directory)
+    roots = [real]
+    # A huggingface_hub cache snapshot (<repo>/snapshots/<sha>) links its files into <repo>/blobs.
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+    return roots
+
+
+def safe_join(directory: str, relative: str, ingredient: str | None = None, file: str | None = None) -> str:
+    """Join `relative` onto `directory`, refusing absolute paths, `..` and symlinks that escape it.
+
+    Raises:
+        [`UnsafeCheckpointError`]: when the path would leave the checkpoint directory.
+    """
+    def refuse(why: str) -> UnsafeCheckpointError:
+        return UnsafeCheckpointError(
+            f"refers to '{relative}', which {why}.", ingredient=ingredient, file=file or relative,
+            fix="only use checkpoints whose index names files inside the checkpoint directory.",
+        )
+
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise refuse("is not a file name")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        raise refuse("is an absolute path")
+    parts = relative.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise refuse("climbs out of the directory with '..'")
+    path = os.path.join(directory, *parts)
+    real = os.path.realpath(path)
+    if not any(real == root or real.startswith(root + os.sep) for root in _allowed_roots(directory)):
+        raise refuse("is a symlink that escapes the checkpoint directory")
+    return path
+
+
+def _load_index(directory: str, index_name: str, ingredient: str | None) -> dict[str, str]:
+    path = safe_join(directory, index_name, ingredient)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise TypeError("weight_map must map strings to strings")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"cannot read the shard index ({e}).", ingredient=ingredient, file=index_name,
+            fix="re-download or re-export the checkpoint.",
+        ) from None
+    return weight_map
+
+
+def open_checkpoint(
+    directory: str | os.PathLike[str], *, ingredient: str | None = None, allow_pickle: bool = False
+) -> CheckpointReader:
+    """Open the weights of a transformers checkpoint directory lazily.
+
+    Looks for `model.safetensors.index.json`, then `model.safetensors`. Pickled weights (`pytorch_model.bin`)
+    are refused unless `allow_pickle=True`, and then loaded only with `torch.load(weights_only=True)`.
+
+    Args:
+        directory (`str` or `os.PathLike`):
+            The checkpoint directory.
+        ingredient (`str`, *optional*):
+            Name used in errors; defaults to the directory.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Accept `pytorch_model.bin` checkpoints, loaded with `torch.load(weights_only=True)`.
+
+    Returns:
+        [`CheckpointReader`]: a lazy mapping of tensor names to tensors.
+
+    Raises:
+        [`IngredientNotFoundError`]: the directory does not exist.
+        [`NoSafetensorsError`]: no safetensors weights and `allow_pickle=False`.
+        [`UnsafeCheckpointError`]: the index points outside the directory.
+        [`CorruptCheckpointError`]: a header or index is malformed.
+    """
+    directory = os.fspath(directory)
+    ingredient = ingredient or directory
+    if not os.path.isdir(directory):
+        raise IngredientNotFoundError(
+            "no such checkpoint directory.", ingredient=ingredient, fix="check the path, or pass a Hub repo id."
+        )
+    if os.path.exists(os.path.join(directory, SAFETENSORS_INDEX)):
+        weight_map = _load_index(directory, SAFETENSORS_INDEX, ingredient)
+        files = sorted(set(weight_map.values()))
+    elif os.path.exists(os.path.join(directory, SAFETENSORS_SINGLE)):
+        weight_map, files = None, [SAFETENSORS_SINGLE]
+    else:
+        return _open_pickle(directory, ingredient, allow_pickle)
+    sources: dict[str, ByteSource] = {}
+    try:
+        for file in files:
+            path = safe_join(directory, file, ingredient, SAFETENSORS_INDEX if weight_map else None)
+            if not os.path.isfile(path):
+                raise CorruptCheckpointError(
+                    "the index names this shard but it is missing.", ingredient=ingredient, file=file,
+                    fix="re-download the checkpoint (all shards).",
+                )
+            sources[file] = LocalFileSource(path, name=file)
+        return SafetensorsReader(sources, weight_map, ingredient)
+    except BaseException:
+        for source in sources.values():
+            source.close()
+        raise
+
+
+def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> CheckpointReader:
+    has_single = os.path.exists(os.path.join(directory, PICKLE_SINGLE))
+    has_index = os.path.exists(os.path.join(directory, PICKLE_INDEX))
+    if not (has_single or has_index):
+        raise NoSafetensorsError(
+            "no weights found (neither model.safetensors nor model.safetensors.index.json).",
+            ingredient=ingredient, fix="point to a directory written by `save_pretrained`.",
+        )
+    if not allow_pickle:
+        raise NoSafetensorsError(
+            f"only pickled weights ({PICKLE_INDEX if has_index else PICKLE_SINGLE}) were found, and loading pickles "
+            "can run arbitrary code.", ingredient=ingredient,
+            fix="convert the checkpoint to safetensors, or pass allow_pickle=True to load it with "
+            "torch.load(weights_only=True).",
+        )
+    files = sorted(set(_load_index(directory, PICKLE_INDEX, ingredient).values())) if has_index else [PICKLE_SINGLE]
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        path = safe_join(directory, file, ingredient)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise UnsafeCheckpointError(
+                f"refused by torch.load(weights_only=True): {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                ingredient=ingredient, file=file,
+                fix="this file holds more than tensors; convert it to safetensors in a sandbox you trust.",
+            ) from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise CorruptCheckpointError("does not hold a state dict of tensors.", ingredient=ingredient, file=file)
+        state.update(loaded)
+    return StateDictReader(state, ingredient, file=files[0])

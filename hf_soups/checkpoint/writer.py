@@ -1,0 +1,268 @@
+"""Writing soups: a streaming sharded safetensors writer and an atomic output directory.
+
+The writer knows every output tensor's name, dtype and shape before the first byte is written, so it writes each
+shard's header up front and then streams tensor bytes: memory stays independent of the shard size.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from types import TracebackType
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards  # noqa: F401  (documented equivalent)
+from huggingface_hub.serialization import split_state_dict_into_shards_factory
+
+from .. import constants
+from ..errors import DiskFullError, OutputExistsError, SoupError
+from .format import build_header, dtype_code, itemsize
+from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+
+__all__ = ["AtomicDirectory", "ShardedSafetensorsWriter", "parse_size"]
+
+_TMP_MARK = ".hf-soups-tmp-"
+
+
+def parse_size(size: int | str) -> int:
+    """`"5GB"` -> 5_000_000_000; ints pass through."""
+    if isinstance(size, int):
+        return size
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    return parse_size_to_int(size)
+
+
+def _fsync_enabled() -> bool:
+    return os.environ.get("HF_SOUPS_FSYNC", "0").lower() in {"1", "true", "yes"}
+
+
+class AtomicDirectory:
+    """Build a directory under a temporary sibling name and rename it into place only on success.
+
+    A failure (an exception, or a kill) never leaves a partial `output_dir`: at worst a hidden
+    `.<name>.hf-soups-tmp-<pid>-*` sibling, which the next run removes once its process is gone.
+
+    Args:
+        output_dir (`str`):
+            The final directory.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace an existing non-empty `output_dir`. Without it, such a directory raises [`OutputExistsError`].
+
+    Raises:
+        [`OutputExistsError`]: `output_dir` exists, is not empty, and `overwrite=False`.
+        [`DiskFullError`]: the disk filled up while writing; the partial output was removed.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
+        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.overwrite = overwrite
+        self.tmp_dir: str | None = None
+        if os.path.exists(self.output_dir) and not overwrite:
+            if not os.path.isdir(self.output_dir) or os.listdir(self.output_dir):
+                raise OutputExistsError(
+                    "the output directory exists and is not empty.", file=self.output_dir,
+                    fix="choose another output_dir, or pass overwrite=True to replace it.",
+                )
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.output_dir)
+        os.makedirs(parent, exist_ok=True)
+        _remove_stale_siblings(parent, os.path.basename(self.output_dir))
+        prefix = f".{os.path.basename(self.output_dir)}{_TMP_MARK}{os.getpid()}-"
+        self.tmp_dir = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        return self.tmp_dir
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.tmp_dir is not None
+        if exc_type is None:
+            try:
+                self._commit()
+                return
+            except BaseException as e:
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+                _raise_disk_full(e, self.output_dir)
+                raise
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if exc is not None:
+            _raise_disk_full(exc, self.output_dir)
+
+    def _commit(self) -> None:
+        assert self.tmp_dir is not None
+        if _fsync_enabled():
+            for name in os.listdir(self.tmp_dir):
+                fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if os.path.lexists(self.output_dir):
+            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output_dir)}{_TMP_MARK}old-",
+                                     dir=os.path.dirname(self.output_dir))
+            os.rename(self.output_dir, os.path.join(trash, "old"))
+            os.rename(self.tmp_dir, self.output_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(self.tmp_dir, self.output_dir)
+
+
+def _raise_disk_full(exc: BaseException, output_dir: str) -> None:
+    if isinstance(exc, OSError) and not isinstance(exc, SoupError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            "the disk is full; the partial output was removed.", file=output_dir,
+            fix="free space or choose an output_dir on a larger disk, then run again.",
+        ) from exc
+
+
+def _remove_stale_siblings(parent: str, base: str) -> None:
+    prefix = f".{base}{_TMP_MARK}"
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ShardedSafetensorsWriter:
+    """Stream tensors into sharded safetensors files whose headers are written before the data.
+
+    Sharding follows huggingface_hub's `split_state_dict_into_shards_factory` (the algorithm behind
+    `split_torch_state_dict_into_shards`), fed with sizes known from the plan.
+
+    Args:
+        directory (`str`):
+            Where to write the shards and, when there are several, `model.safetensors.index.json`.
+        entries (`list[tuple[str, torch.dtype, tuple[int, ...]]]`):
+            Every output tensor's name, dtype and shape.
+        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
+            Largest shard.
+        metadata (`dict[str, str]`, *optional*):
+            Extra `__metadata__` strings; `{"format": "pt"}` is always set.
+
+    Tensors must then be passed to [`write`] in the order of [`order`].
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.metadata = {**(metadata or {}), "format": "pt"}
+        specs = {name: (dtype_code(dtype), tuple(shape)) for name, dtype, shape in entries}
+        sizes = {name: _nbytes(code, shape) for name, (code, shape) in specs.items()}
+        split = split_state_dict_into_shards_factory(
+            {name: _Planned(name) for name in specs},  # (plain strings would be skipped as bnb metadata)
+            get_storage_size=lambda t: sizes[t.name],
+            filename_pattern="model{suffix}.safetensors",
+            max_shard_size=parse_size(max_shard_size),
+        )
+        self.files: list[tuple[str, list[str]]] = [
+            (file, [n for n in specs if n in set(names)]) for file, names in split.filename_to_tensors.items()
+        ]
+        if len(self.files) == 1:
+            self.files = [(SAFETENSORS_SINGLE, self.files[0][1])]
+        self.specs = specs
+        self.total_size = sum(sizes.values())
+        self.order: list[str] = [n for _, names in self.files for n in names]
+        self._position = 0
+        self._file_index = -1
+        self._handle = None
+        self._remaining = 0
+        self._offset = 0
+
+    def _open_next(self) -> None:
+        self._close_handle()
+        self._file_index += 1
+        file, names = self.files[self._file_index]
+        header, _ = build_header([(n, *self.specs[n]) for n in names], self.metadata)
+        self._handle = open(os.path.join(self.directory, file), "wb")
+        self._handle.write(header)
+        self._remaining = len(names)
+
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor, whole or as consecutive flat chunks of it, in the planned order and dtype."""
+        expected = self.order[self._position] if self._position < len(self.order) else None
+        if name != expected:
+            raise SoupError(f"writer expected tensor {expected!r} next, got {name!r}.", tensor=name)
+        code, shape = self.specs[name]
+        if dtype_code(tensor.dtype) != code:
+            raise SoupError(f"planned as {code} but got {dtype_code(tensor.dtype)}.", tensor=name)
+        if self._offset == 0 and self._remaining == 0:
+            self._open_next()
+        assert self._handle is not None
+        nbytes = tensor.numel() * tensor.element_size()
+        total = _nbytes(code, shape)
+        if self._offset + nbytes > total:
+            raise SoupError(f"got {self._offset + nbytes} bytes for a {total}-byte tensor.", tensor=name)
+        if nbytes:
+            self._handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        self._offset += nbytes
+        if self._offset == total:
+            self._offset = 0
+            self._remaining -= 1
+            self._position += 1
+
+    def close(self) -> list[str]:
+        """Finish the last shard and write the index; returns the files written."""
+        if self._position != len(self.order):
+            raise SoupError(f"writer closed after {self._position} of {len(self.order)} tensors.")
+        if not self.order:  # an empty plan still yields a valid (empty) checkpoint
+            self._open_next()
+        self._close_handle()
+        written = [file for file, _ in self.files]
+        if len(self.files) > 1:
+            index = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": {n: file for file, names in self.files for n in names},
+            }
+            with open(os.path.join(self.directory, SAFETENSORS_INDEX), "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+                f.write("\n")
+            written.append(SAFETENSORS_INDEX)
+        return written
+
+    def abort(self) -> None:
+        self._close_handle()
+
+
+class _Planned:
+    """A placeholder for a tensor not computed yet, sized from the plan."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _nbytes(code: str, shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * itemsize(code)

@@ -1,0 +1,282 @@
+"""The compatibility verdict: pure functions over configs, safetensors headers and tokenizer hashes.
+
+Nothing here reads weights or speaks HTTP; [`init_distance_warnings`] is the one check that reads a small sample of
+tensors, through readers handed to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from . import constants
+from .checkpoint.format import TensorInfo
+from .errors import IncompatibleIngredientsError
+
+__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label"]
+
+_HEAD_MARKERS = ("classifier", "score", "head", "logits", "fc.")
+
+
+@dataclass(frozen=True)
+class IngredientMeta:
+    """What the verdict needs of one ingredient; gathered from small files and headers only.
+
+    Attributes:
+        name (`str`): how the ingredient is named in messages.
+        config (`dict`): its `config.json`.
+        tensors (`dict[str, TensorInfo]`): names, dtypes and shapes from the safetensors headers.
+        tokenizer_hash (`str` or `None`): sha256 over its tokenizer files, `None` if it has none.
+        base_model (`tuple[str, ...]` or `None`): `base_model` declared in its model card, if any.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    tensors: Mapping[str, TensorInfo]
+    tokenizer_hash: str | None = None
+    base_model: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of the verdict.
+
+    Attributes:
+        ingredient (`str`): the ingredient concerned.
+        field (`str`): the config field, or `tensor <name>`.
+        message (`str`): what differs.
+        fix (`str`): what to do.
+        severity (`"error"` or `"warning"`): errors make the set incompatible.
+    """
+
+    ingredient: str
+    field: str
+    message: str
+    fix: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"[{self.ingredient}] {self.field}: {self.message} Fix: {self.fix}"
+
+
+@dataclass
+class CompatibilityReport:
+    """The verdict on a set of ingredients.
+
+    Attributes:
+        ingredients (`list[str]`): the ingredients compared, the first being the reference.
+        problems (`list[Problem]`): blocking problems.
+        warnings (`list[Problem]`): non-blocking findings (mixed dtypes, a distant init, ...).
+    """
+
+    ingredients: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def compatible(self) -> bool:
+        """`True` when there is no blocking problem."""
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.compatible
+
+    def add(self, problem: Problem) -> None:
+        (self.problems if problem.severity == "error" else self.warnings).append(problem)
+
+    def raise_if_incompatible(self) -> None:
+        """Raise [`IncompatibleIngredientsError`] when the verdict is negative."""
+        if not self.compatible:
+            raise IncompatibleIngredientsError(self)
+
+    def to_table(self) -> str:
+        """A plain-text table of the verdict, for terminals and logs."""
+        verdict = "COMPATIBLE" if self.compatible else "INCOMPATIBLE"
+        rows = [("severity", "ingredient", "field", "message / fix")]
+        for p in self.problems + self.warnings:
+            rows.append((p.severity, p.ingredient, p.field, f"{p.message} Fix: {p.fix}"))
+        widths = [min(max(len(r[i]) for r in rows), 48) for i in range(3)]
+        lines = [f"Verdict: {verdict} ({len(self.ingredients)} ingredients, {len(self.problems)} problems, "
+                 f"{len(self.warnings)} warnings)"]
+        lines += [f"  {i}. {name}" for i, name in enumerate(self.ingredients, 1)]
+        if len(rows) > 1:
+            for r in rows:
+                lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "compatible": self.compatible,
+            "ingredients": self.ingredients,
+            "problems": [p.__dict__ for p in self.problems],
+            "warnings": [p.__dict__ for p in self.warnings],
+        }
+
+
+def normalize_id2label(config: Mapping[str, Any]) -> dict[int, str] | None:
+    raw = config.get("id2label")
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def _num_labels(config: Mapping[str, Any]) -> int | None:
+    if isinstance(config.get("num_labels"), int):
+        return config["num_labels"]
+    labels = normalize_id2label(config)
+    return len(labels) if labels is not None else None
+
+
+def _names(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{n}'" for n in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> CompatibilityReport:
+    """Compare ingredients against the first one.
+
+    Checks `model_type`, `architectures`, tensor names, shapes, dtypes (mixed is a warning), `id2label` (the same
+    labels in another order is a problem unless `align_labels=True`), `num_labels`, tokenizer identity and the
+    declared `base_model`.
+
+    Args:
+        metas (`Sequence[IngredientMeta]`):
+            The ingredients; the first is the reference.
+        align_labels (`bool`, *optional*, defaults to `False`):
+            Accept a permuted `id2label`, to be fixed by permuting the classifier rows.
+
+    Returns:
+        [`CompatibilityReport`]
+    """
+    report = CompatibilityReport([m.name for m in metas])
+    if len(metas) < 2:
+        return report
+    ref = metas[0]
+    ref_labels, ref_n = normalize_id2label(ref.config), _num_labels(ref.config)
+    for meta in metas[1:]:
+        for key in ("model_type", "architectures"):
+            a, b = ref.config.get(key), meta.config.get(key)
+            if a != b:
+                report.add(Problem(meta.name, key, f"{b!r} differs from {a!r} in '{ref.name}'.",
+                                   "soup only fine-tunes of one architecture; remove this ingredient."))
+        missing = [n for n in ref.tensors if n not in meta.tensors]
+        extra = [n for n in meta.tensors if n not in ref.tensors]
+        if missing:
+            report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that '{ref.name}' has: "
+                               f"{_names(missing)}.", "re-export it with the same architecture and config."))
+        if extra:
+            report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that '{ref.name}' lacks: "
+                               f"{_names(extra)}.", "re-export it with the same architecture and config."))
+        for name, info in ref.tensors.items():
+            other = meta.tensors.get(name)
+            if other is not None and other.shape != info.shape:
+                report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
+                                   f"{list(info.shape)} in '{ref.name}'.",
+                                   "soup only checkpoints of the same size (same config and num_labels)."))
+        n = _num_labels(meta.config)
+        if n != ref_n:
+            report.add(Problem(meta.name, "num_labels", f"{n} differs from {ref_n} in '{ref.name}'.",
+                               "soup only classifiers trained on the same label set."))
+        labels = normalize_id2label(meta.config)
+        if labels != ref_labels and labels is not None and ref_labels is not None and n == ref_n:
+            same_set = sorted(labels.values()) == sorted(ref_labels.values())
+            if same_set and align_labels:
+                report.add(Problem(meta.name, "id2label", f"{labels} is a permutation of {ref_labels}; the "
+                                   "classifier rows will be permuted to match.", "none needed.", "warning"))
+            elif same_set:
+                report.add(Problem(meta.name, "id2label", f"{labels} has the same labels as '{ref.name}' "
+                                   f"({ref_labels}) in a different order; averaging would mix classes.",
+                                   "pass align_labels=True to permute the classifier rows, or re-export it."))
+            else:
+                report.add(Problem(meta.name, "id2label", f"{labels} differs from {ref_labels} in '{ref.name}'.",
+                                   "soup only classifiers trained on the same labels."))
+        if ref.tokenizer_hash and meta.tokenizer_hash and ref.tokenizer_hash != meta.tokenizer_hash:
+            report.add(Problem(meta.name, "tokenizer", f"its tokenizer files differ from '{ref.name}' "
+                               f"(sha256 {meta.tokenizer_hash[:12]} vs {ref.tokenizer_hash[:12]}).",
+                               "soup only fine-tunes that share one tokenizer (vocabulary)."))
+        elif bool(ref.tokenizer_hash) != bool(meta.tokenizer_hash):
+            report.add(Problem(meta.name, "tokenizer", "only some ingredients ship tokenizer files; identity "
+                               "could not be checked.", "the soup takes the first ingredient's tokenizer.",
+                               "warning"))
+        if ref.base_model and meta.base_model and set(ref.base_model) != set(meta.base_model):
+            report.add(Problem(meta.name, "base_model", f"its card declares base_model {list(meta.base_model)}, "
+                               f"'{ref.name}' declares {list(ref.base_model)}.",
+                               "soup only fine-tunes of the same pretrained checkpoint."))
+    _dtype_warnings(metas, report)
+    return report
+
+
+def _dtype_warnings(metas: Sequence[IngredientMeta], report: CompatibilityReport) -> None:
+    per = []
+    for meta in metas:
+        counts = Counter(info.dtype for info in meta.tensors.values() if info.is_float)
+        per.append((meta.name, counts.most_common(1)[0][0] if counts else None))
+    kinds = {d for _, d in per if d}
+    if len(kinds) > 1:
+        listing = ", ".join(f"'{n}': {d}" for n, d in per)
+        report.add(Problem("(all)", "dtype", f"mixed floating dtypes ({listing}); accumulation is fp32 and the "
+                           "output takes the most precise dtype present.",
+                           "pass dtype=... to choose the output dtype.", "warning"))
+
+
+def sample_tensor_names(tensors: Mapping[str, TensorInfo], k: int = 8, max_numel: int = 4_000_000) -> list[str]:
+    """A deterministic, evenly spread sample of weight matrices, skipping classifier heads and huge tensors."""
+    names = [
+        n for n, info in tensors.items()
+        if info.is_float and len(info.shape) >= 2 and 0 < info.numel <= max_numel
+        and not any(m in n for m in _HEAD_MARKERS)
+    ]
+    if len(names) <= k:
+        return names
+    step = len(names) / k
+    return [names[int(i * step)] for i in range(k)]
+
+
+def init_distance_warnings(
+    names: Sequence[str], readers: Sequence[Mapping[str, torch.Tensor]], sample: Sequence[str]
+) -> tuple[list[Problem], list[list[float]]]:
+    """Flag ingredients that do not share the others' pretrained init.
+
+    The relative L2 distance between two ingredients over the sampled tensors is
+    `||a - b|| / max(||a||, ||b||)`. Fine-tunes of one checkpoint sit around 1e-3..1e-1; independent inits sit
+    near 1.4. An ingredient whose median distance to the others exceeds `HF_SOUPS_INIT_DISTANCE_WARNING`
+    (default 0.5) gets a warning.
+
+    Returns:
+        `tuple[list[Problem], list[list[float]]]`: the warnings and the pairwise distance matrix.
+    """
+    k = len(readers)
+    dist = [[0.0] * k for _ in range(k)]
+    if k < 2 or not sample:
+        return [], dist
+    diff2 = [[0.0] * k for _ in range(k)]
+    norm2 = [0.0] * k
+    for name in sample:
+        flats = [r[name].float().reshape(-1) for r in readers]
+        for i in range(k):
+            norm2[i] += float(flats[i].pow(2).sum())
+            for j in range(i + 1, k):
+                diff2[i][j] += float((flats[i] - flats[j]).pow(2).sum())
+    for i in range(k):
+        for j in range(i + 1, k):
+            denom = math.sqrt(max(norm2[i], norm2[j])) or 1.0
+            dist[i][j] = dist[j][i] = math.sqrt(diff2[i][j]) / denom
+    threshold = constants.INIT_DISTANCE_WARNING
+    warnings = []
+    for i in range(k):
+        others = sorted(dist[i][j] for j in range(k) if j != i)
+        median = others[len(others) // 2] if len(others) % 2 else (others[len(others) // 2 - 1] + others[len(others) // 2]) / 2
+        if median > threshold:
+            warnings.append(Problem(names[i], "weights", f"relative L2 distance {median:.3f} to the other "
+                                    f"ingredients over {len(sample)} sampled tensors (fine-tunes of one base sit "
+                                    "well below 0.5); it likely does not share their pretrained init.",
+                                    "soup only fine-tunes of the same pretrained checkpoint.", "warning"))
+    return warnings, dist

@@ -1,0 +1,58 @@
+"""Settings read from the environment. Parsed here, read inside functions so tests can patch them."""
+
+from __future__ import annotations
+
+import os
+
+#: Largest safetensors JSON header accepted, in bytes (safetensors itself caps it at 100 MB).
+MAX_HEADER_SIZE: int = int(os.environ.get("HF_SOUPS_MAX_HEADER_SIZE", 100 * 1024 * 1024))
+
+#: Default largest output shard.
+DEFAULT_MAX_SHARD_SIZE: str = os.environ.get("HF_SOUPS_MAX_SHARD_SIZE", "5GB")
+
+#: Size of the byte window fetched in one HTTP range request while streaming from the Hub.
+STREAM_CHUNK_SIZE: int = int(os.environ.get("HF_SOUPS_STREAM_CHUNK_SIZE", 32 * 1024 * 1024))
+
+#: Weight files of a checkpoint that hf_soups downloads (everything else is skipped).
+WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.index.json")
+
+#: Small files copied into every soup from the first ingredient, when present.
+AUX_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "preprocessor_config.json",
+    "image_processor_config.json",
+    "processor_config.json",
+    "chat_template.jinja",
+)
+
+#: Files whose content identifies a tokenizer, in order of preference.
+TOKENIZER_IDENTITY_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+#: Relative L2 distance above which an ingredient is flagged as not sharing the others' pretrained init.
+INIT_DISTANCE_WARNING: float = float(os.environ.get("HF_SOUPS_INIT_DISTANCE_WARNING", 0.5))
+
+
+def progress_disabled() -> bool:
+    """Whether progress bars are off (`HF_HUB_DISABLE_PROGRESS_BARS`)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    return are_progress_bars_disabled()

@@ -1,0 +1,150 @@
+"""One error tree for hf_soups.
+
+Every public error derives from [`SoupError`]. Subclasses also inherit the closest standard-library error
+(`FileNotFoundError`, `ValueError`, `PermissionError`, `OSError`), so callers can catch either. Each error names
+the ingredient, the tensor or file when it knows them, and says how to fix the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "SoupError",
+    "IncompatibleIngredientsError",
+    "IngredientNotFoundError",
+    "RevisionNotFoundError",
+    "AuthenticationError",
+    "NoSafetensorsError",
+    "UnsafeCheckpointError",
+    "CorruptCheckpointError",
+    "NonFiniteTensorError",
+    "OutputExistsError",
+    "DiskFullError",
+    "PushError",
+    "LabelMismatchError",
+    "EvaluationError",
+    "RecipeError",
+]
+
+
+class SoupError(Exception):
+    """Root of every error raised by hf_soups.
+
+    Args:
+        message (`str`):
+            What went wrong.
+        ingredient (`str`, *optional*):
+            The ingredient (reference as the user wrote it) the problem is about.
+        tensor (`str`, *optional*):
+            The tensor name the problem is about.
+        file (`str`, *optional*):
+            The file the problem is about.
+        fix (`str`, *optional*):
+            What the user can do about it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ingredient: str | None = None,
+        tensor: str | None = None,
+        file: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.message = message
+        self.ingredient = ingredient
+        self.tensor = tensor
+        self.file = file
+        self.fix = fix
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.ingredient is not None:
+            where.append(f"ingredient '{self.ingredient}'")
+        if self.file is not None:
+            where.append(f"file '{self.file}'")
+        if self.tensor is not None:
+            where.append(f"tensor '{self.tensor}'")
+        text = f"{'; '.join(where)}: {self.message}" if where else self.message
+        if self.fix:
+            text += f" Fix: {self.fix}"
+        return text
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep errors picklable across processes
+        return (_rebuild, (type(self), self.message, self.ingredient, self.tensor, self.file, self.fix))
+
+
+def _rebuild(cls: type, message: str, ingredient: Any, tensor: Any, file: Any, fix: Any) -> SoupError:
+    err = cls.__new__(cls)
+    SoupError.__init__(err, message, ingredient=ingredient, tensor=tensor, file=file, fix=fix)
+    return err
+
+
+class IncompatibleIngredientsError(SoupError, ValueError):
+    """The compatibility verdict is negative; `.report` holds every problem found."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        lines = [f"  - {p}" for p in report.problems]
+        super().__init__(
+            "the ingredients cannot be souped together:\n" + "\n".join(lines),
+            fix="make every ingredient a fine-tune of the same base checkpoint, or remove the odd one out.",
+        )
+
+
+class IngredientNotFoundError(SoupError, FileNotFoundError):
+    """A repository, local directory or file does not exist."""
+
+
+class RevisionNotFoundError(IngredientNotFoundError):
+    """The repository exists but the revision (branch, tag or sha) does not."""
+
+
+class AuthenticationError(SoupError, PermissionError):
+    """The repository is private or gated and no (valid) token was given."""
+
+
+class NoSafetensorsError(SoupError, FileNotFoundError):
+    """An ingredient has no safetensors weights (for example only `pytorch_model.bin`)."""
+
+
+class UnsafeCheckpointError(SoupError, ValueError):
+    """Reading the ingredient would run foreign code or leave its directory; refused."""
+
+
+class CorruptCheckpointError(SoupError, ValueError):
+    """A checkpoint file is truncated, malformed or inconsistent."""
+
+
+class NonFiniteTensorError(SoupError, ValueError):
+    """An ingredient holds NaN or Inf values."""
+
+
+class OutputExistsError(SoupError, FileExistsError):
+    """The output directory exists and is not empty."""
+
+
+class DiskFullError(SoupError, OSError):
+    """Writing the soup ran out of disk space; the partial output was removed."""
+
+
+class PushError(SoupError, OSError):
+    """Uploading the soup failed; the local soup is intact and the push can be retried."""
+
+
+class LabelMismatchError(SoupError, ValueError):
+    """The labels of an evaluation dataset do not match the model's label map."""
+
+
+class EvaluationError(SoupError, ValueError):
+    """An evaluation dataset or metric cannot be used."""
+
+
+class RecipeError(SoupError, ValueError):
+    """A recipe file is malformed or names an unknown method."""

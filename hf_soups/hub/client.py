@@ -1,0 +1,164 @@
+"""Resolve, preflight and download ingredients with huggingface_hub. The only module that fetches from the Hub."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import constants as hf_constants
+
+from .. import constants
+from ..checkpoint.format import TensorInfo
+from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
+from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, safe_join
+from ..compat import IngredientMeta
+from ..errors import CorruptCheckpointError, NoSafetensorsError
+from ..refs import Ingredient, IngredientRef
+from ._errors import hub_errors
+
+__all__ = ["resolve", "fetch_meta", "download", "needed_patterns"]
+
+
+def _api(endpoint: str | None = None) -> HfApi:
+    return HfApi(endpoint=endpoint)
+
+
+def _offline() -> bool:
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: str | None = None,
+            cache_dir: str | None = None) -> Ingredient:
+    """Pin a Hub reference to a commit sha (pin, then fetch).
+
+    Raises:
+        [`IngredientNotFoundError`], [`RevisionNotFoundError`], [`AuthenticationError`].
+    """
+    if ref.is_local:
+        return Ingredient(ref=ref.ref, local_dir=ref.local_dir)
+    assert ref.repo_id is not None
+    with hub_errors(ref.ref, token_given=bool(token), revision=ref.revision):
+        if _offline():
+            path = snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=True,
+                                     cache_dir=cache_dir, token=token)
+            files = tuple(sorted(_walk(path)))
+            return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=os.path.basename(path), files=files,
+                              local_dir=path)
+        info = _api(endpoint).model_info(ref.repo_id, revision=ref.revision, token=token, files_metadata=True)
+    files = tuple(s.rfilename for s in info.siblings or [])
+    blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
+    return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids)
+
+
+def _walk(root: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            out.append(os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/"))
+    return out
+
+
+def needed_patterns(files: Sequence[str], *, weights: bool = True, allow_pickle: bool = False) -> list[str]:
+    """The files of a repo worth downloading: config, tokenizer/processor files, card, and safetensors weights."""
+    wanted = set(constants.AUX_FILES) | {"README.md"}
+    patterns = [f for f in files if f in wanted]
+    if weights:
+        if SAFETENSORS_INDEX in files or SAFETENSORS_SINGLE in files:
+            patterns += [f for f in files if f.endswith(".safetensors") or f == SAFETENSORS_INDEX]
+        elif allow_pickle:
+            patterns += [f for f in files if fnmatch.fnmatch(f, "pytorch_model*.bin") or f == "pytorch_model.bin.index.json"]
+    return sorted(set(patterns))
+
+
+def _download_small(ing: Ingredient, filename: str, token: Any, cache_dir: str | None, endpoint: str | None) -> str | None:
+    if filename not in ing.files:
+        return None
+    assert ing.repo_id is not None
+    with hub_errors(ing.ref, token_given=bool(token)):
+        return hf_hub_download(ing.repo_id, filename, revision=ing.revision, token=token, cache_dir=cache_dir,
+                               endpoint=endpoint)
+
+
+def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,
+               endpoint: str | None = None, allow_pickle: bool = False) -> IngredientMeta:
+    """Gather what the compatibility verdict needs from config.json, the card and safetensors headers only.
+
+    Raises:
+        [`NoSafetensorsError`]: the repo has no safetensors weights (and `allow_pickle=False`).
+        [`UnsafeCheckpointError`]: the index names files outside the repo.
+        [`CorruptCheckpointError`]: a header cannot be parsed.
+    """
+    assert ing.repo_id is not None
+    name = ing.name
+    if ing.local_dir is not None:  # offline: everything comes from the cache snapshot
+        from ..checkpoint.local import local_meta
+
+        return local_meta(ing.local_dir, name)
+    config = read_config(_download_small(ing, "config.json", token, cache_dir, endpoint) or "", name)
+    base_model = card_base_model(_download_small(ing, "README.md", token, cache_dir, endpoint))
+    blob_ids = ing.blob_ids
+    tensors: dict[str, TensorInfo] = {}
+    if SAFETENSORS_INDEX in ing.files:
+        index_path = _download_small(ing, SAFETENSORS_INDEX, token, cache_dir, endpoint)
+        assert index_path is not None
+        weight_map = _read_weight_map(index_path, name)
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:  # refuse '../' and absolute names before any request is made for them
+            safe_join(os.path.dirname(index_path), shard, name, SAFETENSORS_INDEX)
+    elif SAFETENSORS_SINGLE in ing.files:
+        weight_map, shards = None, [SAFETENSORS_SINGLE]
+    else:
+        if allow_pickle and any(f.startswith("pytorch_model") and f.endswith(".bin") for f in ing.files):
+            return IngredientMeta(name, config, {}, tokenizer_identity(blob_ids), base_model)
+        raise NoSafetensorsError(
+            "the repository has no safetensors weights"
+            + (" (only pickled pytorch_model.bin, which can run code when loaded)." if any(
+                f.endswith(".bin") for f in ing.files) else "."),
+            ingredient=name,
+            fix="ask the author to upload safetensors weights (the Hub's convert Space does it), or pass "
+                "allow_pickle=True to load .bin files with torch.load(weights_only=True).",
+        )
+    api = _api(endpoint)
+    for shard in shards:
+        with hub_errors(name, token_given=bool(token)):
+            try:
+                meta = api.parse_safetensors_file_metadata(ing.repo_id, shard, revision=ing.revision, token=token)
+            except Exception as e:
+                if type(e).__module__.startswith("huggingface_hub") and "Safetensors" in type(e).__name__:
+                    raise CorruptCheckpointError(f"cannot parse the safetensors header: {e}", ingredient=name,
+                                                 file=shard, fix="re-upload the checkpoint.") from None
+                raise
+        for tname, t in meta.tensors.items():
+            if weight_map is not None and weight_map.get(tname) != shard:
+                continue
+            begin, end = t.data_offsets
+            tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), shard, begin, end - begin)
+    return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model)
+
+
+def _read_weight_map(path: str, name: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+        return weight_map
+    except (OSError, ValueError, KeyError, AssertionError, TypeError):
+        raise CorruptCheckpointError("the shard index is malformed.", ingredient=name, file=SAFETENSORS_INDEX,
+                                     fix="re-upload the checkpoint.") from None
+
+
+def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,
+             endpoint: str | None = None, weights: bool = True, allow_pickle: bool = False) -> str:
+    """Download what a soup needs of one ingredient at its pinned sha; returns the snapshot directory."""
+    assert ing.repo_id is not None
+    if ing.local_dir is not None and not weights:
+        return ing.local_dir
+    patterns = needed_patterns(ing.files, weights=weights, allow_pickle=allow_pickle)
+    with hub_errors(ing.ref, token_given=bool(token), revision=ing.revision):
+        return snapshot_download(ing.repo_id, revision=ing.revision, allow_patterns=patterns, token=token,
+                                 cache_dir=cache_dir, endpoint=endpoint,
+                                 local_files_only=_offline())

@@ -1,0 +1,244 @@
+"""The streaming merge engine: weighted averages computed chunk by chunk, with reads prefetched in threads.
+
+Memory is bounded by a handful of chunk buffers whatever the number of ingredients, the tensor sizes or the shard
+sizes: each tensor is processed as flat chunks of `HF_SOUPS_CHUNK_ELEMENTS` elements, accumulated in fp32
+(`acc.add_(t, alpha=w)`), cast to the output dtype and streamed to the writer. Never imports `hub/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.utils import tqdm
+
+from .. import constants
+from ..checkpoint.format import DTYPES
+from ..checkpoint.reader import CheckpointReader
+from ..checkpoint.writer import ShardedSafetensorsWriter
+from ..errors import NonFiniteTensorError, SoupError
+from .plan import MergePlan, TensorPlan
+
+__all__ = ["merge_to_directory", "merge_state_dict", "iter_merged_chunks", "chunk_elements"]
+
+logger = logging.getLogger(__name__)
+
+
+def chunk_elements() -> int:
+    """Elements per chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 4M: 16 MB of fp32)."""
+    return int(os.environ.get("HF_SOUPS_CHUNK_ELEMENTS", 4 * 1024 * 1024))
+
+
+@dataclass(frozen=True)
+class _Piece:
+    tensor: TensorPlan
+    start: int
+    count: int
+
+
+def _pieces(tensors: Iterable[TensorPlan]) -> Iterator[_Piece]:
+    step = chunk_elements()
+    for t in tensors:
+        n = t.numel
+        if t.permute_rows or n <= step:
+            yield _Piece(t, 0, n)
+            continue
+        for start in range(0, n, step):
+            yield _Piece(t, start, min(step, n - start))
+
+
+class _Prefetcher:
+    """Reads `(piece, ingredient)` chunks ahead in worker threads into a fixed pool of reused buffers."""
+
+    def __init__(self, readers: Sequence[CheckpointReader], depth: int = 4) -> None:
+        self.readers = readers
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hf-soups-read")
+
+    def run(self, tasks: Iterable[tuple[_Piece, int]], max_bytes: int) -> Iterator[tuple[_Piece, int, torch.Tensor]]:
+        buffers = [torch.empty(max_bytes, dtype=torch.uint8) for _ in range(self.depth)]
+        free = list(range(self.depth))
+        inflight: deque = deque()
+        task_iter = iter(tasks)
+
+        def submit() -> bool:
+            task = next(task_iter, None)
+            if task is None:
+                return False
+            piece, i = task
+            slot = free.pop()
+            fut = self.pool.submit(self.readers[i].read_range, piece.tensor.name, piece.start, piece.count, buffers[slot])
+            inflight.append((piece, i, slot, fut))
+            return True
+
+        try:
+            while free and submit():
+                pass
+            while inflight:
+                piece, i, slot, fut = inflight.popleft()
+                yield piece, i, fut.result()
+                free.append(slot)
+                while free and submit():
+                    pass
+        finally:
+            for *_, fut in inflight:
+                fut.cancel()
+            for *_, fut in inflight:
+                try:
+                    fut.result()
+                except BaseException:
+                    pass
+            self.pool.shutdown(wait=True)
+
+
+def _itemsize(code: str) -> int:
+    return torch.empty((), dtype=DTYPES[code]).element_size()
+
+
+def iter_merged_chunks(
+    plan: MergePlan,
+    readers: Sequence[CheckpointReader],
+    names: Sequence[str] | None = None,
+    order: Sequence[str] | None = None,
+) -> Iterator[tuple[TensorPlan, int, torch.Tensor]]:
+    """Yield `(tensor plan, flat start, chunk)` for every output chunk, in `order` (default: plan order).
+
+    The yielded chunk lives in a reused buffer: consume it before advancing the iterator.
+
+    Raises:
+        [`NonFiniteTensorError`]: an ingredient holds NaN/Inf in an averaged tensor (when `plan.check_finite`).
+        [`SoupError`]: integer tensors differ and `plan.int_rule == "error"`.
+    """
+    names = list(names or [getattr(r, "ingredient", None) or f"ingredient {i}" for i, r in enumerate(readers)])
+    if len(readers) != len(plan.weights):
+        raise SoupError(f"{len(readers)} readers for {len(plan.weights)} weights.")
+    by_name = {t.name: t for t in plan.tensors}
+    tensors = [by_name[n] for n in order] if order is not None else list(plan.tensors)
+    active = [i for i, w in enumerate(plan.weights) if w > 0]
+    weights = [plan.weights[i] for i in active]
+    equal = len(set(weights)) == 1
+    pieces = list(_pieces(tensors))
+    max_in = max((max(r.tensors[p.tensor.name].nbytes // max(p.tensor.numel, 1) for r in readers) * p.count
+                  for p in pieces), default=1)
+    max_out = max((p.count for p in pieces), default=1)
+    acc_buf = torch.empty(max_out, dtype=torch.float32)
+    out_bufs: dict[torch.dtype, torch.Tensor] = {}
+    tasks = ((p, i) for p in pieces for i in active)
+    stream = _Prefetcher(readers).run(tasks, max(max_in, 1))
+    for piece in pieces:
+        tp = piece.tensor
+        chunks = []
+        for _ in active:
+            got_piece, i, chunk = next(stream)
+            assert got_piece is piece
+            perm = plan.label_permutations[i] if tp.permute_rows and plan.label_permutations else None
+            if perm is not None:
+                chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
+            if tp.average:
+                acc = acc_buf[: piece.count]
+                w = plan.weights[i]
+                if not chunks:
+                    acc.copy_(chunk)
+                    if not equal:
+                        acc.mul_(w)
+                else:
+                    acc.add_(chunk, alpha=1.0 if equal else w)
+                chunks.append(i)
+            else:
+                chunks.append(chunk.clone() if not chunks else chunk)
+                if len(chunks) > 1:
+                    chunks[0] = _resolve_int(tp, chunks[0], chunk, names[active[0]], names[i], plan.int_rule)
+                    chunks.pop()
+        if tp.average:
+            acc = acc_buf[: piece.count]
+            if equal:
+                acc.div_(len(active))
+            if plan.check_finite and piece.count and not bool(torch.isfinite(acc).all()):
+                _raise_non_finite(tp, piece, readers, active, names)
+            if tp.torch_dtype == torch.float32:
+                yield tp, piece.start, acc
+            else:
+                buf = out_bufs.get(tp.torch_dtype)
+                if buf is None or buf.numel() < piece.count:
+                    buf = out_bufs[tp.torch_dtype] = torch.empty(max_out, dtype=tp.torch_dtype)
+                out = buf[: piece.count]
+                out.copy_(acc)
+                yield tp, piece.start, out
+        else:
+            yield tp, piece.start, chunks[0].to(tp.torch_dtype)
+
+
+def _resolve_int(tp: TensorPlan, current: torch.Tensor, other: torch.Tensor, first: str, name: str,
+                 rule: str) -> torch.Tensor:
+    if torch.equal(current, other.to(current.dtype)):
+        return current
+    if rule == "error":
+        raise SoupError(
+            f"integer tensor differs from '{first}'; integer buffers are never averaged.", ingredient=name,
+            tensor=tp.name, fix="pass int_rule='first' (keep the first ingredient's) or int_rule='max'.",
+        )
+    logger.warning("Integer tensor '%s' differs between '%s' and '%s'; resolved with int_rule=%r.",
+                   tp.name, first, name, rule)
+    if rule == "max":
+        return torch.maximum(current, other.to(current.dtype))
+    return current
+
+
+def _raise_non_finite(tp: TensorPlan, piece: _Piece, readers: Sequence[CheckpointReader], active: list[int],
+                      names: Sequence[str]) -> None:
+    for i in active:
+        chunk = readers[i].read_range(tp.name, piece.start, piece.count)
+        if not bool(torch.isfinite(chunk.float()).all()):
+            raise NonFiniteTensorError(
+                "holds NaN or Inf values.", ingredient=names[i], tensor=tp.name,
+                fix="remove this ingredient (its training diverged), or pass check_finite=False to soup it anyway.",
+            )
+    raise NonFiniteTensorError("the weighted sum overflowed to Inf.", tensor=tp.name,
+                               fix="pass dtype=torch.float32 or check the ingredients' magnitudes.")
+
+
+def merge_to_directory(
+    plan: MergePlan,
+    readers: Sequence[CheckpointReader],
+    directory: str,
+    *,
+    max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Stream the merge into sharded safetensors files in `directory` (which the caller makes atomic).
+
+    Returns:
+        `list[str]`: the files written (shards and, when sharded, the index).
+    """
+    writer = ShardedSafetensorsWriter(
+        directory, [(t.name, t.torch_dtype, t.shape) for t in plan.tensors], max_shard_size,
+        metadata=dict(plan.metadata),
+    )
+    bar = tqdm(total=writer.total_size, unit="B", unit_scale=True, unit_divisor=1024, desc="Souping",
+               disable=not progress or constants.progress_disabled())
+    try:
+        for tp, _, chunk in iter_merged_chunks(plan, readers, names, order=writer.order):
+            writer.write(tp.name, chunk)
+            bar.update(chunk.numel() * chunk.element_size())
+        return writer.close()
+    finally:
+        writer.abort()
+        bar.close()
+
+
+def merge_state_dict(
+    plan: MergePlan, readers: Sequence[CheckpointReader], names: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Compute the merge in memory (for evaluation); same math and chunk order as [`merge_to_directory`]."""
+    out: dict[str, torch.Tensor] = {}
+    for tp, start, chunk in iter_merged_chunks(plan, readers, names):
+        if tp.name not in out:
+            out[tp.name] = torch.empty(tp.shape, dtype=tp.torch_dtype)
+        out[tp.name].view(-1)[start : start + chunk.numel()] = chunk
+    return out

@@ -1,0 +1,97 @@
+"""Ingredient references: pure values, no I/O beyond checking whether a local directory exists."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .errors import SoupError
+
+__all__ = ["IngredientRef", "Ingredient"]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class IngredientRef:
+    """What the user asked for: a Hub repo id with an optional revision, or a local directory.
+
+    Args:
+        ref (`str`):
+            The reference as written: `"user/name"`, `"user/name@revision"` or a local path.
+        repo_id (`str`, *optional*):
+            The Hub repo id, `None` for a local directory.
+        revision (`str`, *optional*):
+            The requested revision (branch, tag or sha), `None` for the default branch.
+        local_dir (`str`, *optional*):
+            The local directory, `None` for a Hub repo.
+    """
+
+    ref: str
+    repo_id: str | None = None
+    revision: str | None = None
+    local_dir: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_dir is not None
+
+    @classmethod
+    def parse(cls, ref: "str | os.PathLike[str] | IngredientRef", revision: str | None = None) -> "IngredientRef":
+        """Parse `user/name`, `user/name@rev` or a local directory.
+
+        Args:
+            ref (`str` or `os.PathLike`):
+                The reference.
+            revision (`str`, *optional*):
+                A revision applied when the reference does not carry its own `@rev`.
+
+        Raises:
+            [`SoupError`]: when the reference is neither an existing directory nor a valid repo id.
+        """
+        if isinstance(ref, IngredientRef):
+            return ref
+        text = os.fspath(ref)
+        if os.path.isdir(text):
+            return cls(ref=text, local_dir=os.path.abspath(text))
+        repo_id, _, rev = text.partition("@")
+        if not _REPO_ID.match(repo_id) or repo_id.startswith((".", "/")) or ".." in repo_id:
+            raise SoupError(
+                f"'{text}' is neither an existing local directory nor a Hub repo id.",
+                ingredient=text,
+                fix="pass a repo id like 'user/model', 'user/model@v1', or the path of a saved checkpoint.",
+            )
+        if "@" in text and not rev:
+            raise SoupError("empty revision after '@'.", ingredient=text, fix="write 'user/model@<branch|tag|sha>'.")
+        return cls(ref=text, repo_id=repo_id, revision=rev or revision)
+
+
+@dataclass
+class Ingredient:
+    """One ingredient of a soup, resolved.
+
+    Attributes:
+        ref (`str`): the reference as the user wrote it.
+        repo_id (`str` or `None`): the Hub repo id, `None` for a local directory.
+        revision (`str` or `None`): the pinned commit sha, `None` for a local directory.
+        local_dir (`str` or `None`): where its files are on disk (`None` while streamed).
+        weight (`float` or `None`): its weight in the soup (0 for a rejected greedy candidate).
+        score (`float` or `None`): its held-out score, when evaluated.
+    """
+
+    ref: str
+    repo_id: str | None = None
+    revision: str | None = None
+    local_dir: str | None = None
+    weight: float | None = None
+    score: float | None = None
+    files: tuple[str, ...] = field(default=(), repr=False)
+    blob_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        """`repo_id@sha` for a Hub ingredient, the path for a local one."""
+        if self.repo_id is None:
+            return self.ref
+        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id

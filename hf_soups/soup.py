@@ -1,0 +1,150 @@
+"""The `Soup` result object: where the soup lives, how it was made, and what it scored."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .card import build_card
+from .checkpoint.writer import AtomicDirectory
+from .compat import CompatibilityReport
+from .recipes import Recipe
+from .refs import Ingredient
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo, ModelCard
+
+__all__ = ["Soup"]
+
+
+@dataclass
+class Soup:
+    """A model soup on disk.
+
+    Attributes:
+        output_dir (`str`): the directory holding the soup (safetensors, config, tokenizer, README.md).
+        method (`str`): `"uniform"`, `"weighted"`, `"greedy"` or `"learned"`.
+        ingredients (`list[Ingredient]`): each with `.ref`, `.repo_id`, `.revision` (pinned sha), `.weight`, `.score`.
+        recipe ([`Recipe`]): re-creates the soup exactly.
+        report ([`CompatibilityReport`]): the compatibility verdict, with its warnings.
+        trace (`list[dict]`): greedy decisions, in order.
+        scores (`dict[str, float]`): each ingredient's held-out score (greedy and learned soups).
+        results (`dict[str, dict[str, float]]`): `{eval set: {method: score}}` from [`Soup.evaluate`].
+        base_model (`str`, *optional*): the shared pretrained checkpoint, when known.
+    """
+
+    output_dir: str
+    method: str
+    ingredients: list[Ingredient]
+    recipe: Recipe
+    report: CompatibilityReport | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_model: str | None = None
+    metric: str = "accuracy"
+    trust_remote_code: bool = False
+    plot_file: str | None = None
+    _model: Any = field(default=None, repr=False)
+    _evaluator: Any = field(default=None, repr=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        with open(os.path.join(self.output_dir, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    @property
+    def weights(self) -> list[float]:
+        return [float(i.weight or 0.0) for i in self.ingredients]
+
+    @property
+    def model(self) -> Any:
+        """The soup as a transformers model, loaded on first access (`from_pretrained`, no remote code)."""
+        if self._model is None:
+            from .modeling import load_model
+
+            self._model = load_model(self.output_dir, self.config, self.trust_remote_code)
+            self._model.eval()
+        return self._model
+
+    def card_for(self, repo_id: str | None = None) -> "ModelCard":
+        """The model card, with the loading snippet pointing at `repo_id`."""
+        return build_card(
+            method=self.method, ingredients=self.ingredients, config=self.config, recipe=self.recipe,
+            base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
+            repo_id=repo_id, plot_file=self.plot_file,
+        )
+
+    @property
+    def card(self) -> "ModelCard":
+        """The model card (`huggingface_hub.ModelCard`) recording ingredients, revisions, weights, recipe, results."""
+        return self.card_for()
+
+    def write_card(self, repo_id: str | None = None) -> str:
+        """(Re)write `README.md` in the soup directory, atomically; returns its path."""
+        path = os.path.join(self.output_dir, "README.md")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(str(self.card_for(repo_id)))
+        os.replace(tmp, path)
+        return path
+
+    def save_pretrained(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:
+        """Copy the soup (weights, config, tokenizer, card) to `path`, atomically.
+
+        Raises:
+            [`OutputExistsError`]: `path` is not empty and `overwrite=False`.
+        """
+        self.write_card()
+        with AtomicDirectory(path, overwrite=overwrite) as tmp:
+            for name in os.listdir(self.output_dir):
+                src = os.path.join(self.output_dir, name)
+                if os.path.isfile(src) and not name.startswith("."):
+                    shutil.copy2(src, os.path.join(tmp, name))
+        return os.fspath(path)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        endpoint: str | None = None,
+    ) -> "CommitInfo":
+        """Upload the soup and its card to `repo_id` in one commit, creating the repo when missing.
+
+        Args:
+            repo_id (`str`): e.g. `"user/my-soup"`.
+            private (`bool`, *optional*): visibility of a newly created repo.
+            token (`str` or `bool`, *optional*): a write token; defaults to the saved login / `HF_TOKEN`.
+            commit_message (`str`, *optional*): the commit message.
+            revision (`str`, *optional*): the branch to push to (created if missing).
+            endpoint (`str`, *optional*): the Hub endpoint, defaults to `HF_ENDPOINT`.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit (its `.commit_url`, `.oid`).
+
+        Raises:
+            [`AuthenticationError`], [`PushError`]: the local soup is left intact; re-running is safe.
+        """
+        from .hub import push_folder
+
+        self.write_card(repo_id)
+        return push_folder(self.output_dir, repo_id, token=token, private=private,
+                           commit_message=commit_message or f"Add {self.method} soup of {len(self.ingredients)} "
+                           "models (hf_soups)", revision=revision, endpoint=endpoint)
+
+    def evaluate(self, datasets: Any, **kwargs: Any) -> Any:
+        """Score every method (ingredients, uniform, greedy, ensembles, ...) on each dataset; see
+        [`hf_soups.evaluation.evaluate_soup`]."""
+        from .evaluation.report import evaluate_soup
+
+        return evaluate_soup(self, datasets, **kwargs)
+
+    def __repr__(self) -> str:
+        ings = ", ".join(f"{i.name} (w={i.weight:.3f})" for i in self.ingredients if i.weight is not None)
+        return f"Soup(method={self.method!r}, output_dir={self.output_dir!r}, ingredients=[{ings}])"
