@@ -19,7 +19,25 @@ def _status(e: BaseException) -> int | None:
 
 @contextlib.contextmanager
 def hub_errors(ingredient: str, *, token_given: bool, revision: str | None = None, push: bool = False) -> Iterator[None]:
-    """Map huggingface_hub exceptions raised inside the block to [`SoupError`]s naming `ingredient`."""
+    """Map huggingface_hub exceptions raised inside the block to [`SoupError`]s naming `ingredient`.
+
+    With `push=True`, `ingredient` is the target repo id, and errors name it as the push target.
+    """
+    try:
+        with _hub_errors(ingredient, token_given=token_given, revision=revision, push=push):
+            yield
+    except SoupError as e:
+        if push and e.ingredient == ingredient:
+            raise _for_push(e, ingredient) from e.__cause__
+        raise
+
+
+@contextlib.contextmanager
+def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = None, push: bool = False) -> Iterator[None]:
+    """Map huggingface_hub exceptions raised inside the block to [`SoupError`]s naming `ingredient`.
+
+    With `push=True`, `ingredient` is the target repo id, and errors name it as such.
+    """
     try:
         yield
     except SoupError:
@@ -60,11 +78,18 @@ def hub_errors(ingredient: str, *, token_given: bool, revision: str | None = Non
         cls = PushError if push else SoupError
         raise cls(f"the Hub answered HTTP {status}: {_first_line(e)}", ingredient=ingredient,
                   fix="retry; the local files are intact." if push else "retry later.") from None
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         if push:
             raise PushError(f"the upload failed: {type(e).__name__}: {_first_line(e)}", ingredient=ingredient,
                             fix="retry; the local soup is intact.") from None
         raise
+
+
+def _for_push(e: SoupError, repo_id: str) -> SoupError:
+    e.ingredient = None
+    e.message = f"push to '{repo_id}': {e.message}"
+    e.args = (e._render(),)
+    return e
 
 
 def _first_line(e: BaseException) -> str:
