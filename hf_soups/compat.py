@@ -132,7 +132,10 @@ def _num_labels(config: Mapping[str, Any]) -> int | None:
     if isinstance(config.get("num_labels"), int):
         return config["num_labels"]
     labels = normalize_id2label(config)
-    return len(labels) if labels is not None else None
+    if labels is not None:
+        return len(labels)
+    # transformers omits the default label map (2 labels) from config.json; heads-only configs declare neither
+    return 2 if any(a.endswith("Classification") for a in config.get("architectures") or []) else None
 
 
 def _names(items: Sequence[str], limit: int = 5) -> str:

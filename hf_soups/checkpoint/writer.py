@@ -31,6 +31,8 @@ def parse_size(size: int | str) -> int:
     """`"5GB"` -> 5_000_000_000; ints pass through."""
     if isinstance(size, int):
         return size
+    if size.strip().isdigit():
+        return int(size)
     from huggingface_hub.serialization._base import parse_size_to_int
 
     return parse_size_to_int(size)

@@ -19,10 +19,8 @@ def write_tiny_tokenizer(path: str | os.PathLike[str], extra_words: tuple[str, .
     from transformers import BertTokenizerFast
 
     os.makedirs(path, exist_ok=True)
-    vocab = os.path.join(path, "vocab.txt")
-    with open(vocab, "w", encoding="utf-8") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS, *extra_words]) + "\n")
-    BertTokenizerFast(vocab_file=vocab).save_pretrained(path)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS, *extra_words]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(path)
 
 
 def _labels(num_labels: int, id2label: Mapping[int, str] | None) -> dict[str, Any]:
@@ -48,7 +46,7 @@ def make_tiny_bert(
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=len(_WORDS) + 5, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        vocab_size=len(_WORDS) + 8, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=4, intermediate_size=hidden_size * 2, max_position_embeddings=64,
         **_labels(num_labels, id2label), **config_kwargs,
     )
