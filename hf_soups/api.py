@@ -33,13 +33,17 @@ Method = Literal["uniform", "weighted", "greedy", "learned"]
 RefLike = str | os.PathLike | IngredientRef
 
 
-def _resolve_all(refs: Sequence[RefLike], revision: str | None, token: Any, endpoint: str | None,
-                 cache_dir: str | None) -> list[Ingredient]:
+def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
+                 endpoint: str | None, cache_dir: str | None) -> list[Ingredient]:
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
     if not refs:
         raise SoupError("no ingredients given.", fix="pass a list of repo ids or checkpoint directories.")
-    parsed = [IngredientRef.parse(r, revision) for r in refs]
+    revisions = [revision] * len(refs) if revision is None or isinstance(revision, str) else list(revision)
+    if len(revisions) != len(refs):
+        raise SoupError(f"got {len(revisions)} revisions for {len(refs)} ingredients.",
+                        fix="pass one revision per ingredient, or a single branch/tag name for all.")
+    parsed = [IngredientRef.parse(r, rev) for r, rev in zip(refs, revisions)]
     if all(p.is_local for p in parsed):
         return [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
     from . import hub
@@ -100,7 +104,7 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
 def check_compatibility(
     refs: Sequence[RefLike],
     *,
-    revision: str | None = None,
+    revision: str | Sequence[str | None] | None = None,
     token: str | bool | None = None,
     align_labels: bool = False,
     weight_check: bool = True,
@@ -118,8 +122,8 @@ def check_compatibility(
     Args:
         refs (`Sequence[str]`):
             Hub repo ids (`"user/model"`, `"user/model@rev"`) or local checkpoint directories.
-        revision (`str`, *optional*):
-            Revision for references without their own `@rev`.
+        revision (`str` or `Sequence[str | None]`, *optional*):
+            Revision for references without their own `@rev`: one for all, or one per reference.
         token (`str` or `bool`, *optional*):
             Hub token for private repos.
         align_labels (`bool`, *optional*, defaults to `False`):
@@ -167,7 +171,7 @@ def soup_from_hub(
     output_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     *,
-    revision: str | None = None,
+    revision: str | Sequence[str | None] | None = None,
     stream: bool = False,
     eval_dataset: Any = None,
     metric: Any = "accuracy",
@@ -205,8 +209,8 @@ def soup_from_hub(
             Where to write the soup; a new temporary directory when omitted. Must be empty unless `overwrite=True`.
         token (`str` or `bool`, *optional*):
             Hub token for private repos. Never logged or stored.
-        revision (`str`, *optional*):
-            Revision for references without their own `@rev`.
+        revision (`str` or `Sequence[str | None]`, *optional*):
+            Revision for references without their own `@rev`: one for all, or one per reference.
         stream (`bool`, *optional*, defaults to `False`):
             Read weights with HTTP range requests instead of downloading the ingredients.
         eval_dataset (`datasets.Dataset`, *optional*):

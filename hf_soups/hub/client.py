@@ -47,11 +47,12 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
                                      cache_dir=cache_dir, token=token)
             files = tuple(sorted(_walk(path)))
             return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=os.path.basename(path), files=files,
-                              local_dir=path)
+                              local_dir=path, requested_revision=ref.revision)
         info = _api(endpoint).model_info(ref.repo_id, revision=ref.revision, token=token, files_metadata=True)
     files = tuple(s.rfilename for s in info.siblings or [])
     blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
-    return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids)
+    return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
+                      requested_revision=ref.revision)
 
 
 def _walk(root: str) -> list[str]:
@@ -151,6 +152,17 @@ def _read_weight_map(path: str, name: str) -> dict[str, str]:
                                      fix="re-upload the checkpoint.") from None
 
 
+def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
+    """Record `requested revision -> sha` in the cache, as huggingface_hub does, so offline runs resolve it too."""
+    from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, repo_folder_name
+
+    requested = ing.requested_revision or "main"
+    if ing.repo_id is None or ing.revision is None:
+        return
+    storage = os.path.join(cache_dir or hf_constants.HF_HUB_CACHE, repo_folder_name(repo_id=ing.repo_id, repo_type="model"))
+    _cache_commit_hash_for_specific_revision(storage, requested, ing.revision)
+
+
 def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,
              endpoint: str | None = None, weights: bool = True, allow_pickle: bool = False) -> str:
     """Download what a soup needs of one ingredient at its pinned sha; returns the snapshot directory."""
@@ -159,6 +171,8 @@ def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str
         return ing.local_dir
     patterns = needed_patterns(ing.files, weights=weights, allow_pickle=allow_pickle)
     with hub_errors(ing.ref, token_given=bool(token), revision=ing.revision):
-        return snapshot_download(ing.repo_id, revision=ing.revision, allow_patterns=patterns, token=token,
-                                 cache_dir=cache_dir, endpoint=endpoint,
-                                 local_files_only=_offline())
+        path = snapshot_download(ing.repo_id, revision=ing.revision, allow_patterns=patterns, token=token,
+                                 cache_dir=cache_dir, endpoint=endpoint, local_files_only=_offline())
+    if not _offline():
+        _remember_revision(ing, cache_dir)
+    return path

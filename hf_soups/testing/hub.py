@@ -324,7 +324,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             with hub.lock:
                 if (repo_type, repo_id) in hub.repos:
                     raise _HubError(409, "You already created this model repo", extra={"url": url})
-                repo = _Repo(repo_id, repo_type, bool(body.get("private")))
+                private = body.get("visibility") == "private" if "visibility" in body else bool(body.get("private"))
+                repo = _Repo(repo_id, repo_type, private)
                 hub._new_commit(repo, "main", {}, None, "initial commit")
                 hub.repos[(repo_type, repo_id)] = repo
             self._send(200, {"url": url, "name": repo_id, "id": repo_id})
