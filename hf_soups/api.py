@@ -300,7 +300,7 @@ def soup_from_hub(
         if method == "weighted":
             plan = plan.with_weights(weights)  # type: ignore[arg-type]
         elif method in ("greedy", "learned"):
-            from .recipes.greedy import choose_weights
+            from .recipes.held_out import choose_weights
 
             chosen = choose_weights(method, plan, readers, ingredients, metas[0].config, eval_dataset, metric=metric,
                                     strict=strict, progress=progress, **(eval_kwargs or {}))

@@ -80,11 +80,12 @@ def build_card(
     pipeline_tag = pipeline_tag_for(config.get("architectures"))
     name = repo_id.split("/")[-1] if repo_id else "model-soup"
     eval_results = []
+    key = f"{method}_soup"
     for split, scores in (results or {}).items():
-        if method in scores:
+        if key in scores:
             eval_results.append(EvalResult(
                 task_type=pipeline_tag or "other", dataset_type=split, dataset_name=split, metric_type=metric,
-                metric_value=float(scores[method]), dataset_split=split,
+                metric_value=float(scores[key]), dataset_split=split,
             ))
     data = ModelCardData(
         library_name="transformers",

@@ -49,6 +49,8 @@ def normalize_weights(weights: Sequence[float]) -> list[float]:
     total = sum(ws)
     if total <= 0:
         raise SoupError("weights sum to zero.", fix="give at least one ingredient a positive weight.")
+    if abs(total - 1.0) < 1e-12:  # already normalised: keep the exact values, so recipes replay bit for bit
+        return ws
     return [w / total for w in ws]
 
 

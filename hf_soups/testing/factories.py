@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["make_tiny_bert", "make_tiny_vit", "make_tiny_resnet", "perturb_checkpoint", "write_tiny_tokenizer"]
+__all__ = ["make_tiny_bert", "make_tiny_vit", "make_tiny_resnet", "perturb_checkpoint", "write_tiny_tokenizer",
+           "sentiment_examples", "finetune_tiny_classifier"]
 
 _WORDS = ("good great fine bad awful terrible movie film plot actor boring fun love hate the a is was not very "
           "really quite so").split()
@@ -109,4 +110,48 @@ def perturb_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         full = os.path.join(src, name)
         if os.path.isfile(full) and not os.path.exists(os.path.join(dst, name)):
             shutil.copyfile(full, os.path.join(dst, name))
+    return os.fspath(dst)
+
+
+def sentiment_examples(n: int, seed: int = 0) -> dict[str, list]:
+    """A synthetic two-class sentiment set over the tiny tokenizer's words (label 1 = positive)."""
+    import random
+
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fine", "love", "fun"], ["bad", "awful", "terrible", "hate", "boring"]
+    filler = ["the", "movie", "film", "plot", "actor", "was", "is", "very", "really", "quite", "so", "a"]
+    texts, labels = [], []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.sample(filler, 4) + [rng.choice(pos if label else neg)]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(label)
+    return {"text": texts, "label": labels}
+
+
+def finetune_tiny_classifier(base: str | os.PathLike[str], dst: str | os.PathLike[str], *, seed: int, lr: float,
+                             steps: int = 40, batch_size: int = 16, data_seed: int = 0) -> str:
+    """Fine-tune a tiny sequence classifier on [`sentiment_examples`] with AdamW; returns `dst`."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    data = sentiment_examples(steps * batch_size, seed=data_seed + seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        batch = tok(data["text"][sl], return_tensors="pt", padding=True)
+        loss = model(**batch, labels=torch.tensor(data["label"][sl])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(dst)
+    for name in os.listdir(base):
+        if name.startswith("tokenizer") or name in ("vocab.txt", "special_tokens_map.json"):
+            shutil.copyfile(os.path.join(base, name), os.path.join(dst, name))
     return os.fspath(dst)

@@ -1,0 +1,79 @@
+"""Candidate models in memory: one model skeleton whose parameters are overwritten per candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..checkpoint.reader import CheckpointReader
+from ..merge.plan import MergePlan
+from ..modeling import load_model
+
+__all__ = ["read_float_state", "ModelHolder"]
+
+
+def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int) -> dict[str, torch.Tensor]:
+    """The averaged (floating) tensors of ingredient `index` as fp32, classifier rows aligned per the plan."""
+    out = {}
+    perm = plan.label_permutations[index] if plan.label_permutations else None
+    for tp in plan.tensors:
+        if not tp.average:
+            continue
+        t = reader.read(tp.name).float()
+        if perm is not None and tp.permute_rows:
+            t = t[list(perm)]
+        out[tp.name] = t
+    return out
+
+
+class ModelHolder:
+    """Loads the first ingredient once (`from_pretrained`, fp32) and swaps candidate weights into it in place.
+
+    Integer buffers keep the loaded ingredient's values (the `int_rule="first"` convention).
+    """
+
+    def __init__(self, directory: str, config: Mapping[str, Any], trust_remote_code: bool = False,
+                 device: str | torch.device | None = None) -> None:
+        self.model = load_model(directory, config, trust_remote_code).float().eval()
+        if device is not None:
+            self.model.to(device)
+        self.params = self.model.state_dict(keep_vars=False)
+
+    def _target(self, name: str) -> torch.Tensor:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise KeyError(f"the model has no tensor '{name}'") from None
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> Any:
+        """Copy `state` into the model; returns the model."""
+        with torch.no_grad():
+            for name, value in state.items():
+                self._target(name).copy_(value)
+        return self.model
+
+    def load_mean(self, running_sum: Mapping[str, torch.Tensor], extra: Mapping[str, torch.Tensor] | None,
+                  count: int) -> Any:
+        """Load `(running_sum + extra) / count` without touching `running_sum`: one fused update per tensor."""
+        with torch.no_grad():
+            for name, value in running_sum.items():
+                target = self._target(name)
+                if extra is not None:
+                    torch.add(value, extra[name], out=target)
+                    target.div_(count)
+                else:
+                    torch.div(value, count, out=target)
+        return self.model
+
+    def load_combination(self, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> Any:
+        """Load `sum_k w_k * states[k]`."""
+        with torch.no_grad():
+            for name in states[0]:
+                target = self._target(name)
+                target.zero_()
+                for w, s in zip(weights, states):
+                    if w:
+                        target.add_(s[name], alpha=float(w))
+        return self.model

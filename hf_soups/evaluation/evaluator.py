@@ -1,0 +1,134 @@
+"""Scoring checkpoints on a held-out dataset: preprocess once, sort by length, batched inference, cached logits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import EvaluationError
+from .data import IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, check_labels, find_column
+from .metrics import Metric, resolve_metric
+
+__all__ = ["Evaluator", "task_of"]
+
+
+def task_of(config: Mapping[str, Any]) -> str:
+    """`"text"` for `*ForSequenceClassification`, `"image"` for `*ForImageClassification`.
+
+    Raises:
+        [`EvaluationError`]: another architecture.
+    """
+    for arch in config.get("architectures") or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "text"
+        if arch.endswith("ForImageClassification"):
+            return "image"
+    raise EvaluationError(f"cannot evaluate architectures {config.get('architectures')}: only *ForSequenceClassification "
+                          "and *ForImageClassification are supported.", fix="use method='uniform' or 'weighted'.")
+
+
+class Evaluator:
+    """Scores models on one dataset. The dataset is tokenized (or image-processed) once and reused for every
+    candidate; text is sorted by length for dynamic padding.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The evaluation data.
+        reference_dir (`str`):
+            A checkpoint directory holding the tokenizer or image processor (the first ingredient's).
+        config (`Mapping`):
+            The model config (`architectures`, `id2label`).
+        metric (`str`, `EvaluationModule` or callable, *optional*, defaults to `"accuracy"`):
+            See [`resolve_metric`].
+        text_column, label_column, image_column (`str`, *optional*):
+            Column names; defaults: `text`/`sentence`, `label`, `image`/`img`.
+        batch_size (`int`, *optional*, defaults to `64`):
+            Inference batch size.
+        max_length (`int`, *optional*, defaults to `256`):
+            Token truncation length.
+        name (`str`, *optional*):
+            The model named in label-mismatch errors.
+
+    Attributes:
+        references (`torch.Tensor`): label ids in dataset order.
+        forward_seconds (`float`): time spent in model forward passes (for overhead measurements).
+
+    Raises:
+        [`LabelMismatchError`]: the dataset labels do not match the model's label map.
+        [`EvaluationError`]: columns or the task cannot be found.
+    """
+
+    def __init__(self, dataset: Any, reference_dir: str, config: Mapping[str, Any], *, metric: Any = "accuracy",
+                 text_column: str | None = None, label_column: str | None = None, image_column: str | None = None,
+                 batch_size: int = 64, max_length: int = 256, name: str | None = None) -> None:
+        self.task = task_of(config)
+        self.metric: Metric = resolve_metric(metric)
+        self.batch_size = batch_size
+        columns = list(dataset.column_names)
+        label_col = find_column(columns, label_column, LABEL_COLUMNS, "label")
+        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} or \
+            {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+        self.references = torch.tensor(check_labels(dataset, label_col, id2label, name or reference_dir))
+        self.forward_seconds = 0.0
+        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        if self.task == "text":
+            self._prepare_text(dataset, reference_dir, find_column(columns, text_column, TEXT_COLUMNS, "text"),
+                               max_length)
+        else:
+            self._prepare_images(dataset, reference_dir, find_column(columns, image_column, IMAGE_COLUMNS, "image"))
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def _prepare_text(self, dataset: Any, reference_dir: str, column: str, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(reference_dir)
+        texts = [str(t) for t in dataset[column]]
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]])
+        order = torch.argsort(lengths, stable=True)
+        keys = list(encoded.keys())
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            features = [{k: encoded[k][i] for k in keys} for i in idx.tolist()]
+            self.batches.append((idx, dict(tokenizer.pad(features, return_tensors="pt"))))
+
+    def _prepare_images(self, dataset: Any, reference_dir: str, column: str) -> None:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(reference_dir)
+        n = len(dataset)
+        for start in range(0, n, self.batch_size):
+            images = dataset[start : min(start + self.batch_size, n)][column]
+            images = [im.convert("RGB") if hasattr(im, "convert") else im for im in images]
+            pixels = processor(images, return_tensors="pt")["pixel_values"]
+            self.batches.append((torch.arange(start, start + len(images)), {"pixel_values": pixels}))
+
+    def logits(self, model: Any) -> torch.Tensor:
+        """Logits of `model` on every example, in dataset order (float32)."""
+        out: torch.Tensor | None = None
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            for idx, inputs in self.batches:
+                start = time.perf_counter()
+                logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
+                self.forward_seconds += time.perf_counter() - start
+                if out is None:
+                    out = torch.empty(len(self), logits.shape[-1])
+                out[idx] = logits
+        assert out is not None
+        return out
+
+    def score_logits(self, logits: torch.Tensor) -> float:
+        """The metric of argmax predictions against the references."""
+        return self.metric(logits.argmax(-1).tolist(), self.references.tolist())
+
+    def score(self, model: Any) -> tuple[float, torch.Tensor]:
+        """`(metric, logits)` of `model`."""
+        logits = self.logits(model)
+        return self.score_logits(logits), logits

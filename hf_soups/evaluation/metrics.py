@@ -1,0 +1,86 @@
+"""Metrics: any `evaluate` name, an `EvaluationModule`, a local metric script, or the built-in accuracy.
+
+`evaluate.load("accuracy")` fetches its script from the Hub. Accuracy is therefore computed natively (same
+definition: the fraction of exact matches), so offline runs work; every other name goes through `evaluate.load`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import EvaluationError
+
+__all__ = ["Metric", "resolve_metric"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named scoring function `(predictions, references) -> float`."""
+
+    name: str
+    compute: Callable[[Sequence[int], Sequence[int]], float]
+
+    def __call__(self, predictions: Sequence[int], references: Sequence[int]) -> float:
+        return float(self.compute(predictions, references))
+
+
+def _native_accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    p, r = np.asarray(predictions), np.asarray(references)
+    return float((p == r).mean()) if len(r) else 0.0
+
+
+def _from_module(module: Any) -> Metric:
+    name = getattr(module, "name", None) or "metric"
+
+    def compute(predictions: Sequence[int], references: Sequence[int]) -> float:
+        result = module.compute(predictions=list(map(int, predictions)), references=list(map(int, references)))
+        if isinstance(result, dict):
+            if name in result:
+                return float(result[name])
+            values = [v for v in result.values() if isinstance(v, (int, float))]
+            if not values:
+                raise EvaluationError(f"metric '{name}' returned no number: {result}.",
+                                      fix="pass a metric whose compute() returns a number.")
+            return float(values[0])
+        return float(result)
+
+    return Metric(name, compute)
+
+
+def resolve_metric(metric: Any = "accuracy") -> Metric:
+    """Turn a metric argument into a [`Metric`].
+
+    Args:
+        metric (`str`, `evaluate.EvaluationModule`, `Metric` or callable):
+            `"accuracy"` (computed natively), any other `evaluate.load` name (fetched from the Hub), a local metric
+            script directory or file, an `EvaluationModule` instance, or a callable `(predictions, references)`.
+
+    Raises:
+        [`EvaluationError`]: the metric cannot be loaded.
+    """
+    if isinstance(metric, Metric):
+        return metric
+    try:
+        import evaluate
+    except ImportError:  # pragma: no cover - evaluate is a dependency
+        evaluate = None
+    if evaluate is not None and isinstance(metric, evaluate.EvaluationModule):
+        return _from_module(metric)
+    if isinstance(metric, str):
+        if metric == "accuracy" and not os.path.exists(metric):
+            return Metric("accuracy", _native_accuracy)
+        try:
+            return _from_module(evaluate.load(metric))
+        except Exception as e:
+            raise EvaluationError(
+                f"cannot load metric '{metric}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                fix="pass an evaluate.EvaluationModule instance, a local metric script directory, or 'accuracy'.",
+            ) from None
+    if callable(metric):
+        return Metric(getattr(metric, "__name__", "metric"), metric)
+    raise EvaluationError(f"unsupported metric {metric!r}.", fix="pass a metric name or an EvaluationModule.")
