@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_DISABLE_XET=1 $(BIN)/python -m hf_soups.demo
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/science_text.py
 
 test: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -70,6 +70,7 @@ def evaluate_soup(
     text_column: str | None = None,
     label_column: str | None = None,
     image_column: str | None = None,
+    extra_soups: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> SoupReport:
     """Evaluate the soup and its baselines on each dataset.
 
@@ -85,6 +86,8 @@ def evaluate_soup(
         base (`str`, *optional*): the pretrained (or zero-shot) checkpoint for WiSE-FT.
         alphas (`Sequence[float]`, *optional*): the WiSE-FT grid.
         metric (*optional*): defaults to the soup's metric.
+        extra_soups (`Mapping[str, str]`, *optional*): more soup directories to score, by method name (e.g.
+            `{"learned_soup": "path"}`).
 
     Returns:
         [`SoupReport`], also stored on `soup.results` for the model card.
@@ -141,6 +144,11 @@ def evaluate_soup(
                 results[s][label] = ev.score(soup_model)[0]
             results[s]["ensemble"] = ev.score_logits(torch.stack(logits[s]).mean(0))
             results[s]["greedy_ensemble"] = ev.score_logits(torch.stack([logits[s][m] for m in members]).mean(0))
+        for label_extra, path in (extra_soups or {}).items():
+            extra_reader = stack.enter_context(open_checkpoint(path, ingredient=label_extra))
+            model = holder.load(read_float_state(build_plan([extra_reader.tensors], [1.0]), extra_reader, 0))
+            for s, ev in evaluators.items():
+                results[s][label_extra] = ev.score(model)[0]
         if base is not None:
             base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
             base_state = read_float_state(build_plan([base_reader.tensors], [1.0]), base_reader, 0)
