@@ -25,7 +25,7 @@ from .recipes import EvalSpec, Recipe
 from .refs import Ingredient, IngredientRef
 from .soup import Soup
 
-__all__ = ["soup_from_hub", "check_compatibility", "Method"]
+__all__ = ["soup_from_hub", "check_compatibility", "load_recipe", "replay_recipe", "Method"]
 
 logger = logging.getLogger(__name__)
 
@@ -350,3 +350,46 @@ def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | N
                 config[key] = name
         with open(path, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+
+
+def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = None,
+                endpoint: str | None = None) -> Recipe:
+    """Read a recipe from a YAML file, or from the model card of a soup repo on the Hub.
+
+    Raises:
+        [`RecipeError`]: no recipe could be read.
+    """
+    from .card import recipe_from_card
+    from .errors import RecipeError
+
+    if os.path.isfile(source):
+        return Recipe.load(source)
+    from huggingface_hub import ModelCard
+
+    from .hub._errors import hub_errors
+
+    with hub_errors(os.fspath(source), token_given=bool(token)):
+        try:
+            card = ModelCard.load(os.fspath(source), token=token)
+        except ValueError as e:
+            raise RecipeError(f"cannot read a model card from '{source}' ({e}).",
+                              fix="pass a recipe YAML file or a soup repo id.") from None
+    return recipe_from_card(card)
+
+
+def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,
+                  token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
+                  endpoint: str | None = None, cache_dir: str | None = None) -> Soup:
+    """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules.
+
+    Held-out selection is not re-run: the recorded weights are applied as they are.
+    """
+    soup = soup_from_hub(
+        list(recipe.ingredients), method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
+        dtype=recipe.dtype, int_rule=recipe.int_rule, align_labels=recipe.align_labels, overwrite=overwrite,
+        progress=progress, endpoint=endpoint, cache_dir=cache_dir,
+    )
+    soup.method = recipe.method
+    soup.recipe = recipe
+    soup.write_card()
+    return soup

@@ -1,0 +1,219 @@
+"""The `hf-soups` command line: a thin front over the Python API.
+
+Exit codes:
+    0  success (for `check`: the ingredients are compatible)
+    1  `check`: the ingredients are incompatible; other commands: the verdict was negative
+    2  usage error (bad flags)
+    3  a repo, revision, directory or file was not found
+    4  authentication needed or refused (pass --token or run `hf auth login`)
+    5  unsafe or corrupt input refused (pickles, remote code, malformed safetensors, NaN/Inf)
+    6  the output cannot be written (exists without --overwrite, disk full)
+    7  the push failed (the local soup is intact; re-run `hf-soups push`)
+    8  evaluation data or metric problem
+    10 any other hf_soups error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .. import errors
+
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (errors.IncompatibleIngredientsError, 1),
+    (errors.IngredientNotFoundError, 3),
+    (errors.AuthenticationError, 4),
+    (errors.UnsafeCheckpointError, 5),
+    (errors.CorruptCheckpointError, 5),
+    (errors.NoSafetensorsError, 5),
+    (errors.NonFiniteTensorError, 5),
+    (errors.OutputExistsError, 6),
+    (errors.DiskFullError, 6),
+    (errors.PushError, 7),
+    (errors.LabelMismatchError, 8),
+    (errors.EvaluationError, 8),
+    (errors.SoupError, 10),
+]
+
+_EPILOG_SOUP = """examples:
+  hf-soups soup user/ft-1 user/ft-2 user/ft-3 --output soup/
+  hf-soups soup user/ft-1@v1 user/ft-2 --method weighted --weights 0.7 0.3 --output soup/ --push-to user/my-soup
+  hf-soups soup user/ft-{1..6} --method greedy --eval-dataset val.csv --text-column sentence --output soup/
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", default=None, help="revision (branch, tag or sha) for refs without their own @rev")
+    p.add_argument("--token", default=None, help="Hub token (defaults to HF_TOKEN or the saved login); never printed")
+    p.add_argument("--align-labels", action="store_true",
+                   help="accept id2label permutations by permuting classifier rows")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pytorch_model.bin ingredients, loaded with torch.load(weights_only=True)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-soups", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Model soups for the Hugging Face Hub: check, soup, push and replay fine-tunes of one base model.",
+        epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="print the compatibility verdict (exit 0 if compatible, 1 if not)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="example:\n  hf-soups check user/ft-1 user/ft-2@v2 ./local-ft-3\n")
+    check.add_argument("refs", nargs="+", metavar="REF", help="repo id, repo@revision, or local checkpoint directory")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common(check)
+
+    soup = sub.add_parser("soup", help="make a soup from two or more fine-tunes",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_SOUP)
+    soup.add_argument("refs", nargs="+", metavar="REF", help="repo id, repo@revision, or local checkpoint directory")
+    soup.add_argument("--method", choices=["uniform", "weighted", "greedy", "learned"], default="uniform",
+                      help="uniform mean, user weights, greedy (needs --eval-dataset) or learned (needs --eval-dataset)")
+    soup.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per REF (--method weighted)")
+    soup.add_argument("--eval-dataset", default=None,
+                      help="held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id")
+    soup.add_argument("--split", default=None, help="dataset split (Hub datasets and DatasetDicts)")
+    soup.add_argument("--text-column", default=None, help="text column (default: text or sentence)")
+    soup.add_argument("--label-column", default=None, help="label column (default: label)")
+    soup.add_argument("--image-column", default=None, help="image column (default: image or img)")
+    soup.add_argument("--metric", default="accuracy",
+                      help="an evaluate metric name or local metric script directory (default: accuracy)")
+    soup.add_argument("--strict", action="store_true", help="greedy accepts only strict improvements (>)")
+    soup.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
+    soup.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    soup.add_argument("--push-to", default=None, metavar="REPO", help="push the soup to this Hub repo")
+    soup.add_argument("--private", action="store_true", help="create the --push-to repo as private")
+    soup.add_argument("--stream", action="store_true", help="read Hub weights by HTTP ranges, never downloading them")
+    soup.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                      help="output dtype (default: the ingredients')")
+    soup.add_argument("--int-rule", default="first", choices=["first", "max", "error"],
+                      help="how differing integer buffers are resolved (never averaged)")
+    soup.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
+    soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
+    _add_common(soup)
+
+    push = sub.add_parser("push", help="upload a soup directory to the Hub in one commit",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="example:\n  hf-soups push soup/ user/my-soup --private\n")
+    push.add_argument("directory", metavar="DIR", help="a soup directory written by hf-soups")
+    push.add_argument("repo_id", metavar="REPO", help="target repo id, created when missing")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--token", default=None, help="Hub write token; never printed")
+    push.add_argument("--commit-message", default=None, help="commit message")
+    push.add_argument("--branch", default=None, help="branch to push to (created when missing)")
+    push.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    recipe = sub.add_parser("recipe", help="re-create a soup bit for bit from its recipe",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n  hf-soups recipe recipe.yaml --output soup/\n"
+                                   "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n")
+    recipe.add_argument("source", metavar="RECIPE", help="a recipe YAML file, or a soup repo id whose card holds one")
+    recipe.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
+    recipe.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    recipe.add_argument("--push-to", default=None, metavar="REPO", help="push the re-created soup to this repo")
+    recipe.add_argument("--private", action="store_true", help="create the --push-to repo as private")
+    recipe.add_argument("--token", default=None, help="Hub token; never printed")
+    recipe.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ..api import check_compatibility
+
+    report = check_compatibility(args.refs, revision=args.revision, token=args.token, align_labels=args.align_labels,
+                                 allow_pickle=args.allow_pickle)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
+    return 0 if report.compatible else 1
+
+
+def _print_soup(soup: Any) -> None:
+    print(f"Soup written to {soup.output_dir} ({soup.method}, {len(soup.ingredients)} ingredients)")
+    for ing in soup.ingredients:
+        score = f", held-out {ing.score:.4f}" if ing.score is not None else ""
+        print(f"  {ing.name}: weight {ing.weight:.4f}{score}")
+
+
+def _cmd_soup(args: argparse.Namespace) -> int:
+    from ..api import soup_from_hub
+    from ..evaluation.data import load_eval_dataset
+    from ..recipes import EvalSpec
+
+    eval_dataset, spec = None, None
+    if args.eval_dataset is not None:
+        eval_dataset = load_eval_dataset(args.eval_dataset, args.split)
+        spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric,
+                        text_column=args.text_column, label_column=args.label_column,
+                        image_column=args.image_column, strict=args.strict)
+    soup = soup_from_hub(
+        args.refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
+        revision=args.revision, stream=args.stream, eval_dataset=eval_dataset, metric=args.metric, strict=args.strict,
+        eval_spec=spec, dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
+        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        eval_kwargs={"text_column": args.text_column, "label_column": args.label_column,
+                     "image_column": args.image_column},
+    )
+    _print_soup(soup)
+    if args.push_to:
+        info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
+        print(f"Pushed to {args.push_to}: {info.commit_url}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from ..hub import push_folder
+
+    if not os.path.isfile(os.path.join(args.directory, "config.json")):
+        raise errors.IngredientNotFoundError("not a soup directory (no config.json).", file=args.directory,
+                                             fix="pass the --output directory of `hf-soups soup`.")
+    info = push_folder(args.directory, args.repo_id, token=args.token, private=args.private or None,
+                       commit_message=args.commit_message, revision=args.branch)
+    print(f"Pushed {args.directory} to {args.repo_id}: {info.commit_url}")
+    return 0
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from ..api import replay_recipe, load_recipe
+
+    recipe = load_recipe(args.source, token=args.token)
+    soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite)
+    _print_soup(soup)
+    if args.push_to:
+        info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
+        print(f"Pushed to {args.push_to}: {info.commit_url}")
+    return 0
+
+
+_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "push": _cmd_push, "recipe": _cmd_recipe}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `hf-soups` and `python -m hf_soups`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except errors.SoupError as e:
+        if args.debug:
+            raise
+        code = next(c for cls, c in EXIT_CODES if isinstance(e, cls))
+        first, *rest = str(e).split("\n")
+        print(f"hf-soups: error: {first}", file=sys.stderr)
+        for line in rest:
+            print(f"  {line}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("hf-soups: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
