@@ -219,6 +219,8 @@ def soup_from_hub(
     endpoint: str | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     eval_kwargs: dict[str, Any] | None = None,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -269,6 +271,13 @@ def soup_from_hub(
             Largest output shard.
         base_model (`str`, *optional*):
             The shared pretrained checkpoint, recorded in the card.
+        max_memory (`dict`, *optional*):
+            accelerate's `{device: size}` budget for greedy evaluation of models larger than memory: each candidate
+            is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
+        offload_folder (`str`, *optional*):
+            Where accelerate offloads weights that do not fit `max_memory`.
+        eval_kwargs (`dict`, *optional*):
+            Extra evaluation options: `text_column`, `label_column`, `image_column`, `batch_size`, `learned_steps`.
 
     Returns:
         [`Soup`]: with `.output_dir`, `.method`, `.ingredients` (pinned `.revision`, `.weight`), a lazy `.model`,
@@ -335,7 +344,8 @@ def soup_from_hub(
             from .recipes.held_out import choose_weights
 
             chosen = choose_weights(method, plan, readers, ingredients, metas[0].config, eval_dataset, metric=metric,
-                                    strict=strict, progress=progress, **(eval_kwargs or {}))
+                                    strict=strict, progress=progress, max_memory=max_memory,
+                                    offload_folder=offload_folder, **(eval_kwargs or {}))
             plan, trace, scores, evaluator = chosen.plan, chosen.trace, chosen.scores, chosen.evaluator
         for ing, w in zip(ingredients, plan.weights):
             ing.weight = w
@@ -355,12 +365,17 @@ def soup_from_hub(
                     metric=metric if isinstance(metric, str) else getattr(metric, "name", "metric"),
                     trust_remote_code=trust_remote_code)
         soup._evaluator = evaluator
-        with AtomicDirectory(target, overwrite=overwrite) as tmp:
-            merge_to_directory(plan, readers, tmp, max_shard_size=max_shard_size, names=names, progress=progress)
-            _copy_aux_files(ingredients[0], tmp, dtype)
-            soup.output_dir = tmp
-            soup.write_card()
-            soup.output_dir = target
+        from .evaluation.distributed import is_main_process, wait_for_everyone
+
+        if is_main_process():  # under `accelerate launch`, only the main process merges and writes
+            with AtomicDirectory(target, overwrite=overwrite) as tmp:
+                merge_to_directory(plan, readers, tmp, max_shard_size=max_shard_size, names=names,
+                                   progress=progress)
+                _copy_aux_files(ingredients[0], tmp, dtype)
+                soup.output_dir = tmp
+                soup.write_card()
+                soup.output_dir = target
+        wait_for_everyone()
     return soup
 
 

@@ -67,15 +67,14 @@ def test_greedy_accepts_good_and_rejects_bad(trained, tmp_path):
 
 
 def test_strict_rule_rejects_ties():
-    states = {i: {"w": torch.full((2,), float(i))} for i in range(3)}
     scores = [0.9, 0.8, 0.7]
 
-    def score_mean(running, candidate, n):
+    def score_mean(members, candidate):
         return 0.9  # every candidate ties with the best
 
-    accepted, trace = greedy_select(["a", "b", "c"], scores, states.__getitem__, score_mean)
+    accepted, trace = greedy_select(["a", "b", "c"], scores, score_mean)
     assert accepted == [0, 1, 2] and all(t["accepted"] for t in trace)
-    accepted, trace = greedy_select(["a", "b", "c"], scores, states.__getitem__, score_mean, strict=True)
+    accepted, trace = greedy_select(["a", "b", "c"], scores, score_mean, strict=True)
     assert accepted == [0] and [t["accepted"] for t in trace] == [True, False, False]
 
 

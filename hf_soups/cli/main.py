@@ -161,6 +161,10 @@ def _cmd_soup(args: argparse.Namespace) -> int:
         eval_kwargs={"text_column": args.text_column, "label_column": args.label_column,
                      "image_column": args.image_column},
     )
+    from ..evaluation.distributed import is_main_process
+
+    if not is_main_process():  # under `accelerate launch`, the main process reports and pushes
+        return 0
     _print_soup(soup)
     if args.push_to:
         info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)

@@ -12,7 +12,7 @@ from ..errors import EvaluationError
 from .data import IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, check_labels, find_column
 from .metrics import Metric, resolve_metric
 
-__all__ = ["Evaluator", "task_of"]
+__all__ = ["Evaluator", "task_of", "evaluate_checkpoint"]
 
 
 def task_of(config: Mapping[str, Any]) -> str:
@@ -109,20 +109,25 @@ class Evaluator:
             self.batches.append((torch.arange(start, start + len(images)), {"pixel_values": pixels}))
 
     def logits(self, model: Any) -> torch.Tensor:
-        """Logits of `model` on every example, in dataset order (float32)."""
-        out: torch.Tensor | None = None
+        """Logits of `model` on every example, in dataset order (float32).
+
+        Under `accelerate launch`, each process computes its share of the batches and the logits are summed across
+        processes (each example is computed by exactly one), so every process returns the full logits.
+        """
+        from .distributed import my_share, sum_across
+
+        out = torch.zeros(len(self), int(model.config.num_labels))
         model.eval()
         device = next(model.parameters()).device
+        if device.type == "meta":  # a model dispatched by accelerate (offloaded): inputs go to its first device
+            device = torch.device("cpu")
         with torch.inference_mode():
-            for idx, inputs in self.batches:
+            for idx, inputs in my_share(self.batches):
                 start = time.perf_counter()
                 logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
                 self.forward_seconds += time.perf_counter() - start
-                if out is None:
-                    out = torch.empty(len(self), logits.shape[-1])
                 out[idx] = logits
-        assert out is not None
-        return out
+        return sum_across(out)
 
     def score_logits(self, logits: torch.Tensor) -> float:
         """The metric of argmax predictions against the references."""
@@ -132,3 +137,29 @@ class Evaluator:
         """`(metric, logits)` of `model`."""
         logits = self.logits(model)
         return self.score_logits(logits), logits
+
+
+def evaluate_checkpoint(directory: str, dataset: Any, *, metric: Any = "accuracy", max_memory: dict | None = None,
+                        offload_folder: str | None = None, device_map: Any = None, trust_remote_code: bool = False,
+                        **evaluator_kwargs: Any) -> float:
+    """Score one checkpoint directory on `dataset`, loading it with accelerate's big-model path when asked.
+
+    With `max_memory` (e.g. `{"cpu": "2GB"}`) or a `device_map`, the model is loaded with
+    `from_pretrained(device_map=..., max_memory=..., offload_folder=...)`: what does not fit is offloaded to CPU and
+    disk, and the score is the same as an in-memory evaluation.
+
+    Returns:
+        `float`: the metric.
+    """
+    import json
+    import os
+
+    from ..modeling import load_model
+
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    kwargs: dict[str, Any] = {}
+    if max_memory is not None or device_map is not None:
+        kwargs = {"device_map": device_map or "auto", "max_memory": max_memory, "offload_folder": offload_folder}
+    model = load_model(directory, config, trust_remote_code, dtype=torch.float32, **kwargs)
+    return Evaluator(dataset, directory, config, metric=metric, **evaluator_kwargs).score(model)[0]

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["greedy_select", "greedy_ensemble"]
+__all__ = ["greedy_select", "greedy_ensemble", "RunningSum"]
 
 
 def greedy_select(
     names: Sequence[str],
     scores: Sequence[float],
-    load_state: Callable[[int], Mapping[str, torch.Tensor]],
-    score_mean: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor] | None, int], float],
+    score_with: Callable[[list[int], int], float],
     *,
+    accept: Callable[[int], None] | None = None,
     strict: bool = False,
     progress: Callable[[], None] | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
@@ -29,9 +29,10 @@ def greedy_select(
     Args:
         names (`Sequence[str]`): ingredient names, for the trace.
         scores (`Sequence[float]`): individual held-out scores.
-        load_state (`Callable[[int], Mapping[str, Tensor]]`): fp32 floating tensors of ingredient `i`.
-        score_mean (`Callable`): `score_mean(running_sum, candidate_or_None, count)` scores the model
-            `(running_sum + candidate) / count`.
+        score_with (`Callable[[list[int], int], float]`): the held-out score of the uniform soup of the accepted
+            ingredients plus one candidate.
+        accept (`Callable[[int], None]`, *optional*): called when a candidate joins the soup (e.g. to update a
+            running sum).
         strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
 
     Returns:
@@ -40,25 +41,49 @@ def greedy_select(
     """
     order = sorted(range(len(names)), key=lambda i: -scores[i])  # stable: ties keep input order
     best = order[0]
-    running = {k: v.clone() for k, v in load_state(best).items()}
     accepted = [best]
     best_score = scores[best]
     trace = [{"ingredient": names[best], "score": best_score, "accepted": True, "soup_size": 1}]
+    if accept:
+        accept(best)
     if progress:
         progress()
     for i in order[1:]:
-        candidate = load_state(i)
-        score = score_mean(running, candidate, len(accepted) + 1)
+        score = score_with(list(accepted), i)
         ok = score > best_score if strict else score >= best_score
         if ok:
-            for k, v in running.items():
-                v.add_(candidate[k])
             accepted.append(i)
             best_score = score
+            if accept:
+                accept(i)
         trace.append({"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)})
         if progress:
             progress()
     return sorted(accepted), trace
+
+
+class RunningSum:
+    """The in-memory greedy state: an fp32 running sum, so each trial is one fused update plus one evaluation."""
+
+    def __init__(self, load_state: Callable[[int], Mapping[str, torch.Tensor]],
+                 score_mean: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], int], float]) -> None:
+        self.load_state, self.score_mean = load_state, score_mean
+        self.total: dict[str, torch.Tensor] | None = None
+        self._last: tuple[int, Mapping[str, torch.Tensor]] | None = None
+
+    def score_with(self, members: list[int], candidate: int) -> float:
+        state = self.load_state(candidate)
+        self._last = (candidate, state)
+        assert self.total is not None
+        return self.score_mean(self.total, state, len(members) + 1)
+
+    def accept(self, i: int) -> None:
+        state = self._last[1] if self._last and self._last[0] == i else self.load_state(i)
+        if self.total is None:
+            self.total = {k: v.clone() for k, v in state.items()}
+        else:
+            for k, v in self.total.items():
+                v.add_(state[k])
 
 
 def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,10 +16,60 @@ from ..evaluation.candidates import ModelHolder, read_float_state
 from ..evaluation.evaluator import Evaluator
 from ..merge.plan import MergePlan
 from ..refs import Ingredient
-from .greedy import greedy_select
+from ..errors import EvaluationError
+from .greedy import RunningSum, greedy_select
 from .learned import learn_weights
 
 __all__ = ["Chosen", "choose_weights"]
+
+
+class OffloadedCandidates:
+    """Greedy candidates for models larger than memory: streamed to disk, evaluated through accelerate's offload."""
+
+    def __init__(self, plan: MergePlan, readers: Sequence[CheckpointReader], ingredients: Sequence[Ingredient],
+                 evaluator: Evaluator, max_memory: dict[Any, Any], offload_folder: str | None,
+                 trust_remote_code: bool) -> None:
+        import tempfile
+
+        self.plan, self.readers, self.ingredients, self.evaluator = plan, readers, ingredients, evaluator
+        self.max_memory, self.trust_remote_code = max_memory, trust_remote_code
+        self.workdir = tempfile.mkdtemp(prefix="hf-soups-greedy-")
+        self.offload_folder = offload_folder or os.path.join(self.workdir, "offload")
+
+    def _evaluate_dir(self, directory: str) -> tuple[float, torch.Tensor]:
+        from ..modeling import load_model
+
+        model = load_model(directory, trust_remote_code=self.trust_remote_code, device_map="auto",
+                           max_memory=self.max_memory, offload_folder=self.offload_folder, dtype=torch.float32)
+        try:
+            return self.evaluator.score(model)
+        finally:
+            del model
+
+    def score_ingredient(self, i: int) -> tuple[float, torch.Tensor]:
+        return self._score_members({i})
+
+    def score_with(self, members: list[int], candidate: int) -> float:
+        return self._score_members(set(members) | {candidate})[0]
+
+    def _score_members(self, chosen: set[int]) -> tuple[float, torch.Tensor]:
+        import shutil
+
+        from ..merge.engine import merge_to_directory
+
+        weights = [1.0 if i in chosen else 0.0 for i in range(len(self.readers))]
+        target = os.path.join(self.workdir, "candidate")
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        merge_to_directory(self.plan.with_weights(weights), self.readers, target, progress=False)
+        for name in ("config.json",):
+            shutil.copyfile(os.path.join(self.ingredients[0].local_dir or "", name), os.path.join(target, name))
+        return self._evaluate_dir(target)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        import shutil
+
+        shutil.rmtree(getattr(self, "workdir", ""), ignore_errors=True)
 
 
 @dataclass
@@ -51,8 +102,14 @@ def choose_weights(
     learned_steps: int = 30,
     seed: int = 0,
     device: str | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
 ) -> Chosen:
     """Score every ingredient on `eval_dataset`, then run the greedy or learned recipe.
+
+    With `max_memory` (accelerate's `{device: size}`), nothing is held in memory beyond what accelerate places
+    there: each candidate soup is streamed to a temporary checkpoint on disk by the merge engine and loaded with
+    `from_pretrained(device_map="auto", max_memory=..., offload_folder=...)`.
 
     Raises:
         [`LabelMismatchError`]: the dataset labels do not match the model's label map.
@@ -64,22 +121,37 @@ def choose_weights(
     evaluator = Evaluator(eval_dataset, reference_dir, config, metric=metric, text_column=text_column,
                           label_column=label_column, image_column=image_column, batch_size=batch_size,
                           name=names[0])
-    holder = ModelHolder(reference_dir, config, trust_remote_code, device=device)
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
     scores, logits = [], []
-    for i, reader in enumerate(readers):
-        score, lg = evaluator.score(holder.load(read_float_state(plan, reader, i)))
-        scores.append(score)
-        logits.append(lg)
-        bar.update()
+    offload = None
+    if max_memory is not None:  # big-model path: candidates live on disk, evaluation is offloaded by accelerate
+        if method != "greedy":
+            raise EvaluationError("max_memory (offloaded evaluation) supports method='greedy' only.",
+                                  fix="drop max_memory, or use method='greedy'.")
+        offload = OffloadedCandidates(plan, readers, ingredients, evaluator, max_memory, offload_folder,
+                                      trust_remote_code)
+        for i in range(len(readers)):
+            score, lg = offload.score_ingredient(i)
+            scores.append(score)
+            logits.append(lg)
+            bar.update()
+    else:
+        holder = ModelHolder(reference_dir, config, trust_remote_code, device=device)
+        for i, reader in enumerate(readers):
+            score, lg = evaluator.score(holder.load(read_float_state(plan, reader, i)))
+            scores.append(score)
+            logits.append(lg)
+            bar.update()
     score_map = dict(zip(names, scores))
-    if method == "greedy":
-        accepted, trace = greedy_select(
-            names, scores, lambda i: read_float_state(plan, readers[i], i),
-            lambda running, cand, n: evaluator.score(holder.load_mean(running, cand, n))[0],
-            strict=strict, progress=bar.update,
-        )
+    if method == "greedy" and offload is not None:
+        accepted, trace = greedy_select(names, scores, offload.score_with, strict=strict, progress=bar.update)
+        weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
+    elif method == "greedy":
+        running = RunningSum(lambda i: read_float_state(plan, readers[i], i),
+                             lambda total, cand, n: evaluator.score(holder.load_mean(total, cand, n))[0])
+        accepted, trace = greedy_select(names, scores, running.score_with, accept=running.accept, strict=strict,
+                                        progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
     else:
         states = [read_float_state(plan, r, i) for i, r in enumerate(readers)]
