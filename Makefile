@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hf_soups-installed
+OLAH := .venv-olah/bin/olah-cli
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test fuzz bench bench-setup venv clean
 
@@ -19,7 +21,16 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/science_text.py
 
-test: $(STAMP)
+# olah (an independent Hub implementation for the download tests) lives in its own venv: its pins differ from ours.
+$(OLAH):
+	test -x .venv-olah/bin/python || $(PY) -m venv .venv-olah
+	.venv-olah/bin/pip install -q --disable-pip-version-check olah==0.5.4
+
+# Fashion-MNIST for the vision notebook comes from Debian's dataset-fashion-mnist.
+$(FASHION_MNIST):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+test: $(STAMP) $(OLAH) $(FASHION_MNIST)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 fuzz: $(STAMP)
@@ -37,4 +48,4 @@ bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 
 clean:
-	rm -rf $(VENV) .venv-mergekit build *.egg-info benchmarks/.work
+	rm -rf $(VENV) .venv-mergekit .venv-olah build *.egg-info benchmarks/.work
