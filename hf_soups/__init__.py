@@ -6,25 +6,10 @@ arXiv:2203.05482): uniform, weighted, greedy and learned soups, pulled from and 
 
 __version__ = "0.1.0"
 
+from . import errors as _errors
 from .api import check_compatibility, soup_from_hub
 from .compat import CompatibilityReport, Problem
-from .errors import (
-    AuthenticationError,
-    CorruptCheckpointError,
-    DiskFullError,
-    EvaluationError,
-    IncompatibleIngredientsError,
-    IngredientNotFoundError,
-    LabelMismatchError,
-    NonFiniteTensorError,
-    NoSafetensorsError,
-    OutputExistsError,
-    PushError,
-    RecipeError,
-    RevisionNotFoundError,
-    SoupError,
-    UnsafeCheckpointError,
-)
+from .errors import *  # noqa: F403  (the whole error tree is public)
 from .recipes import EvalSpec, Recipe
 from .refs import Ingredient, IngredientRef
 from .soup import Soup
@@ -40,19 +25,5 @@ __all__ = [
     "EvalSpec",
     "CompatibilityReport",
     "Problem",
-    "SoupError",
-    "IncompatibleIngredientsError",
-    "IngredientNotFoundError",
-    "RevisionNotFoundError",
-    "AuthenticationError",
-    "NoSafetensorsError",
-    "UnsafeCheckpointError",
-    "CorruptCheckpointError",
-    "NonFiniteTensorError",
-    "OutputExistsError",
-    "DiskFullError",
-    "PushError",
-    "LabelMismatchError",
-    "EvaluationError",
-    "RecipeError",
+    *_errors.__all__,
 ]

@@ -16,26 +16,6 @@ STREAM_CHUNK_SIZE: int = int(os.environ.get("HF_SOUPS_STREAM_CHUNK_SIZE", 32 * 1
 #: Weight files of a checkpoint that hf_soups downloads (everything else is skipped).
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.index.json")
 
-#: Small files copied into every soup from the first ingredient, when present.
-AUX_FILES: tuple[str, ...] = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "preprocessor_config.json",
-    "image_processor_config.json",
-    "processor_config.json",
-    "chat_template.jinja",
-)
-
 #: Files whose content identifies a tokenizer, in order of preference.
 TOKENIZER_IDENTITY_FILES: tuple[str, ...] = (
     "tokenizer.json",
@@ -45,6 +25,20 @@ TOKENIZER_IDENTITY_FILES: tuple[str, ...] = (
     "spiece.model",
     "sentencepiece.bpe.model",
     "tokenizer.model",
+)
+
+#: Small files copied into every soup from the first ingredient, when present.
+AUX_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_IDENTITY_FILES,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "image_processor_config.json",
+    "processor_config.json",
 )
 
 #: Relative L2 distance above which an ingredient is flagged as not sharing the others' pretrained init.

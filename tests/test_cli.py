@@ -106,15 +106,10 @@ def test_recipe_round_trip_is_bit_identical(hub, cli_repos, tmp_path):
 
 
 def test_greedy_from_a_csv_file(hub, tmp_path):
-    from hf_soups.testing import finetune_tiny_classifier, sentiment_examples
+    from hf_soups.testing import make_tiny_sweep, sentiment_examples, write_csv
 
-    base = make_tiny_bert(tmp_path / "base", seed=0, num_labels=2, initializer_range=0.1)
-    refs = [finetune_tiny_classifier(base, tmp_path / f"ft{i}", seed=i, lr=1e-3 * (1 - 0.15 * i), steps=60)
-            for i in range(2)]
-    refs.append(finetune_tiny_classifier(base, tmp_path / "bad", seed=9, lr=1.0, steps=20))
-    data = sentiment_examples(120, seed=5)
-    csv = tmp_path / "val.csv"
-    csv.write_text("sentence,label\n" + "\n".join(f"{t},{y}" for t, y in zip(data["text"], data["label"])) + "\n")
+    refs = make_tiny_sweep(tmp_path, n_good=2)["refs"]
+    csv = write_csv(tmp_path / "val.csv", sentiment_examples(120, seed=5), text_column="sentence")
     out = tmp_path / "greedy"
     proc = run("soup", *refs, "--method", "greedy", "--eval-dataset", csv, "--text-column", "sentence",
                "--output", out, check_code=0)

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from hf_soups import LabelMismatchError, soup_from_hub
 from hf_soups.evaluation import Evaluator, resolve_metric
 from hf_soups.recipes.greedy import greedy_select
-from hf_soups.testing import finetune_tiny_classifier, make_tiny_bert, sentiment_examples
+from hf_soups.testing import make_tiny_sweep, sentiment_examples
 
 METRIC_DIR = os.path.join(os.path.dirname(__file__), "data", "metrics", "exact_match_rate")
 
@@ -21,11 +21,8 @@ METRIC_DIR = os.path.join(os.path.dirname(__file__), "data", "metrics", "exact_m
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    base = make_tiny_bert(root / "base", seed=0, num_labels=2, id2label={0: "negative", 1: "positive"},
-                          initializer_range=0.1)
-    good = [finetune_tiny_classifier(base, root / f"ft{i}", seed=i, lr=1e-3 * (1 - 0.15 * i), steps=60)
-            for i in range(3)]
-    bad = finetune_tiny_classifier(base, root / "bad", seed=9, lr=1.0, steps=20)  # destructive learning rate
+    sweep = make_tiny_sweep(root)  # three real fine-tunes, and one destroyed by a destructive learning rate
+    base, good, bad = sweep["base"], sweep["good"], sweep["bad"]
     val = Dataset.from_dict(sentiment_examples(200, seed=123))
     test = Dataset.from_dict(sentiment_examples(300, seed=7))
     return {"base": base, "good": good, "bad": bad, "val": val, "test": test, "root": root}

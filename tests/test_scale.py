@@ -12,20 +12,15 @@ from datasets import Dataset
 
 from hf_soups import soup_from_hub
 from hf_soups.evaluation import evaluate_checkpoint
-from hf_soups.testing import finetune_tiny_classifier, make_tiny_bert, sentiment_examples
+from hf_soups.testing import make_tiny_sweep, sentiment_examples, write_csv
 
 
 @pytest.fixture(scope="module")
 def ingredients(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    base = make_tiny_bert(root / "base", seed=0, num_labels=2, initializer_range=0.1)
-    refs = [finetune_tiny_classifier(base, root / f"ft{i}", seed=i, lr=1e-3 * (1 - 0.15 * i), steps=60)
-            for i in range(3)]
-    refs.append(finetune_tiny_classifier(base, root / "bad", seed=9, lr=1.0, steps=20))
+    refs = make_tiny_sweep(root)["refs"]
     data = sentiment_examples(160, seed=11)
-    csv = root / "val.csv"
-    csv.write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in zip(data["text"], data["label"])) + "\n")
-    return {"refs": refs, "val": Dataset.from_dict(data), "csv": csv}
+    return {"refs": refs, "val": Dataset.from_dict(data), "csv": write_csv(root / "val.csv", data)}
 
 
 def test_offloaded_evaluation_matches_in_memory(ingredients, tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 __all__ = ["make_tiny_bert", "make_tiny_vit", "make_tiny_resnet", "perturb_checkpoint", "write_tiny_tokenizer",
-           "sentiment_examples", "finetune_tiny_classifier"]
+           "sentiment_examples", "finetune_tiny_classifier", "make_tiny_sweep", "write_csv"]
 
 _WORDS = ("good great fine bad awful terrible movie film plot actor boring fun love hate the a is was not very "
           "really quite so").split()
@@ -155,3 +155,29 @@ def finetune_tiny_classifier(base: str | os.PathLike[str], dst: str | os.PathLik
         if name.startswith("tokenizer") or name in ("vocab.txt", "special_tokens_map.json"):
             shutil.copyfile(os.path.join(base, name), os.path.join(dst, name))
     return os.fspath(dst)
+
+
+def make_tiny_sweep(root: str | os.PathLike[str], n_good: int = 3, bad: bool = True) -> dict[str, Any]:
+    """A base tiny classifier and a sweep of real fine-tunes of it, plus one destroyed by a huge learning rate.
+
+    Returns:
+        `dict`: `{"base": path, "good": [paths], "bad": path or None, "refs": good + [bad]}`.
+    """
+    root = os.fspath(root)
+    base = make_tiny_bert(os.path.join(root, "base"), seed=0, num_labels=2,
+                          id2label={0: "negative", 1: "positive"}, initializer_range=0.1)
+    good = [finetune_tiny_classifier(base, os.path.join(root, f"ft{i}"), seed=i, lr=1e-3 * (1 - 0.15 * i), steps=60)
+            for i in range(n_good)]
+    worst = finetune_tiny_classifier(base, os.path.join(root, "bad"), seed=9, lr=1.0, steps=20) if bad else None
+    return {"base": base, "good": good, "bad": worst, "refs": good + ([worst] if worst else [])}
+
+
+def write_csv(path: str | os.PathLike[str], data: dict[str, list], text_column: str = "text") -> str:
+    """Write `{"text": [...], "label": [...]}` as a csv with the given text column name."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([text_column, "label"])
+        writer.writerows(zip(data["text"], data["label"]))
+    return os.fspath(path)
