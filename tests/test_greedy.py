@@ -144,3 +144,30 @@ def test_metrics_offline_and_from_local_scripts(trained, tmp_path):
     b = soup_from_hub(trained["good"], method="greedy", eval_dataset=trained["val"], output_dir=tmp_path / "b",
                       progress=False)
     assert a.scores == b.scores and a.trace == b.trace
+
+
+def test_image_classifier_greedy_and_evaluate(tmp_path):
+    """The vision path: the image processor prepares pixels once; transformers-5 renamed ViT weights load right."""
+    import numpy as np
+    from datasets import Image as ImageFeature
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    from hf_soups.testing import make_tiny_vit, perturb_checkpoint
+
+    base = make_tiny_vit(tmp_path / "base", seed=0)
+    refs = [perturb_checkpoint(base, tmp_path / f"v{i}", seed=i, scale=0.05) for i in range(3)]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(40)]
+    ds = Dataset.from_dict({"img": images, "label": [i % 3 for i in range(40)]}).cast_column("img", ImageFeature())
+    soup = soup_from_hub(refs, method="greedy", eval_dataset=ds, output_dir=tmp_path / "soup", progress=False)
+    processor = AutoImageProcessor.from_pretrained(refs[0])
+    pixels = processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    labels = torch.tensor([i % 3 for i in range(40)])
+    for ref in refs:  # independent truth for every individual score
+        model = ViTForImageClassification.from_pretrained(ref).eval()
+        with torch.no_grad():
+            expected = float((model(pixel_values=pixels).logits.argmax(-1) == labels).float().mean())
+        assert soup.scores[str(ref)] == pytest.approx(expected)
+    report = soup.evaluate({"val": ds})
+    assert report.results["val"]["best_individual"] == pytest.approx(max(soup.scores.values()))

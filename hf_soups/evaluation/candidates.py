@@ -28,6 +28,21 @@ def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int) -> d
     return out
 
 
+def _checkpoint_to_model_names(model: Any, state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Checkpoint name -> model name. transformers >= 5 renames some weights on load (and back on save), so the
+    names in a safetensors file can differ from `model.state_dict()`; the renaming is read from transformers itself."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # older transformers: names are the same
+        return {}
+    try:
+        saved = revert_weight_conversion(model, dict(state))
+    except Exception:
+        return {}
+    by_id = {id(t): k for k, t in state.items()}
+    return {saved_name: by_id[id(t)] for saved_name, t in saved.items() if id(t) in by_id and saved_name != by_id[id(t)]}
+
+
 class ModelHolder:
     """Loads the first ingredient once (`from_pretrained`, fp32) and swaps candidate weights into it in place.
 
@@ -40,12 +55,17 @@ class ModelHolder:
         if device is not None:
             self.model.to(device)
         self.params = self.model.state_dict(keep_vars=False)
+        self.name_map = _checkpoint_to_model_names(self.model, self.params)
 
     def _target(self, name: str) -> torch.Tensor:
         try:
-            return self.params[name]
+            return self.params[self.name_map.get(name, name)]
         except KeyError:
             raise KeyError(f"the model has no tensor '{name}'") from None
+
+    def model_names(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` keyed by the model's parameter names instead of the checkpoint's."""
+        return {self.name_map.get(k, k): v for k, v in state.items()}
 
     def load(self, state: Mapping[str, torch.Tensor]) -> Any:
         """Copy `state` into the model; returns the model."""

@@ -154,7 +154,7 @@ def choose_weights(
                                         progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
     else:
-        states = [read_float_state(plan, r, i) for i, r in enumerate(readers)]
+        states = [holder.model_names(read_float_state(plan, r, i)) for i, r in enumerate(readers)]
         weights, trace = learn_weights(
             holder.model, states, evaluator.batches, evaluator.references,
             lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=learned_steps, seed=seed,
