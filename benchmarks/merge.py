@@ -113,10 +113,19 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work"))
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to skip (naive, mergekit)")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "merge.json"))
+    parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"Generating {max(args.k, args.k_flat[1])} BERT-{args.size} {args.dtype} checkpoints (cached)...", flush=True)
-    paths = make_checkpoints(args.workdir, args.size, args.dtype, args.shard_size, max(args.k, args.k_flat[1]))
+    count = max(args.k, args.k_flat[1])
+    if args.generate_only:
+        make_checkpoints(args.workdir, args.size, args.dtype, args.shard_size, count)
+        return
+    print(f"Generating {count} BERT-{args.size} {args.dtype} checkpoints (cached)...", flush=True)
+    # In a child process: a forked contender inherits the parent's peak RSS, so the parent stays small (no torch).
+    subprocess.run([sys.executable, __file__, "--generate-only", "--size", args.size, "--dtype", args.dtype,
+                    "--shard-size", args.shard_size, "--k", str(args.k), "--k-flat", *map(str, args.k_flat),
+                    "--workdir", args.workdir], check=True)
+    paths = [os.path.join(args.workdir, f"ckpt-{args.size}-{args.dtype}-{args.shard_size}-{i}") for i in range(count)]
     inputs = paths[: args.k]
     model_bytes = sum(os.path.getsize(os.path.join(inputs[0], f)) for f in os.listdir(inputs[0])
                       if f.endswith(".safetensors"))
@@ -156,7 +165,7 @@ def main() -> None:
         flat[k] = {"work_s": res["work"], "rss_growth_bytes": res["peak_rss"] - idle_rss}
     checks = {}
     out_hf = os.path.join(args.workdir, "out-hf_soups")
-    for other in ("mergekit", "naive"):
+    for other in ("mergekit", "naive"):  # the last outputs of every contender are still on disk
         if other in runs:
             checks[other] = compare_outputs(out_hf, os.path.join(args.workdir, f"out-{other}"))
     floor_s, hf_s = summary["floor"]["work_s"], summary["hf_soups"]["work_s"]

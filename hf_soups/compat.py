@@ -230,7 +230,7 @@ def _dtype_warnings(metas: Sequence[IngredientMeta], report: CompatibilityReport
                            "pass dtype=... to choose the output dtype.", "warning"))
 
 
-def sample_tensor_names(tensors: Mapping[str, TensorInfo], k: int = 8, max_numel: int = 4_000_000) -> list[str]:
+def sample_tensor_names(tensors: Mapping[str, TensorInfo], k: int = 8, max_numel: int = 1_100_000) -> list[str]:
     """A deterministic, evenly spread sample of weight matrices, skipping classifier heads and huge tensors."""
     names = [
         n for n, info in tensors.items()

@@ -53,9 +53,13 @@ def _pieces(tensors: Iterable[TensorPlan]) -> Iterator[_Piece]:
 
 
 class _Prefetcher:
-    """Reads `(piece, ingredient)` chunks ahead in worker threads into a fixed pool of reused buffers."""
+    """Reads `(piece, ingredient)` chunks ahead in worker threads into a fixed pool of reused buffers.
 
-    def __init__(self, readers: Sequence[CheckpointReader], depth: int = 4) -> None:
+    A yielded chunk's buffer is recycled once the consumer has advanced the iterator twice, so the consumer may keep
+    the previous chunk alive while it handles the current one (to fuse the first two ingredients in one add).
+    """
+
+    def __init__(self, readers: Sequence[CheckpointReader], depth: int = 5) -> None:
         self.readers = readers
         self.depth = depth
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hf-soups-read")
@@ -79,10 +83,13 @@ class _Prefetcher:
         try:
             while free and submit():
                 pass
+            held: int | None = None
             while inflight:
                 piece, i, slot, fut = inflight.popleft()
                 yield piece, i, fut.result()
-                free.append(slot)
+                if held is not None:
+                    free.append(held)
+                held = slot
                 while free and submit():
                     pass
         finally:
@@ -105,10 +112,12 @@ def iter_merged_chunks(
     readers: Sequence[CheckpointReader],
     names: Sequence[str] | None = None,
     order: Sequence[str] | None = None,
+    slots: int = 1,
 ) -> Iterator[tuple[TensorPlan, int, torch.Tensor]]:
     """Yield `(tensor plan, flat start, chunk)` for every output chunk, in `order` (default: plan order).
 
-    The yielded chunk lives in a reused buffer: consume it before advancing the iterator.
+    Yielded chunks live in `slots` rotating buffers: a consumer may hold at most `slots - 1` earlier chunks (for
+    example in a writer thread) while it receives the next one.
 
     Raises:
         [`NonFiniteTensorError`]: an ingredient holds NaN/Inf in an averaged tensor (when `plan.check_finite`).
@@ -126,14 +135,17 @@ def iter_merged_chunks(
     max_in = max((max(r.tensors[p.tensor.name].nbytes // max(p.tensor.numel, 1) for r in readers) * p.count
                   for p in pieces), default=1)
     max_out = max((p.count for p in pieces), default=1)
-    acc_buf = torch.empty(max_out, dtype=torch.float32)
-    out_bufs: dict[torch.dtype, torch.Tensor] = {}
+    acc_bufs = [torch.empty(max_out, dtype=torch.float32) for _ in range(slots)]
+    out_bufs: dict[torch.dtype, list[torch.Tensor]] = {}
     tasks = ((p, i) for p in pieces for i in active)
     stream = _Prefetcher(readers).run(tasks, max(max_in, 1))
-    for piece in pieces:
+    for n_piece, piece in enumerate(pieces):
         tp = piece.tensor
-        chunks = []
-        for _ in active:
+        slot = n_piece % slots
+        acc_buf = acc_bufs[slot]
+        chunks: list = []
+        first: torch.Tensor | None = None
+        for n_seen in range(len(active)):
             got_piece, i, chunk = next(stream)
             assert got_piece is piece
             perm = plan.label_permutations[i] if tp.permute_rows and plan.label_permutations else None
@@ -142,7 +154,12 @@ def iter_merged_chunks(
             if tp.average:
                 acc = acc_buf[: piece.count]
                 w = plan.weights[i]
-                if not chunks:
+                if n_seen == 0 and len(active) > 1 and equal and chunk.dtype == torch.float32:
+                    first = chunk  # kept alive by the prefetcher until the next chunk: fused below
+                elif first is not None:
+                    torch.add(first, chunk, out=acc)  # copy and first add in one pass
+                    first = None
+                elif n_seen == 0:
                     acc.copy_(chunk)
                     if not equal:
                         acc.mul_(w)
@@ -158,15 +175,16 @@ def iter_merged_chunks(
             acc = acc_buf[: piece.count]
             if equal:
                 acc.div_(len(active))
-            if plan.check_finite and piece.count and not bool(torch.isfinite(acc).all()):
+            # NaN and Inf propagate through the sum, so one reduction finds them; the exact check runs only then
+            if plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
+                    and not bool(torch.isfinite(acc).all()):
                 _raise_non_finite(tp, piece, readers, active, names)
             if tp.torch_dtype == torch.float32:
                 yield tp, piece.start, acc
             else:
-                buf = out_bufs.get(tp.torch_dtype)
-                if buf is None or buf.numel() < piece.count:
-                    buf = out_bufs[tp.torch_dtype] = torch.empty(max_out, dtype=tp.torch_dtype)
-                out = buf[: piece.count]
+                bufs = out_bufs.setdefault(tp.torch_dtype, [torch.empty(max_out, dtype=tp.torch_dtype)
+                                                            for _ in range(slots)])
+                out = bufs[slot][: piece.count]
                 out.copy_(acc)
                 yield tp, piece.start, out
         else:
@@ -222,12 +240,21 @@ def merge_to_directory(
     )
     bar = tqdm(total=writer.total_size, unit="B", unit_scale=True, unit_divisor=1024, desc="Souping",
                disable=not progress or constants.progress_disabled())
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-soups-write")  # writes overlap the math
     try:
-        for tp, _, chunk in iter_merged_chunks(plan, readers, names, order=writer.order):
-            writer.write(tp.name, chunk)
+        for tp, _, chunk in iter_merged_chunks(plan, readers, names, order=writer.order, slots=3):
+            pending.append(pool.submit(writer.write, tp.name, chunk))
             bar.update(chunk.numel() * chunk.element_size())
+            while len(pending) >= 2:  # keep at most 2 of the 3 rotating buffers with the writer
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
         return writer.close()
     finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
         writer.abort()
         bar.close()
 
