@@ -172,6 +172,13 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
                                    "soup only fine-tunes of one architecture; remove this ingredient."))
         missing = [n for n in ref.tensors if n not in meta.tensors]
         extra = [n for n in meta.tensors if n not in ref.tensors]
+        legacy = [n for n in missing + extra if constants.is_legacy_buffer(n)]
+        if legacy:
+            report.add(Problem(meta.name, "tensors", f"legacy buffer(s) {_names(legacy)} saved by only some "
+                               "ingredients; transformers ignores them on load, so the soup leaves them out.",
+                               "none needed.", "warning"))
+            missing = [n for n in missing if n not in legacy]
+            extra = [n for n in extra if n not in legacy]
         if missing:
             report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that '{ref.name}' has: "
                                f"{_names(missing)}.", "re-export it with the same architecture and config."))

@@ -45,6 +45,18 @@ AUX_FILES: tuple[str, ...] = (
 INIT_DISTANCE_WARNING: float = float(os.environ.get("HF_SOUPS_INIT_DISTANCE_WARNING", 0.5))
 
 
+#: Buffers that older transformers versions saved and current ones ignore on load. When only some ingredients have
+#: them, the verdict warns and the soup leaves them out (transformers rebuilds them).
+LEGACY_BUFFER_PATTERNS: tuple[str, ...] = (r"(^|\.)position_ids$", r"rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")
+
+
+def is_legacy_buffer(name: str) -> bool:
+    """Whether `name` is a buffer transformers ignores on load (see [`LEGACY_BUFFER_PATTERNS`])."""
+    import re
+
+    return any(re.search(p, name) for p in LEGACY_BUFFER_PATTERNS)
+
+
 def progress_disabled() -> bool:
     """Whether progress bars are off (`HF_HUB_DISABLE_PROGRESS_BARS`)."""
     from huggingface_hub.utils import are_progress_bars_disabled

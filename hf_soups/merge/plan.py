@@ -159,8 +159,12 @@ def build_plan(
         raise SoupError(f"got {len(ws)} weights for {len(tensor_maps)} ingredients.", fix="pass one weight per ingredient.")
     out_code = dtype_code(getattr(torch, dtype) if isinstance(dtype, str) else dtype) if dtype is not None else None
     perms = tuple(tuple(p) if p is not None else None for p in (label_permutations or [None] * len(tensor_maps)))
+    from .. import constants
+
     plans = []
     for name, info in tensor_maps[0].items():
+        if constants.is_legacy_buffer(name) and any(name not in t for t in tensor_maps[1:]):
+            continue  # a legacy buffer only some ingredients saved: left out (transformers rebuilds it)
         infos = []
         for ingredient, tensors in zip(names, tensor_maps):
             other = tensors.get(name)
@@ -186,7 +190,7 @@ def build_plan(
         )
         plans.append(TensorPlan(name, tuple(info.shape), code, average, permute))
     for ingredient, tensors in zip(names[1:], tensor_maps[1:]):
-        extra = [n for n in tensors if n not in tensor_maps[0]]
+        extra = [n for n in tensors if n not in tensor_maps[0] and not constants.is_legacy_buffer(n)]
         if extra:
             raise SoupError(f"has extra tensors {extra[:5]}.", ingredient=ingredient, tensor=extra[0],
                             fix="run check_compatibility() to see every difference.")
