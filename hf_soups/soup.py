@@ -145,6 +145,13 @@ class Soup:
 
         return evaluate_soup(self, datasets, **kwargs)
 
+    def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:
+        """Re-estimate BatchNorm running statistics on calibration data instead of averaging them; see
+        [`hf_soups.evaluation.batchnorm.recompute_batchnorm`]. Returns the number of layers recomputed."""
+        from .evaluation.batchnorm import recompute_batchnorm
+
+        return recompute_batchnorm(self, dataset, **kwargs)
+
     def __repr__(self) -> str:
         ings = ", ".join(f"{i.name} (w={i.weight:.3f})" for i in self.ingredients if i.weight is not None)
         return f"Soup(method={self.method!r}, output_dir={self.output_dir!r}, ingredients=[{ings}])"
