@@ -179,7 +179,7 @@ def main() -> None:
     }
     print(f"\nK={args.k} BERT-{args.size} {args.dtype} sequence classifiers, {model_bytes / 1e9:.2f} GB each, "
           f"sharded at {args.shard_size}; median of {args.rounds} rounds; idle interpreter RSS {idle_rss / 1e9:.2f} GB\n")
-    print(f"| contender | work (s) | x floor | x hf_soups | process wall (s) | peak RSS (GB) | RSS growth (GB) |")
+    print("| contender | work (s) | x floor | x hf_soups | process wall (s) | peak RSS (GB) | RSS growth (GB) |")
     print("|---|---|---|---|---|---|---|")
     for name, s in summary.items():
         print(f"| {name} | {s['work_s']:.2f} | {s['work_s'] / floor_s:.2f} | {s['work_s'] / hf_s:.2f} | "

@@ -38,7 +38,7 @@ class IngredientRef:
         return self.local_dir is not None
 
     @classmethod
-    def parse(cls, ref: "str | os.PathLike[str] | IngredientRef", revision: str | None = None) -> "IngredientRef":
+    def parse(cls, ref: str | os.PathLike[str] | IngredientRef, revision: str | None = None) -> IngredientRef:
         """Parse `user/name`, `user/name@rev` or a local directory.
 
         Args:

@@ -70,7 +70,7 @@ class Soup:
             self._model.eval()
         return self._model
 
-    def card_for(self, repo_id: str | None = None) -> "ModelCard":
+    def card_for(self, repo_id: str | None = None) -> ModelCard:
         """The model card, with the loading snippet pointing at `repo_id`."""
         return build_card(
             method=self.method, ingredients=self.ingredients, config=self.config, recipe=self.recipe,
@@ -79,7 +79,7 @@ class Soup:
         )
 
     @property
-    def card(self) -> "ModelCard":
+    def card(self) -> ModelCard:
         """The model card (`huggingface_hub.ModelCard`) recording ingredients, revisions, weights, recipe, results."""
         return self.card_for()
 
@@ -114,7 +114,7 @@ class Soup:
         commit_message: str | None = None,
         revision: str | None = None,
         endpoint: str | None = None,
-    ) -> "CommitInfo":
+    ) -> CommitInfo:
         """Upload the soup and its card to `repo_id` in one commit, creating the repo when missing.
 
         Args:

@@ -1,3 +1,4 @@
+"""Regenerate the notebooks in notebooks/ (outputs stripped): `python notebooks/_build_notebooks.py` from the repo root."""
 import nbformat as nbf
 
 def nb(cells):

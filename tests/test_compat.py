@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_soups import IncompatibleIngredientsError, check_compatibility, soup_from_hub
-from hf_soups.testing import make_tiny_bert, make_tiny_vit, perturb_checkpoint
+from hf_soups.testing import make_tiny_bert, make_tiny_vit
 
 
 def _clone(src, dst, edit_config=None):

@@ -59,7 +59,7 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

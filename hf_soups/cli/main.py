@@ -185,7 +185,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
-    from ..api import replay_recipe, load_recipe
+    from ..api import load_recipe, replay_recipe
 
     recipe = load_recipe(args.source, token=args.token)
     soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite)

@@ -96,7 +96,7 @@ class MergePlan:
     check_finite: bool = True
     metadata: tuple[tuple[str, str], ...] = field(default=())
 
-    def with_weights(self, weights: Sequence[float]) -> "MergePlan":
+    def with_weights(self, weights: Sequence[float]) -> MergePlan:
         """The same plan with other weights (normalised)."""
         return MergePlan(self.tensors, tuple(normalize_weights(weights)), self.int_rule, self.label_permutations,
                          self.check_finite, self.metadata)
@@ -105,7 +105,7 @@ class MergePlan:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "MergePlan":
+    def from_json(cls, text: str) -> MergePlan:
         data = json.loads(text)
         tensors = tuple(TensorPlan(**{**t, "shape": tuple(t["shape"])}) for t in data.pop("tensors"))
         perms = tuple(tuple(p) if p is not None else None for p in data.pop("label_permutations"))

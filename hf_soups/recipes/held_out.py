@@ -12,11 +12,11 @@ from huggingface_hub.utils import tqdm
 
 from .. import constants
 from ..checkpoint.reader import CheckpointReader
+from ..errors import EvaluationError
 from ..evaluation.candidates import ModelHolder, read_float_state
 from ..evaluation.evaluator import Evaluator
 from ..merge.plan import MergePlan
 from ..refs import Ingredient
-from ..errors import EvaluationError
 from .greedy import RunningSum, greedy_select
 from .learned import learn_weights
 

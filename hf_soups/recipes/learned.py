@@ -51,7 +51,7 @@ def learn_weights(
     buffers = {n: b for n, b in model.named_buffers()}
     gen = torch.Generator().manual_seed(seed)
     model.eval()
-    for step in range(steps):
+    for _ in range(steps):
         idx, inputs = batches[int(torch.randint(len(batches), (1,), generator=gen))]
         w = torch.softmax(alpha, 0)
         params = {n: sum(w[j] * states[j][n].to(device) for j in range(k)) for n in names}

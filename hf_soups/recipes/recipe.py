@@ -72,7 +72,7 @@ class Recipe:
         return yaml.safe_dump({"hf_soups_recipe": self.to_dict()}, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
         data = dict(data.get("hf_soups_recipe", data))
         try:
             evaluation = data.pop("evaluation", None)
@@ -88,7 +88,7 @@ class Recipe:
                               fix="start from the recipe block of a soup's model card.") from None
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Recipe":
+    def from_yaml(cls, text: str) -> Recipe:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -98,7 +98,7 @@ class Recipe:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Recipe":
+    def load(cls, path: str | os.PathLike[str]) -> Recipe:
         with open(path, encoding="utf-8") as f:
             return cls.from_yaml(f.read())
 

@@ -30,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["LoopbackHub"]
 
@@ -105,7 +105,7 @@ class LoopbackHub:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
-    def start(self) -> "LoopbackHub":
+    def start(self) -> LoopbackHub:
         self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)
         self._thread.start()
         return self
@@ -116,7 +116,7 @@ class LoopbackHub:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "LoopbackHub":
+    def __enter__(self) -> LoopbackHub:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
