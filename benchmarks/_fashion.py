@@ -45,3 +45,46 @@ def to_dataset(x: np.ndarray, y: np.ndarray):
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=NAMES)})
     return Dataset.from_dict({"image": [Image.fromarray(a) for a in x], "label": [int(v) for v in y]},
                              features=features)
+
+
+def vit_base(work: str, seed: int = 0) -> str:
+    """A small randomly initialised `ViTForImageClassification` for 28x28 Fashion-MNIST, with its processor."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=3, hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=128, num_labels=10,
+                       id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)})
+    torch.manual_seed(seed)
+    path = os.path.join(work, "base")
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(path)
+    return path
+
+
+def train_vit(base: str, images: np.ndarray, labels: np.ndarray, out: str, *, lr: float, seed: int,
+              epochs: int = 2, batch_size: int = 64) -> str:
+    """Train a copy of `base` with AdamW on uint8 images; saves model and processor to `out`."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(base)
+    pixels = processor([Image.fromarray(a).convert("RGB") for a in images], return_tensors="pt")["pixel_values"]
+    targets = torch.tensor(labels.astype("int64"))
+    torch.manual_seed(seed)
+    model = ViTForImageClassification.from_pretrained(base)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(targets))
+        for i in range(0, len(targets), batch_size):
+            b = order[i : i + batch_size]
+            loss = model(pixel_values=pixels[b], labels=targets[b]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -29,10 +29,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    import torch
-    from _fashion import NAMES, arrays, shifts, to_dataset
-    from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from _fashion import arrays, shifts, to_dataset, train_vit, vit_base
 
     from hf_soups import soup_from_hub
     from hf_soups.plots import plot_soup
@@ -43,36 +40,12 @@ def main() -> None:
     sets = {"val": to_dataset(train_x[-n:], train_y[-n:]), "test": to_dataset(test_x[:n], test_y[:n])}
     sets.update({k: to_dataset(v, test_y[:n]) for k, v in shifts(test_x[:n]).items()})
     work = tempfile.mkdtemp(prefix="science-vision-")
-    config = ViTConfig(image_size=28, patch_size=7, num_channels=3, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=128, num_labels=10,
-                       id2label=dict(enumerate(NAMES)), label2id={v: k for k, v in enumerate(NAMES)})
-    processor = ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    torch.manual_seed(0)
-    base = os.path.join(work, "base")
-    ViTForImageClassification(config).save_pretrained(base)
-    processor.save_pretrained(base)
-    pixels = processor([Image.fromarray(a).convert("RGB") for a in train_x[: args.n_train]],
-                       return_tensors="pt")["pixel_values"]
-    labels = torch.tensor(train_y[: args.n_train].astype("int64"))
+    base = vit_base(work)
     grid = [("lr1e-3-s0", 1e-3, 0), ("lr2e-3-s1", 2e-3, 1), ("lr5e-4-s2", 5e-4, 2), ("lr1.5e-3-s3", 1.5e-3, 3)]
     refs = []
     for name, lr, seed in grid:
-        torch.manual_seed(seed)
-        model = ViTForImageClassification.from_pretrained(base)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        model.train()
-        for _ in range(args.epochs):
-            order = torch.randperm(len(labels))
-            for i in range(0, len(labels), 64):
-                b = order[i : i + 64]
-                loss = model(pixel_values=pixels[b], labels=labels[b]).loss
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        path = os.path.join(work, name)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        refs.append(path)
+        refs.append(train_vit(base, train_x[: args.n_train], train_y[: args.n_train], os.path.join(work, name),
+                              lr=lr, seed=seed, epochs=args.epochs))
         print(f"[{time.time() - t0:5.0f}s] trained {name}", flush=True)
     greedy = soup_from_hub(refs, method="greedy", eval_dataset=sets["val"], output_dir=os.path.join(work, "soup"),
                            progress=False)

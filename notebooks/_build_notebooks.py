@@ -108,11 +108,8 @@ soup gain (`benchmarks/science_vision.py` records the numbers); we report what w
 import os, sys, tempfile
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "benchmarks")))
-import torch
-from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from hf_soups import soup_from_hub
-from _fashion import NAMES, arrays, shifts, to_dataset
+from _fashion import arrays, shifts, to_dataset, train_vit, vit_base
 train_x, train_y, test_x, test_y = arrays()
 sets = {"val": to_dataset(train_x[-400:], train_y[-400:]), "test": to_dataset(test_x[:400], test_y[:400])}
 sets.update({k: to_dataset(v, test_y[:400]) for k, v in shifts(test_x[:400]).items()})
@@ -120,31 +117,9 @@ train_x.shape, test_x.shape
 """,
 """
 work = tempfile.mkdtemp(prefix="vision-soup-")
-config = ViTConfig(image_size=28, patch_size=7, num_channels=3, hidden_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, intermediate_size=128, num_labels=10,
-                   id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)})
-processor = ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-torch.manual_seed(0)
-base_dir = os.path.join(work, "base")
-ViTForImageClassification(config).save_pretrained(base_dir); processor.save_pretrained(base_dir)
-pixels = processor([Image.fromarray(a).convert("RGB") for a in train_x[:3000]], return_tensors="pt")["pixel_values"]
-labels = torch.tensor(train_y[:3000].astype("int64"))
-
-def train(name, lr, seed, epochs=2):
-    torch.manual_seed(seed)
-    model = ViTForImageClassification.from_pretrained(base_dir)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for i in range(0, len(labels), 64):
-            b = order[i:i + 64]
-            loss = model(pixel_values=pixels[b], labels=labels[b]).loss
-            opt.zero_grad(); loss.backward(); opt.step()
-    path = os.path.join(work, name); model.save_pretrained(path); processor.save_pretrained(path)
-    return path
-
-refs = [train("vit-lr1e-3", 1e-3, 0), train("vit-lr2e-3", 2e-3, 1), train("vit-lr5e-4", 5e-4, 2)]
+base = vit_base(work)  # one shared random initialisation
+refs = [train_vit(base, train_x[:3000], train_y[:3000], os.path.join(work, name), lr=lr, seed=seed)
+        for name, lr, seed in [("vit-lr1e-3", 1e-3, 0), ("vit-lr2e-3", 2e-3, 1), ("vit-lr5e-4", 5e-4, 2)]]
 """,
 """
 soup = soup_from_hub(refs, method="greedy", eval_dataset=sets["val"], output_dir=os.path.join(work, "soup"),
