@@ -54,9 +54,15 @@ def hf_soups(out: str, inputs: list[str]) -> None:
     # Imports stay outside every contender's timer (mergekit's are too): the architecture check needs the model class.
     getattr(transformers, "BertForSequenceClassification")
 
+    device = os.environ.get("BENCH_DEVICE") or None  # "cpu", "cuda", or unset (hf_soups' default)
     start = time.perf_counter()
-    soup_from_hub(inputs, output_dir=out, progress=False, max_shard_size=SHARD)
+    soup_from_hub(inputs, output_dir=out, progress=False, max_shard_size=SHARD, device=device)
     print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def hf_soups_gpu(out: str, inputs: list[str]) -> None:
+    os.environ["BENCH_DEVICE"] = "cuda"
+    hf_soups(out, inputs)
 
 
 def idle(out: str, inputs: list[str]) -> None:

@@ -132,7 +132,10 @@ def main() -> None:
     env = {**os.environ, "BENCH_SHARD_SIZE": args.shard_size, "BENCH_DTYPE": args.dtype,
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     py = sys.executable
-    contenders = [("floor", py), ("hf_soups", py)]
+    cuda = subprocess.run([py, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,
+                          text=True).stdout.strip() == "True"
+    env["BENCH_DEVICE"] = "cpu"  # the CPU path; with CUDA present the GPU accumulation runs as its own contender
+    contenders = [("floor", py), ("hf_soups", py)] + ([("hf_soups_gpu", py)] if cuda else [])
     if "naive" not in args.skip:
         contenders.append(("naive", py))
     mergekit_note = None
@@ -177,6 +180,8 @@ def main() -> None:
         "hf_soups RSS growth / model bytes (goal <= 0.25)": summary["hf_soups"]["rss_growth_bytes"] / model_bytes,
         f"RSS growth K={hi} / K={lo} (goal <= 1.10)": flat[hi]["rss_growth_bytes"] / max(flat[lo]["rss_growth_bytes"], 1),
     }
+    if "hf_soups_gpu" in summary:
+        goals["GPU accumulation speed-up (hf_soups cpu / gpu)"] = hf_s / summary["hf_soups_gpu"]["work_s"]
     print(f"\nK={args.k} BERT-{args.size} {args.dtype} sequence classifiers, {model_bytes / 1e9:.2f} GB each, "
           f"sharded at {args.shard_size}; median of {args.rounds} rounds; idle interpreter RSS {idle_rss / 1e9:.2f} GB\n")
     print("| contender | work (s) | x floor | x hf_soups | process wall (s) | peak RSS (GB) | RSS growth (GB) |")

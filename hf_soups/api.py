@@ -221,6 +221,7 @@ def soup_from_hub(
     progress: bool = True,
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
+    device: str | torch.device | None = None,
     eval_kwargs: dict[str, Any] | None = None,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -276,6 +277,8 @@ def soup_from_hub(
             is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
         offload_folder (`str`, *optional*):
             Where accelerate offloads weights that do not fit `max_memory`.
+        device (`str` or `torch.device`, *optional*):
+            Where the fp32 accumulation runs; defaults to `"cuda"` when available, else the CPU.
         eval_kwargs (`dict`, *optional*):
             Extra evaluation options: `text_column`, `label_column`, `image_column`, `batch_size`, `learned_steps`.
 
@@ -370,7 +373,7 @@ def soup_from_hub(
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with AtomicDirectory(target, overwrite=overwrite) as tmp:
                 merge_to_directory(plan, readers, tmp, max_shard_size=max_shard_size, names=names,
-                                   progress=progress)
+                                   progress=progress, device=device)
                 _copy_aux_files(ingredients[0], tmp, dtype)
                 soup.output_dir = tmp
                 soup.write_card()

@@ -237,3 +237,14 @@ def test_align_labels_permutes_classifier_rows(tmp_path):
     plain = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "s2", progress=False).output_dir)
     for k in plain:
         torch.testing.assert_close(aligned[k], plain[k], atol=1e-6, rtol=0)
+
+
+def test_accumulation_device_path_is_bit_identical(family, tmp_path):
+    """The accelerator path (chunks moved to `device`, copied back for writing) gives the same bytes; on a machine
+    with CUDA the default device is the GPU, and the same assertion holds there."""
+    paths = [family["a"], family["b"], family["d"]]
+    default = state_dict_of(soup_from_hub(paths, output_dir=tmp_path / "default", progress=False).output_dir)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        got = state_dict_of(soup_from_hub(paths, output_dir=tmp_path / dev, device=dev, progress=False).output_dir)
+        assert all(torch.equal(got[k], default[k]) for k in default)

@@ -113,11 +113,14 @@ def iter_merged_chunks(
     names: Sequence[str] | None = None,
     order: Sequence[str] | None = None,
     slots: int = 1,
+    device: str | torch.device | None = None,
 ) -> Iterator[tuple[TensorPlan, int, torch.Tensor]]:
     """Yield `(tensor plan, flat start, chunk)` for every output chunk, in `order` (default: plan order).
 
     Yielded chunks live in `slots` rotating buffers: a consumer may hold at most `slots - 1` earlier chunks (for
-    example in a writer thread) while it receives the next one.
+    example in a writer thread) while it receives the next one. With `device="cuda"`, the fp32 accumulation runs on
+    the GPU (element-wise fp32 arithmetic is correctly rounded there too, so the result is bit-identical); yielded
+    chunks are always on the CPU.
 
     Raises:
         [`NonFiniteTensorError`]: an ingredient holds NaN/Inf in an averaged tensor (when `plan.check_finite`).
@@ -135,7 +138,10 @@ def iter_merged_chunks(
     max_in = max((max(r.tensors[p.tensor.name].nbytes // max(p.tensor.numel, 1) for r in readers) * p.count
                   for p in pieces), default=1)
     max_out = max((p.count for p in pieces), default=1)
-    acc_bufs = [torch.empty(max_out, dtype=torch.float32) for _ in range(slots)]
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    on_gpu = device is not None  # staged through `device` (any device, the CPU included, for testing the path)
+    acc_bufs = [torch.empty(max_out, dtype=torch.float32, device=dev) for _ in range(slots)]
+    host_bufs = [torch.empty(max_out, dtype=torch.float32) for _ in range(slots)] if on_gpu else acc_bufs
     out_bufs: dict[torch.dtype, list[torch.Tensor]] = {}
     tasks = ((p, i) for p in pieces for i in active)
     stream = _Prefetcher(readers).run(tasks, max(max_in, 1))
@@ -151,6 +157,8 @@ def iter_merged_chunks(
             perm = plan.label_permutations[i] if tp.permute_rows and plan.label_permutations else None
             if perm is not None:
                 chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
+            if tp.average and on_gpu:
+                chunk = chunk.to(dev)
             if tp.average:
                 acc = acc_buf[: piece.count]
                 w = plan.weights[i]
@@ -179,6 +187,10 @@ def iter_merged_chunks(
             if plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
                     and not bool(torch.isfinite(acc).all()):
                 _raise_non_finite(tp, piece, readers, active, names)
+            if on_gpu:
+                host = host_bufs[slot][: piece.count]
+                host.copy_(acc)
+                acc = host
             if tp.torch_dtype == torch.float32:
                 yield tp, piece.start, acc
             else:
@@ -228,22 +240,28 @@ def merge_to_directory(
     max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
     names: Sequence[str] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> list[str]:
     """Stream the merge into sharded safetensors files in `directory` (which the caller makes atomic).
+
+    `device` defaults to `"cuda"` when CUDA is available (accumulation on the GPU), else the CPU.
 
     Returns:
         `list[str]`: the files written (shards and, when sharded, the index).
     """
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
     writer = ShardedSafetensorsWriter(
         directory, [(t.name, t.torch_dtype, t.shape) for t in plan.tensors], max_shard_size,
         metadata=dict(plan.metadata),
     )
-    bar = tqdm(total=writer.total_size, unit="B", unit_scale=True, unit_divisor=1024, desc="Souping",
+    bar = tqdm(total=writer.total_size, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=f"Souping {len(plan.tensors)} tensors",
                disable=not progress or constants.progress_disabled())
     pending: deque = deque()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-soups-write")  # writes overlap the math
     try:
-        for tp, _, chunk in iter_merged_chunks(plan, readers, names, order=writer.order, slots=3):
+        for tp, _, chunk in iter_merged_chunks(plan, readers, names, order=writer.order, slots=3, device=device):
             pending.append(pool.submit(writer.write, tp.name, chunk))
             bar.update(chunk.numel() * chunk.element_size())
             while len(pending) >= 2:  # keep at most 2 of the 3 rotating buffers with the writer
