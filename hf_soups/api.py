@@ -237,7 +237,7 @@ def soup_from_hub(
             `"uniform"` (mean), `"weighted"` (`weights`, normalised to sum to 1), `"greedy"` (needs
             `eval_dataset`) or `"learned"` (needs `eval_dataset`).
         weights (`Sequence[float]`, *optional*):
-            One weight per ingredient, for `method="weighted"`.
+            One weight per ingredient, for `method="weighted"` (passing weights with the default method implies it).
         output_dir (`str`, *optional*):
             Where to write the soup; a new temporary directory when omitted. Must be empty unless `overwrite=True`.
         token (`str` or `bool`, *optional*):
@@ -303,10 +303,14 @@ def soup_from_hub(
         >>> soup.push_to_hub("user/my-soup")
         ```
     """
+    if method == "uniform" and weights is not None:  # weights given: the user wants them applied
+        method = "weighted"
     if method not in ("uniform", "weighted", "greedy", "learned"):
         raise SoupError(f"unknown method {method!r}.", fix="use 'uniform', 'weighted', 'greedy' or 'learned'.")
     if method == "weighted" and weights is None:
         raise SoupError("method='weighted' needs weights.", fix="pass weights=[...] with one weight per ingredient.")
+    if method in ("greedy", "learned") and weights is not None:
+        raise SoupError(f"method={method!r} chooses the weights itself.", fix="drop weights=, or use method='weighted'.")
     if method in ("greedy", "learned") and eval_dataset is None:
         raise SoupError(f"method={method!r} needs held-out data.", fix="pass eval_dataset=<datasets.Dataset>.")
     if output_dir is not None:  # fail fast, before any download

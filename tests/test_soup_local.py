@@ -38,6 +38,8 @@ def test_weighted_soup(family, tmp_path):
     assert [i.weight for i in soup.ingredients] == pytest.approx([0.75, 0.25])
     a, d = (state_dict_of(p) for p in paths)
     _assert_close_to(soup.output_dir, {k: 0.75 * a[k].float() + 0.25 * d[k].float() for k in a}, atol=1e-6)
+    implied = soup_from_hub(paths, weights=[3, 1], output_dir=tmp_path / "implied", progress=False)
+    assert implied.method == "weighted" and implied.weights == soup.weights
 
 
 def test_bf16_soup_keeps_dtype_and_mixed_dtypes_upcast(family, tmp_path):
