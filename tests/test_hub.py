@@ -217,3 +217,15 @@ def test_offline_from_prepopulated_cache(hub, repos, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(IngredientNotFoundError, match="HF_HUB_OFFLINE"):
         soup_from_hub(["alice/ft-c", "alice/ft-d"], cache_dir=cache, progress=False)
+
+
+def test_evaluating_a_streamed_soup_says_what_to_do(hub, repos, tmp_path):
+    from datasets import Dataset
+
+    from hf_soups import EvaluationError
+
+    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "s", stream=True,
+                         cache_dir=str(tmp_path / "c"), progress=False)
+    ds = Dataset.from_dict({"text": ["good movie"], "label": [0]})
+    with pytest.raises(EvaluationError, match="stream=False"):
+        soup.evaluate({"val": ds})

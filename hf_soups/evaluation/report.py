@@ -97,6 +97,15 @@ def evaluate_soup(
     names = [i.name for i in ingredients]
     config = soup.config
     reference_dir = ingredients[0].local_dir or soup.output_dir
+    from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+    from ..errors import EvaluationError
+
+    for ing in ingredients:
+        if not ing.local_dir or not any(os.path.exists(os.path.join(ing.local_dir, f))
+                                        for f in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX)):
+            raise EvaluationError("its weights are not on disk (the soup was streamed), and evaluating the baselines "
+                                  "needs every ingredient.", ingredient=ing.name,
+                                  fix="make the soup with stream=False to evaluate it against its ingredients.")
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name)) for i in ingredients]
         soup_reader = stack.enter_context(open_checkpoint(soup.output_dir, ingredient="soup"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -84,9 +86,6 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
     Raises:
         [`CorruptCheckpointError`], [`UnsafeCheckpointError`], [`AuthenticationError`].
     """
-    import json
-    import os
-
     assert ing.repo_id is not None and ing.revision is not None
     weight_map = None
     if SAFETENSORS_INDEX in ing.files:
