@@ -360,17 +360,17 @@ def soup_from_hub(
                 ing.score = scores[ing.name]
         target = os.fspath(output_dir) if output_dir is not None else os.path.join(
             tempfile.mkdtemp(prefix="hf-soup-"), "soup")
+        metric_name = metric if isinstance(metric, str) else getattr(metric, "name", "metric")
         recipe = Recipe(
             method=method, ingredients=tuple(i.name for i in ingredients), weights=plan.weights,
             dtype=str(dtype).replace("torch.", "") if dtype is not None else None, int_rule=int_rule,
             align_labels=align_labels, evaluation=eval_spec if eval_spec is not None else (
-                EvalSpec(dataset="<in-memory dataset>", metric=metric if isinstance(metric, str) else
-                         getattr(metric, "name", "metric"), strict=strict) if eval_dataset is not None else None),
+                EvalSpec(dataset="<in-memory dataset>", metric=metric_name, strict=strict)
+                if eval_dataset is not None else None),
         )
         soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=base_model,
-                    metric=metric if isinstance(metric, str) else getattr(metric, "name", "metric"),
-                    trust_remote_code=trust_remote_code)
+                    metric=metric_name, trust_remote_code=trust_remote_code)
         soup._evaluator = evaluator
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
