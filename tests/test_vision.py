@@ -98,3 +98,34 @@ def test_half_precision_ingredients(tmp_path, dtype):
     for k, v in out.items():
         assert v.dtype == dtype
         assert torch.equal(v, torch.stack([sd[k].float() for sd in sds]).mean(0).to(dtype)), k
+
+
+def test_efficientnet_lite0_conversion_matches_reference_and_soups(tmp_path):
+    """Genuine ImageNet EfficientNet-Lite0 weights as a native EfficientNetForImageClassification: logits match the
+    weights' reference implementation, and BatchNorm soups of it load and match a hand-averaged model."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from _efficientnet import convert_lite0, reference_lite0
+    from transformers import EfficientNetForImageClassification
+
+    base = convert_lite0(str(tmp_path / "lite0"))
+    model = EfficientNetForImageClassification.from_pretrained(base).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, reference_lite0()(x), atol=1e-4, rtol=1e-4)
+    refs = [perturb_checkpoint(base, tmp_path / f"e{i}", seed=i, scale=0.01) for i in (1, 2)]
+    soup = soup_from_hub([base, *refs], output_dir=tmp_path / "soup", progress=False)
+    sds = [state_dict_of(p) for p in (base, *refs)]
+    out = state_dict_of(soup.output_dir)
+    bn = [k for k in out if k.endswith("running_var")]
+    assert bn and all(torch.allclose(out[k], torch.stack([sd[k] for sd in sds]).mean(0), atol=1e-6) for k in bn)
+    hand = EfficientNetForImageClassification.from_pretrained(base).eval()
+    hand_state = hand.state_dict()
+    models = [EfficientNetForImageClassification.from_pretrained(p).state_dict() for p in (base, *refs)]
+    hand.load_state_dict({k: torch.stack([m[k].float() for m in models]).mean(0).to(hand_state[k].dtype)
+                          if hand_state[k].is_floating_point() else hand_state[k] for k in hand_state})
+    with torch.no_grad():
+        torch.testing.assert_close(soup.model(pixel_values=x).logits, hand(pixel_values=x).logits, atol=1e-4,
+                                   rtol=1e-4)
