@@ -63,12 +63,31 @@ def vit_base(work: str, seed: int = 0) -> str:
     return path
 
 
+def lite0_base(work: str, size: int = 64, seed: int = 0) -> str:
+    """The converted ImageNet EfficientNet-Lite0 with one seeded 10-class head, taking `size`x`size` inputs."""
+    import torch
+    from _efficientnet import convert_lite0
+    from transformers import EfficientNetForImageClassification, EfficientNetImageProcessor
+
+    imagenet = convert_lite0(os.path.join(work, "lite0-imagenet"))
+    torch.manual_seed(seed)  # one shared classifier-head initialisation for every ingredient
+    model = EfficientNetForImageClassification.from_pretrained(
+        imagenet, num_labels=10, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)},
+        ignore_mismatched_sizes=True)
+    path = os.path.join(work, "base")
+    model.save_pretrained(path)
+    EfficientNetImageProcessor(size={"height": size, "width": size}, do_center_crop=False, image_mean=[0.5] * 3,
+                               image_std=[0.5] * 3, rescale_offset=False, include_top=False).save_pretrained(path)
+    return path
+
+
 def train_vit(base: str, images: np.ndarray, labels: np.ndarray, out: str, *, lr: float, seed: int,
               epochs: int = 2, batch_size: int = 64) -> str:
-    """Train a copy of `base` with AdamW on uint8 images; saves model and processor to `out`."""
+    """Train a copy of the image classifier `base` with AdamW on uint8 images; saves model and processor to `out`."""
     import torch
     from PIL import Image
-    from transformers import AutoImageProcessor, ViTForImageClassification
+    from transformers import AutoImageProcessor
+    from transformers import AutoModelForImageClassification as ViTForImageClassification
 
     processor = AutoImageProcessor.from_pretrained(base)
     pixels = processor([Image.fromarray(a).convert("RGB") for a in images], return_tensors="pt")["pixel_values"]
