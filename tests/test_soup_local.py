@@ -242,11 +242,27 @@ def test_align_labels_permutes_classifier_rows(tmp_path):
 
 
 def test_accumulation_device_path_is_bit_identical(family, tmp_path):
-    """The accelerator path (chunks moved to `device`, copied back for writing) gives the same bytes; on a machine
-    with CUDA the default device is the GPU, and the same assertion holds there."""
-    paths = [family["a"], family["b"], family["d"]]
-    default = state_dict_of(soup_from_hub(paths, output_dir=tmp_path / "default", progress=False).output_dir)
+    """The accelerator path (chunks staged through `device` buffers, copied back for writing) gives the same bytes.
+    Here it is forced through the CPU; on a machine with CUDA the default device is the GPU and the same holds."""
+    from hf_soups.checkpoint import open_checkpoint
+    from hf_soups.merge import build_plan
+    from hf_soups.merge.engine import iter_merged_chunks
+
+    readers = [open_checkpoint(p) for p in (family["a"], family["b"], family["d"])]
+    plan = build_plan([r.tensors for r in readers], [1, 2, 3])
+
+    def collect(**kw):
+        return [(tp.name, start, chunk.clone()) for tp, start, chunk in iter_merged_chunks(plan, readers, **kw)]
+
+    plain = collect()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        got = state_dict_of(soup_from_hub(paths, output_dir=tmp_path / dev, device=dev, progress=False).output_dir)
-        assert all(torch.equal(got[k], default[k]) for k in default)
+        staged = collect(device=dev, stage=True, slots=3)
+        assert [(n, s) for n, s, _ in staged] == [(n, s) for n, s, _ in plain]
+        assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(staged, plain))
+    on_disk = state_dict_of(soup_from_hub([family["a"], family["b"], family["d"]], weights=[1, 2, 3], device="cpu",
+                                          output_dir=tmp_path / "cpu", progress=False).output_dir)
+    merged = {}
+    for name, start, chunk in plain:
+        merged.setdefault(name, []).append(chunk)
+    assert all(torch.equal(on_disk[k], torch.cat(v).view(on_disk[k].shape)) for k, v in merged.items())

@@ -114,13 +114,15 @@ def iter_merged_chunks(
     order: Sequence[str] | None = None,
     slots: int = 1,
     device: str | torch.device | None = None,
+    stage: bool | None = None,
 ) -> Iterator[tuple[TensorPlan, int, torch.Tensor]]:
     """Yield `(tensor plan, flat start, chunk)` for every output chunk, in `order` (default: plan order).
 
     Yielded chunks live in `slots` rotating buffers: a consumer may hold at most `slots - 1` earlier chunks (for
     example in a writer thread) while it receives the next one. With `device="cuda"`, the fp32 accumulation runs on
     the GPU (element-wise fp32 arithmetic is correctly rounded there too, so the result is bit-identical); yielded
-    chunks are always on the CPU.
+    chunks are always on the CPU. `stage` forces (or skips) the copy through `device` buffers; it defaults to "when
+    `device` is not the CPU".
 
     Raises:
         [`NonFiniteTensorError`]: an ingredient holds NaN/Inf in an averaged tensor (when `plan.check_finite`).
@@ -139,7 +141,7 @@ def iter_merged_chunks(
                   for p in pieces), default=1)
     max_out = max((p.count for p in pieces), default=1)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    on_gpu = device is not None  # staged through `device` (any device, the CPU included, for testing the path)
+    on_gpu = dev.type != "cpu" if stage is None else stage
     acc_bufs = [torch.empty(max_out, dtype=torch.float32, device=dev) for _ in range(slots)]
     host_bufs = [torch.empty(max_out, dtype=torch.float32) for _ in range(slots)] if on_gpu else acc_bufs
     out_bufs: dict[torch.dtype, list[torch.Tensor]] = {}
