@@ -410,8 +410,17 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
                 endpoint: str | None = None) -> Recipe:
     """Read a recipe from a YAML file, or from the model card of a soup repo on the Hub.
 
+    Args:
+        source (`str`): a recipe YAML file, or a soup repo id whose `README.md` embeds one.
+        token (`str` or `bool`, *optional*): Hub token for a private soup repo.
+        endpoint (`str`, *optional*): the Hub endpoint.
+
+    Returns:
+        [`Recipe`]
+
     Raises:
         [`RecipeError`]: no recipe could be read.
+        [`IngredientNotFoundError`], [`AuthenticationError`]: the soup repo cannot be read.
     """
     from .card import recipe_from_card
     from .errors import RecipeError
@@ -437,6 +446,18 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules.
 
     Held-out selection is not re-run: the recorded weights are applied as they are.
+
+    Args:
+        recipe ([`Recipe`]): from [`load_recipe`] or a soup's `.recipe`.
+        output_dir (`str`, *optional*): where to write the soup (a temporary directory when omitted).
+        token (`str` or `bool`, *optional*): Hub token for private ingredients.
+        overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty `output_dir`.
+
+    Returns:
+        [`Soup`]: with the recipe's method and recipe attached.
+
+    Raises:
+        Everything [`soup_from_hub`] raises.
     """
     soup = soup_from_hub(
         list(recipe.ingredients), method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
