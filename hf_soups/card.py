@@ -10,7 +10,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .recipes import METHODS, Recipe
 from .refs import Ingredient
 
-__all__ = ["build_card", "pipeline_tag_for", "TraceStep"]
+__all__ = ["build_card", "pipeline_tag_for", "recipe_from_card"]
 
 _TAGS = ["merge", "model-soup", "hf-soups"]
 
@@ -33,10 +33,6 @@ def pipeline_tag_for(architectures: Sequence[str] | None) -> str | None:
             if arch.endswith(suffix):
                 return tag
     return None
-
-
-class TraceStep(dict):
-    """One greedy decision: `{"ingredient", "score", "accepted", "soup_size"}`."""
 
 
 def _fmt(x: float | None) -> str:

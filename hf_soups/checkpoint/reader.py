@@ -21,6 +21,7 @@ __all__ = [
     "StateDictReader",
     "open_checkpoint",
     "safe_join",
+    "load_weight_map",
     "SAFETENSORS_SINGLE",
     "SAFETENSORS_INDEX",
 ]
@@ -110,19 +111,7 @@ class SafetensorsReader(CheckpointReader):
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.tensors[name]
-        dtype = DTYPES[info.dtype]
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=dtype)
-        if buffer is None or buffer.numel() < info.nbytes:
-            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-        raw = buffer[: info.nbytes]
-        got = self.sources[info.file].readinto(info.start, memoryview(raw.numpy()))
-        if got != info.nbytes:
-            raise CorruptCheckpointError(
-                f"expected {info.nbytes} bytes at offset {info.start}, got {got}: the file is truncated.",
-                ingredient=self.ingredient, file=info.file, tensor=name, fix="re-download the checkpoint.",
-            )
-        return raw.view(dtype).view(info.shape)
+        return self.read_range(name, 0, info.numel, buffer).view(info.shape)
 
     def read_range(self, name: str, start: int, count: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.tensors[name]
@@ -200,7 +189,15 @@ def safe_join(directory: str, relative: str, ingredient: str | None = None, file
 
 
 def _load_index(directory: str, index_name: str, ingredient: str | None) -> dict[str, str]:
-    path = safe_join(directory, index_name, ingredient)
+    return load_weight_map(safe_join(directory, index_name, ingredient), ingredient, index_name)
+
+
+def load_weight_map(path: str, ingredient: str | None, index_name: str = SAFETENSORS_INDEX) -> dict[str, str]:
+    """The `weight_map` of a shard index file, validated as a mapping of strings to strings.
+
+    Raises:
+        [`CorruptCheckpointError`]: the index is missing, not JSON, or malformed.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +13,7 @@ from huggingface_hub import constants as hf_constants
 from .. import constants
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
-from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, safe_join
+from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, load_weight_map, safe_join
 from ..compat import IngredientMeta
 from ..errors import CorruptCheckpointError, NoSafetensorsError
 from ..refs import Ingredient, IngredientRef
@@ -106,7 +105,7 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
     if SAFETENSORS_INDEX in ing.files:
         index_path = _download_small(ing, SAFETENSORS_INDEX, token, cache_dir, endpoint)
         assert index_path is not None
-        weight_map = _read_weight_map(index_path, name)
+        weight_map = load_weight_map(index_path, name)
         shards = sorted(set(weight_map.values()))
         for shard in shards:  # refuse '../' and absolute names before any request is made for them
             safe_join(os.path.dirname(index_path), shard, name, SAFETENSORS_INDEX)
@@ -139,17 +138,6 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
             begin, end = t.data_offsets
             tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), shard, begin, end - begin)
     return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model)
-
-
-def _read_weight_map(path: str, name: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-        return weight_map
-    except (OSError, ValueError, KeyError, AssertionError, TypeError):
-        raise CorruptCheckpointError("the shard index is malformed.", ingredient=name, file=SAFETENSORS_INDEX,
-                                     fix="re-upload the checkpoint.") from None
 
 
 def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 
@@ -10,7 +9,7 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from .. import constants
-from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, safe_join
+from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, load_weight_map, safe_join
 from ..errors import CorruptCheckpointError
 from ..refs import Ingredient
 from ._errors import hub_errors
@@ -92,8 +91,7 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
         if snapshot_dir is None or not os.path.isfile(os.path.join(snapshot_dir, SAFETENSORS_INDEX)):
             raise CorruptCheckpointError("the shard index was not downloaded.", ingredient=ing.name,
                                          file=SAFETENSORS_INDEX)
-        with open(os.path.join(snapshot_dir, SAFETENSORS_INDEX), encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+        weight_map = load_weight_map(os.path.join(snapshot_dir, SAFETENSORS_INDEX), ing.name)
         files = sorted(set(weight_map.values()))
         for file in files:
             safe_join(snapshot_dir, file, ing.name, SAFETENSORS_INDEX)
