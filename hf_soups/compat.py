@@ -20,7 +20,7 @@ from .errors import IncompatibleIngredientsError
 
 __all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label"]
 
-_HEAD_MARKERS = ("classifier", "score", "head", "logits", "fc.")
+_HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialised per fine-tune: not init signal
 
 
 @dataclass(frozen=True)

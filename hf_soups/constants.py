@@ -45,6 +45,9 @@ AUX_FILES: tuple[str, ...] = (
 INIT_DISTANCE_WARNING: float = float(os.environ.get("HF_SOUPS_INIT_DISTANCE_WARNING", 0.5))
 
 
+#: Substrings that mark classification-head tensors (their rows follow the label order).
+CLASSIFIER_MARKERS: tuple[str, ...] = ("classifier", "score", "head", "logits")
+
 #: Buffers that older transformers versions saved and current ones ignore on load. When only some ingredients have
 #: them, the verdict warns and the soup leaves them out (transformers rebuilds them).
 LEGACY_BUFFER_PATTERNS: tuple[str, ...] = (r"(^|\.)position_ids$", r"rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")

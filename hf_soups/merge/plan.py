@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from .. import constants
 from ..checkpoint.format import DTYPES, FLOAT_CODES, TensorInfo, dtype_code
 from ..errors import SoupError
 
@@ -114,8 +115,6 @@ class MergePlan:
                    metadata=metadata, **data)
 
 
-_HEAD_MARKERS = ("classifier", "score", "head", "logits")
-
 
 def build_plan(
     tensor_maps: Sequence[Mapping[str, TensorInfo]],
@@ -159,8 +158,6 @@ def build_plan(
         raise SoupError(f"got {len(ws)} weights for {len(tensor_maps)} ingredients.", fix="pass one weight per ingredient.")
     out_code = dtype_code(getattr(torch, dtype) if isinstance(dtype, str) else dtype) if dtype is not None else None
     perms = tuple(tuple(p) if p is not None else None for p in (label_permutations or [None] * len(tensor_maps)))
-    from .. import constants
-
     plans = []
     for name, info in tensor_maps[0].items():
         if constants.is_legacy_buffer(name) and any(name not in t for t in tensor_maps[1:]):
@@ -186,7 +183,7 @@ def build_plan(
             code = output_dtype([i.dtype for i in infos]) if len({i.dtype for i in infos}) == 1 else infos[0].dtype
         permute = (
             any(p is not None for p in perms) and num_labels is not None and len(info.shape) >= 1
-            and info.shape[0] == num_labels and any(m in name for m in _HEAD_MARKERS)
+            and info.shape[0] == num_labels and any(m in name for m in constants.CLASSIFIER_MARKERS)
         )
         plans.append(TensorPlan(name, tuple(info.shape), code, average, permute))
     for ingredient, tensors in zip(names[1:], tensor_maps[1:]):
