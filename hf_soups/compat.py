@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,8 +31,10 @@ class IngredientMeta:
         name (`str`): how the ingredient is named in messages.
         config (`dict`): its `config.json`.
         tensors (`dict[str, TensorInfo]`): names, dtypes and shapes from the safetensors headers.
-        tokenizer_hash (`str` or `None`): sha256 over its tokenizer files, `None` if it has none.
+        tokenizer_hash (`str` or `None`): sha256 over its tokenizer files' blob ids, `None` if it has none.
         base_model (`tuple[str, ...]` or `None`): `base_model` declared in its model card, if any.
+        vocabulary (`Callable[[], str | None]`, *optional*): computes the vocabulary identity (may download the
+            tokenizer files); consulted only when the file hashes differ.
     """
 
     name: str
@@ -40,6 +42,7 @@ class IngredientMeta:
     tensors: Mapping[str, TensorInfo]
     tokenizer_hash: str | None = None
     base_model: tuple[str, ...] | None = None
+    vocabulary: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             else:
                 report.add(Problem(meta.name, "id2label", f"{labels} differs from {ref_labels} in '{ref.name}'.",
                                    "soup only classifiers trained on the same labels."))
-        if ref.tokenizer_hash and meta.tokenizer_hash and ref.tokenizer_hash != meta.tokenizer_hash:
+        if (ref.tokenizer_hash and meta.tokenizer_hash and ref.tokenizer_hash != meta.tokenizer_hash
+                and not _same_vocabulary(ref, meta)):
             report.add(Problem(meta.name, "tokenizer", f"its tokenizer files differ from '{ref.name}' "
                                f"(sha256 {meta.tokenizer_hash[:12]} vs {ref.tokenizer_hash[:12]}).",
                                "soup only fine-tunes that share one tokenizer (vocabulary)."))
@@ -222,6 +226,15 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
                                "soup only fine-tunes of the same pretrained checkpoint."))
     _dtype_warnings(metas, report)
     return report
+
+
+def _same_vocabulary(a: IngredientMeta, b: IngredientMeta) -> bool:
+    """Files differ; the tokenizers are still the same when their vocabularies are (e.g. re-saved by another
+    transformers version)."""
+    if a.vocabulary is None or b.vocabulary is None:
+        return False
+    va, vb = a.vocabulary(), b.vocabulary()
+    return va is not None and va == vb
 
 
 def _dtype_warnings(metas: Sequence[IngredientMeta], report: CompatibilityReport) -> None:

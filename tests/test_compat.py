@@ -173,3 +173,17 @@ def test_architecture_check_accepts_real_checkpoints(family, tmp_path):
     for path in (minilm, vit, family["a"]):
         report = check_compatibility([path])
         assert report.compatible and not [w for w in report.warnings if w.field == "architecture"], report
+
+
+def test_resaved_tokenizer_with_the_same_vocabulary_is_the_same_tokenizer(family, tmp_path):
+    from transformers import AutoTokenizer
+
+    d = _clone(family["d"], tmp_path / "resaved")
+    tok_path = os.path.join(d, "tokenizer.json")
+    with open(tok_path) as f:
+        obj = json.load(f)
+    obj["truncation"] = {"direction": "Right", "max_length": 7, "strategy": "LongestFirst", "stride": 0}
+    with open(tok_path, "w") as f:
+        json.dump(obj, f, indent=4)  # other bytes, same vocabulary: as another transformers version would save it
+    assert AutoTokenizer.from_pretrained(d).get_vocab() == AutoTokenizer.from_pretrained(family["a"]).get_vocab()
+    assert check_compatibility([family["a"], d]).compatible

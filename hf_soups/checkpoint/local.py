@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from ..compat import IngredientMeta
-from .meta import card_base_model, local_tokenizer_identity, read_config
+from .meta import card_base_model, find_files, local_tokenizer_identity, read_config, vocabulary_identity
 from .reader import open_checkpoint
 
 __all__ = ["local_meta"]
@@ -26,4 +27,5 @@ def local_meta(directory: str, name: str, *, allow_pickle: bool = False) -> Ingr
         tensors=tensors,
         tokenizer_hash=local_tokenizer_identity(directory),
         base_model=card_base_model(os.path.join(directory, "README.md")),
+        vocabulary=functools.cache(lambda: vocabulary_identity(find_files(directory))),
     )

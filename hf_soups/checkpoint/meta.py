@@ -11,7 +11,8 @@ from typing import Any
 from .. import constants
 from ..errors import CorruptCheckpointError, IngredientNotFoundError
 
-__all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "local_tokenizer_identity", "card_base_model", "find_files"]
+__all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
+           "card_base_model", "find_files"]
 
 
 def read_config(path: str, ingredient: str) -> dict[str, Any]:
@@ -56,6 +57,47 @@ def tokenizer_identity(blob_ids: Mapping[str, str | None]) -> str | None:
     names = ["tokenizer.json"] if blob_ids.get("tokenizer.json") else list(constants.TOKENIZER_IDENTITY_FILES)
     parts = [f"{n}:{blob_ids[n]}" for n in names if blob_ids.get(n)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else None
+
+
+def vocabulary_identity(files: Mapping[str, str]) -> str | None:
+    """sha256 of the tokenizer's vocabulary (token -> id, plus BPE merges and added tokens), read from the files.
+
+    Two tokenizers saved by different library versions have different `tokenizer.json` bytes but the same
+    vocabulary; this is what decides identity when the file hashes differ.
+
+    Args:
+        files (`Mapping[str, str]`): tokenizer file name -> local path, for the files present.
+    """
+    vocab: dict[str, int] | None = None
+    merges: list = []
+    added: list[str] = []
+    if "tokenizer.json" in files:
+        try:
+            with open(files["tokenizer.json"], encoding="utf-8") as f:
+                obj = json.load(f)
+            model = obj.get("model") or {}
+            raw = model.get("vocab")
+            if isinstance(raw, dict):
+                vocab = {str(k): int(v) for k, v in raw.items()}
+            elif isinstance(raw, list):  # Unigram: [[token, score], ...]
+                vocab = {str(item[0]): i for i, item in enumerate(raw)}
+            merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+            added = sorted(str(t.get("content")) for t in obj.get("added_tokens") or [])
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            vocab = None
+    if vocab is None and "vocab.txt" in files:
+        with open(files["vocab.txt"], encoding="utf-8") as f:
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    if vocab is None and "vocab.json" in files:
+        with open(files["vocab.json"], encoding="utf-8") as f:
+            vocab = {str(k): int(v) for k, v in json.load(f).items()}
+        if "merges.txt" in files:
+            with open(files["merges.txt"], encoding="utf-8") as f:
+                merges = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#version")]
+    if vocab is None:
+        return None
+    canonical = json.dumps({"vocab": sorted(vocab.items()), "merges": merges, "added": added}, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def local_tokenizer_identity(directory: str) -> str | None:

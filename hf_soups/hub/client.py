@@ -137,7 +137,23 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
                 continue
             begin, end = t.data_offsets
             tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), shard, begin, end - begin)
-    return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model)
+    return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model,
+                          vocabulary=_lazy_vocabulary(ing, token, cache_dir, endpoint))
+
+
+def _lazy_vocabulary(ing: Ingredient, token: Any, cache_dir: str | None, endpoint: str | None) -> Any:
+    """Downloads the tokenizer files only if the verdict asks (when file hashes differ between ingredients)."""
+    import functools
+
+    from ..checkpoint.meta import vocabulary_identity
+
+    @functools.cache
+    def compute() -> str | None:
+        names = ["tokenizer.json"] if "tokenizer.json" in ing.files else list(constants.TOKENIZER_IDENTITY_FILES)
+        files = {n: p for n in names if (p := _download_small(ing, n, token, cache_dir, endpoint))}
+        return vocabulary_identity(files)
+
+    return compute
 
 
 def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
