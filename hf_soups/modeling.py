@@ -45,10 +45,9 @@ def load_model(directory: str | os.PathLike[str], config: Mapping[str, Any] | No
                trust_remote_code: bool = False, **kwargs: Any) -> Any:
     """`from_pretrained` of the class named in the config, never trusting remote code implicitly."""
     if config is None:
-        import json
+        from .checkpoint.meta import read_config
 
-        with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_config(os.path.join(directory, "config.json"), os.fspath(directory))
     check_remote_code(config, os.fspath(directory), trust_remote_code)
     cls = model_class(config, trust_remote_code)
     return cls.from_pretrained(directory, trust_remote_code=trust_remote_code, **kwargs)

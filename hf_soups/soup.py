@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .card import build_card
+from .checkpoint.meta import read_config
 from .checkpoint.writer import AtomicDirectory
 from .compat import CompatibilityReport
 from .recipes import Recipe
@@ -53,8 +53,7 @@ class Soup:
 
     @property
     def config(self) -> dict[str, Any]:
-        with open(os.path.join(self.output_dir, "config.json"), encoding="utf-8") as f:
-            return json.load(f)
+        return read_config(os.path.join(self.output_dir, "config.json"), self.output_dir)
 
     @property
     def weights(self) -> list[float]:

@@ -14,7 +14,6 @@ import tempfile
 from types import TracebackType
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards  # noqa: F401  (documented equivalent)
 from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
 from .. import constants

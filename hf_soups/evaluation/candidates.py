@@ -11,7 +11,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..merge.plan import MergePlan
 from ..modeling import load_model
 
-__all__ = ["read_float_state", "ModelHolder"]
+__all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
 
 
 def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int) -> dict[str, torch.Tensor]:
@@ -41,6 +41,13 @@ def _checkpoint_to_model_names(model: Any, state: Mapping[str, torch.Tensor]) ->
         return {}
     by_id = {id(t): k for k, t in state.items()}
     return {saved_name: by_id[id(t)] for saved_name, t in saved.items() if id(t) in by_id and saved_name != by_id[id(t)]}
+
+
+def checkpoint_float_state(reader: CheckpointReader) -> dict[str, torch.Tensor]:
+    """All floating tensors of one checkpoint (a soup, a base model) as fp32."""
+    from ..merge.plan import build_plan
+
+    return read_float_state(build_plan([reader.tensors], [1.0]), reader, 0)
 
 
 class ModelHolder:

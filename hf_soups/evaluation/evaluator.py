@@ -151,13 +151,12 @@ def evaluate_checkpoint(directory: str, dataset: Any, *, metric: Any = "accuracy
     Returns:
         `float`: the metric.
     """
-    import json
     import os
 
+    from ..checkpoint.meta import read_config
     from ..modeling import load_model
 
-    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_config(os.path.join(directory, "config.json"), directory)
     kwargs: dict[str, Any] = {}
     if max_memory is not None or device_map is not None:
         kwargs = {"device_map": device_map or "auto", "max_memory": max_memory, "offload_folder": offload_folder}

@@ -13,7 +13,7 @@ import torch
 from ..checkpoint.reader import open_checkpoint
 from ..merge.plan import build_plan
 from ..recipes.greedy import greedy_ensemble
-from .candidates import ModelHolder, read_float_state
+from .candidates import ModelHolder, checkpoint_float_state, read_float_state
 from .evaluator import Evaluator
 
 __all__ = ["SoupReport", "evaluate_soup"]
@@ -111,8 +111,7 @@ def evaluate_soup(
         soup_reader = stack.enter_context(open_checkpoint(soup.output_dir, ingredient="soup"))
         plan = build_plan([r.tensors for r in readers], [1.0] * len(readers), names=names)
         holder = ModelHolder(reference_dir, config, soup.trust_remote_code)
-        soup_plan = build_plan([soup_reader.tensors], [1.0])
-        soup_state = read_float_state(soup_plan, soup_reader, 0)
+        soup_state = checkpoint_float_state(soup_reader)
         evaluators = {name: Evaluator(ds, reference_dir, config, metric=metric, text_column=text_column,
                                       label_column=label_column, image_column=image_column, batch_size=batch_size,
                                       name=names[0]) for name, ds in datasets.items()}
@@ -155,12 +154,12 @@ def evaluate_soup(
             results[s]["greedy_ensemble"] = ev.score_logits(torch.stack([logits[s][m] for m in members]).mean(0))
         for label_extra, path in (extra_soups or {}).items():
             extra_reader = stack.enter_context(open_checkpoint(path, ingredient=label_extra))
-            model = holder.load(read_float_state(build_plan([extra_reader.tensors], [1.0]), extra_reader, 0))
+            model = holder.load(checkpoint_float_state(extra_reader))
             for s, ev in evaluators.items():
                 results[s][label_extra] = ev.score(model)[0]
         if base is not None:
             base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
-            base_state = read_float_state(build_plan([base_reader.tensors], [1.0]), base_reader, 0)
+            base_state = checkpoint_float_state(base_reader)
             for alpha in alphas:
                 model = holder.load_combination([base_state, soup_state], [1 - alpha, alpha])
                 for s, ev in evaluators.items():

@@ -18,7 +18,6 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .. import constants
-from ..checkpoint.format import DTYPES
 from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import ShardedSafetensorsWriter
 from ..errors import NonFiniteTensorError, SoupError
@@ -103,10 +102,6 @@ class _Prefetcher:
             self.pool.shutdown(wait=True)
 
 
-def _itemsize(code: str) -> int:
-    return torch.empty((), dtype=DTYPES[code]).element_size()
-
-
 def iter_merged_chunks(
     plan: MergePlan,
     readers: Sequence[CheckpointReader],
@@ -175,7 +170,6 @@ def iter_merged_chunks(
                         acc.mul_(w)
                 else:
                     acc.add_(chunk, alpha=1.0 if equal else w)
-                chunks.append(i)
             else:
                 chunks.append(chunk.clone() if not chunks else chunk)
                 if len(chunks) > 1:
