@@ -33,7 +33,7 @@ def main() -> None:
     from _hutto import splits
     from science_text import shared_base
 
-    import hf_soups.recipes.held_out as held_out
+    import hf_soups.evaluation.held_out as held_out
     from hf_soups import soup_from_hub
     from hf_soups.testing import perturb_checkpoint
 

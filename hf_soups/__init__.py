@@ -4,12 +4,12 @@ Average the weights of models fine-tuned from one pretrained checkpoint (Wortsma
 arXiv:2203.05482): uniform, weighted, greedy and learned soups, pulled from and pushed to the Hub.
 """
 
-__version__ = "0.1.0"
-
 from . import errors as _errors
+from .constants import VERSION as __version__
 from .api import check_compatibility, soup_from_hub
 from .compat import CompatibilityReport, Problem
 from .errors import *  # noqa: F403  (the whole error tree is public)
+from .merge.options import MergeOptions
 from .recipes import EvalSpec, Recipe
 from .refs import Ingredient, IngredientRef
 from .soup import Soup
@@ -23,6 +23,7 @@ __all__ = [
     "IngredientRef",
     "Recipe",
     "EvalSpec",
+    "MergeOptions",
     "CompatibilityReport",
     "Problem",
     *_errors.__all__,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -18,24 +19,25 @@ from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
-    IngredientMeta,
     compare,
     init_distance_warnings,
     normalize_id2label,
     sample_tensor_names,
 )
 from .errors import SoupError
-from .merge import IntRule, build_plan, merge_to_directory
+from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
-from .recipes import EvalSpec, Recipe
-from .refs import Ingredient, IngredientRef
+from .options import resolve_options
+from .recipes import EvalSpec, Recipe, get_method
+from .refs import Ingredient, IngredientMeta, IngredientRef
 from .soup import Soup
 
 __all__ = ["soup_from_hub", "check_compatibility", "load_recipe", "replay_recipe", "Method"]
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["uniform", "weighted", "greedy", "learned"]
+#: The registered soup method names (see `hf_soups.recipes.METHODS`).
+Method = str
 RefLike = str | os.PathLike | IngredientRef
 
 
@@ -82,6 +84,8 @@ def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bo
 
         seen: set[str] = set()
         for meta in metas:
+            if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
+                continue
             key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
             if key in seen:
                 continue
@@ -194,35 +198,25 @@ def check_compatibility(
 
 
 def soup_from_hub(
-    refs: Sequence[RefLike],
-    method: Method = "uniform",
+    refs: Sequence[RefLike] | Any,
+    method: str = "uniform",
     weights: Sequence[float] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
-    token: str | bool | None = None,
     *,
     revision: str | Sequence[str | None] | None = None,
-    stream: bool = False,
-    eval_dataset: Any = None,
-    metric: Any = "accuracy",
-    strict: bool = False,
-    eval_spec: EvalSpec | None = None,
-    dtype: torch.dtype | str | None = None,
-    int_rule: IntRule = "first",
-    align_labels: bool = False,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    check_finite: bool = True,
-    arch_check: bool = True,
-    overwrite: bool = False,
-    max_shard_size: int | str = constants.DEFAULT_MAX_SHARD_SIZE,
-    base_model: str | None = None,
+    token: str | bool | None = None,
     endpoint: str | None = None,
     cache_dir: str | None = None,
-    progress: bool = True,
-    max_memory: dict[Any, Any] | None = None,
-    offload_folder: str | None = None,
-    device: str | torch.device | None = None,
-    eval_kwargs: dict[str, Any] | None = None,
+    eval_dataset: Any = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    metric: Any = "accuracy",
+    eval_spec: EvalSpec | None = None,
+    merge_options: MergeOptions | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    **deprecated: Any,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
 
@@ -232,55 +226,46 @@ def soup_from_hub(
 
     Args:
         refs (`Sequence[str]`):
-            Repo ids (`"user/ft-1"`, `"user/ft-2@v1"`) or local checkpoint directories, all fine-tuned from one base.
+            Repo ids (`"user/ft-1"`, `"user/ft-2@v1"`) or local checkpoint directories, all fine-tuned from one base;
+            or any object with a `.refs` sequence of such strings (e.g. a discovery result).
         method (`str`, *optional*, defaults to `"uniform"`):
-            `"uniform"` (mean), `"weighted"` (`weights`, normalised to sum to 1), `"greedy"` (needs
-            `eval_dataset`) or `"learned"` (needs `eval_dataset`).
+            A registered method (`hf_soups.recipes.METHODS`): `"uniform"` (mean), `"weighted"` (`weights`,
+            normalised to sum to 1), `"greedy"` or `"learned"` (both need held-out data).
         weights (`Sequence[float]`, *optional*):
             One weight per ingredient, for `method="weighted"` (passing weights with the default method implies it).
         output_dir (`str`, *optional*):
             Where to write the soup; a new temporary directory when omitted. Must be empty unless `overwrite=True`.
-        token (`str` or `bool`, *optional*):
-            Hub token for private repos. Never logged or stored.
         revision (`str` or `Sequence[str | None]`, *optional*):
             Revision for references without their own `@rev`: one for all, or one per reference.
-        stream (`bool`, *optional*, defaults to `False`):
-            Read weights with HTTP range requests instead of downloading the ingredients.
-        eval_dataset (`datasets.Dataset`, *optional*):
-            Held-out data for greedy and learned soups.
+        token (`str` or `bool`, *optional*):
+            Hub token for private repos. Never logged or stored.
+        endpoint (`str`, *optional*):
+            The Hub endpoint (defaults to `HF_ENDPOINT`).
+        cache_dir (`str`, *optional*):
+            The huggingface_hub cache directory.
+        eval_dataset (`datasets.Dataset` or `str`, *optional*):
+            Held-out data for greedy and learned soups: a dataset, or a csv/json/parquet file, a `save_to_disk`
+            directory or a Hub dataset id (loaded with `eval_spec.split`). Defaults to `eval_spec.dataset`.
+        text_column, label_column (`str`, *optional*):
+            Column names of `eval_dataset`; override the `eval_spec`'s.
         metric (`str` or `evaluate.EvaluationModule`, *optional*, defaults to `"accuracy"`):
-            Metric for held-out scores.
-        strict (`bool`, *optional*, defaults to `False`):
-            Greedy accepts only strict improvements (`>`), instead of the paper's `>=`.
-        dtype (`torch.dtype`, *optional*):
-            Output dtype of floating tensors; defaults to the ingredients' dtype (the most precise one when mixed).
-        int_rule (`str`, *optional*, defaults to `"first"`):
-            How integer buffers that differ are resolved: `"first"`, `"max"` or `"error"`. They are never averaged.
-        align_labels (`bool`, *optional*, defaults to `False`):
-            Permute classifier rows of ingredients whose `id2label` is a permutation of the first one's.
-        allow_pickle (`bool`, *optional*, defaults to `False`):
-            Accept `pytorch_model.bin` ingredients, read only with `torch.load(weights_only=True)`.
-        trust_remote_code (`bool`, *optional*, defaults to `False`):
-            Accept configs with `auto_map` (code from the repository).
-        check_finite (`bool`, *optional*, defaults to `True`):
-            Refuse ingredients holding NaN or Inf.
-        arch_check (`bool`, *optional*, defaults to `True`):
-            Check the checkpoints against their config's model built on the meta device.
+            Metric for held-out scores; a value other than the default overrides the `eval_spec`'s.
+        eval_spec ([`EvalSpec`], *optional*):
+            Every evaluation setting (split, columns, metric, `strict`, batch size, learned steps, offloading).
+        merge_options ([`MergeOptions`], *optional*):
+            How the soup is computed and written (dtype, integer rule, label alignment, shard size, device,
+            streaming, checks, progress bars).
         overwrite (`bool`, *optional*, defaults to `False`):
             Replace a non-empty `output_dir`.
-        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
-            Largest output shard.
-        base_model (`str`, *optional*):
-            The shared pretrained checkpoint, recorded in the card.
-        max_memory (`dict`, *optional*):
-            accelerate's `{device: size}` budget for greedy evaluation of models larger than memory: each candidate
-            is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
-        offload_folder (`str`, *optional*):
-            Where accelerate offloads weights that do not fit `max_memory`.
-        device (`str` or `torch.device`, *optional*):
-            Where the fp32 accumulation runs; defaults to `"cuda"` when available, else the CPU.
-        eval_kwargs (`dict`, *optional*):
-            Extra evaluation options: `text_column`, `label_column`, `image_column`, `batch_size`, `learned_steps`.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Accept configs with `auto_map` (code from the repository), also when evaluating candidates.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Accept `pytorch_model.bin` ingredients, read only with `torch.load(weights_only=True)`.
+        **deprecated:
+            The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
+            and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
+            `arch_check`, `base_model`, `progress` (now [`MergeOptions`] fields) still work for one release, with
+            a `FutureWarning`.
 
     Returns:
         [`Soup`]: with `.output_dir`, `.method`, `.ingredients` (pinned `.revision`, `.weight`), a lazy `.model`,
@@ -293,26 +278,34 @@ def soup_from_hub(
             safely.
         [`NonFiniteTensorError`]: an ingredient holds NaN/Inf.
         [`OutputExistsError`], [`DiskFullError`]: the output cannot be written; nothing partial is left.
+        [`RecipeError`]: `method` is not registered (the message names the closest one).
+        `TypeError`: an unknown keyword argument (the message names the closest one).
 
     Example:
         ```python
-        >>> from hf_soups import soup_from_hub
+        >>> from hf_soups import EvalSpec, MergeOptions, soup_from_hub
         >>> soup = soup_from_hub(["user/ft-1", "user/ft-2"], output_dir="soup")
         >>> soup.ingredients[0].revision  # pinned commit sha
         '5f0c...'
+        >>> greedy = soup_from_hub(["user/ft-1", "user/ft-2", "user/ft-3"], "greedy", eval_dataset="val.csv",
+        ...                        eval_spec=EvalSpec(text_column="sentence"), merge_options=MergeOptions(dtype="bfloat16"))
         >>> soup.push_to_hub("user/my-soup")
         ```
     """
+    spec, options = resolve_options(eval_spec=eval_spec, merge_options=merge_options, eval_dataset=eval_dataset,
+                                    text_column=text_column, label_column=label_column, metric=metric,
+                                    deprecated=deprecated, parameters=_SOUP_PARAMETERS)
+    refs = getattr(refs, "refs", refs)  # a discovery result (CandidateSet) passes through as its pinned refs
     if method == "uniform" and weights is not None:  # weights given: the user wants them applied
         method = "weighted"
-    if method not in ("uniform", "weighted", "greedy", "learned"):
-        raise SoupError(f"unknown method {method!r}.", fix="use 'uniform', 'weighted', 'greedy' or 'learned'.")
-    if method == "weighted" and weights is None:
-        raise SoupError("method='weighted' needs weights.", fix="pass weights=[...] with one weight per ingredient.")
-    if method in ("greedy", "learned") and weights is not None:
+    entry = get_method(method)
+    if entry.user_weights and weights is None:
+        raise SoupError(f"method={method!r} needs weights.", fix="pass weights=[...] with one weight per ingredient.")
+    if not entry.user_weights and weights is not None:
         raise SoupError(f"method={method!r} chooses the weights itself.", fix="drop weights=, or use method='weighted'.")
-    if method in ("greedy", "learned") and eval_dataset is None:
-        raise SoupError(f"method={method!r} needs held-out data.", fix="pass eval_dataset=<datasets.Dataset>.")
+    if entry.needs_eval and eval_dataset is None and spec.dataset is None:
+        raise SoupError(f"method={method!r} needs held-out data.",
+                        fix="pass eval_dataset=<datasets.Dataset or file>, or eval_spec=EvalSpec(dataset=...).")
     if output_dir is not None:  # fail fast, before any download
         AtomicDirectory(output_dir, overwrite=overwrite)
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
@@ -322,14 +315,14 @@ def soup_from_hub(
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, align_labels, arch_check)
+    report = _verdict(metas, options.align_labels, options.arch_check)
     for w in report.warnings:
         logger.warning("%s", w)
     report.raise_if_incompatible()
 
     with contextlib.ExitStack() as stack:
-        readers = _open_readers(ingredients, stream=stream, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                allow_pickle=allow_pickle, stack=stack)
+        readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
+                                cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
         tensor_maps = [r.tensors for r in readers]
         if len(readers) > 1:
             warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
@@ -337,53 +330,56 @@ def soup_from_hub(
             for w in warnings:
                 logger.warning("%s", w)
             report.warnings.extend(warnings)
-        perms = _label_permutations(metas) if align_labels else None
+        perms = _label_permutations(metas) if options.align_labels else None
         num_labels = len(normalize_id2label(metas[0].config) or {}) or None
         names = [i.name for i in ingredients]
-        plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=dtype, int_rule=int_rule,
-                          label_permutations=perms, num_labels=num_labels, check_finite=check_finite)
+        plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=options.dtype,
+                          int_rule=options.int_rule, label_permutations=perms, num_labels=num_labels,
+                          check_finite=options.check_finite)
         trace: list[dict[str, Any]] = []
         scores: dict[str, float] = {}
-        evaluator = None
-        if method == "weighted":
-            plan = plan.with_weights(weights)  # type: ignore[arg-type]
-        elif method in ("greedy", "learned"):
-            from .recipes.held_out import choose_weights
+        if entry.needs_eval:
+            from .evaluation import held_out
 
-            chosen = choose_weights(method, plan, readers, ingredients, metas[0].config, eval_dataset, metric=metric,
-                                    strict=strict, progress=progress, max_memory=max_memory,
-                                    offload_folder=offload_folder, **(eval_kwargs or {}))
-            plan, trace, scores, evaluator = chosen.plan, chosen.trace, chosen.scores, chosen.evaluator
+            data = eval_dataset if eval_dataset is not None else spec.dataset
+            if isinstance(data, (str, os.PathLike)):
+                from .evaluation.data import load_eval_dataset
+
+                data = load_eval_dataset(os.fspath(data), spec.split)
+            chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, data, spec,
+                                             trust_remote_code=trust_remote_code, progress=options.progress)
+            plan, trace, scores = chosen.plan, chosen.trace, chosen.scores
+        else:
+            plan = plan.with_weights(entry.fn(len(readers), weights))
         for ing, w in zip(ingredients, plan.weights):
             ing.weight = w
             if ing.name in scores:
                 ing.score = scores[ing.name]
         target = os.fspath(output_dir) if output_dir is not None else os.path.join(
             tempfile.mkdtemp(prefix="hf-soup-"), "soup")
-        metric_name = metric if isinstance(metric, str) else getattr(metric, "name", "metric")
         recipe = Recipe(
             method=method, ingredients=tuple(i.name for i in ingredients), weights=plan.weights,
-            dtype=str(dtype).replace("torch.", "") if dtype is not None else None, int_rule=int_rule,
-            align_labels=align_labels, evaluation=eval_spec if eval_spec is not None else (
-                EvalSpec(dataset="<in-memory dataset>", metric=metric_name, strict=strict)
-                if eval_dataset is not None else None),
+            dtype=options.dtype_name, int_rule=options.int_rule, align_labels=options.align_labels,
+            evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
         )
         soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
-                    trace=trace, scores=scores, base_model=base_model,
-                    metric=metric_name, trust_remote_code=trust_remote_code)
-        soup._evaluator = evaluator
+                    trace=trace, scores=scores, base_model=options.base_model,
+                    metric=spec.metric_name, trust_remote_code=trust_remote_code)
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with AtomicDirectory(target, overwrite=overwrite) as tmp:
-                merge_to_directory(plan, readers, tmp, max_shard_size=max_shard_size, names=names,
-                                   progress=progress, device=device)
-                _copy_aux_files(ingredients[0], tmp, dtype)
+                merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                                   progress=options.progress, device=options.device)
+                _copy_aux_files(ingredients[0], tmp, options.dtype)
                 soup.output_dir = tmp
                 soup.write_card()
                 soup.output_dir = target
         wait_for_everyone()
     return soup
+
+
+_SOUP_PARAMETERS = tuple(inspect.signature(soup_from_hub).parameters)[:-1]
 
 
 def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | None) -> None:
@@ -461,8 +457,9 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     """
     soup = soup_from_hub(
         list(recipe.ingredients), method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
-        dtype=recipe.dtype, int_rule=recipe.int_rule, align_labels=recipe.align_labels, overwrite=overwrite,
-        progress=progress, endpoint=endpoint, cache_dir=cache_dir,
+        overwrite=overwrite, endpoint=endpoint, cache_dir=cache_dir,
+        merge_options=MergeOptions(dtype=recipe.dtype, int_rule=recipe.int_rule,  # type: ignore[arg-type]
+                                   align_labels=recipe.align_labels, progress=progress),
     )
     soup.method = recipe.method
     soup.recipe = recipe

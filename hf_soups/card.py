@@ -35,6 +35,12 @@ def pipeline_tag_for(architectures: Sequence[str] | None) -> str | None:
     return None
 
 
+def _describe(method: str) -> str:
+    """The registered method's description, linked to its paper."""
+    entry = METHODS.get(method)
+    return f"{entry.description} [Paper]({entry.paper})." if entry is not None else ""
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
@@ -96,7 +102,7 @@ def build_card(
         f"# {name}",
         "",
         f"A **{method} model soup** of {len(ingredients)} fine-tuned checkpoints, made with "
-        "[hf_soups](https://github.com/hf-soups/hf_soups). " + METHODS.get(method, ""),
+        "[hf_soups](https://github.com/hf-soups/hf_soups). " + _describe(method),
         "",
         "Model soups average the weights of models fine-tuned from one pretrained checkpoint "
         "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,32 +17,11 @@ import torch
 from . import constants
 from .checkpoint.format import TensorInfo
 from .errors import IncompatibleIngredientsError
+from .refs import IngredientMeta
 
 __all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label"]
 
 _HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialised per fine-tune: not init signal
-
-
-@dataclass(frozen=True)
-class IngredientMeta:
-    """What the verdict needs of one ingredient; gathered from small files and headers only.
-
-    Attributes:
-        name (`str`): how the ingredient is named in messages.
-        config (`dict`): its `config.json`.
-        tensors (`dict[str, TensorInfo]`): names, dtypes and shapes from the safetensors headers.
-        tokenizer_hash (`str` or `None`): sha256 over its tokenizer files' blob ids, `None` if it has none.
-        base_model (`tuple[str, ...]` or `None`): `base_model` declared in its model card, if any.
-        vocabulary (`Callable[[], str | None]`, *optional*): computes the vocabulary identity (may download the
-            tokenizer files); consulted only when the file hashes differ.
-    """
-
-    name: str
-    config: Mapping[str, Any]
-    tensors: Mapping[str, TensorInfo]
-    tokenizer_hash: str | None = None
-    base_model: tuple[str, ...] | None = None
-    vocabulary: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -163,6 +142,11 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
         [`CompatibilityReport`]
     """
     report = CompatibilityReport([m.name for m in metas])
+    for meta in metas:
+        if meta.tensors is None:
+            report.add(Problem(meta.name, "tensors", "its weights are pickled (pytorch_model.bin), so tensor names, "
+                               "shapes and dtypes cannot be read before download; they are checked when the weights "
+                               "are read.", "none needed.", "warning"))
     if len(metas) < 2:
         return report
     ref = metas[0]
@@ -173,27 +157,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             if a != b:
                 report.add(Problem(meta.name, key, f"{b!r} differs from {a!r} in '{ref.name}'.",
                                    "soup only fine-tunes of one architecture; remove this ingredient."))
-        missing = [n for n in ref.tensors if n not in meta.tensors]
-        extra = [n for n in meta.tensors if n not in ref.tensors]
-        legacy = [n for n in missing + extra if constants.is_legacy_buffer(n)]
-        if legacy:
-            report.add(Problem(meta.name, "tensors", f"legacy buffer(s) {_names(legacy)} saved by only some "
-                               "ingredients; transformers ignores them on load, so the soup leaves them out.",
-                               "none needed.", "warning"))
-            missing = [n for n in missing if n not in legacy]
-            extra = [n for n in extra if n not in legacy]
-        if missing:
-            report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that '{ref.name}' has: "
-                               f"{_names(missing)}.", "re-export it with the same architecture and config."))
-        if extra:
-            report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that '{ref.name}' lacks: "
-                               f"{_names(extra)}.", "re-export it with the same architecture and config."))
-        for name, info in ref.tensors.items():
-            other = meta.tensors.get(name)
-            if other is not None and other.shape != info.shape:
-                report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
-                                   f"{list(info.shape)} in '{ref.name}'.",
-                                   "soup only checkpoints of the same size (same config and num_labels)."))
+        if ref.tensors is not None and meta.tensors is not None:
+            _compare_tensors(ref, meta, report)
         n = _num_labels(meta.config)
         if n != ref_n:
             report.add(Problem(meta.name, "num_labels", f"{n} differs from {ref_n} in '{ref.name}'.",
@@ -228,6 +193,31 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
     return report
 
 
+def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: CompatibilityReport) -> None:
+    assert ref.tensors is not None and meta.tensors is not None
+    missing = [n for n in ref.tensors if n not in meta.tensors]
+    extra = [n for n in meta.tensors if n not in ref.tensors]
+    legacy = [n for n in missing + extra if constants.is_legacy_buffer(n)]
+    if legacy:
+        report.add(Problem(meta.name, "tensors", f"legacy buffer(s) {_names(legacy)} saved by only some "
+                           "ingredients; transformers ignores them on load, so the soup leaves them out.",
+                           "none needed.", "warning"))
+        missing = [n for n in missing if n not in legacy]
+        extra = [n for n in extra if n not in legacy]
+    if missing:
+        report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that '{ref.name}' has: "
+                           f"{_names(missing)}.", "re-export it with the same architecture and config."))
+    if extra:
+        report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that '{ref.name}' lacks: "
+                           f"{_names(extra)}.", "re-export it with the same architecture and config."))
+    for name, info in ref.tensors.items():
+        other = meta.tensors.get(name)
+        if other is not None and other.shape != info.shape:
+            report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
+                               f"{list(info.shape)} in '{ref.name}'.",
+                               "soup only checkpoints of the same size (same config and num_labels)."))
+
+
 def _same_vocabulary(a: IngredientMeta, b: IngredientMeta) -> bool:
     """Files differ; the tokenizers are still the same when their vocabularies are (e.g. re-saved by another
     transformers version)."""
@@ -240,7 +230,7 @@ def _same_vocabulary(a: IngredientMeta, b: IngredientMeta) -> bool:
 def _dtype_warnings(metas: Sequence[IngredientMeta], report: CompatibilityReport) -> None:
     per = []
     for meta in metas:
-        counts = Counter(info.dtype for info in meta.tensors.values() if info.is_float)
+        counts = Counter(info.dtype for info in (meta.tensors or {}).values() if info.is_float)
         per.append((meta.name, counts.most_common(1)[0][0] if counts else None))
     kinds = {d for _, d in per if d}
     if len(kinds) > 1:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+#: The package version (the installed distribution's metadata is preferred where one is installed).
+VERSION = "0.1.0"
+
 #: Largest safetensors JSON header accepted, in bytes (safetensors itself caps it at 100 MB).
 MAX_HEADER_SIZE: int = int(os.environ.get("HF_SOUPS_MAX_HEADER_SIZE", 100 * 1024 * 1024))
 

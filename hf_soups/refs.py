@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import SoupError
 
-__all__ = ["IngredientRef", "Ingredient"]
+__all__ = ["IngredientRef", "Ingredient", "IngredientMeta"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -96,3 +98,26 @@ class Ingredient:
         if self.repo_id is None:
             return self.ref
         return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
+
+
+@dataclass(frozen=True)
+class IngredientMeta:
+    """What the verdict needs of one ingredient; gathered from small files and headers only.
+
+    Attributes:
+        name (`str`): how the ingredient is named in messages.
+        config (`dict`): its `config.json`.
+        tensors (`dict[str, TensorInfo]` or `None`): names, dtypes and shapes from the safetensors headers; `None`
+            when they cannot be known before the weights are downloaded (pickled `pytorch_model.bin` on the Hub).
+        tokenizer_hash (`str` or `None`): sha256 over its tokenizer files' blob ids, `None` if it has none.
+        base_model (`tuple[str, ...]` or `None`): `base_model` declared in its model card, if any.
+        vocabulary (`Callable[[], str | None]`, *optional*): computes the vocabulary identity (may download the
+            tokenizer files); consulted only when the file hashes differ.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    tensors: Mapping[str, Any] | None  # name -> checkpoint.format.TensorInfo (refs sits below checkpoint/)
+    tokenizer_hash: str | None = None
+    base_model: tuple[str, ...] | None = None
+    vocabulary: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-from ..compat import IngredientMeta
+from ..refs import IngredientMeta
 from .meta import card_base_model, find_files, local_tokenizer_identity, read_config, vocabulary_identity
 from .reader import open_checkpoint
 

@@ -58,6 +58,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..recipes import METHODS, method_names
+
     parser = argparse.ArgumentParser(
         prog="hf-soups", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Model soups for the Hugging Face Hub: check, soup, push and replay fine-tunes of one base model.",
@@ -75,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     soup = sub.add_parser("soup", help="make a soup from two or more fine-tunes",
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_SOUP)
     soup.add_argument("refs", nargs="+", metavar="REF", help="repo id, repo@revision, or local checkpoint directory")
-    soup.add_argument("--method", choices=["uniform", "weighted", "greedy", "learned"], default="uniform",
-                      help="uniform mean, user weights, greedy (needs --eval-dataset) or learned (needs --eval-dataset)")
+    soup.add_argument("--method", choices=list(method_names()), default="uniform",
+                      help="; ".join(f"{m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
+                                     for m in METHODS.values()).replace("%", "%%"))
     soup.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per REF (--method weighted)")
     soup.add_argument("--eval-dataset", default=None,
                       help="held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id")
@@ -144,22 +147,20 @@ def _print_soup(soup: Any) -> None:
 def _cmd_soup(args: argparse.Namespace) -> int:
     from ..api import soup_from_hub
     from ..evaluation.data import load_eval_dataset
+    from ..merge.options import MergeOptions
     from ..recipes import EvalSpec
 
-    eval_dataset, spec = None, None
+    eval_dataset = None
+    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric, text_column=args.text_column,
+                    label_column=args.label_column, image_column=args.image_column, strict=args.strict)
     if args.eval_dataset is not None:
         eval_dataset = load_eval_dataset(args.eval_dataset, args.split)
-        spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric,
-                        text_column=args.text_column, label_column=args.label_column,
-                        image_column=args.image_column, strict=args.strict)
+    options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
+                           max_shard_size=args.max_shard_size, stream=args.stream)
     soup = soup_from_hub(
         args.refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
-        revision=args.revision, stream=args.stream, eval_dataset=eval_dataset, metric=args.metric, strict=args.strict,
-        eval_spec=spec, dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
+        revision=args.revision, eval_dataset=eval_dataset, eval_spec=spec, merge_options=options,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-        max_shard_size=args.max_shard_size,
-        eval_kwargs={"text_column": args.text_column, "label_column": args.label_column,
-                     "image_column": args.image_column},
     )
     from ..evaluation.distributed import is_main_process
 

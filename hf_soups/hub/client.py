@@ -14,9 +14,8 @@ from .. import constants
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, load_weight_map, safe_join
-from ..compat import IngredientMeta
 from ..errors import CorruptCheckpointError, NoSafetensorsError
-from ..refs import Ingredient, IngredientRef
+from ..refs import Ingredient, IngredientMeta, IngredientRef
 from ._errors import hub_errors
 
 __all__ = ["resolve", "fetch_meta", "download", "needed_patterns"]
@@ -113,7 +112,7 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
         weight_map, shards = None, [SAFETENSORS_SINGLE]
     else:
         if allow_pickle and any(f.startswith("pytorch_model") and f.endswith(".bin") for f in ing.files):
-            return IngredientMeta(name, config, {}, tokenizer_identity(blob_ids), base_model)
+            return IngredientMeta(name, config, None, tokenizer_identity(blob_ids), base_model)  # names unknown until read
         raise NoSafetensorsError(
             "the repository has no safetensors weights"
             + (" (only pickled pytorch_model.bin, which can run code when loaded)." if any(

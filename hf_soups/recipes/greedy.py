@@ -12,9 +12,14 @@ from typing import Any
 
 import torch
 
+from .registry import register_method
+
 __all__ = ["greedy_select", "greedy_ensemble", "RunningSum"]
 
 
+@register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
+                 description="Greedy soup: add ingredients best-first while the held-out score does not drop "
+                             "(arXiv:2203.05482).")
 def greedy_select(
     names: Sequence[str],
     scores: Sequence[float],

@@ -13,9 +13,13 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from .registry import register_method
+
 __all__ = ["learn_weights"]
 
 
+@register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
+                 description="Learned soup: mixing weights optimised on held-out data (arXiv:2203.05482, appendix).")
 def learn_weights(
     model: Any,
     states: Sequence[Mapping[str, torch.Tensor]],

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
+from .. import constants
 from ..errors import RecipeError
 
 __all__ = ["Recipe", "EvalSpec"]
@@ -15,23 +16,57 @@ __all__ = ["Recipe", "EvalSpec"]
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How held-out scores were computed (greedy and learned soups).
+    """Evaluation settings of greedy and learned soups: the single home of everything about held-out scoring.
 
-    Attributes:
-        dataset (`str`): a local path (csv/json/parquet/saved dataset) or a Hub dataset id.
-        split (`str`, *optional*): the split, for Hub datasets and saved `DatasetDict`s.
-        metric (`str`): the metric name.
-        text_column, label_column, image_column (`str`, *optional*): column names.
-        strict (`bool`): greedy accepts only strict improvements.
+    Only the fields that decide the result (`dataset`, `split`, `metric`, the columns, `strict`, `learned_steps`) are
+    recorded in the recipe; the runtime ones (`batch_size`, `max_memory`, `offload_folder`) are not.
+
+    Args:
+        dataset (`str`, *optional*):
+            What the held-out data is: a local path (csv/json/parquet/saved dataset) or a Hub dataset id. Recorded in
+            the recipe; `soup_from_hub` loads it when no `eval_dataset` is passed.
+        split (`str`, *optional*):
+            The split, for Hub datasets and saved `DatasetDict`s.
+        text_column, label_column, image_column (`str`, *optional*):
+            Column names (defaults: `text`/`sentence`, `label`, `image`/`img`).
+        metric (`str`, *optional*, defaults to `"accuracy"`):
+            An `evaluate` metric name, or a local metric script directory.
+        strict (`bool`, *optional*, defaults to `False`):
+            Greedy accepts only strict improvements (`>`), instead of the paper's `>=`.
+        batch_size (`int`, *optional*, defaults to `64`):
+            Evaluation batch size.
+        learned_steps (`int`, *optional*, defaults to `30`):
+            Optimisation steps of a learned soup.
+        max_memory (`dict`, *optional*):
+            accelerate's `{device: size}` budget for greedy evaluation of models larger than memory: each candidate
+            is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
+        offload_folder (`str`, *optional*):
+            Where accelerate offloads weights that do not fit `max_memory`.
     """
 
-    dataset: str
+    dataset: str | None = None
     split: str | None = None
-    metric: str = "accuracy"
+    metric: Any = "accuracy"
     text_column: str | None = None
     label_column: str | None = None
     image_column: str | None = None
     strict: bool = False
+    batch_size: int = field(default=64, metadata={"runtime": True})
+    learned_steps: int = 30
+    max_memory: dict[Any, Any] | None = field(default=None, metadata={"runtime": True})
+    offload_folder: str | None = field(default=None, metadata={"runtime": True})
+
+    @property
+    def metric_name(self) -> str:
+        """The metric's name (a metric object's `.name`)."""
+        return self.metric if isinstance(self.metric, str) else getattr(self.metric, "name", "metric")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that decide the result, as recorded in a recipe (runtime settings left out)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
+        data["metric"] = self.metric_name
+        data["dataset"] = self.dataset if self.dataset is not None else "<in-memory dataset>"
+        return data
 
 
 @dataclass(frozen=True)
@@ -61,11 +96,13 @@ class Recipe:
     hf_soups_version: str = field(default_factory=lambda: _version())
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["ingredients"] = list(self.ingredients)
         data["weights"] = [float(w) for w in self.weights]
         if self.evaluation is None:
             data.pop("evaluation")
+        else:
+            data["evaluation"] = self.evaluation.to_dict()
         return data
 
     def to_yaml(self) -> str:
@@ -104,6 +141,10 @@ class Recipe:
 
 
 def _version() -> str:
-    from .. import __version__
+    """The installed distribution's version (package metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("hf_soups")
+    except PackageNotFoundError:
+        return constants.VERSION

@@ -1,10 +1,14 @@
-"""Choosing weights from held-out scores (greedy and learned soups): the glue between recipes and evaluation."""
+"""Choosing weights from held-out scores (greedy and learned soups): evaluation drives the recipes' pure selection.
+
+This glue lives in `evaluation/` because it loads models and scores them; it calls the registered method functions
+of `recipes/` (which never import `evaluation/`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,12 +17,12 @@ from huggingface_hub.utils import tqdm
 from .. import constants
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
-from ..evaluation.candidates import ModelHolder, read_float_state
-from ..evaluation.evaluator import Evaluator
 from ..merge.plan import MergePlan
+from ..recipes import EvalSpec, get_method
+from ..recipes.greedy import RunningSum
 from ..refs import Ingredient
-from .greedy import RunningSum, greedy_select
-from .learned import learn_weights
+from .candidates import ModelHolder, read_float_state
+from .evaluator import Evaluator
 
 __all__ = ["Chosen", "choose_weights"]
 
@@ -74,13 +78,13 @@ class OffloadedCandidates:
 
 @dataclass
 class Chosen:
-    """What a held-out recipe decided."""
+    """What a held-out recipe decided: the plan with the chosen weights, the trace, each ingredient's score, and
+    the evaluator that produced them."""
 
     plan: MergePlan
     trace: list[dict[str, Any]]
     scores: dict[str, float]
     evaluator: Evaluator
-    logits: list[torch.Tensor] = field(default_factory=list)
 
 
 def choose_weights(
@@ -90,20 +94,12 @@ def choose_weights(
     ingredients: Sequence[Ingredient],
     config: dict[str, Any],
     eval_dataset: Any,
+    spec: EvalSpec,
     *,
-    metric: Any = "accuracy",
-    strict: bool = False,
-    progress: bool = True,
-    batch_size: int = 64,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    image_column: str | None = None,
     trust_remote_code: bool = False,
-    learned_steps: int = 30,
+    progress: bool = True,
     seed: int = 0,
     device: str | None = None,
-    max_memory: dict[Any, Any] | None = None,
-    offload_folder: str | None = None,
 ) -> Chosen:
     """Score every ingredient on `eval_dataset`, then run the greedy or learned recipe.
 
@@ -118,46 +114,43 @@ def choose_weights(
     names = [i.name for i in ingredients]
     reference_dir = ingredients[0].local_dir
     assert reference_dir is not None
-    evaluator = Evaluator(eval_dataset, reference_dir, config, metric=metric, text_column=text_column,
-                          label_column=label_column, image_column=image_column, batch_size=batch_size,
-                          name=names[0])
+    select = get_method(method).fn
+    evaluator = Evaluator(eval_dataset, reference_dir, config, metric=spec.metric, text_column=spec.text_column,
+                          label_column=spec.label_column, image_column=spec.image_column,
+                          batch_size=spec.batch_size, name=names[0])
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
-    scores, logits = [], []
+    scores = []
     offload = None
-    if max_memory is not None:  # big-model path: candidates live on disk, evaluation is offloaded by accelerate
+    if spec.max_memory is not None:  # big-model path: candidates live on disk, evaluation is offloaded by accelerate
         if method != "greedy":
             raise EvaluationError("max_memory (offloaded evaluation) supports method='greedy' only.",
                                   fix="drop max_memory, or use method='greedy'.")
-        offload = OffloadedCandidates(plan, readers, ingredients, evaluator, max_memory, offload_folder,
+        offload = OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory, spec.offload_folder,
                                       trust_remote_code)
         for i in range(len(readers)):
-            score, lg = offload.score_ingredient(i)
-            scores.append(score)
-            logits.append(lg)
+            scores.append(offload.score_ingredient(i)[0])
             bar.update()
     else:
         holder = ModelHolder(reference_dir, config, trust_remote_code, device=device)
         for i, reader in enumerate(readers):
-            score, lg = evaluator.score(holder.load(read_float_state(plan, reader, i)))
-            scores.append(score)
-            logits.append(lg)
+            scores.append(evaluator.score(holder.load(read_float_state(plan, reader, i)))[0])
             bar.update()
     score_map = dict(zip(names, scores))
     if method == "greedy" and offload is not None:
-        accepted, trace = greedy_select(names, scores, offload.score_with, strict=strict, progress=bar.update)
+        accepted, trace = select(names, scores, offload.score_with, strict=spec.strict, progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
     elif method == "greedy":
         running = RunningSum(lambda i: read_float_state(plan, readers[i], i),
                              lambda total, cand, n: evaluator.score(holder.load_mean(total, cand, n))[0])
-        accepted, trace = greedy_select(names, scores, running.score_with, accept=running.accept, strict=strict,
-                                        progress=bar.update)
+        accepted, trace = select(names, scores, running.score_with, accept=running.accept, strict=spec.strict,
+                                 progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
     else:
         states = [holder.model_names(read_float_state(plan, r, i)) for i, r in enumerate(readers)]
-        weights, trace = learn_weights(
+        weights, trace = select(
             holder.model, states, evaluator.batches, evaluator.references,
-            lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=learned_steps, seed=seed,
+            lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=spec.learned_steps, seed=seed,
         )
     bar.close()
-    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, logits)
+    return Chosen(plan.with_weights(weights), trace, score_map, evaluator)
