@@ -6,7 +6,6 @@ import contextlib
 import inspect
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -57,6 +56,19 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
     from . import hub
 
     return [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+
+
+def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
+    """The local ingredient directories among `refs` (no I/O beyond `isdir`), which an output may never replace."""
+    if isinstance(refs, (str, os.PathLike, IngredientRef)):
+        refs = [refs]
+    dirs = []
+    for r in refs:
+        local = r.local_dir if isinstance(r, IngredientRef) else (
+            os.fspath(r) if isinstance(r, (str, os.PathLike)) and os.path.isdir(os.fspath(r)) else None)
+        if local:
+            dirs.append(local)
+    return dirs
 
 
 def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, cache_dir: str | None,
@@ -234,7 +246,9 @@ def soup_from_hub(
         weights (`Sequence[float]`, *optional*):
             One weight per ingredient, for `method="weighted"` (passing weights with the default method implies it).
         output_dir (`str`, *optional*):
-            Where to write the soup; a new temporary directory when omitted. Must be empty unless `overwrite=True`.
+            Where to write the soup; a new temporary directory when omitted. Must be absent or empty unless
+            `overwrite=True`. If it changes during the run, [`OutputExistsError`] is raised and the new soup is kept
+            next to it as `<output_dir>.hf-soups-new-<timestamp>`.
         revision (`str` or `Sequence[str | None]`, *optional*):
             Revision for references without their own `@rev`: one for all, or one per reference.
         token (`str` or `bool`, *optional*):
@@ -256,7 +270,8 @@ def soup_from_hub(
             How the soup is computed and written (dtype, integer rule, label alignment, shard size, device,
             streaming, checks, progress bars).
         overwrite (`bool`, *optional*, defaults to `False`):
-            Replace a non-empty `output_dir`.
+            Replace a soup hf_soups wrote earlier at `output_dir` (recognised by its `.hf_soups` marker). Any other
+            non-empty directory, an ingredient, the Hub cache, the home or current directory are never replaced.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Accept configs with `auto_map` (code from the repository), also when evaluating candidates.
         allow_pickle (`bool`, *optional*, defaults to `False`):
@@ -277,7 +292,8 @@ def soup_from_hub(
         [`NoSafetensorsError`], [`UnsafeCheckpointError`], [`CorruptCheckpointError`]: an ingredient cannot be read
             safely.
         [`NonFiniteTensorError`]: an ingredient holds NaN/Inf.
-        [`OutputExistsError`], [`DiskFullError`]: the output cannot be written; nothing partial is left.
+        [`OutputExistsError`], [`OutputNotWritableError`], [`DiskFullError`]: the output cannot be written (checked
+            before any download); nothing partial is left, and nothing hf_soups did not write is ever replaced.
         [`RecipeError`]: `method` is not registered (the message names the closest one).
         `TypeError`: an unknown keyword argument (the message names the closest one).
 
@@ -306,8 +322,10 @@ def soup_from_hub(
     if entry.needs_eval and eval_dataset is None and spec.dataset is None:
         raise SoupError(f"method={method!r} needs held-out data.",
                         fix="pass eval_dataset=<datasets.Dataset or file>, or eval_spec=EvalSpec(dataset=...).")
-    if output_dir is not None:  # fail fast, before any download
-        AtomicDirectory(output_dir, overwrite=overwrite)
+    output = None
+    if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
+        output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
+                                 caches=[cache_dir or ""])
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
     if weights is not None and len(weights) != len(ingredients):
         raise SoupError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
@@ -368,7 +386,7 @@ def soup_from_hub(
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
-            with AtomicDirectory(target, overwrite=overwrite) as tmp:
+            with output if output is not None else AtomicDirectory(target) as tmp:
                 merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
                                    progress=options.progress, device=options.device)
                 _copy_aux_files(ingredients[0], tmp, options.dtype)
@@ -385,11 +403,11 @@ _SOUP_PARAMETERS = tuple(inspect.signature(soup_from_hub).parameters)[:-1]
 def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | None) -> None:
     import json
 
+    from .checkpoint.safe_files import check_files_inside, copy_inside
+
     assert first.local_dir is not None
-    for name in constants.AUX_FILES:
-        src = os.path.join(first.local_dir, name)
-        if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(target, name))
+    for name in check_files_inside(first.local_dir, constants.AUX_FILES, ingredient=first.name):
+        copy_inside(first.local_dir, name, os.path.join(target, name), ingredient=first.name)
     if dtype is not None:
         path = os.path.join(target, "config.json")
         with open(path, encoding="utf-8") as f:
@@ -447,7 +465,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         recipe ([`Recipe`]): from [`load_recipe`] or a soup's `.recipe`.
         output_dir (`str`, *optional*): where to write the soup (a temporary directory when omitted).
         token (`str` or `bool`, *optional*): Hub token for private ingredients.
-        overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty `output_dir`.
+        overwrite (`bool`, *optional*, defaults to `False`): replace a soup hf_soups wrote at `output_dir`.
 
     Returns:
         [`Soup`]: with the recipe's method and recipe attached.

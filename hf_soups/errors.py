@@ -21,6 +21,7 @@ __all__ = [
     "NonFiniteTensorError",
     "OutputExistsError",
     "DiskFullError",
+    "OutputNotWritableError",
     "PushError",
     "LabelMismatchError",
     "EvaluationError",
@@ -127,11 +128,15 @@ class NonFiniteTensorError(SoupError, ValueError):
 
 
 class OutputExistsError(SoupError, FileExistsError):
-    """The output directory exists and is not empty."""
+    """The output directory holds something hf_soups must not replace, or changed while the soup was being made."""
 
 
 class DiskFullError(SoupError, OSError):
     """Writing the soup ran out of disk space; the partial output was removed."""
+
+
+class OutputNotWritableError(SoupError, PermissionError):
+    """The output location cannot be written (read-only, no permission, a mount point); checked before any download."""
 
 
 class PushError(SoupError, OSError):

@@ -101,7 +101,7 @@ class Soup:
         with AtomicDirectory(path, overwrite=overwrite) as tmp:
             for name in os.listdir(self.output_dir):
                 src = os.path.join(self.output_dir, name)
-                if os.path.isfile(src) and not name.startswith("."):
+                if os.path.isfile(src) and not os.path.islink(src) and not name.startswith("."):
                     shutil.copy2(src, os.path.join(tmp, name))
         return os.fspath(path)
 

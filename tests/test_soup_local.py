@@ -198,11 +198,17 @@ def test_existing_output_dir_needs_overwrite(family, tmp_path):
     out = tmp_path / "soup"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="keep.txt"):
+        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+    with pytest.raises(OutputExistsError, match="did not write"):  # overwrite replaces only a soup hf_soups wrote
+        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)  # an empty directory is fine
     with pytest.raises(OutputExistsError, match="overwrite=True"):
         soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
-    assert (out / "keep.txt").read_text() == "precious"
-    soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, progress=False)
+    assert (out / "model.safetensors").exists() and (out / ".hf_soups").exists()
 
 
 def test_save_pretrained_and_card(family, tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import os
 
+from .. import constants
 from ..refs import IngredientMeta
 from .meta import card_base_model, find_files, local_tokenizer_identity, read_config, vocabulary_identity
 from .reader import open_checkpoint
+from .safe_files import check_files_inside
 
 __all__ = ["local_meta"]
 
@@ -15,9 +17,13 @@ __all__ = ["local_meta"]
 def local_meta(directory: str, name: str, *, allow_pickle: bool = False) -> IngredientMeta:
     """Read an [`IngredientMeta`] from a local directory: headers only, no weights.
 
+    Every small file a soup may read or copy (config, tokenizer/processor/generation files, card) is checked first:
+    one that is a link out of the directory, a FIFO or a device refuses the ingredient.
+
     Raises:
         [`IngredientNotFoundError`], [`NoSafetensorsError`], [`CorruptCheckpointError`], [`UnsafeCheckpointError`].
     """
+    check_files_inside(directory, (*constants.AUX_FILES, "README.md"), ingredient=name)
     config = read_config(os.path.join(directory, "config.json"), name)
     with open_checkpoint(directory, ingredient=name, allow_pickle=allow_pickle) as reader:
         tensors = dict(reader.tensors)

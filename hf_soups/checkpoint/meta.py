@@ -9,28 +9,31 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import constants
-from ..errors import CorruptCheckpointError, IngredientNotFoundError
+from ..errors import CorruptCheckpointError, IngredientNotFoundError, SoupError
+from .safe_files import check_files_inside, open_inside, read_inside
 
 __all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
            "card_base_model", "find_files"]
 
 
 def read_config(path: str, ingredient: str) -> dict[str, Any]:
-    """Load `config.json`.
+    """Load `config.json`, read only if it resolves inside its directory and is a regular file.
 
     Raises:
         [`IngredientNotFoundError`]: no config.json.
+        [`UnsafeCheckpointError`]: it is a link out of the checkpoint, a FIFO or a device.
         [`CorruptCheckpointError`]: it is not a JSON object.
     """
-    if not os.path.isfile(path):
+    if not path or not os.path.lexists(path):
         raise IngredientNotFoundError(
             "no config.json found.", ingredient=ingredient, file="config.json",
             fix="point to a transformers checkpoint saved with `save_pretrained`.",
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(_read(path, ingredient, limit=_MAX_SMALL_FILE))
     except (OSError, ValueError) as e:
+        if isinstance(e, SoupError):
+            raise
         raise CorruptCheckpointError(f"config.json is not valid JSON ({e}).", ingredient=ingredient,
                                      file="config.json", fix="re-export the checkpoint.") from None
     if not isinstance(config, dict):
@@ -38,11 +41,26 @@ def read_config(path: str, ingredient: str) -> dict[str, Any]:
     return config
 
 
+#: Largest config/card/tokenizer JSON read whole into memory (a config or card bigger than this is not genuine).
+_MAX_SMALL_FILE = 512 * 1024 * 1024
+
+
+def _open(path: str, ingredient: str | None = None) -> int:
+    """A descriptor on `path`, opened through [`open_inside`] (regular file, no link out of its directory)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return open_inside(directory, name, ingredient=ingredient, file=name)
+
+
+def _read(path: str, ingredient: str | None = None, limit: int | None = None) -> bytes:
+    directory, name = os.path.split(os.path.abspath(path))
+    return read_inside(directory, name, ingredient=ingredient, file=name, limit=limit)
+
+
 def git_blob_sha(path: str) -> str:
     """The git blob id of a local file: what the Hub reports as a file's `blobId`."""
     h = hashlib.sha1()
-    h.update(f"blob {os.path.getsize(path)}\0".encode())
-    with open(path, "rb") as f:
+    with os.fdopen(_open(path), "rb") as f:
+        h.update(f"blob {os.fstat(f.fileno()).st_size}\0".encode())
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -73,8 +91,7 @@ def vocabulary_identity(files: Mapping[str, str]) -> str | None:
     added: list[str] = []
     if "tokenizer.json" in files:
         try:
-            with open(files["tokenizer.json"], encoding="utf-8") as f:
-                obj = json.load(f)
+            obj = json.loads(_read(files["tokenizer.json"], limit=_MAX_SMALL_FILE))
             model = obj.get("model") or {}
             raw = model.get("vocab")
             if isinstance(raw, dict):
@@ -86,14 +103,13 @@ def vocabulary_identity(files: Mapping[str, str]) -> str | None:
         except (OSError, ValueError, TypeError, KeyError, IndexError):
             vocab = None
     if vocab is None and "vocab.txt" in files:
-        with open(files["vocab.txt"], encoding="utf-8") as f:
-            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        lines = _read(files["vocab.txt"], limit=_MAX_SMALL_FILE).decode("utf-8").split("\n")
+        vocab = {line: i for i, line in enumerate(lines[:-1] if lines and not lines[-1] else lines)}
     if vocab is None and "vocab.json" in files:
-        with open(files["vocab.json"], encoding="utf-8") as f:
-            vocab = {str(k): int(v) for k, v in json.load(f).items()}
+        vocab = {str(k): int(v) for k, v in json.loads(_read(files["vocab.json"], limit=_MAX_SMALL_FILE)).items()}
         if "merges.txt" in files:
-            with open(files["merges.txt"], encoding="utf-8") as f:
-                merges = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#version")]
+            text = _read(files["merges.txt"], limit=_MAX_SMALL_FILE).decode("utf-8")
+            merges = [ln for ln in text.split("\n") if ln.strip() and not ln.startswith("#version")]
     if vocab is None:
         return None
     canonical = json.dumps({"vocab": sorted(vocab.items()), "merges": merges, "added": added}, ensure_ascii=False)
@@ -106,13 +122,22 @@ def local_tokenizer_identity(directory: str) -> str | None:
 
 
 def card_base_model(readme_path: str | None) -> tuple[str, ...] | None:
-    """The `base_model` declared in a model card's front matter, if any."""
-    if readme_path is None or not os.path.isfile(readme_path):
+    """The `base_model` declared in a model card's front matter, if any.
+
+    Raises:
+        [`UnsafeCheckpointError`]: the card is a link out of its checkpoint, a FIFO or a device.
+    """
+    if readme_path is None or not os.path.lexists(readme_path):
         return None
-    from huggingface_hub.repocard import metadata_load
+    content = _read(readme_path, limit=_MAX_SMALL_FILE)
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
     try:
-        meta = metadata_load(readme_path) or {}
+        match = REGEX_YAML_BLOCK.search(content.decode("utf-8-sig"))
+        meta = (yaml.safe_load(match.group(2)) if match else None) or {}
+        if not isinstance(meta, dict):
+            return None
     except Exception:  # a malformed card must not stop a soup
         return None
     base = meta.get("base_model")
@@ -124,5 +149,9 @@ def card_base_model(readme_path: str | None) -> tuple[str, ...] | None:
 
 
 def find_files(directory: str, names: tuple[str, ...] = constants.TOKENIZER_IDENTITY_FILES) -> dict[str, str]:
-    """The subset of `names` present in `directory`, as name -> path."""
-    return {n: os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))}
+    """The subset of `names` present in `directory`, as name -> real path, each checked with [`resolve_inside`].
+
+    Raises:
+        [`UnsafeCheckpointError`]: one of them is a link out of the directory, a FIFO or a device.
+    """
+    return check_files_inside(directory, names)

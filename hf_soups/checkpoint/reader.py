@@ -11,8 +11,15 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from ..errors import CorruptCheckpointError, IngredientNotFoundError, NoSafetensorsError, UnsafeCheckpointError
+from ..errors import (
+    CorruptCheckpointError,
+    IngredientNotFoundError,
+    NoSafetensorsError,
+    SoupError,
+    UnsafeCheckpointError,
+)
 from .format import DTYPES, TensorInfo, dtype_code, parse_header
+from .safe_files import open_inside, read_inside, resolve_inside
 from .sources import ByteSource, LocalFileSource
 
 __all__ = [
@@ -152,61 +159,42 @@ class StateDictReader(CheckpointReader):
         return self._state[name]
 
 
-def _allowed_roots(directory: str) -> list[str]:
-    real = os.path.realpath(directory)
-    roots = [real]
-    # A huggingface_hub cache snapshot (<repo>/snapshots/<sha>) links its files into <repo>/blobs.
-    parent = os.path.dirname(real)
-    if os.path.basename(parent) == "snapshots":
-        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
-    return roots
-
-
 def safe_join(directory: str, relative: str, ingredient: str | None = None, file: str | None = None) -> str:
     """Join `relative` onto `directory`, refusing absolute paths, `..` and symlinks that escape it.
+
+    The file need not exist yet (shards named by an index are checked before they are downloaded).
 
     Raises:
         [`UnsafeCheckpointError`]: when the path would leave the checkpoint directory.
     """
-    def refuse(why: str) -> UnsafeCheckpointError:
-        return UnsafeCheckpointError(
-            f"refers to '{relative}', which {why}.", ingredient=ingredient, file=file or relative,
-            fix="only use checkpoints whose index names files inside the checkpoint directory.",
-        )
-
-    if not isinstance(relative, str) or not relative or "\x00" in relative:
-        raise refuse("is not a file name")
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
-        raise refuse("is an absolute path")
-    parts = relative.replace("\\", "/").split("/")
-    if ".." in parts:
-        raise refuse("climbs out of the directory with '..'")
-    path = os.path.join(directory, *parts)
-    real = os.path.realpath(path)
-    if not any(real == root or real.startswith(root + os.sep) for root in _allowed_roots(directory)):
-        raise refuse("is a symlink that escapes the checkpoint directory")
-    return path
+    resolve_inside(directory, relative, ingredient=ingredient, file=file, must_exist=False, regular=False)
+    return os.path.join(directory, *[p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")])
 
 
 def _load_index(directory: str, index_name: str, ingredient: str | None) -> dict[str, str]:
-    return load_weight_map(safe_join(directory, index_name, ingredient), ingredient, index_name)
+    return load_weight_map(os.path.join(directory, index_name), ingredient, index_name)
 
 
 def load_weight_map(path: str, ingredient: str | None, index_name: str = SAFETENSORS_INDEX) -> dict[str, str]:
     """The `weight_map` of a shard index file, validated as a mapping of strings to strings.
 
+    The index is read only if it is a regular file inside its directory (see [`open_inside`]).
+
     Raises:
         [`CorruptCheckpointError`]: the index is missing, not JSON, or malformed.
+        [`UnsafeCheckpointError`]: the index is a link out of its directory, a FIFO or a device.
     """
+    directory, name = os.path.split(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = json.loads(read_inside(directory, name, ingredient=ingredient, file=index_name))
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):
             raise TypeError("weight_map must map strings to strings")
     except (OSError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, SoupError) and not isinstance(e, IngredientNotFoundError):
+            raise
         raise CorruptCheckpointError(
             f"cannot read the shard index ({e}).", ingredient=ingredient, file=index_name,
             fix="re-download or re-export the checkpoint.",
@@ -245,23 +233,25 @@ def open_checkpoint(
         raise IngredientNotFoundError(
             "no such checkpoint directory.", ingredient=ingredient, fix="check the path, or pass a Hub repo id."
         )
-    if os.path.exists(os.path.join(directory, SAFETENSORS_INDEX)):
+    if os.path.lexists(os.path.join(directory, SAFETENSORS_INDEX)):
         weight_map = _load_index(directory, SAFETENSORS_INDEX, ingredient)
         files = sorted(set(weight_map.values()))
-    elif os.path.exists(os.path.join(directory, SAFETENSORS_SINGLE)):
+    elif os.path.lexists(os.path.join(directory, SAFETENSORS_SINGLE)):
         weight_map, files = None, [SAFETENSORS_SINGLE]
     else:
         return _open_pickle(directory, ingredient, allow_pickle)
     sources: dict[str, ByteSource] = {}
     try:
         for file in files:
-            path = safe_join(directory, file, ingredient, SAFETENSORS_INDEX if weight_map else None)
-            if not os.path.isfile(path):
+            safe_join(directory, file, ingredient, SAFETENSORS_INDEX if weight_map else None)
+            try:
+                fd = open_inside(directory, file, ingredient=ingredient)
+            except IngredientNotFoundError:
                 raise CorruptCheckpointError(
                     "the index names this shard but it is missing.", ingredient=ingredient, file=file,
                     fix="re-download the checkpoint (all shards).",
-                )
-            sources[file] = LocalFileSource(path, name=file)
+                ) from None
+            sources[file] = LocalFileSource(os.path.join(directory, file), name=file, fd=fd)
         return SafetensorsReader(sources, weight_map, ingredient)
     except BaseException:
         for source in sources.values():
@@ -270,8 +260,8 @@ def open_checkpoint(
 
 
 def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> CheckpointReader:
-    has_single = os.path.exists(os.path.join(directory, PICKLE_SINGLE))
-    has_index = os.path.exists(os.path.join(directory, PICKLE_INDEX))
+    has_single = os.path.lexists(os.path.join(directory, PICKLE_SINGLE))
+    has_index = os.path.lexists(os.path.join(directory, PICKLE_INDEX))
     if not (has_single or has_index):
         raise NoSafetensorsError(
             "no weights found (neither model.safetensors nor model.safetensors.index.json).",
@@ -287,7 +277,7 @@ def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> Checkpo
     files = sorted(set(_load_index(directory, PICKLE_INDEX, ingredient).values())) if has_index else [PICKLE_SINGLE]
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        path = safe_join(directory, file, ingredient)
+        path = resolve_inside(directory, file, ingredient=ingredient)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # weights_only refuses anything but tensors and plain containers

@@ -26,12 +26,15 @@ class ByteSource(Protocol):
 
 
 class LocalFileSource:
-    """A local file read with `pread` into caller-owned buffers: no mmap, so the process RSS stays honest."""
+    """A local file read with `pread` into caller-owned buffers: no mmap, so the process RSS stays honest.
 
-    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+    Pass `fd` to read a descriptor already opened (and checked) by the caller; the source then owns it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None, *, fd: int | None = None) -> None:
         self.path = os.fspath(path)
         self.name = name or os.path.basename(self.path)
-        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = fd if fd is not None else os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.size = os.fstat(self._fd).st_size
 
     def read(self, offset: int, length: int) -> bytes:

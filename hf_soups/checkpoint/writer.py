@@ -1,4 +1,4 @@
-"""Writing soups: a streaming sharded safetensors writer and an atomic output directory.
+"""Writing soups: a streaming sharded safetensors writer (the atomic output directory lives in `atomic`).
 
 The writer knows every output tensor's name, dtype and shape before the first byte is written, so it writes each
 shard's header up front and then streams tensor bytes: memory stays independent of the shard size.
@@ -6,24 +6,19 @@ shard's header up front and then streams tensor bytes: memory stays independent 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
-import tempfile
-from types import TracebackType
 
 import torch
 from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
 from .. import constants
-from ..errors import DiskFullError, OutputExistsError, SoupError
+from ..errors import SoupError
+from .atomic import AtomicDirectory
 from .format import build_header, dtype_code, itemsize
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 __all__ = ["AtomicDirectory", "ShardedSafetensorsWriter", "parse_size"]
-
-_TMP_MARK = ".hf-soups-tmp-"
 
 
 def parse_size(size: int | str) -> int:
@@ -35,112 +30,6 @@ def parse_size(size: int | str) -> int:
     from huggingface_hub.serialization._base import parse_size_to_int
 
     return parse_size_to_int(size)
-
-
-def _fsync_enabled() -> bool:
-    return os.environ.get("HF_SOUPS_FSYNC", "0").lower() in {"1", "true", "yes"}
-
-
-class AtomicDirectory:
-    """Build a directory under a temporary sibling name and rename it into place only on success.
-
-    A failure (an exception, or a kill) never leaves a partial `output_dir`: at worst a hidden
-    `.<name>.hf-soups-tmp-<pid>-*` sibling, which the next run removes once its process is gone.
-
-    Args:
-        output_dir (`str`):
-            The final directory.
-        overwrite (`bool`, *optional*, defaults to `False`):
-            Replace an existing non-empty `output_dir`. Without it, such a directory raises [`OutputExistsError`].
-
-    Raises:
-        [`OutputExistsError`]: `output_dir` exists, is not empty, and `overwrite=False`.
-        [`DiskFullError`]: the disk filled up while writing; the partial output was removed.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
-        self.output_dir = os.path.abspath(os.fspath(output_dir))
-        self.overwrite = overwrite
-        self.tmp_dir: str | None = None
-        if os.path.exists(self.output_dir) and not overwrite:
-            if not os.path.isdir(self.output_dir) or os.listdir(self.output_dir):
-                raise OutputExistsError(
-                    "the output directory exists and is not empty.", file=self.output_dir,
-                    fix="choose another output_dir, or pass overwrite=True to replace it.",
-                )
-
-    def __enter__(self) -> str:
-        parent = os.path.dirname(self.output_dir)
-        os.makedirs(parent, exist_ok=True)
-        _remove_stale_siblings(parent, os.path.basename(self.output_dir))
-        prefix = f".{os.path.basename(self.output_dir)}{_TMP_MARK}{os.getpid()}-"
-        self.tmp_dir = tempfile.mkdtemp(prefix=prefix, dir=parent)
-        return self.tmp_dir
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self.tmp_dir is not None
-        if exc_type is None:
-            try:
-                self._commit()
-                return
-            except BaseException as e:
-                shutil.rmtree(self.tmp_dir, ignore_errors=True)
-                _raise_disk_full(e, self.output_dir)
-                raise
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        if exc is not None:
-            _raise_disk_full(exc, self.output_dir)
-
-    def _commit(self) -> None:
-        assert self.tmp_dir is not None
-        if _fsync_enabled():
-            for name in os.listdir(self.tmp_dir):
-                fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        if os.path.lexists(self.output_dir):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output_dir)}{_TMP_MARK}old-",
-                                     dir=os.path.dirname(self.output_dir))
-            os.rename(self.output_dir, os.path.join(trash, "old"))
-            os.rename(self.tmp_dir, self.output_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(self.tmp_dir, self.output_dir)
-
-
-def _raise_disk_full(exc: BaseException, output_dir: str) -> None:
-    if isinstance(exc, OSError) and not isinstance(exc, SoupError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DiskFullError(
-            "the disk is full; the partial output was removed.", file=output_dir,
-            fix="free space or choose an output_dir on a larger disk, then run again.",
-        ) from exc
-
-
-def _remove_stale_siblings(parent: str, base: str) -> None:
-    prefix = f".{base}{_TMP_MARK}"
-    for name in os.listdir(parent):
-        if not name.startswith(prefix):
-            continue
-        pid_text = name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
-            continue
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ShardedSafetensorsWriter:

@@ -7,10 +7,12 @@ Exit codes:
     3  a repo, revision, directory or file was not found
     4  authentication needed or refused (pass --token or run `hf auth login`)
     5  unsafe or corrupt input refused (pickles, remote code, malformed safetensors, NaN/Inf)
-    6  the output cannot be written (exists without --overwrite, disk full)
+    6  the output cannot be written: it holds something hf-soups did not write (--overwrite replaces only a soup
+       hf-soups wrote, never the current, home or an ingredient directory), it changed during the run (the new
+       soup is kept as <output>.hf-soups-new-<timestamp>), it is read-only or a mount point, or the disk is full
     7  the push failed (the local soup is intact; re-run `hf-soups push`)
     8  evaluation data or metric problem
-    10 any other hf_soups error
+    10 any other hf_soups error, or an operating-system error (never 1, which means "incompatible")
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.NonFiniteTensorError, 5),
     (errors.OutputExistsError, 6),
     (errors.DiskFullError, 6),
+    (errors.OutputNotWritableError, 6),
     (errors.PushError, 7),
     (errors.LabelMismatchError, 8),
     (errors.EvaluationError, 8),
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an evaluate metric name or local metric script directory (default: accuracy)")
     soup.add_argument("--strict", action="store_true", help="greedy accepts only strict improvements (>)")
     soup.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
-    soup.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    soup.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
     soup.add_argument("--push-to", default=None, metavar="REPO", help="push the soup to this Hub repo")
     soup.add_argument("--private", action="store_true", help="create the --push-to repo as private")
     soup.add_argument("--stream", action="store_true", help="read Hub weights by HTTP ranges, never downloading them")
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n")
     recipe.add_argument("source", metavar="RECIPE", help="a recipe YAML file, or a soup repo id whose card holds one")
     recipe.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
-    recipe.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    recipe.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
     recipe.add_argument("--push-to", default=None, metavar="REPO", help="push the re-created soup to this repo")
     recipe.add_argument("--private", action="store_true", help="create the --push-to repo as private")
     recipe.add_argument("--token", default=None, help="Hub token; never printed")
@@ -210,11 +213,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         code = next(c for cls, c in EXIT_CODES if isinstance(e, cls))
-        first, *rest = str(e).split("\n")
+        text = str(e)
+        if isinstance(e, errors.OutputExistsError):  # in the caller's language
+            text = text.replace("overwrite=True", "--overwrite").replace("output_dir", "--output")
+        first, *rest = text.split("\n")
         print(f"hf-soups: error: {first}", file=sys.stderr)
         for line in rest:
             print(f"  {line}", file=sys.stderr)
         return code
+    except OSError as e:  # not an hf_soups error: still a one-line message and a code that cannot mean "incompatible"
+        if args.debug:
+            raise
+        print(f"hf-soups: error: {e}", file=sys.stderr)
+        return 10
     except KeyboardInterrupt:
         print("hf-soups: interrupted", file=sys.stderr)
         return 130
