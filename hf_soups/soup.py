@@ -95,10 +95,13 @@ class Soup:
         """Copy the soup (weights, config, tokenizer, card) to `path`, atomically.
 
         Raises:
-            [`OutputExistsError`]: `path` is not empty and `overwrite=False`.
+            [`OutputExistsError`]: `path` is not empty and `overwrite=False`, or holds something hf_soups did not
+                write (see [`soup_from_hub`]'s `overwrite`).
+            [`OutputNotWritableError`]: `path` is read-only or a mount point.
         """
         self.write_card()
-        with AtomicDirectory(path, overwrite=overwrite) as tmp:
+        with AtomicDirectory(path, overwrite=overwrite,
+                             ingredients=[i.local_dir for i in self.ingredients if i.local_dir]) as tmp:
             for name in os.listdir(self.output_dir):
                 src = os.path.join(self.output_dir, name)
                 if os.path.isfile(src) and not os.path.islink(src) and not name.startswith("."):

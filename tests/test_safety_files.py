@@ -417,11 +417,13 @@ def test_stale_temporary_of_a_dead_run_is_removed_but_a_live_one_is_kept(family,
 
 
 # --------------------------------------------------------------------------- writability, before any download
-@pytest.fixture
-def mount_point(tmp_path):
+@pytest.fixture(params=["tmpfs", "bind mount of the same file system"])
+def mount_point(tmp_path, request):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    (tmp_path / "src").mkdir()
+    how = ["-t", "tmpfs", "-o", "size=4m", "tmpfs"] if request.param == "tmpfs" else ["--bind", str(tmp_path / "src")]
+    done = subprocess.run(["mount", *how, str(mnt)], capture_output=True)
     if done.returncode == 0:
         yield mnt
         subprocess.run(["umount", str(mnt)], check=False)

@@ -24,6 +24,7 @@ Safety model (see `docs/SECURITY.md`):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -105,7 +106,8 @@ def _legacy_marker(directory: str) -> dict | None:
             if "hf_soups_recipe:" not in f.read(1 << 22):
                 return None
         for n in names:
-            if not (n in _LEGACY_FILES or _SHARD.match(n)) or not stat.S_ISREG(os.lstat(os.path.join(directory, n)).st_mode):
+            soup_file = n in _LEGACY_FILES or _SHARD.match(n)
+            if not soup_file or not stat.S_ISREG(os.lstat(os.path.join(directory, n)).st_mode):
                 return None
     except OSError:
         return None
@@ -134,6 +136,18 @@ def _hub_caches(extra: Iterable[str]) -> list[str]:
     except Exception:  # pragma: no cover
         pass
     return [os.path.realpath(os.path.expanduser(c)) for c in caches]
+
+
+def _is_mount_point(path: str) -> bool:
+    """`os.path.ismount`, plus bind mounts of the same file system (listed in `/proc/self/mountinfo` on Linux)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f}
+    except (OSError, IndexError):
+        return False
+    return os.path.realpath(path) in points
 
 
 def _host_id() -> str:
@@ -267,10 +281,11 @@ class AtomicDirectory:
         if why is not None:
             raise self._exists(f"the output directory is {why}; hf_soups never writes a soup over it.",
                                fix="choose a new directory for the soup, such as ./soup.")
-        if os.path.ismount(target):
+        if _is_mount_point(target):
             raise OutputNotWritableError(
                 "the output directory is a mount point: a soup is moved into place with a rename, which cannot "
-                "replace a mount point.", file=target, fix=f"use a subdirectory, such as '{os.path.join(target, 'soup')}'.")
+                "replace a mount point.", file=target,
+                fix=f"use a subdirectory, such as '{os.path.join(target, 'soup')}'.")
         try:
             entries = os.listdir(target)
             st = os.lstat(target)
@@ -372,7 +387,7 @@ class AtomicDirectory:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if self._token is not None:
             for path in (self._lock_path(self._token), self._lock_path(self._token) + ".init"):
-                with _quiet():
+                with contextlib.suppress(OSError):
                     os.unlink(path)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -451,13 +466,13 @@ class AtomicDirectory:
         old = os.path.join(self.parent, f".{self.name}{_OLD}{self._token}")
         os.rename(self.output_dir, old)
         if not self._unchanged(old):
-            with _quiet():
+            with contextlib.suppress(OSError):
                 os.rename(old, self.output_dir)
             self._keep_and_refuse()
         try:
             os.rename(self.tmp_dir, self.output_dir)
         except OSError:
-            with _quiet():
+            with contextlib.suppress(OSError):
                 os.rename(old, self.output_dir)
             if os.path.lexists(old):
                 kept = _free_name(f"{self.output_dir}.hf-soups-previous-")
@@ -488,16 +503,6 @@ def _free_name(prefix: str) -> str:
     while os.path.lexists(name):
         name, k = f"{base}-{k}", k + 1
     return name
-
-
-class _quiet:
-    """`with _quiet(): ...` ignores an OSError (best-effort cleanup)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 def _raise_output_error(exc: BaseException, output_dir: str, parent: str) -> None:
@@ -568,7 +573,7 @@ def _clean_stale(parent: str, name: str, own: str | None) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             for path in (os.path.join(parent, f".{name}{_LOCK}{token}"),
                          os.path.join(parent, f".{name}{_LOCK}{token}.init")):
-                with _quiet():
+                with contextlib.suppress(OSError):
                     os.unlink(path)
         finally:
             os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -56,6 +57,11 @@ def _read(path: str, ingredient: str | None = None, limit: int | None = None) ->
     return read_inside(directory, name, ingredient=ingredient, file=name, limit=limit)
 
 
+def _lines(path: str) -> io.TextIOWrapper:
+    """The text lines of `path` (universal newlines, as `open(path)` reads them), read through [`open_inside`]."""
+    return io.TextIOWrapper(io.BytesIO(_read(path, limit=_MAX_SMALL_FILE)), encoding="utf-8")
+
+
 def git_blob_sha(path: str) -> str:
     """The git blob id of a local file: what the Hub reports as a file's `blobId`."""
     h = hashlib.sha1()
@@ -100,16 +106,17 @@ def vocabulary_identity(files: Mapping[str, str]) -> str | None:
                 vocab = {str(item[0]): i for i, item in enumerate(raw)}
             merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
             added = sorted(str(t.get("content")) for t in obj.get("added_tokens") or [])
+        except SoupError:  # a link out of the checkpoint, a FIFO: refused, never read around
+            raise
         except (OSError, ValueError, TypeError, KeyError, IndexError):
             vocab = None
     if vocab is None and "vocab.txt" in files:
-        lines = _read(files["vocab.txt"], limit=_MAX_SMALL_FILE).decode("utf-8").split("\n")
-        vocab = {line: i for i, line in enumerate(lines[:-1] if lines and not lines[-1] else lines)}
+        vocab = {line.rstrip("\n"): i for i, line in enumerate(_lines(files["vocab.txt"]))}
     if vocab is None and "vocab.json" in files:
         vocab = {str(k): int(v) for k, v in json.loads(_read(files["vocab.json"], limit=_MAX_SMALL_FILE)).items()}
         if "merges.txt" in files:
-            text = _read(files["merges.txt"], limit=_MAX_SMALL_FILE).decode("utf-8")
-            merges = [ln for ln in text.split("\n") if ln.strip() and not ln.startswith("#version")]
+            merges = [ln.rstrip("\n") for ln in _lines(files["merges.txt"])
+                      if ln.strip() and not ln.startswith("#version")]
     if vocab is None:
         return None
     canonical = json.dumps({"vocab": sorted(vocab.items()), "merges": merges, "added": added}, ensure_ascii=False)
