@@ -23,6 +23,7 @@ from conftest import WRITE_TOKEN, publish, state_dict_of
 
 from hf_soups import (
     CorruptCheckpointError,
+    MergeOptions,
     OutputExistsError,
     OutputNotWritableError,
     SoupError,
@@ -33,6 +34,7 @@ from hf_soups import (
 from hf_soups.checkpoint import atomic
 from hf_soups.checkpoint.atomic import MARKER, AtomicDirectory
 
+QUIET = MergeOptions(progress=False)
 SECRET = "hf_SECRET_token_never_leaves_1234567890"
 
 
@@ -107,7 +109,7 @@ def test_small_file_linked_outside_is_refused_and_nothing_leaks(two, secret_file
     before = {p: tree(p) for p in (a, d, secret_file.parent)}
     out = tmp_path / "soup"
     with pytest.raises(UnsafeCheckpointError) as err:
-        soup_from_hub([a, d], output_dir=out, progress=False)
+        soup_from_hub([a, d], output_dir=out, merge_options=QUIET)
     assert name in str(err.value) and str(a) in str(err.value) and "Fix:" in str(err.value)
     with pytest.raises(UnsafeCheckpointError, match=name):  # the verdict predicts the soup
         check_compatibility([a, d])
@@ -127,7 +129,7 @@ def test_proc_environ_link_refused_and_push_never_happens(hub, api, two, tmp_pat
 
 
 def test_push_refuses_a_folder_with_a_link_outside(hub, api, family, secret_file, tmp_path):
-    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup", merge_options=QUIET)
     os.symlink(secret_file, tmp_path / "soup" / "notes.txt")
     with pytest.raises(UnsafeCheckpointError, match="notes.txt"):
         soup.push_to_hub("alice/leaky-push", token=WRITE_TOKEN)
@@ -150,8 +152,8 @@ def _fake_hub_cache(src, cache, repo="models--alice--ft", other_blob=None):
 
 def test_hub_cache_snapshot_links_into_blobs_are_accepted(family, tmp_path):
     snap = _fake_hub_cache(family["a"], tmp_path / "cache")
-    soup = soup_from_hub([snap, family["d"]], output_dir=tmp_path / "soup", progress=False)
-    reference = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "ref", progress=False)
+    soup = soup_from_hub([snap, family["d"]], output_dir=tmp_path / "soup", merge_options=QUIET)
+    reference = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "ref", merge_options=QUIET)
     got, want = state_dict_of(soup.output_dir), state_dict_of(reference.output_dir)
     assert all(torch.equal(got[k], want[k]) for k in want)
     for name in os.listdir(soup.output_dir):  # copied as real files, never as links into the cache
@@ -167,7 +169,7 @@ def test_hub_cache_snapshot_link_into_another_repo_is_refused(family, secret_fil
     os.remove(snap / "tokenizer_config.json")
     os.symlink(os.path.join("..", "..", "..", "models--mallory--x", "blobs", "abc"), snap / "tokenizer_config.json")
     with pytest.raises(UnsafeCheckpointError, match="tokenizer_config.json"):
-        soup_from_hub([snap, family["d"]], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([snap, family["d"]], output_dir=tmp_path / "soup", merge_options=QUIET)
     assert not (tmp_path / "soup").exists()
 
 
@@ -184,7 +186,7 @@ def test_fifo_is_refused_without_hanging(two, tmp_path, what):
     assert proc.returncode == 5, proc.stderr
     assert name in proc.stderr and "FIFO" in proc.stderr
     with pytest.raises(UnsafeCheckpointError, match="FIFO"):
-        soup_from_hub([a, d], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([a, d], output_dir=tmp_path / "soup", merge_options=QUIET)
     assert time.monotonic() - start < 100 and tree(a) == before and not (tmp_path / "soup").exists()
 
 
@@ -194,7 +196,7 @@ def test_shard_that_is_a_directory_is_not_reported_missing(two, tmp_path):
     os.remove(a / shard)
     (a / shard).mkdir()
     with pytest.raises(CorruptCheckpointError) as err:
-        soup_from_hub([a, d], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([a, d], output_dir=tmp_path / "soup", merge_options=QUIET)
     assert shard in str(err.value) and "directory, not a regular file" in str(err.value)
     assert "missing" not in str(err.value)
 
@@ -239,49 +241,49 @@ def test_overwrite_never_replaces_what_hf_soups_did_not_write(family, tmp_path, 
     }[where]
     before = {p: tree(p) for p in (a, d, home, hf_home, user)}
     with pytest.raises(OutputExistsError) as err:
-        soup_from_hub([a, d], output_dir=target, overwrite=True, progress=False)
+        soup_from_hub([a, d], output_dir=target, overwrite=True, merge_options=QUIET)
     assert culprit in str(err.value) and str(target) in str(err.value) and "Fix:" in str(err.value)
     assert {p: tree(p) for p in (a, d, home, hf_home, user)} == before
 
 
 def test_overwrite_replaces_a_soup_but_not_files_added_to_it(family, tmp_path):
     out = tmp_path / "soup"
-    soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+    soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=QUIET)
     marker = json.loads((out / MARKER).read_text())
     assert marker["written_by"] == "hf_soups" and "model.safetensors" in marker["files"]
     (out / "my-eval.txt").write_text("mine")
     before = tree(out)
     with pytest.raises(OutputExistsError, match="my-eval.txt"):
-        soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, merge_options=QUIET)
     assert tree(out) == before
     (out / "my-eval.txt").unlink()
-    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, progress=False)
+    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, merge_options=QUIET)
     assert json.loads((out / MARKER).read_text())["id"] != marker["id"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".soup")]  # nothing hidden left behind
 
 
 def test_overwrite_recognises_a_soup_written_before_markers(family, tmp_path):
     out = tmp_path / "soup"
-    soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+    soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=QUIET)
     (out / MARKER).unlink()
-    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, progress=False)
+    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, merge_options=QUIET)
     assert (out / MARKER).exists()
     (out / MARKER).unlink()
     (out / "README.md").write_text("# my own model\n")  # no hf_soups recipe in the card: not recognised
     before = tree(out)
     with pytest.raises(OutputExistsError, match="did not write"):
-        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, merge_options=QUIET)
     assert tree(out) == before
 
 
 def test_symlinked_output_dir_is_refused(family, tmp_path):
     real = tmp_path / "real"
-    soup_from_hub([family["a"], family["d"]], output_dir=real, progress=False)
+    soup_from_hub([family["a"], family["d"]], output_dir=real, merge_options=QUIET)
     link = tmp_path / "link"
     os.symlink(real, link)
     before = tree(tmp_path)
     with pytest.raises(OutputExistsError, match="symbolic link"):
-        soup_from_hub([family["a"], family["d"]], output_dir=link, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=link, overwrite=True, merge_options=QUIET)
     assert tree(tmp_path) == before and os.path.islink(link)
 
 
@@ -321,7 +323,7 @@ def test_two_concurrent_soups_to_one_output_exactly_one_wins(family, tmp_path):
     assert len(kept) == 1 and kept[0] in loser[2]
     winner_ing = family["d"] if results[0][0] == 0 else family["c"]
     want = state_dict_of(soup_from_hub([family["a"], winner_ing], output_dir=tmp_path / "check",
-                                       progress=False).output_dir)
+                                       merge_options=QUIET).output_dir)
     got = state_dict_of(out)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert state_dict_of(tmp_path / kept[0]).keys() == want.keys()  # the loser's soup is complete, just aside
@@ -336,7 +338,7 @@ def test_a_file_appearing_in_the_output_during_the_run_survives(family, tmp_path
     if existing == "empty":
         out.mkdir()
     elif existing == "soup":
-        soup_from_hub([family["a"], family["c"]], output_dir=out, progress=False)
+        soup_from_hub([family["a"], family["c"]], output_dir=out, merge_options=QUIET)
     original = writer.ShardedSafetensorsWriter.write
 
     def meddle(self, name, tensor):
@@ -347,7 +349,7 @@ def test_a_file_appearing_in_the_output_during_the_run_survives(family, tmp_path
 
     monkeypatch.setattr(writer.ShardedSafetensorsWriter, "write", meddle)
     with pytest.raises(OutputExistsError) as err:
-        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=existing == "soup", progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=existing == "soup", merge_options=QUIET)
     assert "changed while" in str(err.value) and "hf-soups-new-" in str(err.value)
     assert (out / "user.txt").read_text() == "written during the run"
     if existing == "soup":
@@ -358,7 +360,7 @@ def test_a_file_appearing_in_the_output_during_the_run_survives(family, tmp_path
 
 def test_overwrite_commit_without_rename_exchange_is_recovered_after_an_interruption(family, tmp_path, monkeypatch):
     out = tmp_path / "soup"
-    soup_from_hub([family["a"], family["c"]], output_dir=out, progress=False)
+    soup_from_hub([family["a"], family["c"]], output_dir=out, merge_options=QUIET)
     previous = tree(out)
     monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # e.g. NFS: two renames instead of one swap
     real_rename = os.rename
@@ -372,13 +374,13 @@ def test_overwrite_commit_without_rename_exchange_is_recovered_after_an_interrup
 
     monkeypatch.setattr(os, "rename", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, merge_options=QUIET)
     monkeypatch.setattr(os, "rename", real_rename)
     assert not out.exists() and [n for n in os.listdir(tmp_path) if ".hf-soups-old-" in n]
     with pytest.raises(OutputExistsError, match="already holds a soup"):  # the next run puts it back first
-        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=QUIET)
     assert tree(out) == previous
-    soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
+    soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, merge_options=QUIET)
     assert tree(out) != previous and not [n for n in os.listdir(tmp_path) if n.startswith(".soup")]
 
 
@@ -407,7 +409,7 @@ def test_stale_temporary_of_a_dead_run_is_removed_but_a_live_one_is_kept(family,
         foreign.mkdir()
         (foreign / "partial.safetensors").write_bytes(b"y")
         assert os.path.isdir(dead_tmp) and os.path.isdir(live_tmp)
-        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=QUIET)
         assert not os.path.exists(dead_tmp)  # provably dead: its lock could be taken
         assert os.path.isfile(os.path.join(live_tmp, "partial.safetensors"))  # alive: holds its flock
         assert tree(foreign) == {"partial.safetensors": hashlib.sha256(b"y").hexdigest()}  # unknown host: kept
@@ -433,7 +435,7 @@ def mount_point(tmp_path, request):
 
 def test_mount_point_output_is_refused_before_any_download(hub, mount_point, tmp_path):
     with pytest.raises(OutputNotWritableError) as err:  # an unknown repo: the output is checked first
-        soup_from_hub(["alice/not-there-1", "alice/not-there-2"], output_dir=mount_point, progress=False)
+        soup_from_hub(["alice/not-there-1", "alice/not-there-2"], output_dir=mount_point, merge_options=QUIET)
     assert "mount point" in str(err.value) and str(mount_point) in str(err.value)
     assert isinstance(err.value, PermissionError) and isinstance(err.value, SoupError)
 
@@ -450,7 +452,7 @@ def test_read_only_output_location_is_refused_before_any_download(hub, family, t
     try:
         with pytest.raises(OutputNotWritableError) as err:
             soup_from_hub(["alice/not-there-1", "alice/not-there-2"], output_dir=os.path.join(ro, "soup"),
-                          progress=False)
+                          merge_options=QUIET)
         assert str(ro) in str(err.value) and "Fix:" in str(err.value)
         proc = cli("soup", family["a"], family["d"], "--output", os.path.join(ro, "soup"))
         assert proc.returncode == 6 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr

@@ -401,10 +401,8 @@ class AtomicDirectory:
         assert self.tmp_dir is not None
         marker_id = uuid.uuid4().hex
         files = sorted(n for n in os.listdir(self.tmp_dir) if n != MARKER)
-        from .. import __version__
-
         with open(os.path.join(self.tmp_dir, MARKER), "w", encoding="utf-8") as f:
-            json.dump({"written_by": "hf_soups", "version": __version__, "id": marker_id,
+            json.dump({"written_by": "hf_soups", "version": constants.VERSION, "id": marker_id,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}, f, indent=1)
             f.write("\n")
         return marker_id
