@@ -308,6 +308,7 @@ _RACE = textwrap.dedent("""
 
 def test_two_concurrent_soups_to_one_output_exactly_one_wins(family, tmp_path):
     out, go = tmp_path / "o", tmp_path / "go"
+    ingredients = {k: tree(family[k]) for k in ("a", "c", "d")}
     procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(go), "soup", family["a"], ing, "--output", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
              for ing in (family["d"], family["c"])]
@@ -328,6 +329,7 @@ def test_two_concurrent_soups_to_one_output_exactly_one_wins(family, tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert state_dict_of(tmp_path / kept[0]).keys() == want.keys()  # the loser's soup is complete, just aside
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".o.")]
+    assert {k: tree(family[k]) for k in ("a", "c", "d")} == ingredients
 
 
 @pytest.mark.parametrize("existing", ["absent", "empty", "soup"])
@@ -348,12 +350,14 @@ def test_a_file_appearing_in_the_output_during_the_run_survives(family, tmp_path
             (out / "user.txt").write_text("written during the run")
 
     monkeypatch.setattr(writer.ShardedSafetensorsWriter, "write", meddle)
+    previous = tree(out)
+    ingredients = {k: tree(family[k]) for k in ("a", "d")}
     with pytest.raises(OutputExistsError) as err:
         soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=existing == "soup", merge_options=QUIET)
     assert "changed while" in str(err.value) and "hf-soups-new-" in str(err.value)
     assert (out / "user.txt").read_text() == "written during the run"
-    if existing == "soup":
-        assert (out / "model.safetensors").exists()  # the previous soup is untouched too
+    assert {k: tree(family[k]) for k in ("a", "d")} == ingredients
+    assert {n: h for n, h in tree(out).items() if n != "user.txt"} == previous  # the previous soup is untouched too
     kept = [n for n in os.listdir(tmp_path) if n.startswith("soup.hf-soups-new-")]
     assert len(kept) == 1 and (tmp_path / kept[0] / "model.safetensors").exists()
 
