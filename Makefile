@@ -34,8 +34,11 @@ $(FASHION_MNIST):
 test: $(STAMP) $(OLAH) $(FASHION_MNIST)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Every fuzz target (safetensors header, index JSON, config JSON, recipe YAML) with a bigger budget.
+FUZZ_EXAMPLES ?= 60000
 fuzz: $(STAMP)
-	HF_SOUPS_FUZZ_EXAMPLES=200000 HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q tests/test_fuzz.py
+	HF_SOUPS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_fuzz.py
 
 # mergekit lives in its own venv: its pins differ from ours. `make bench` skips it with a clear line when absent.
 bench-setup: $(STAMP)

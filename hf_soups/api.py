@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -21,6 +22,7 @@ from .compat import (
     compare,
     init_distance_warnings,
     normalize_id2label,
+    remote_code_problems,
     sample_tensor_names,
 )
 from .errors import SoupError
@@ -30,6 +32,12 @@ from .options import resolve_options
 from .recipes import EvalSpec, Recipe, get_method
 from .refs import Ingredient, IngredientMeta, IngredientRef
 from .soup import Soup
+from .validation import (
+    validate_dtype,
+    validate_int_rule,
+    validate_max_shard_size,
+    validate_weights,
+)
 
 __all__ = ["soup_from_hub", "check_compatibility", "load_recipe", "replay_recipe", "Method"]
 
@@ -86,11 +94,14 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
     return metas
 
 
-def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool) -> CompatibilityReport:
+def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
+             trust_remote_code: bool = False) -> CompatibilityReport:
     """The pure verdict, plus the meta-device architecture check once per distinct (config, tensor names)."""
     import json
 
     report = compare(metas, align_labels=align_labels)
+    for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
+        report.add(problem)
     if arch_check:
         from .architecture import architecture_problems
 
@@ -115,8 +126,8 @@ def _label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | Non
         if ref is None or labels is None or labels == ref:
             perms.append(None)
             continue
-        index_of = {name: idx for idx, name in labels.items()}
-        perms.append([index_of[ref[j]] for j in range(len(ref))])
+        index_of = {name: idx for idx, name in labels.items()}  # ids are 0..n-1 and names unique (the verdict checked)
+        perms.append([index_of[ref[j]] for j in sorted(ref)])
     return perms
 
 
@@ -151,6 +162,7 @@ def check_compatibility(
     weight_check: bool = True,
     arch_check: bool = True,
     allow_pickle: bool = False,
+    trust_remote_code: bool = False,
     endpoint: str | None = None,
     cache_dir: str | None = None,
 ) -> CompatibilityReport:
@@ -177,6 +189,8 @@ def check_compatibility(
             checkpoint holds exactly the tensors it expects (catches renamed or missing tensors).
         allow_pickle (`bool`, *optional*, defaults to `False`):
             Accept `pytorch_model.bin` ingredients (read with `torch.load(weights_only=True)`).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Accept configs with `auto_map`; without it they are a problem in the verdict, as the soup refuses them.
         endpoint, cache_dir (`str`, *optional*):
             Hub endpoint and cache directory.
 
@@ -198,7 +212,7 @@ def check_compatibility(
     """
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    report = _verdict(metas, align_labels, arch_check)
+    report = _verdict(metas, align_labels, arch_check, trust_remote_code)
     if weight_check and report.compatible and all(i.local_dir for i in ingredients):
         with contextlib.ExitStack() as stack:
             readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name,  # type: ignore[arg-type]
@@ -312,6 +326,12 @@ def soup_from_hub(
                                     text_column=text_column, label_column=label_column, metric=metric,
                                     deprecated=deprecated, parameters=_SOUP_PARAMETERS)
     refs = getattr(refs, "refs", refs)  # a discovery result (CandidateSet) passes through as its pinned refs
+    # every argument is validated before anything is read or downloaded
+    if weights is not None:
+        weights = validate_weights(weights, 1 if isinstance(refs, (str, os.PathLike, IngredientRef)) else len(refs))
+    options = dataclasses.replace(options, dtype=validate_dtype(options.dtype),
+                                  int_rule=validate_int_rule(options.int_rule),  # type: ignore[arg-type]
+                                  max_shard_size=validate_max_shard_size(options.max_shard_size))
     if method == "uniform" and weights is not None:  # weights given: the user wants them applied
         method = "weighted"
     entry = get_method(method)
@@ -333,7 +353,7 @@ def soup_from_hub(
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, options.align_labels, options.arch_check)
+    report = _verdict(metas, options.align_labels, options.arch_check, trust_remote_code)
     for w in report.warnings:
         logger.warning("%s", w)
     report.raise_if_incompatible()
@@ -456,7 +476,7 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
 
 def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,
                   token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-                  endpoint: str | None = None, cache_dir: str | None = None) -> Soup:
+                  endpoint: str | None = None, cache_dir: str | None = None, allow_local: bool = False) -> Soup:
     """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules.
 
     Held-out selection is not re-run: the recorded weights are applied as they are.
@@ -466,15 +486,23 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         output_dir (`str`, *optional*): where to write the soup (a temporary directory when omitted).
         token (`str` or `bool`, *optional*): Hub token for private ingredients.
         overwrite (`bool`, *optional*, defaults to `False`): replace a soup hf_soups wrote at `output_dir`.
+        allow_local (`bool`, *optional*, defaults to `False`): accept local directories among the ingredients (only
+            for a recipe you wrote yourself; a recipe from a model card may only name Hub repos pinned to shas).
 
     Returns:
         [`Soup`]: with the recipe's method and recipe attached.
 
     Raises:
+        [`RecipeError`]: a field is invalid, or an ingredient is not a Hub repo pinned to a full commit sha (and
+            `allow_local=False`); raised before anything is downloaded.
         Everything [`soup_from_hub`] raises.
     """
+    from .recipes.recipe import check_replayable
+
+    recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
+    refs = check_replayable(recipe, allow_local=allow_local)
     soup = soup_from_hub(
-        list(recipe.ingredients), method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
+        refs, method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
         overwrite=overwrite, endpoint=endpoint, cache_dir=cache_dir,
         merge_options=MergeOptions(dtype=recipe.dtype, int_rule=recipe.int_rule,  # type: ignore[arg-type]
                                    align_labels=recipe.align_labels, progress=progress),

@@ -7,7 +7,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .recipes import METHODS, Recipe
+from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 
 __all__ = ["build_card", "pipeline_tag_for", "recipe_from_card"]
@@ -76,6 +76,7 @@ def build_card(
         `ModelCard`: front matter with `base_model`, `base_model_relation: merge`, tags, pipeline tag and
         `model-index` results; body with the method, ingredient table, trace, results, recipe and usage.
     """
+    get_method(method)  # never render an unvalidated method string (it may come from a recipe on a card)
     bases = [i.repo_id for i in ingredients if i.repo_id]
     if base_model and base_model not in bases:
         bases.append(base_model)

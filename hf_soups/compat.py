@@ -19,7 +19,8 @@ from .checkpoint.format import TensorInfo
 from .errors import IncompatibleIngredientsError
 from .refs import IngredientMeta
 
-__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label"]
+__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label",
+           "label_problems", "remote_code_problems"]
 
 _HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialised per fine-tune: not init signal
 
@@ -116,8 +117,42 @@ def _num_labels(config: Mapping[str, Any]) -> int | None:
     labels = normalize_id2label(config)
     if labels is not None:
         return len(labels)
+    if config.get("id2label") is not None:  # a malformed label map: reported by label_problems, never guessed
+        return None
     # transformers omits the default label map (2 labels) from config.json; heads-only configs declare neither
     return 2 if any(a.endswith("Classification") for a in config.get("architectures") or []) else None
+
+
+def label_problems(meta: IngredientMeta, *, align_labels: bool = False) -> list[Problem]:
+    """Problems with one ingredient's own `id2label`: keys that are not integers, and (when the classifier rows are
+    to be permuted) keys that are not `0..n-1` or repeated label names, which leave no well-defined row order."""
+    raw = meta.config.get("id2label")
+    if raw is None:
+        return []
+    labels = normalize_id2label(meta.config)
+    if labels is None:
+        shown = sorted(str(k)[:20] for k in raw)[:5] if isinstance(raw, Mapping) else type(raw).__name__
+        return [Problem(meta.name, "id2label", f"config.json's id2label must map integer ids to names; got keys "
+                        f"{shown}.", "fix id2label in config.json (transformers cannot load it either).")]
+    if not align_labels:
+        return []
+    problems = []
+    if sorted(labels) != list(range(len(labels))):
+        problems.append(Problem(meta.name, "id2label", f"ids {sorted(labels)[:8]} are not 0..{len(labels) - 1}, so "
+                                "they do not name classifier rows; the rows cannot be aligned.",
+                                "renumber id2label from 0 in config.json, or drop align_labels."))
+    if len(set(labels.values())) != len(labels):
+        problems.append(Problem(meta.name, "id2label", "the same label name appears under several ids; the rows "
+                                "cannot be aligned by name.", "give every label a distinct name, or drop align_labels."))
+    return problems
+
+
+def remote_code_problems(metas: Sequence[IngredientMeta], trust_remote_code: bool) -> list[Problem]:
+    """A problem per config with an `auto_map` when remote code is not trusted (the soup refuses them)."""
+    return [Problem(m.name, "auto_map", f"config.json has an auto_map ({sorted(m.config['auto_map'])[:3]}): "
+                    "loading it would run Python code from the repository; the soup refuses it.",
+                    "review the repository's code, then pass trust_remote_code=True.")
+            for m in metas if m.config.get("auto_map") and not trust_remote_code]
 
 
 def _names(items: Sequence[str], limit: int = 5) -> str:
@@ -147,6 +182,11 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             report.add(Problem(meta.name, "tensors", "its weights are pickled (pytorch_model.bin), so tensor names, "
                                "shapes and dtypes cannot be read before download; they are checked when the weights "
                                "are read.", "none needed.", "warning"))
+    first_labels = normalize_id2label(metas[0].config) if metas else None
+    permuting = align_labels and any(normalize_id2label(m.config) != first_labels for m in metas)
+    for meta in metas:
+        for problem in label_problems(meta, align_labels=permuting):
+            report.add(problem)
     if len(metas) < 2:
         return report
     ref = metas[0]

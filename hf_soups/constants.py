@@ -7,11 +7,20 @@ import os
 #: The package version (the installed distribution's metadata is preferred where one is installed).
 VERSION = "0.1.0"
 
-#: Largest safetensors JSON header accepted, in bytes (safetensors itself caps it at 100 MB).
-MAX_HEADER_SIZE: int = int(os.environ.get("HF_SOUPS_MAX_HEADER_SIZE", 100 * 1024 * 1024))
+#: Largest safetensors JSON header accepted, in bytes: safetensors' own `MAX_HEADER_SIZE` (100,000,000).
+MAX_HEADER_SIZE: int = int(os.environ.get("HF_SOUPS_MAX_HEADER_SIZE", 100_000_000))
 
 #: Default largest output shard.
 DEFAULT_MAX_SHARD_SIZE: str = os.environ.get("HF_SOUPS_MAX_SHARD_SIZE", "5GB")
+
+#: Retries of an idempotent HTTP range read (5xx, 429, connection dropped mid-body, timeout) before giving up.
+HTTP_RETRIES: int = int(os.environ.get("HF_SOUPS_HTTP_RETRIES", 4))
+
+#: First wait between two tries of a range read, in seconds; doubled after each failure, capped at 8 s.
+HTTP_BACKOFF: float = float(os.environ.get("HF_SOUPS_HTTP_BACKOFF", 1.0))
+
+#: Timeout of one HTTP range read (connect and each read), in seconds.
+HTTP_TIMEOUT: float = float(os.environ.get("HF_SOUPS_HTTP_TIMEOUT", 30.0))
 
 #: Size of the byte window fetched in one HTTP range request while streaming from the Hub.
 STREAM_CHUNK_SIZE: int = int(os.environ.get("HF_SOUPS_STREAM_CHUNK_SIZE", 32 * 1024 * 1024))

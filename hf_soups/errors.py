@@ -26,6 +26,8 @@ __all__ = [
     "LabelMismatchError",
     "EvaluationError",
     "RecipeError",
+    "InvalidArgumentError",
+    "HubConnectionError",
 ]
 
 
@@ -153,3 +155,11 @@ class EvaluationError(SoupError, ValueError):
 
 class RecipeError(SoupError, ValueError):
     """A recipe file is malformed or names an unknown method."""
+
+
+class InvalidArgumentError(SoupError, ValueError):
+    """An argument (weights, dtype, max_shard_size, ...) is invalid; raised before anything is read or downloaded."""
+
+
+class HubConnectionError(SoupError, ConnectionError):
+    """The Hub could not be reached or answered with a server error, after retries; nothing partial is left."""

@@ -90,6 +90,7 @@ class Ingredient:
     score: float | None = None
     files: tuple[str, ...] = field(default=(), repr=False)
     blob_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
+    sizes: dict[str, int | None] = field(default_factory=dict, repr=False)
     requested_revision: str | None = field(default=None, repr=False)
 
     @property

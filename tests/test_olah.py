@@ -87,3 +87,15 @@ def test_preflight_refuses_through_olah(olah, tmp_path):
     assert not (tmp_path / "x").exists()
     snapshots = [p for p, _, files in os.walk(tmp_path / "cache") for f in files if f.endswith(".safetensors")]
     assert not snapshots  # headers only: no weights were downloaded
+
+
+def test_unpinned_refs_resolve_main_through_olah(olah, tmp_path):
+    """olah routes model_info only as /api/models/<repo>/revision/<rev>: an unpinned ref must ask for "main"."""
+    from hf_soups import check_compatibility
+
+    shas = olah["shas"]
+    report = check_compatibility(["org/c", "org/d"], endpoint=olah["url"], cache_dir=str(tmp_path / "cache"))
+    assert report.compatible
+    soup = soup_from_hub(["org/c", "org/d"], endpoint=olah["url"], cache_dir=str(tmp_path / "cache"),
+                         output_dir=tmp_path / "soup", progress=False)
+    assert [i.revision for i in soup.ingredients] == [shas["c"], shas["d"]]

@@ -130,15 +130,17 @@ def parse_header(
     raw = read(8, n)
     if len(raw) != n:
         raise corrupt("the file ended inside the header.")
-    try:
-        header = json.loads(raw.decode("utf-8"))
+    try:  # strict JSON, as safetensors' serde parser: no NaN/Infinity literals
+        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise corrupt(f"the header is not valid JSON ({type(e).__name__}).") from None
     if not isinstance(header, dict):
         raise corrupt("the header is not a JSON object.")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        isinstance(k, str) and isinstance(v, str) and _is_utf8(k) and _is_utf8(v) for k, v in metadata.items()
     ):
         raise corrupt("`__metadata__` must map strings to strings.")
     data_start = 8 + n
@@ -146,24 +148,32 @@ def parse_header(
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
+        if not _is_utf8(name):
+            raise corrupt("a tensor name holds an unpaired UTF-16 surrogate escape.", _short(name))
         if not isinstance(entry, dict):
             raise corrupt("the entry is not an object.", name)
         code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not isinstance(code, str) or code not in DTYPES:
             raise corrupt(f"unknown dtype {code!r}.", name)
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise corrupt(f"invalid shape {shape!r}.", name)
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _MAX_DIM for d in shape):
+            raise corrupt(f"invalid shape {_short(shape)}.", name)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets)
+            or not all(type(o) is int and 0 <= o < _U64 for o in offsets)
             or offsets[0] > offsets[1]
         ):
-            raise corrupt(f"invalid data_offsets {offsets!r}.", name)
+            raise corrupt(f"invalid data_offsets {_short(offsets)}.", name)
         begin, end = offsets
         if end > data_size:
             raise corrupt(f"data_offsets {offsets} run past the end of the data ({data_size} bytes).", name)
-        numel = math.prod(shape)
+        numel = 1
+        for d in shape:  # the element count must not overflow 64 bits at any step (safetensors' checked_mul)
+            numel *= d
+            if numel >= _U64:
+                raise corrupt(f"shape {_short(shape)} overflows a 64-bit element count.", name)
+        if numel * itemsize(code) >= _U64:
+            raise corrupt(f"shape {_short(shape)} of {code} overflows a 64-bit byte count.", name)
         if numel * itemsize(code) != end - begin:
             raise corrupt(
                 f"shape {shape} of {code} needs {numel * itemsize(code)} bytes but data_offsets span {end - begin}.",
@@ -183,6 +193,27 @@ def parse_header(
     return tensors, metadata
 
 
+_U64 = 2**64
+_MAX_DIM = 2**63  # torch shapes are int64
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which safetensors' JSON parser refuses
+        return False
+    return True
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def build_header(
     entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None
 ) -> tuple[bytes, dict[str, tuple[int, int]]]:
@@ -196,7 +227,11 @@ def build_header(
         `tuple[bytes, dict[str, tuple[int, int]]]`: the bytes to write first (length prefix, JSON padded with
         spaces to a multiple of 8) and each tensor's `(begin, end)` data offsets.
     """
-    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    metadata = dict(metadata or {"format": "pt"})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CorruptCheckpointError("the output's `__metadata__` must map strings to strings (safetensors refuses "
+                                     "anything else).", fix="pass string values only.")
+    header: dict[str, object] = {"__metadata__": metadata}
     offsets: dict[str, tuple[int, int]] = {}
     position = 0
     for name, code, shape in entries:

@@ -32,13 +32,14 @@ def read_config(path: str, ingredient: str) -> dict[str, Any]:
         )
     try:
         config = json.loads(_read(path, ingredient, limit=_MAX_SMALL_FILE))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         if isinstance(e, SoupError):
             raise
-        raise CorruptCheckpointError(f"config.json is not valid JSON ({e}).", ingredient=ingredient,
+        raise CorruptCheckpointError(f"config.json is not valid JSON ({str(e)[:200]}).", ingredient=ingredient,
                                      file="config.json", fix="re-export the checkpoint.") from None
     if not isinstance(config, dict):
         raise CorruptCheckpointError("config.json is not a JSON object.", ingredient=ingredient, file="config.json")
+    _check_config_types(config, ingredient)
     return config
 
 
@@ -60,6 +61,31 @@ def _read(path: str, ingredient: str | None = None, limit: int | None = None) ->
 def _lines(path: str) -> io.TextIOWrapper:
     """The text lines of `path` (universal newlines, as `open(path)` reads them), read through [`open_inside`]."""
     return io.TextIOWrapper(io.BytesIO(_read(path, limit=_MAX_SMALL_FILE)), encoding="utf-8")
+
+
+#: The fields hf_soups reads from config.json, with the JSON types transformers gives them.
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model_type": (str,), "architectures": (list,), "auto_map": (dict,), "id2label": (dict,),
+    "label2id": (dict,), "num_labels": (int,), "torch_dtype": (str,), "dtype": (str,),
+}
+
+
+def _check_config_types(config: dict[str, Any], ingredient: str) -> None:
+    """Refuse a config whose fields hf_soups reads have the wrong JSON type (transformers could not load it either)."""
+    for key, types in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and key == "architectures":
+            ok = all(isinstance(a, str) for a in value)  # type: ignore[union-attr]
+        if ok and key == "num_labels":
+            ok = 0 <= value < 2**31  # type: ignore[operator]
+        if not ok:
+            raise CorruptCheckpointError(
+                f"config.json's '{key}' is {type(value).__name__} {str(value)[:60]!r}, not a valid "
+                f"{'list of strings' if key == 'architectures' else types[0].__name__}.", ingredient=ingredient,
+                file="config.json", fix="fix config.json (transformers cannot load it either) or re-export it.")
 
 
 def git_blob_sha(path: str) -> str:

@@ -192,11 +192,11 @@ def load_weight_map(path: str, ingredient: str | None, index_name: str = SAFETEN
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):
             raise TypeError("weight_map must map strings to strings")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         if isinstance(e, SoupError) and not isinstance(e, IngredientNotFoundError):
             raise
         raise CorruptCheckpointError(
-            f"cannot read the shard index ({e}).", ingredient=ingredient, file=index_name,
+            f"cannot read the shard index ({type(e).__name__}: {str(e)[:200]}).", ingredient=ingredient, file=index_name,
             fix="re-download or re-export the checkpoint.",
         ) from None
     return weight_map

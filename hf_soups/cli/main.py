@@ -3,7 +3,7 @@
 Exit codes:
     0  success (for `check`: the ingredients are compatible)
     1  `check`: the ingredients are incompatible; other commands: the verdict was negative
-    2  usage error (bad flags)
+    2  usage error (bad flags or argument values)
     3  a repo, revision, directory or file was not found
     4  authentication needed or refused (pass --token or run `hf auth login`)
     5  unsafe or corrupt input refused (pickles, remote code, malformed safetensors, NaN/Inf)
@@ -12,6 +12,7 @@ Exit codes:
        soup is kept as <output>.hf-soups-new-<timestamp>), it is read-only or a mount point, or the disk is full
     7  the push failed (the local soup is intact; re-run `hf-soups push`)
     8  evaluation data or metric problem
+    9  the Hub could not be reached (connection errors or server errors, after retries)
     10 any other hf_soups error, or an operating-system error (never 1, which means "incompatible")
 """
 
@@ -40,6 +41,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.PushError, 7),
     (errors.LabelMismatchError, 8),
     (errors.EvaluationError, 8),
+    (errors.InvalidArgumentError, 2),
+    (errors.HubConnectionError, 9),
     (errors.SoupError, 10),
 ]
 
@@ -127,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--push-to", default=None, metavar="REPO", help="push the re-created soup to this repo")
     recipe.add_argument("--private", action="store_true", help="create the --push-to repo as private")
     recipe.add_argument("--token", default=None, help="Hub token; never printed")
+    recipe.add_argument("--allow-local-ingredients", action="store_true",
+                        help="accept local directories among the recipe's ingredients (only for recipes you wrote; "
+                             "by default only Hub repos pinned to full commit shas are replayed)")
     recipe.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
@@ -192,7 +198,8 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     from ..api import load_recipe, replay_recipe
 
     recipe = load_recipe(args.source, token=args.token)
-    soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite)
+    soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite,
+                         allow_local=args.allow_local_ingredients)
     _print_soup(soup)
     if args.push_to:
         info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)

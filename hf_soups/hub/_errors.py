@@ -5,9 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import httpx2
 from huggingface_hub import errors as hf_errors
 
-from ..errors import AuthenticationError, IngredientNotFoundError, PushError, RevisionNotFoundError, SoupError
+from ..errors import (
+    AuthenticationError,
+    HubConnectionError,
+    IngredientNotFoundError,
+    PushError,
+    RevisionNotFoundError,
+    SoupError,
+)
 
 _LOGIN_FIX = "pass token='hf_...' (or token=True to use the saved token), set HF_TOKEN, or run `hf auth login`."
 
@@ -75,9 +83,22 @@ def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = No
         if status in (401, 403):
             raise AuthenticationError(f"the Hub refused access (HTTP {status}).", ingredient=ingredient,
                                       fix=_LOGIN_FIX) from None
+        if status == 404 and not push:  # a 404 without the Hub's error headers: an unknown route, not a private repo
+            raise IngredientNotFoundError(
+                "the server answered HTTP 404 without a Hub error code: the repository or file does not exist there, "
+                "or the server does not implement this Hub route.", ingredient=ingredient,
+                fix="check the repo id and the endpoint (HF_ENDPOINT / endpoint=).",
+            ) from None
+        if status is not None and status >= 500 and not push:
+            raise HubConnectionError(f"the Hub answered HTTP {status} (a server error).", ingredient=ingredient,
+                                     fix="retry later; nothing was written.") from None
         cls = PushError if push else SoupError
         raise cls(f"the Hub answered HTTP {status}: {_first_line(e)}", ingredient=ingredient,
                   fix="retry; the local files are intact." if push else "retry later.") from None
+    except httpx2.TransportError as e:  # refused, reset, closed mid-body, timed out: never a raw httpx error
+        cls = PushError if push else HubConnectionError
+        raise cls(f"the connection to the Hub failed ({type(e).__name__}: {_first_line(e)}).", ingredient=ingredient,
+                  fix="retry; the local files are intact." if push else "check the network and retry.") from None
     except (OSError, RuntimeError) as e:
         if push:
             raise PushError(f"the upload failed: {type(e).__name__}: {_first_line(e)}", ingredient=ingredient,

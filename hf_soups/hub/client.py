@@ -16,6 +16,7 @@ from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, load_weight_map, safe_join
 from ..errors import CorruptCheckpointError, NoSafetensorsError
 from ..refs import Ingredient, IngredientMeta, IngredientRef
+from ..validation import mask_secrets
 from ._errors import hub_errors
 
 __all__ = ["resolve", "fetch_meta", "download", "needed_patterns"]
@@ -39,18 +40,21 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     if ref.is_local:
         return Ingredient(ref=ref.ref, local_dir=ref.local_dir)
     assert ref.repo_id is not None
-    with hub_errors(ref.ref, token_given=bool(token), revision=ref.revision):
+    # `None` is resolved as "main" explicitly: some Hub-compatible servers only route /revision/<rev>
+    revision = ref.revision or hf_constants.DEFAULT_REVISION
+    with hub_errors(mask_secrets(ref.ref) or ref.ref, token_given=bool(token), revision=mask_secrets(revision)):
         if _offline():
-            path = snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=True,
+            path = snapshot_download(ref.repo_id, revision=revision, local_files_only=True,
                                      cache_dir=cache_dir, token=token)
             files = tuple(sorted(_walk(path)))
             return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=os.path.basename(path), files=files,
                               local_dir=path, requested_revision=ref.revision)
-        info = _api(endpoint).model_info(ref.repo_id, revision=ref.revision, token=token, files_metadata=True)
+        info = _api(endpoint).model_info(ref.repo_id, revision=revision, token=token, files_metadata=True)
     files = tuple(s.rfilename for s in info.siblings or [])
     blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
+    sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
     return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
-                      requested_revision=ref.revision)
+                      sizes=sizes, requested_revision=ref.revision)
 
 
 def _walk(root: str) -> list[str]:
@@ -121,21 +125,21 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
             fix="ask the author to upload safetensors weights (the Hub's convert Space does it), or pass "
                 "allow_pickle=True to load .bin files with torch.load(weights_only=True).",
         )
-    api = _api(endpoint)
-    for shard in shards:
-        with hub_errors(name, token_given=bool(token)):
-            try:
-                meta = api.parse_safetensors_file_metadata(ing.repo_id, shard, revision=ing.revision, token=token)
-            except Exception as e:
-                if type(e).__module__.startswith("huggingface_hub") and "Safetensors" in type(e).__name__:
-                    raise CorruptCheckpointError(f"cannot parse the safetensors header: {e}", ingredient=name,
-                                                 file=shard, fix="re-upload the checkpoint.") from None
-                raise
-        for tname, t in meta.tensors.items():
+    from .stream import read_remote_header
+
+    for shard in shards:  # validated as strictly as local files: the verdict predicts what the soup refuses
+        infos, _ = read_remote_header(ing, shard, token=token, endpoint=endpoint)
+        for tname, info in infos.items():
             if weight_map is not None and weight_map.get(tname) != shard:
                 continue
-            begin, end = t.data_offsets
-            tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), shard, begin, end - begin)
+            tensors[tname] = info
+    if weight_map is not None:
+        lost = [t for t in weight_map if t not in tensors]
+        if lost:  # the local reader refuses this too
+            raise CorruptCheckpointError(
+                f"the index maps it to '{weight_map[lost[0]]}', whose header does not hold it.", ingredient=name,
+                tensor=lost[0], file=SAFETENSORS_INDEX, fix="re-upload the checkpoint; the index and shards disagree.",
+            )
     return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model,
                           vocabulary=_lazy_vocabulary(ing, token, cache_dir, endpoint))
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 
+import httpx2
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils import build_hf_headers, get_session
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from .. import constants
+from ..checkpoint.format import TensorInfo, parse_header
 from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, load_weight_map, safe_join
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import hub_errors
 
-__all__ = ["HttpRangeSource", "open_streaming_reader"]
+__all__ = ["HttpRangeSource", "open_streaming_reader", "read_remote_header"]
+
+logger = logging.getLogger(__name__)
+
+#: Answers worth retrying, as huggingface_hub's `http_backoff` does for downloads.
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+#: huggingface_hub fetches the first 100 kB for a header: most headers fit, so one request is enough.
+_HEADER_WINDOW = 100_000
 
 
 class HttpRangeSource:
@@ -25,10 +36,12 @@ class HttpRangeSource:
     """
 
     def __init__(self, url: str, size: int, name: str, token: str | bool | None = None,
-                 window: int | None = None) -> None:
+                 window: int | None = None, ingredient: str | None = None) -> None:
         self.url = url
         self.size = size
         self.name = name
+        self.ingredient = ingredient
+        self._token_given = bool(token)
         self._headers = build_hf_headers(token=token)
         self._headers["Accept-Encoding"] = "identity"
         self._window = window if window is not None else constants.STREAM_CHUNK_SIZE
@@ -38,18 +51,51 @@ class HttpRangeSource:
         self.bytes_fetched = 0
 
     def _fetch(self, offset: int, length: int) -> bytes:
+        """One range read, retried with exponential backoff on 5xx/429/408, dropped connections, short bodies and
+        timeouts (a range read is idempotent); other HTTP errors map to hf_soups errors at once.
+
+        Raises:
+            [`HubConnectionError`]: the retries are exhausted; names the ingredient, the file and the byte range.
+        """
         end = min(offset + length, self.size) - 1
         if end < offset:
             return b""
-        response = get_session().get(self.url, headers={**self._headers, "Range": f"bytes={offset}-{end}"},
-                                     follow_redirects=True)
-        if response.status_code not in (200, 206):
-            response.raise_for_status()
-        data = response.content
-        if response.status_code == 200:  # server ignored the range
-            data = data[offset : end + 1]
-        self.bytes_fetched += len(data)
-        return data
+        expected = end - offset + 1
+        tries = max(constants.HTTP_RETRIES, 0) + 1
+        wait = constants.HTTP_BACKOFF
+        why = ""
+        for attempt in range(1, tries + 1):
+            try:
+                response = get_session().get(self.url, headers={**self._headers, "Range": f"bytes={offset}-{end}"},
+                                             follow_redirects=True, timeout=constants.HTTP_TIMEOUT)
+            except httpx2.TransportError as e:  # refused, reset, closed mid-body, timed out
+                why = f"{type(e).__name__}: {str(e)[:200]}"
+            else:
+                if response.status_code in _RETRY_STATUS:
+                    why = f"HTTP {response.status_code}"
+                elif response.status_code not in (200, 206):
+                    with hub_errors(self.ingredient or self.name, token_given=self._token_given):
+                        hf_raise_for_status(response)
+                    why = f"unexpected HTTP {response.status_code}"
+                    break
+                else:
+                    data = response.content
+                    if response.status_code == 200:  # the server ignored the range
+                        data = data[offset : end + 1]
+                    if len(data) == expected:
+                        self.bytes_fetched += len(data)
+                        return data
+                    why = f"got {len(data)} of {expected} bytes"
+            if attempt < tries:
+                logger.warning("Range read of '%s' (bytes %d-%d) failed (%s); retry %d/%d in %.1fs.", self.name,
+                               offset, end, why, attempt, tries - 1, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 8.0)
+        raise HubConnectionError(
+            f"reading bytes {offset}-{end} from the Hub failed after {attempt} tries ({why}).",
+            ingredient=self.ingredient, file=self.name,
+            fix="check the network and the Hub's status, then run again (HF_SOUPS_HTTP_RETRIES sets the retries).",
+        )
 
     def read(self, offset: int, length: int) -> bytes:
         with self._lock:
@@ -102,5 +148,25 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
         for file in files:
             url = hf_hub_url(ing.repo_id, file, revision=ing.revision, endpoint=endpoint)
             meta = get_hf_file_metadata(url, token=token)
-            sources[file] = HttpRangeSource(url, int(meta.size or 0), file, token=token)
+            sources[file] = HttpRangeSource(url, int(meta.size or 0), file, token=token, ingredient=ing.name)
         return SafetensorsReader(sources, weight_map, ing.name)
+
+
+def read_remote_header(ing: Ingredient, file: str, *, token: str | bool | None = None,
+                       endpoint: str | None = None) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Read and validate one safetensors header on the Hub with range requests (usually one, of 100 kB).
+
+    The header goes through the same [`parse_header`] as local files, against the file's real size, so the
+    preflight refuses exactly what the soup would refuse (overlapping or past-the-end offsets, bad shapes, ...).
+
+    Raises:
+        [`CorruptCheckpointError`], [`HubConnectionError`], [`AuthenticationError`], [`IngredientNotFoundError`].
+    """
+    assert ing.repo_id is not None and ing.revision is not None
+    with hub_errors(ing.name, token_given=bool(token)):
+        url = hf_hub_url(ing.repo_id, file, revision=ing.revision, endpoint=endpoint)
+        size = ing.sizes.get(file)
+        if size is None:
+            size = get_hf_file_metadata(url, token=token).size
+        source = HttpRangeSource(url, int(size or 0), file, token=token, window=_HEADER_WINDOW, ingredient=ing.name)
+        return parse_header(source.read, source.size, file, ing.name)

@@ -20,7 +20,8 @@ from huggingface_hub.utils import tqdm
 from .. import constants
 from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import ShardedSafetensorsWriter
-from ..errors import NonFiniteTensorError, SoupError
+from ..errors import SoupError
+from .numerics import check_cast, computable, exact_piece, int_maximum
 from .plan import MergePlan, TensorPlan
 
 __all__ = ["merge_to_directory", "merge_state_dict", "iter_merged_chunks", "chunk_elements"]
@@ -151,6 +152,7 @@ def iter_merged_chunks(
         for n_seen in range(len(active)):
             got_piece, i, chunk = next(stream)
             assert got_piece is piece
+            chunk = computable(chunk)  # float8 is storage-only in torch
             perm = plan.label_permutations[i] if tp.permute_rows and plan.label_permutations else None
             if perm is not None:
                 chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
@@ -182,7 +184,11 @@ def iter_merged_chunks(
             # NaN and Inf propagate through the sum, so one reduction finds them; the exact check runs only then
             if plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
                     and not bool(torch.isfinite(acc).all()):
-                _raise_non_finite(tp, piece, readers, active, names)
+                # fp32 sum overflowed or an input is NaN/Inf: exact fp64 recomputation, or an error naming the culprit
+                exact = exact_piece(tp, piece.start, piece.count, readers, active, plan.weights, names,
+                                    plan.label_permutations)
+                yield tp, piece.start, exact.to(tp.torch_dtype)
+                continue
             if on_gpu:
                 host = host_bufs[slot][: piece.count]
                 host.copy_(acc)
@@ -194,6 +200,8 @@ def iter_merged_chunks(
                                                             for _ in range(slots)])
                 out = bufs[slot][: piece.count]
                 out.copy_(acc)
+                if plan.check_finite:
+                    check_cast(tp, acc, out)  # what is written must be finite too
                 yield tp, piece.start, out
         else:
             yield tp, piece.start, chunks[0].to(tp.torch_dtype)
@@ -211,21 +219,8 @@ def _resolve_int(tp: TensorPlan, current: torch.Tensor, other: torch.Tensor, fir
     logger.warning("Integer tensor '%s' differs between '%s' and '%s'; resolved with int_rule=%r.",
                    tp.name, first, name, rule)
     if rule == "max":
-        return torch.maximum(current, other.to(current.dtype))
+        return int_maximum(current, other.to(current.dtype))
     return current
-
-
-def _raise_non_finite(tp: TensorPlan, piece: _Piece, readers: Sequence[CheckpointReader], active: list[int],
-                      names: Sequence[str]) -> None:
-    for i in active:
-        chunk = readers[i].read_range(tp.name, piece.start, piece.count)
-        if not bool(torch.isfinite(chunk.float()).all()):
-            raise NonFiniteTensorError(
-                "holds NaN or Inf values.", ingredient=names[i], tensor=tp.name,
-                fix="remove this ingredient (its training diverged), or pass check_finite=False to soup it anyway.",
-            )
-    raise NonFiniteTensorError("the weighted sum overflowed to Inf.", tensor=tp.name,
-                               fix="pass dtype=torch.float32 or check the ingredients' magnitudes.")
 
 
 def merge_to_directory(

@@ -12,6 +12,8 @@ import torch
 from .. import constants
 from ..checkpoint.format import DTYPES, FLOAT_CODES, TensorInfo, dtype_code
 from ..errors import SoupError
+from ..validation import normalize_weights as _normalize_weights
+from ..validation import validate_dtype, validate_int_rule
 
 __all__ = ["TensorPlan", "MergePlan", "build_plan", "output_dtype", "normalize_weights", "IntRule"]
 
@@ -39,20 +41,12 @@ def output_dtype(codes: Sequence[str]) -> str:
 
 
 def normalize_weights(weights: Sequence[float]) -> list[float]:
-    """Scale non-negative weights to sum to 1.
+    """Scale non-negative weights to sum to 1 (robust to overflow; see [`hf_soups.validation.normalize_weights`]).
 
     Raises:
-        [`SoupError`]: a weight is negative or not finite, or all are zero.
+        [`InvalidArgumentError`]: a weight is negative or not finite, or all are zero.
     """
-    ws = [float(w) for w in weights]
-    if any(not (w >= 0) or w == float("inf") for w in ws):
-        raise SoupError(f"weights must be finite and non-negative, got {ws}.", fix="pass weights like [0.5, 0.3, 0.2].")
-    total = sum(ws)
-    if total <= 0:
-        raise SoupError("weights sum to zero.", fix="give at least one ingredient a positive weight.")
-    if abs(total - 1.0) < 1e-12:  # already normalised: keep the exact values, so recipes replay bit for bit
-        return ws
-    return [w / total for w in ws]
+    return _normalize_weights(weights)
 
 
 @dataclass(frozen=True)
@@ -151,12 +145,12 @@ def build_plan(
         [`SoupError`]: a tensor is missing, has another shape, or is floating in one ingredient and integer in another.
     """
     names = list(names or [f"ingredient {i}" for i in range(len(tensor_maps))])
-    if int_rule not in ("first", "max", "error"):
-        raise SoupError(f"unknown int_rule {int_rule!r}.", fix="use 'first', 'max' or 'error'.")
+    validate_int_rule(int_rule)
     ws = normalize_weights(weights)
     if len(ws) != len(tensor_maps):
         raise SoupError(f"got {len(ws)} weights for {len(tensor_maps)} ingredients.", fix="pass one weight per ingredient.")
-    out_code = dtype_code(getattr(torch, dtype) if isinstance(dtype, str) else dtype) if dtype is not None else None
+    out_dtype = validate_dtype(dtype)
+    out_code = dtype_code(out_dtype) if out_dtype is not None else None
     perms = tuple(tuple(p) if p is not None else None for p in (label_permutations or [None] * len(tensor_maps)))
     plans = []
     for name, info in tensor_maps[0].items():

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
 from .. import constants
-from ..errors import RecipeError
+from ..errors import InvalidArgumentError, RecipeError
 
-__all__ = ["Recipe", "EvalSpec"]
+__all__ = ["Recipe", "EvalSpec", "check_replayable"]
+
+#: Largest recipe accepted, in bytes (a real one is well under 4 KB).
+MAX_RECIPE_BYTES = 64 * 1024
+_MAX_DEPTH = 8
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_FIX = "start from the recipe block of a soup's model card."
 
 
 @dataclass(frozen=True)
@@ -110,34 +117,188 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        data = dict(data.get("hf_soups_recipe", data))
-        try:
-            evaluation = data.pop("evaluation", None)
-            return cls(
-                method=str(data.pop("method")),
-                ingredients=tuple(str(i) for i in data.pop("ingredients")),
-                weights=tuple(float(w) for w in data.pop("weights")),
-                evaluation=EvalSpec(**evaluation) if evaluation else None,
-                **data,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise RecipeError(f"malformed recipe ({type(e).__name__}: {e}).",
-                              fix="start from the recipe block of a soup's model card.") from None
+        """Build a recipe from untrusted data (a model card), validating every field.
+
+        Raises:
+            [`RecipeError`]: a missing, unknown or invalid field, naming it.
+        """
+        if isinstance(data, dict) and "hf_soups_recipe" in data:
+            data = data["hf_soups_recipe"]
+        if not isinstance(data, dict):
+            raise RecipeError("the recipe must be a mapping of fields.", fix=_FIX)
+        return cls(**_validated(dict(data)))
 
     @classmethod
     def from_yaml(cls, text: str) -> Recipe:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise RecipeError(f"the recipe is not valid YAML ({e}).") from None
-        if not isinstance(data, dict):
-            raise RecipeError("the recipe must be a YAML mapping.")
-        return cls.from_dict(data)
+        """Parse a recipe from YAML with a safe loader: size-capped, no anchors or aliases, shallow nesting.
+
+        Raises:
+            [`RecipeError`]: too large, not YAML, uses aliases (the "billion laughs" bomb), or an invalid field.
+        """
+        return cls.from_dict(safe_yaml(text))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recipe:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_yaml(f.read())
+        """Read a recipe YAML file (at most `MAX_RECIPE_BYTES`), validating every field.
+
+        Raises:
+            [`RecipeError`]: see [`from_yaml`].
+        """
+        with open(path, "rb") as f:
+            return cls.from_yaml(f.read(MAX_RECIPE_BYTES + 1))
+
+
+def safe_yaml(text: str | bytes) -> Any:
+    """`yaml.safe_load` for untrusted text, refusing oversized documents, anchors/aliases and deep nesting first.
+
+    Raises:
+        [`RecipeError`]: naming the limit that was hit.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError("the recipe is not UTF-8 text.", fix=_FIX) from None
+    if not isinstance(text, str):
+        raise RecipeError(f"expected YAML text, got {type(text).__name__}.", fix=_FIX)
+    if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"the recipe is larger than {MAX_RECIPE_BYTES} bytes.", fix=_FIX)
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events only: nothing is built yet
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise RecipeError("the recipe uses YAML anchors or aliases, which recipes never need (and which can "
+                                  "expand exponentially).", fix=_FIX)
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise RecipeError(f"the recipe nests deeper than {_MAX_DEPTH} levels.", fix=_FIX)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        data = yaml.safe_load(text)
+    except RecipeError:
+        raise
+    except yaml.YAMLError as e:
+        raise RecipeError(f"the recipe is not valid YAML ({str(e).splitlines()[0][:200]}).", fix=_FIX) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as e:  # e.g. malformed timestamps, huge ints
+        raise RecipeError(f"the recipe cannot be read ({type(e).__name__}).", fix=_FIX) from None
+    if not isinstance(data, dict):
+        raise RecipeError("the recipe must be a YAML mapping.", fix=_FIX)
+    return data
+
+
+def _field_error(name: str, message: str, fix: str = _FIX) -> RecipeError:
+    return RecipeError(f"field '{name}': {message}", fix=fix)
+
+
+def _text(name: str, value: Any, limit: int = 512) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or any(ord(c) < 32 for c in value):
+        raise _field_error(name, f"expected a non-empty single-line string of at most {limit} characters.")
+    return value
+
+
+def _validated(data: dict[str, Any]) -> dict[str, Any]:
+    from ..validation import dtype_name, validate_dtype, validate_int_rule, validate_weights
+    from .registry import get_method
+
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(str(k)[:40] for k in data if k not in known)
+    if unknown:
+        raise RecipeError(f"unknown field(s) {unknown}.", fix=_FIX)
+    for required in ("method", "ingredients", "weights"):
+        if required not in data:
+            raise _field_error(required, "missing.")
+    out: dict[str, Any] = {}
+    try:
+        if not isinstance(data["method"], str) or len(data["method"]) > 64:
+            raise _field_error("method", f"expected a method name, got {type(data['method']).__name__}.")
+        out["method"] = get_method(data["method"]).name
+        ingredients = data["ingredients"]
+        if not isinstance(ingredients, list) or not ingredients or len(ingredients) > 1000:
+            raise _field_error("ingredients", "expected a non-empty list (of at most 1000 references).")
+        out["ingredients"] = tuple(_text("ingredients", i, 4096) for i in ingredients)
+        if not isinstance(data["weights"], list):
+            raise _field_error("weights", "expected a list of numbers.")
+        out["weights"] = validate_weights(data["weights"], len(ingredients), parameter="weights")
+        if data.get("dtype") is not None:
+            out["dtype"] = dtype_name(validate_dtype(data["dtype"], parameter="dtype"))
+        out["int_rule"] = validate_int_rule(data.get("int_rule", "first"), parameter="int_rule")
+    except InvalidArgumentError as e:
+        raise RecipeError(f"field {e.message}", fix=e.fix) from None
+    for name in ("align_labels",):
+        if name in data:
+            if not isinstance(data[name], bool):
+                raise _field_error(name, "expected true or false.")
+            out[name] = data[name]
+    if "seed" in data:
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or not 0 <= data["seed"] < 2**63:
+            raise _field_error("seed", "expected a non-negative integer.")
+        out["seed"] = data["seed"]
+    if "hf_soups_version" in data:
+        out["hf_soups_version"] = _text("hf_soups_version", data["hf_soups_version"], 64)
+    evaluation = data.get("evaluation")
+    if evaluation is not None:
+        if not isinstance(evaluation, dict):
+            raise _field_error("evaluation", "expected a mapping.")
+        spec_fields = {f.name for f in fields(EvalSpec) if not f.metadata.get("runtime")}
+        bad = sorted(str(k)[:40] for k in evaluation if k not in spec_fields)
+        if bad or "dataset" not in evaluation:
+            raise _field_error("evaluation", f"unknown fields {bad}." if bad else "'dataset' is missing.")
+        spec: dict[str, Any] = {}
+        for k, v in evaluation.items():
+            if k == "strict":
+                if not isinstance(v, bool):
+                    raise _field_error("evaluation.strict", "expected true or false.")
+                spec[k] = v
+            elif k == "learned_steps":
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1_000_000:
+                    raise _field_error("evaluation.learned_steps", "expected a positive integer.")
+                spec[k] = v
+            elif v is not None or k == "dataset":
+                spec[k] = _text(f"evaluation.{k}", v)
+        out["evaluation"] = EvalSpec(**spec)
+    return out
+
+
+def check_replayable(recipe: Recipe, *, allow_local: bool = False) -> list[Any]:
+    """The references to replay: Hub repos pinned to full 40-hex commit shas (local paths only with `allow_local`).
+
+    A recipe read from a model card is untrusted: it must not re-create a private local fine-tune (a crafted card
+    with `weights: [1, 0]` naming a local directory would, and a `--push-to` would publish it), and it promises
+    bit-for-bit replay, which only a pinned sha can keep.
+
+    Returns:
+        `list[IngredientRef]`: Hub references never interpreted as local paths (and, with `allow_local`, the local
+        directories as they are).
+
+    Raises:
+        [`RecipeError`]: naming the first ingredient that is not a pinned Hub repo.
+    """
+    from ..refs import IngredientRef
+
+    refs: list[Any] = []
+    for text in recipe.ingredients:
+        repo_id, at, rev = text.rpartition("@")
+        try:
+            hub_ref = IngredientRef(ref=text, repo_id=repo_id, revision=rev) if at and _FULL_SHA.match(rev) \
+                and IngredientRef.parse(f"{repo_id}@{rev}").repo_id == repo_id and not os.path.isdir(text) else None
+        except Exception:
+            hub_ref = None
+        if hub_ref is not None:
+            refs.append(hub_ref)
+        elif allow_local:
+            refs.append(text)
+        else:
+            from ..validation import mask_secrets
+
+            raise RecipeError(
+                f"ingredient '{mask_secrets(text)}' is not a Hub repo pinned to a full 40-hex commit sha; a recipe "
+                "can only promise a bit-for-bit replay of pinned Hub repos, and one read from a model card must not "
+                "pick up local directories.",
+                fix="pin every ingredient as 'user/model@<40-hex sha>', or, for a recipe you wrote yourself with "
+                    "local checkpoints, pass allow_local=True (CLI: --allow-local-ingredients).",
+            )
+    return refs
 
 
 def _version() -> str:

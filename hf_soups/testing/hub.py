@@ -87,6 +87,10 @@ class LoopbackHub:
         bytes_served (`dict[str, int]`): response body bytes sent for file downloads, per repo id.
         requests (`list[tuple[str, str, int]]`): `(method, path, status)` of every request.
         fail_commits (`int`): answer the next N commit calls with HTTP 500 (failure injection).
+        fail_ranges (`int`): answer the next N ranged file GETs with HTTP 503 (failure injection).
+        drop_ranges (`int`): for the next N ranged file GETs, send the headers and half the body, then close the
+            connection (a connection lost mid-body).
+        stall_ranges (`int`): delay the next N ranged file GETs by `stall_seconds` before answering (timeouts).
     """
 
     def __init__(self, root: str | None = None, tokens: dict[str, str] | None = None, port: int = 0) -> None:
@@ -98,6 +102,10 @@ class LoopbackHub:
         self.bytes_served: dict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, str, int]] = []
         self.fail_commits = 0
+        self.fail_ranges = 0
+        self.drop_ranges = 0
+        self.stall_ranges = 0
+        self.stall_seconds = 2.0
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
@@ -499,6 +507,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
                 status = 206
             length = max(end - start + 1, 0)
+            if rng and method == "GET" and self._inject_range_fault(headers, status, length, f, start):
+                return
             if method == "HEAD":
                 self.send_response(status)
                 for k, v in headers.items():
@@ -514,6 +524,35 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             with hub.lock:
                 hub.bytes_served[repo_id] += len(data)
             self._send(status, raw=data, headers=headers)
+
+        def _inject_range_fault(self, headers: dict[str, str], status: int, length: int, f: _File, start: int) -> bool:
+            """Failure injection for ranged reads; returns True when the request was answered (badly) here."""
+            with hub.lock:
+                fail, drop, stall = hub.fail_ranges > 0, hub.drop_ranges > 0, hub.stall_ranges > 0
+                hub.fail_ranges -= fail
+                hub.drop_ranges -= drop and not fail
+                hub.stall_ranges -= stall and not (fail or drop)
+            if fail:
+                self._error(_HubError(503, "Service Unavailable - injected range failure"))
+                return True
+            if drop:
+                with open(hub._blob_path(f.sha256), "rb") as fh:
+                    fh.seek(start)
+                    data = fh.read(length // 2)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                self.close_connection = True
+                with hub.lock:
+                    hub.requests.append(("GET", self.path, -status))  # negative: the body was cut
+                return True
+            if stall:
+                time.sleep(hub.stall_seconds)
+            return False
 
     return Handler
 
