@@ -59,9 +59,12 @@ class IngredientRef:
             return cls(ref=text, local_dir=os.path.abspath(text))
         repo_id, _, rev = text.partition("@")
         if not _REPO_ID.match(repo_id) or repo_id.startswith((".", "/")) or ".." in repo_id:
+            from .validation import mask_secrets
+
+            shown = mask_secrets(text)
             raise SoupError(
-                f"'{text}' is neither an existing local directory nor a Hub repo id.",
-                ingredient=text,
+                f"'{shown}' is neither an existing local directory nor a Hub repo id.",
+                ingredient=shown,
                 fix="pass a repo id like 'user/model', 'user/model@v1', or the path of a saved checkpoint.",
             )
         if "@" in text and not rev:
