@@ -170,10 +170,10 @@ def validate_max_shard_size(size: Any, *, parameter: str = "max_shard_size") -> 
     if isinstance(size, numbers.Integral):
         value = int(size)
     elif isinstance(size, str):
-        from .checkpoint.writer import parse_size
+        from huggingface_hub.serialization._base import parse_size_to_int  # what the writer's parse_size uses
 
         try:
-            value = parse_size(size)
+            value = int(size) if size.strip().isdigit() else parse_size_to_int(size)
         except (ValueError, TypeError):
             raise _bad(parameter, f"cannot read {size!r} as a size.", fix) from None
     else:

@@ -149,12 +149,16 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize("kwargs,culprit", BAD_ARGUMENTS, ids=[f"{k}-{i}" for i, (k, _) in
                                                                  enumerate(BAD_ARGUMENTS)])
 def test_bad_arguments_fail_before_any_request(hub, hub_refs, family, tmp_path, kwargs, culprit):
+    from hf_soups import MergeOptions
+
     out = tmp_path / "soup"
     guard = Guard(tmp_path, family["a"], family["d"], output=out)
     hub.reset_counters()
+    kwargs = dict(kwargs)
+    merge = {k: kwargs.pop(k) for k in ("dtype", "int_rule", "max_shard_size") if k in kwargs}
     with pytest.raises(SoupError) as err:  # InvalidArgumentError; the method registry raises RecipeError
         soup_from_hub([hub_refs["a"], hub_refs["d"]], output_dir=out, cache_dir=str(tmp_path / "cache"),
-                      progress=False, **kwargs)
+                      merge_options=MergeOptions(progress=False, **merge), **kwargs)
     assert isinstance(err.value, (InvalidArgumentError, RecipeError)) and isinstance(err.value, ValueError)
     assert culprit in str(err.value) and "Fix:" in str(err.value)
     assert hub.requests == [] and not hub.bytes_served  # the network was never touched
