@@ -1,7 +1,7 @@
 """One contender of the merge benchmark, run as its own process: `python _contenders.py NAME OUT IN...`.
 
-Prints one JSON line with the seconds spent on the work itself (after imports). The parent measures the process's
-wall time and peak RSS from the OS.
+Prints one JSON line with the seconds spent on the work itself (after imports) and the process's private memory
+(RssAnon) when the work started. The parent measures the wall time and samples RssAnon while the process runs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,19 @@ import time
 SHARD = os.environ.get("BENCH_SHARD_SIZE", "500MB")
 
 
+def rss_anon() -> int:
+    """This process's private anonymous memory in bytes (RssAnon in /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def report(start: float, anon_start: int) -> None:
+    print(json.dumps({"seconds": time.perf_counter() - start, "rss_anon_start": anon_start}))
+
+
 def _files(path: str) -> list[str]:
     return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
 
@@ -22,6 +35,7 @@ def floor(out: str, inputs: list[str]) -> None:
     """Read every input byte once (pread into one reused buffer) and write one model's bytes."""
     buf = bytearray(64 << 20)
     view = memoryview(buf)
+    anon = rss_anon()
     start = time.perf_counter()
     first_size = 0
     for i, path in enumerate(inputs):
@@ -43,7 +57,7 @@ def floor(out: str, inputs: list[str]) -> None:
             n = min(left, len(buf))
             f.write(view[:n])
             left -= n
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    report(start, anon)
 
 
 def hf_soups(out: str, inputs: list[str]) -> None:
@@ -55,9 +69,10 @@ def hf_soups(out: str, inputs: list[str]) -> None:
     getattr(transformers, "BertForSequenceClassification")
 
     device = os.environ.get("BENCH_DEVICE") or None  # "cpu", "cuda", or unset (hf_soups' default)
+    anon = rss_anon()
     start = time.perf_counter()
     soup_from_hub(inputs, output_dir=out, progress=False, max_shard_size=SHARD, device=device)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    report(start, anon)
 
 
 def hf_soups_gpu(out: str, inputs: list[str]) -> None:
@@ -71,7 +86,7 @@ def idle(out: str, inputs: list[str]) -> None:
 
     import hf_soups  # noqa: F401
 
-    print(json.dumps({"seconds": 0.0}))
+    print(json.dumps({"seconds": 0.0, "rss_anon_start": rss_anon()}))
 
 
 def naive(out: str, inputs: list[str]) -> None:
@@ -79,6 +94,7 @@ def naive(out: str, inputs: list[str]) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    anon = rss_anon()
     start = time.perf_counter()
     models = [AutoModelForSequenceClassification.from_pretrained(p) for p in inputs]
     states = [m.state_dict() for m in models]
@@ -86,7 +102,7 @@ def naive(out: str, inputs: list[str]) -> None:
            else states[0][k] for k in states[0]}
     models[0].load_state_dict(avg)
     models[0].save_pretrained(out, max_shard_size=SHARD)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    report(start, anon)
 
 
 def mergekit(out: str, inputs: list[str]) -> None:
@@ -102,10 +118,11 @@ def mergekit(out: str, inputs: list[str]) -> None:
         "parameters": {"normalize": True},
         "dtype": os.environ.get("BENCH_DTYPE", "float32"),
     })
+    anon = rss_anon()
     start = time.perf_counter()
     run_merge(config, out, options=MergeOptions(copy_tokenizer=False, out_shard_size=int(SHARD.rstrip("MB")) * 10**6,
                                                 lazy_unpickle=True, safe_serialization=True))
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    report(start, anon)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,40 @@
 
 Average the weights of models fine-tuned from one pretrained checkpoint (Wortsman et al., ICML 2022,
 arXiv:2203.05482): uniform, weighted, greedy and learned soups, pulled from and pushed to the Hub.
+
+Importing the package is cheap: the error tree is loaded at once, everything else (and torch with it) on first use.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import errors as _errors
 from .constants import VERSION as __version__
-from .api import check_compatibility, soup_from_hub
-from .compat import CompatibilityReport, Problem
 from .errors import *  # noqa: F403  (the whole error tree is public)
-from .merge.options import MergeOptions
-from .recipes import EvalSpec, Recipe
-from .refs import Ingredient, IngredientRef
-from .soup import Soup
+
+# public name -> the module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "soup_from_hub": ".api",
+    "check_compatibility": ".api",
+    "Soup": ".soup",
+    "Ingredient": ".refs",
+    "IngredientRef": ".refs",
+    "Recipe": ".recipes",
+    "EvalSpec": ".recipes",
+    "MergeOptions": ".merge.options",
+    "CompatibilityReport": ".compat",
+    "Problem": ".compat",
+}
+
+if TYPE_CHECKING:
+    from .api import check_compatibility, soup_from_hub
+    from .compat import CompatibilityReport, Problem
+    from .merge.options import MergeOptions
+    from .recipes import EvalSpec, Recipe
+    from .refs import Ingredient, IngredientRef
+    from .soup import Soup
 
 __all__ = [
     "__version__",
@@ -28,3 +51,16 @@ __all__ = [
     "Problem",
     *_errors.__all__,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_soups' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

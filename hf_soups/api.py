@@ -97,25 +97,54 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
 def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
              trust_remote_code: bool = False) -> CompatibilityReport:
     """The pure verdict, plus the meta-device architecture check once per distinct (config, tensor names)."""
-    import json
-
     report = compare(metas, align_labels=align_labels)
     for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
         report.add(problem)
     if arch_check:
-        from .architecture import architecture_problems
-
-        seen: set[str] = set()
-        for meta in metas:
-            if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
-                continue
-            key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
-            if key in seen:
-                continue
-            seen.add(key)
-            for problem in architecture_problems(meta.name, meta.config, meta.tensors):
-                report.add(problem)
+        for problem in _arch_problems(metas):
+            report.add(problem)
     return report
+
+
+def _arch_problems(metas: Sequence[IngredientMeta]) -> list[Any]:
+    import json
+
+    from .architecture import architecture_problems
+
+    seen: set[str] = set()
+    problems = []
+    for meta in metas:
+        if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
+            continue
+        key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
+        if key not in seen:
+            seen.add(key)
+            problems.extend(architecture_problems(meta.name, meta.config, meta.tensors))
+    return problems
+
+
+class _BackgroundArchCheck:
+    """The architecture check (seconds, mostly importing the model's transformers module) run in a thread while the
+    weights are merged; [`settle`] adds its findings and raises on errors before any download, evaluation or commit.
+    """
+
+    def __init__(self, metas: Sequence[IngredientMeta]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-soups-arch")
+        self._future = pool.submit(_arch_problems, metas)
+        pool.shutdown(wait=False)
+        self._settled = False
+
+    def settle(self, report: CompatibilityReport) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        for problem in self._future.result():
+            report.add(problem)
+            if problem.severity != "error":
+                logger.warning("%s", problem)
+        report.raise_if_incompatible()
 
 
 def _label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
@@ -353,10 +382,13 @@ def soup_from_hub(
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, options.align_labels, options.arch_check, trust_remote_code)
+    report = _verdict(metas, options.align_labels, False, trust_remote_code)
+    arch = _BackgroundArchCheck(metas) if options.arch_check else None
     for w in report.warnings:
         logger.warning("%s", w)
     report.raise_if_incompatible()
+    if arch is not None and (entry.needs_eval or any(i.repo_id is not None for i in ingredients)):
+        arch.settle(report)  # before any weight is downloaded or evaluated
 
     with contextlib.ExitStack() as stack:
         readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
@@ -409,11 +441,15 @@ def soup_from_hub(
             with output if output is not None else AtomicDirectory(target) as tmp:
                 merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
                                    progress=options.progress, device=options.device)
+                if arch is not None:
+                    arch.settle(report)  # an architecture error voids the soup before the card and the commit
                 _copy_aux_files(ingredients[0], tmp, options.dtype)
                 soup.output_dir = tmp
                 soup.write_card()
                 soup.output_dir = target
         wait_for_everyone()
+        if arch is not None:
+            arch.settle(report)  # (processes that did not merge)
     return soup
 
 

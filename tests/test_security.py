@@ -46,8 +46,8 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from hf_soups.checkpoint import writer
     original = writer.ShardedSafetensorsWriter.write
-    def slow(self, name, tensor):
-        original(self, name, tensor)
+    def slow(self, name, tensor, *args):
+        original(self, name, tensor, *args)
         print("WROTE", flush=True)
         time.sleep(0.05)
     writer.ShardedSafetensorsWriter.write = slow

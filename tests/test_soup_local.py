@@ -177,11 +177,11 @@ def test_failure_mid_merge_leaves_no_output_and_rerun_succeeds(family, tmp_path,
     original = writer_mod.ShardedSafetensorsWriter.write
     calls = {"n": 0}
 
-    def failing(self, name, tensor):
+    def failing(self, name, tensor, *args):
         calls["n"] += 1
         if calls["n"] == 25:
             raise RuntimeError("simulated crash mid-merge")
-        return original(self, name, tensor)
+        return original(self, name, tensor, *args)
 
     monkeypatch.setattr(writer_mod.ShardedSafetensorsWriter, "write", failing)
     out = tmp_path / "soup"

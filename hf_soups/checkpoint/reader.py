@@ -53,6 +53,16 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
         """Read elements `[start, start + count)` of the flattened tensor, into `buffer` when given."""
         return self.read(name).reshape(-1)[start : start + count]
 
+    def view_range(self, name: str, start: int, count: int) -> torch.Tensor | None:
+        """Elements `[start, start + count)` without a copy (a view of mapped pages), or `None` when not mappable.
+
+        The view is read-only by contract and valid while the reader is open.
+        """
+        return None
+
+    def check_unchanged(self) -> None:
+        """Raise [`CorruptCheckpointError`] if a file was modified since it was opened (no-op when not applicable)."""
+
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.tensors:
             raise KeyError(name)
@@ -138,6 +148,30 @@ class SafetensorsReader(CheckpointReader):
                 ingredient=self.ingredient, file=info.file, tensor=name, fix="re-download the checkpoint.",
             )
         return raw.view(dtype)
+
+    def view_range(self, name: str, start: int, count: int) -> torch.Tensor | None:
+        info = self.tensors[name]
+        mapped = getattr(self.sources[info.file], "mapped", None)
+        dtype = DTYPES[info.dtype]
+        size = dtype.itemsize
+        offset = info.start + start * size
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        if mapped is None or offset % size:  # not a local file, or misaligned: the caller copies instead
+            return None
+        buffer = mapped()
+        if buffer is None or offset + count * size > len(buffer):
+            return None
+        return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+
+    def check_unchanged(self) -> None:
+        for file, source in self.sources.items():
+            why = source.changed() if hasattr(source, "changed") else None
+            if why:
+                raise CorruptCheckpointError(
+                    f"{why}; the soup was not written.", ingredient=self.ingredient, file=file,
+                    fix="do not modify ingredients while souping them; run again once they are stable.",
+                )
 
     def close(self) -> None:
         for source in self.sources.values():

@@ -6,8 +6,11 @@ shard's header up front and then streams tensor bytes: memory stays independent 
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import threading
 
 import torch
 from huggingface_hub.serialization import split_state_dict_into_shards_factory
@@ -36,7 +39,10 @@ class ShardedSafetensorsWriter:
     """Stream tensors into sharded safetensors files whose headers are written before the data.
 
     Sharding follows huggingface_hub's `split_state_dict_into_shards_factory` (the algorithm behind
-    `split_torch_state_dict_into_shards`), fed with sizes known from the plan.
+    `split_torch_state_dict_into_shards`), fed with sizes known from the plan. Every tensor's place in its shard is
+    known up front, so chunks may be written in any order and from several threads ([`write`] with `start`);
+    without `start`, tensors are appended in the order of [`order`]. Planning and writing take time linear in the
+    number of tensors.
 
     Args:
         directory (`str`):
@@ -47,8 +53,6 @@ class ShardedSafetensorsWriter:
             Largest shard.
         metadata (`dict[str, str]`, *optional*):
             Extra `__metadata__` strings; `{"format": "pt"}` is always set.
-
-    Tensors must then be passed to [`write`] in the order of [`order`].
     """
 
     def __init__(
@@ -68,64 +72,87 @@ class ShardedSafetensorsWriter:
             filename_pattern="model{suffix}.safetensors",
             max_shard_size=parse_size(max_shard_size),
         )
-        self.files: list[tuple[str, list[str]]] = [
-            (file, [n for n in specs if n in set(names)]) for file, names in split.filename_to_tensors.items()
-        ]
+        owner = {n: file for file, names in split.filename_to_tensors.items() for n in names}
+        buckets: dict[str, list[str]] = {file: [] for file in split.filename_to_tensors}
+        for name in specs:  # each shard keeps the plan's order
+            buckets[owner[name]].append(name)
+        self.files: list[tuple[str, list[str]]] = list(buckets.items())
         if len(self.files) == 1:
             self.files = [(SAFETENSORS_SINGLE, self.files[0][1])]
         self.specs = specs
         self.total_size = sum(sizes.values())
         self.order: list[str] = [n for _, names in self.files for n in names]
-        self._position = 0
-        self._file_index = -1
-        self._handle = None
-        self._remaining = 0
+        self._headers: list[bytes] = []
+        self._places: dict[str, tuple[int, int, int]] = {}  # name -> (file index, absolute offset, nbytes)
+        for index, (_, names) in enumerate(self.files):
+            header, offsets = build_header([(n, *specs[n]) for n in names], self.metadata)
+            self._headers.append(header)
+            for n in names:
+                begin, end = offsets[n]
+                self._places[n] = (index, len(header) + begin, end - begin)
+        self._handles: list[io.RawIOBase | None] = [None] * len(self.files)
+        self._locks = [threading.Lock() for _ in self.files]
+        self._open_lock = threading.Lock()
+        self._written = 0
+        self._position = 0  # sequential mode: the next tensor of `order`, and the bytes of it written so far
         self._offset = 0
 
-    def _open_next(self) -> None:
-        self._close_handle()
-        self._file_index += 1
-        file, names = self.files[self._file_index]
-        header, _ = build_header([(n, *self.specs[n]) for n in names], self.metadata)
-        self._handle = open(os.path.join(self.directory, file), "wb")
-        self._handle.write(header)
-        self._remaining = len(names)
+    def _handle(self, index: int) -> io.RawIOBase:
+        handle = self._handles[index]
+        if handle is None:
+            with self._open_lock:
+                handle = self._handles[index]
+                if handle is None:
+                    handle = open(os.path.join(self.directory, self.files[index][0]), "wb", buffering=0)
+                    _write_all(handle, self._headers[index])
+                    self._handles[index] = handle
+        return handle
 
-    def _close_handle(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+    def write(self, name: str, tensor: torch.Tensor, start: int | None = None) -> None:
+        """Write a tensor, whole or a flat chunk of it, in the planned dtype.
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Append the next tensor, whole or as consecutive flat chunks of it, in the planned order and dtype."""
-        expected = self.order[self._position] if self._position < len(self.order) else None
-        if name != expected:
-            raise SoupError(f"writer expected tensor {expected!r} next, got {name!r}.", tensor=name)
-        code, shape = self.specs[name]
+        Args:
+            name (`str`): the tensor.
+            tensor (`torch.Tensor`): its values, or the chunk of its flattened values starting at `start`.
+            start (`int`, *optional*): the chunk's first element. Without it, chunks are appended in [`order`].
+                With it, chunks may come in any order and from several threads at once.
+        """
+        if start is None:
+            expected = self.order[self._position] if self._position < len(self.order) else None
+            if name != expected:
+                raise SoupError(f"writer expected tensor {expected!r} next, got {name!r}.", tensor=name)
+        elif name not in self._places:
+            raise SoupError("the writer did not plan this tensor.", tensor=name)
+        code, _ = self.specs[name]
         if dtype_code(tensor.dtype) != code:
             raise SoupError(f"planned as {code} but got {dtype_code(tensor.dtype)}.", tensor=name)
-        if self._offset == 0 and self._remaining == 0:
-            self._open_next()
-        assert self._handle is not None
+        index, offset, total = self._places[name]
         nbytes = tensor.numel() * tensor.element_size()
-        total = _nbytes(code, shape)
-        if self._offset + nbytes > total:
-            raise SoupError(f"got {self._offset + nbytes} bytes for a {total}-byte tensor.", tensor=name)
+        begin = self._offset if start is None else start * tensor.element_size()
+        if begin + nbytes > total:
+            raise SoupError(f"got {begin + nbytes} bytes for a {total}-byte tensor.", tensor=name)
+        handle = self._handle(index)
         if nbytes:
-            self._handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
-        self._offset += nbytes
-        if self._offset == total:
-            self._offset = 0
-            self._remaining -= 1
-            self._position += 1
+            data = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+            with self._locks[index]:
+                handle.seek(offset + begin)
+                _write_all(handle, data)
+            with self._open_lock:
+                self._written += nbytes
+        if start is None:
+            self._offset += nbytes
+            if self._offset == total:
+                self._offset = 0
+                self._position += 1
 
     def close(self) -> list[str]:
-        """Finish the last shard and write the index; returns the files written."""
-        if self._position != len(self.order):
-            raise SoupError(f"writer closed after {self._position} of {len(self.order)} tensors.")
-        if not self.order:  # an empty plan still yields a valid (empty) checkpoint
-            self._open_next()
-        self._close_handle()
+        """Finish the shards and write the index; returns the files written."""
+        if self._written != self.total_size:
+            raise SoupError(f"writer closed after {self._written} of {self.total_size} bytes "
+                            f"({self._position} of {len(self.order)} tensors in order).")
+        for index in range(len(self.files)):  # shards holding only empty tensors still get their header
+            self._handle(index)
+        self.abort()
         written = [file for file, _ in self.files]
         if len(self.files) > 1:
             index = {
@@ -139,7 +166,20 @@ class ShardedSafetensorsWriter:
         return written
 
     def abort(self) -> None:
-        self._close_handle()
+        """Close every open shard (the caller removes the partial output)."""
+        for index, handle in enumerate(self._handles):
+            if handle is not None:
+                handle.close()
+                self._handles[index] = None
+
+
+def _write_all(handle: io.RawIOBase, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = handle.write(view)
+        if not n:
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
 
 
 class _Planned:

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import errors
+from .. import __version__, errors
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.IncompatibleIngredientsError, 1),
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model soups for the Hugging Face Hub: check, soup, push and replay fine-tunes of one base model.",
         epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="print the compatibility verdict (exit 0 if compatible, 1 if not)",

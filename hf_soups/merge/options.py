@@ -28,7 +28,8 @@ class MergeOptions:
         max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`):
             Largest output shard.
         device (`str` or `torch.device`, *optional*):
-            Where the fp32 accumulation runs; defaults to `"cuda"` when available, else the CPU.
+            Where the fp32 accumulation runs; defaults to the CPU, which reads the inputs' mapped pages in place.
+            `"cuda"` stages every chunk through the GPU (bit-identical, rarely faster: the merge is memory-bound).
         stream (`bool`, *optional*, defaults to `False`):
             Read Hub weights with HTTP range requests instead of downloading the ingredients.
         check_finite (`bool`, *optional*, defaults to `True`):
