@@ -249,7 +249,7 @@ def main() -> None:
     one_model = model_bytes(inputs[0])
     env = {**os.environ, "BENCH_SHARD_SIZE": args.shard_size, "BENCH_DTYPE": "float32",
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "HF_HUB_DISABLE_XET": "1"}
+           "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": ROOT}  # this checkout's hf_soups, also under an editable install
     py = sys.executable
     mergekit_py = os.path.join(MERGEKIT_BIN, "python")
     cuda = subprocess.run([py, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,
