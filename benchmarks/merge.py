@@ -220,6 +220,8 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--sweep-size", choices=sorted(SIZES), default="base",
                         help="model size of the K sweep (16 BERT-large copies do not fit this machine's page cache)")
+    parser.add_argument("--cgroup-size", choices=sorted(SIZES), default="large",
+                        help="model size of the memory-cgroup run (its 512 MiB limit must be below one ingredient)")
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work"))
     parser.add_argument("--skip", nargs="*", default=[],
                         help="parts to skip: naive, mergekit, cli, memory, sweep, cgroup")
@@ -237,8 +239,9 @@ def main() -> None:
             write_readme(json.load(f))
         return
     os.makedirs(args.workdir, exist_ok=True)
-    sets = {("float32", args.size): max([args.k, *args.memory_ks]), ("bfloat16", args.size): max(args.memory_ks),
-            ("float32", args.sweep_size): max(args.sweep)}
+    sets = {("float32", args.size): max([args.k, *args.memory_ks]), ("bfloat16", args.size): max(args.memory_ks)}
+    sets[("float32", args.sweep_size)] = max(sets.get(("float32", args.sweep_size), 0), *args.sweep)
+    sets[("float32", args.cgroup_size)] = max(sets.get(("float32", args.cgroup_size), 0), args.k)
     for (dtype, size), count in sets.items():
         print(f"Generating {count} BERT-{size} {dtype} checkpoints (cached)...", flush=True)
         # in a child process, so that this parent stays small (no torch)
@@ -337,12 +340,15 @@ def main() -> None:
             print(f"  cgroup: SKIPPED: {how}", flush=True)
         else:
             try:
-                warm(inputs)
-                res = contender(py, "hf_soups", f"{work}-cgroup", inputs, env, cgroup=group)
-                same = compare_outputs(f"{work}-cgroup", f"{work}-hf_soups")
+                big = [path(args.cgroup_size, "float32", i) for i in range(args.k)]
+                warm(big)
+                contender(py, "hf_soups", f"{work}-cgroup-reference", big, env)
+                res = contender(py, "hf_soups", f"{work}-cgroup", big, env, cgroup=group)
+                same = compare_outputs(f"{work}-cgroup", f"{work}-cgroup-reference")
                 cgroup_result = {"limit_bytes": CGROUP_LIMIT, "how": how, "work_s": res["work"],
                                  "cgroup_peak_bytes": cgroup_peak(group), "anon_growth_bytes": res["anon_growth"],
-                                 "bitwise_identical": same["bitwise_identical"], "one_ingredient_bytes": one_model}
+                                 "bitwise_identical": same["bitwise_identical"], "size": args.cgroup_size,
+                                 "one_ingredient_bytes": model_bytes(big[0])}
                 print(f"  cgroup {CGROUP_LIMIT >> 20} MiB: work {res['work']:.2f}s, bitwise identical "
                       f"{same['bitwise_identical']}", flush=True)
             finally:
@@ -423,7 +429,7 @@ def render_tables(result: dict) -> str:
     m = result["machine"]
     s = result["summary"]
     floor, hf = s["floor"]["work_s"], s["hf_soups"]["work_s"]
-    lines = [f"K={result['args']['k']} BERT-{result['args']['size']} fp32 sequence classifiers, "
+    lines = [f"K={result['args']['k']} BERT-{result['args']['size']}-shaped fp32 sequence classifiers, "
              f"{result['model_bytes'] / 1e9:.2f} GB each, sharded at {result['args']['shard_size']}, warm page cache; "
              f"median of {result['args']['rounds']} alternating rounds; {m['usable_cpus']} CPUs ({m['cpu_model']}), "
              f"{m['device']}.", "",
@@ -458,7 +464,7 @@ def render_tables(result: dict) -> str:
     if c:
         lines.append("")
         lines.append(f"Memory cgroup: skipped: {c['skipped']}" if "skipped" in c else
-                     f"Memory cgroup ({c['how']}, limit {c['limit_bytes'] >> 20} MiB, one ingredient "
+                     f"Memory cgroup ({c['how']}, limit {c['limit_bytes'] >> 20} MiB, one BERT-{c['size']} ingredient "
                      f"{c['one_ingredient_bytes'] / 2**20:.0f} MiB): K={result['args']['k']} soup completed in "
                      f"{c['work_s']:.2f} s, peak cgroup usage {(c['cgroup_peak_bytes'] or 0) / 2**20:.0f} MiB, "
                      f"output bitwise identical to the unconstrained run: {c['bitwise_identical']}.")
