@@ -293,8 +293,8 @@ _RACE = textwrap.dedent("""
     from hf_soups.checkpoint import writer
     original = writer.ShardedSafetensorsWriter.write
     state = {"n": 0}
-    def gated(self, name, tensor):
-        original(self, name, tensor)
+    def gated(self, name, tensor, *args):
+        original(self, name, tensor, *args)
         state["n"] += 1
         if state["n"] == 1:
             print("WROTE", flush=True)
@@ -343,8 +343,8 @@ def test_a_file_appearing_in_the_output_during_the_run_survives(family, tmp_path
         soup_from_hub([family["a"], family["c"]], output_dir=out, merge_options=QUIET)
     original = writer.ShardedSafetensorsWriter.write
 
-    def meddle(self, name, tensor):
-        original(self, name, tensor)
+    def meddle(self, name, tensor, *args):
+        original(self, name, tensor, *args)
         if not (out / "user.txt").exists():
             out.mkdir(exist_ok=True)
             (out / "user.txt").write_text("written during the run")

@@ -8,11 +8,12 @@ each trial one fused update plus one evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .registry import register_method
+
+if TYPE_CHECKING:  # torch is imported by the code that runs a greedy soup, not by the registry (CLI --help)
+    import torch
 
 __all__ = ["greedy_select", "greedy_ensemble", "RunningSum"]
 

@@ -8,12 +8,12 @@ on the CPU; only the combination for the current step lives on the model's devic
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import torch
-from torch.func import functional_call
+from typing import TYPE_CHECKING, Any
 
 from .registry import register_method
+
+if TYPE_CHECKING:  # imported where it runs, not by the registry (CLI --help)
+    import torch
 
 __all__ = ["learn_weights"]
 
@@ -47,6 +47,9 @@ def learn_weights(
         `tuple[list[float], list[dict]]`: weights summing to 1, never scoring below the uniform soup on held-out
         data (the uniform weights are kept when learning does not beat them), and a trace of evaluations.
     """
+    import torch
+    from torch.func import functional_call
+
     k = len(states)
     device = next(model.parameters()).device
     alpha = torch.zeros(k, requires_grad=True, device=device)

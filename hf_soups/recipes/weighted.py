@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import SoupError
-from ..merge.plan import normalize_weights
 from .registry import register_method
 
 __all__ = ["user_weights"]
@@ -23,4 +22,6 @@ def user_weights(n: int, weights: Sequence[float] | None = None) -> list[float]:
         raise SoupError("method='weighted' needs weights.", fix="pass weights=[...] with one weight per ingredient.")
     if len(weights) != n:
         raise SoupError(f"got {len(weights)} weights for {n} ingredients.", fix="pass one weight per ingredient.")
+    from ..merge.plan import normalize_weights  # (imports torch: not at registration, which --help does)
+
     return normalize_weights(weights)
