@@ -19,6 +19,8 @@ from .errors import *  # noqa: F403  (the whole error tree is public)
 _LAZY = {
     "soup_from_hub": ".api",
     "check_compatibility": ".api",
+    "find_ingredients": ".hub.discovery",
+    "CandidateSet": ".hub.discovery",
     "Soup": ".soup",
     "Ingredient": ".refs",
     "IngredientRef": ".refs",
@@ -32,6 +34,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import check_compatibility, soup_from_hub
     from .compat import CompatibilityReport, Problem
+    from .hub.discovery import CandidateSet, find_ingredients
     from .merge.options import MergeOptions
     from .recipes import EvalSpec, Recipe
     from .refs import Ingredient, IngredientRef
@@ -41,6 +44,8 @@ __all__ = [
     "__version__",
     "soup_from_hub",
     "check_compatibility",
+    "find_ingredients",
+    "CandidateSet",
     "Soup",
     "Ingredient",
     "IngredientRef",

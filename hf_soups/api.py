@@ -50,6 +50,7 @@ RefLike = str | os.PathLike | IngredientRef
 
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
                  endpoint: str | None, cache_dir: str | None) -> list[Ingredient]:
+    refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
     if not refs:
@@ -280,9 +281,10 @@ def soup_from_hub(
     and written atomically as sharded safetensors with config, tokenizer files and a model card.
 
     Args:
-        refs (`Sequence[str]`):
+        refs (`Sequence[str]` or [`CandidateSet`]):
             Repo ids (`"user/ft-1"`, `"user/ft-2@v1"`) or local checkpoint directories, all fine-tuned from one base;
-            or any object with a `.refs` sequence of such strings (e.g. a discovery result).
+            or any object with a `.refs` sequence of such strings, e.g. the result of [`find_ingredients`] (the
+            card then records how they were found).
         method (`str`, *optional*, defaults to `"uniform"`):
             A registered method (`hf_soups.recipes.METHODS`): `"uniform"` (mean), `"weighted"` (`weights`,
             normalised to sum to 1), `"greedy"` or `"learned"` (both need held-out data).
@@ -354,6 +356,7 @@ def soup_from_hub(
     spec, options = resolve_options(eval_spec=eval_spec, merge_options=merge_options, eval_dataset=eval_dataset,
                                     text_column=text_column, label_column=label_column, metric=metric,
                                     deprecated=deprecated, parameters=_SOUP_PARAMETERS)
+    discovery = getattr(refs, "discovery", None)  # how a CandidateSet was found, recorded in the card
     refs = getattr(refs, "refs", refs)  # a discovery result (CandidateSet) passes through as its pinned refs
     # every argument is validated before anything is read or downloaded
     if weights is not None:
@@ -434,7 +437,8 @@ def soup_from_hub(
         )
         soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model,
-                    metric=spec.metric_name, trust_remote_code=trust_remote_code)
+                    metric=spec.metric_name, trust_remote_code=trust_remote_code,
+                    discovery=discovery)
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes

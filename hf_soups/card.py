@@ -57,6 +57,7 @@ def build_card(
     metric: str = "accuracy",
     repo_id: str | None = None,
     plot_file: str | None = None,
+    discovery: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render a soup's model card.
 
@@ -71,6 +72,7 @@ def build_card(
         metric (`str`, *optional*, defaults to `"accuracy"`): the metric name in `results`.
         repo_id (`str`, *optional*): the soup's repo id, for the loading snippet.
         plot_file (`str`, *optional*): a figure in the repo to embed.
+        discovery (`Mapping`, *optional*): how the ingredients were found on the Hub (`CandidateSet.discovery`).
 
     Returns:
         `ModelCard`: front matter with `base_model`, `base_model_relation: merge`, tags, pipeline tag and
@@ -117,6 +119,8 @@ def build_card(
     for k, ing in enumerate(ingredients, 1):
         lines.append(f"| {k} | {ing.repo_id or ing.ref} | `{ing.revision or 'local'}` | "
                      f"{_fmt(ing.weight)} | {_fmt(ing.score)} |")
+    if discovery:
+        lines += _discovery_lines(discovery)
     if trace:
         lines += ["", "## Greedy trace", "", "| step | candidate | soup score | decision | soup size |",
                   "|---|---|---|---|---|"]
@@ -154,6 +158,19 @@ def build_card(
         lines.append(f'pipe = pipeline("{pipeline_tag}", model="{repo_id or "path/to/soup"}")')
     lines += ["```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
+    query = ", ".join(f"{k}=`{v}`" for k, v in (discovery.get("query") or {}).items())
+    lines = ["", "## How the ingredients were found", "",
+             f"Found on the Hub on {discovery.get('date')} with `{discovery.get('command')}` ({query}): "
+             f"{discovery.get('found')} compatible fine-tunes, pinned to the revisions above."]
+    rejected = discovery.get("rejected") or []
+    if rejected:
+        lines += ["", "| rejected | revision | reason |", "|---|---|---|"]
+        lines += [f"| {r['repo']} | `{r.get('sha') or '-'}` | {str(r.get('reason') or '').replace('|', '/')} |"
+                  for r in rejected]
+    return lines
 
 
 def recipe_from_card(card: ModelCard) -> Recipe:

@@ -34,6 +34,7 @@ class Soup:
         scores (`dict[str, float]`): each ingredient's held-out score (greedy and learned soups).
         results (`dict[str, dict[str, float]]`): `{eval set: {method: score}}` from [`Soup.evaluate`].
         base_model (`str`, *optional*): the shared pretrained checkpoint, when known.
+        discovery (`dict`, *optional*): how the ingredients were found ([`CandidateSet.discovery`]), for the card.
     """
 
     output_dir: str
@@ -48,6 +49,7 @@ class Soup:
     metric: str = "accuracy"
     trust_remote_code: bool = False
     plot_file: str | None = None
+    discovery: dict[str, Any] | None = None
     _model: Any = field(default=None, repr=False)
     _evaluator: Any = field(default=None, repr=False)
 
@@ -74,7 +76,7 @@ class Soup:
         return build_card(
             method=self.method, ingredients=self.ingredients, config=self.config, recipe=self.recipe,
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
-            repo_id=repo_id, plot_file=self.plot_file,
+            repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery,
         )
 
     @property

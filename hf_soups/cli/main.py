@@ -1,8 +1,9 @@
 """The `hf-soups` command line: a thin front over the Python API.
 
 Exit codes:
-    0  success (for `check`: the ingredients are compatible)
-    1  `check`: the ingredients are incompatible; other commands: the verdict was negative
+    0  success (for `check`: the ingredients are compatible; for `find`: at least two compatible fine-tunes found)
+    1  `check`: the ingredients are incompatible; `find`: fewer than two compatible fine-tunes found; other commands:
+       the verdict was negative
     2  usage error (bad flags or argument values)
     3  a repo, revision, directory or file was not found
     4  authentication needed or refused (pass --token or run `hf auth login`)
@@ -77,13 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="print the compatibility verdict (exit 0 if compatible, 1 if not)",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="example:\n  hf-soups check user/ft-1 user/ft-2@v2 ./local-ft-3\n")
-    check.add_argument("refs", nargs="+", metavar="REF", help="repo id, repo@revision, or local checkpoint directory")
+    check.add_argument("refs", nargs="+", metavar="REF",
+                       help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_common(check)
 
     soup = sub.add_parser("soup", help="make a soup from two or more fine-tunes",
                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_SOUP)
-    soup.add_argument("refs", nargs="+", metavar="REF", help="repo id, repo@revision, or local checkpoint directory")
+    soup.add_argument("refs", nargs="+", metavar="REF",
+                      help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
     soup.add_argument("--method", choices=list(method_names()), default="uniform",
                       help="; ".join(f"{m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
                                      for m in METHODS.values()).replace("%", "%%"))
@@ -109,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
     soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
     _add_common(soup)
+
+    find = sub.add_parser("find", help="find fine-tunes of a base model (or a collection) on the Hub and check them "
+                          "(exit 0 if at least two are compatible, 1 if not)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  hf-soups find --base org/base --author me --write-refs refs.txt\n"
+                                 "  hf-soups soup @refs.txt --method greedy --eval-dataset val.csv --output soup/\n"
+                                 "  hf-soups find --collection user/my-sweep-64f9a55bb3115b4f513ec026 --json\n")
+    find.add_argument("--base", dest="base_model", default=None, metavar="REPO",
+                      help="the base model the fine-tunes declare in their card (base_model: REPO)")
+    find.add_argument("--author", default=None, help="only repos of this user or organisation")
+    find.add_argument("--task", default=None, help="only this pipeline tag, e.g. text-classification")
+    find.add_argument("--search", default=None, help="only repo ids containing this string")
+    find.add_argument("--collection", default=None, metavar="SLUG", help="check the models of this collection")
+    find.add_argument("--limit", type=int, default=None, help="list at most N candidates")
+    find.add_argument("--write-refs", default=None, metavar="FILE",
+                      help="write the compatible refs, pinned to their sha, for `hf-soups soup @FILE`")
+    find.add_argument("--json", action="store_true", help="print the result as JSON")
+    find.add_argument("--align-labels", action="store_true", help="accept id2label permutations")
+    find.add_argument("--max-workers", type=int, default=8, help="repos checked at the same time (default: 8)")
+    find.add_argument("--token", default=None, help="Hub token for private or gated repos; never printed")
+    find.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    find.set_defaults(find_parser=find)
 
     push = sub.add_parser("push", help="upload a soup directory to the Hub in one commit",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -145,6 +170,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
                                  allow_pickle=args.allow_pickle)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     return 0 if report.compatible else 1
+
+
+def _cmd_find(args: argparse.Namespace) -> int:
+    from ..hub.discovery import find_ingredients
+
+    if not any((args.base_model, args.author, args.task, args.search, args.collection)):
+        args.find_parser.error("say what to look for: --base, --collection, --author, --task or --search.")
+    found = find_ingredients(args.base_model, author=args.author, task=args.task, search=args.search,
+                             collection=args.collection, limit=args.limit, align_labels=args.align_labels,
+                             token=args.token, max_workers=args.max_workers)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else found.to_table())
+    if args.write_refs:
+        found.write_refs(args.write_refs)
+        print(f"Wrote {len(found.refs)} refs to {args.write_refs}", file=sys.stderr)
+    return 0 if len(found.ingredients) >= 2 else 1
+
+
+def _expand_ref_files(refs: Sequence[str]) -> list[str]:
+    """`@FILE` stands for the refs listed in FILE (one per line, `#` comments), as `find --write-refs` writes."""
+    if not any(r.startswith("@") for r in refs):
+        return list(refs)
+    from ..hub.discovery import read_refs
+
+    return [x for r in refs for x in (read_refs(r[1:]) if r.startswith("@") else [r])]
 
 
 def _print_soup(soup: Any) -> None:
@@ -208,7 +257,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "push": _cmd_push, "recipe": _cmd_recipe}
+_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "refs", None):
+            args.refs = _expand_ref_files(args.refs)
         return _COMMANDS[args.command](args)
     except errors.SoupError as e:
         if args.debug:

@@ -1,8 +1,11 @@
 """A small Hub-compatible HTTP server for loopback use: tests, demos and offline pipelines.
 
 It implements the part of the Hub API that `huggingface_hub`'s real client uses to create repos, upload (regular
-and LFS files, single commits), tag, resolve revisions, list trees and download with HTTP ranges. Point the client at
-it with `HF_ENDPOINT` (or `endpoint=`) and set `HF_HUB_DISABLE_XET=1`.
+and LFS files, single commits), tag, resolve revisions, list trees and download with HTTP ranges; list models
+(`list_models`: `filter`, `author`, `search`, `pipeline_tag`, `sort`, `limit`, `expand`/`full`, cursor pages in a
+`Link: <...>; rel="next"` header, with tags derived from each repo's card as the Hub does); gate repos
+(`update_repo_settings`); and collections (`create_collection`, `add_collection_item`, `get_collection`). Point the
+client at it with `HF_ENDPOINT` (or `endpoint=`) and set `HF_HUB_DISABLE_XET=1`.
 
 Example:
     ```python
@@ -30,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 __all__ = ["LoopbackHub"]
 
@@ -64,6 +67,20 @@ class _Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, _Commit] = field(default_factory=dict)
+    gated: str | bool = False  # False, "auto" or "manual"
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Collection:
+    slug: str
+    title: str
+    namespace: str
+    private: bool
+    description: str | None
+    object_id: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+    updated: float = field(default_factory=time.time)
 
 
 class _HubError(Exception):
@@ -81,6 +98,8 @@ class LoopbackHub:
             Token -> user name. Write operations need a token; private repos need one to be read.
         port (`int`, *optional*, defaults to `0`):
             Port to bind on 127.0.0.1; 0 picks a free one.
+        page_size (`int`, *optional*, defaults to `1000`):
+            Models per page of `GET /api/models` when no smaller `limit` is asked (the Hub's own default is 1000).
 
     Attributes:
         url (`str`): the endpoint, e.g. `http://127.0.0.1:54321`.
@@ -91,9 +110,11 @@ class LoopbackHub:
         drop_ranges (`int`): for the next N ranged file GETs, send the headers and half the body, then close the
             connection (a connection lost mid-body).
         stall_ranges (`int`): delay the next N ranged file GETs by `stall_seconds` before answering (timeouts).
+        max_in_flight (`int`): the most requests served at the same time since the last [`reset_counters`].
     """
 
-    def __init__(self, root: str | None = None, tokens: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(self, root: str | None = None, tokens: dict[str, str] | None = None, port: int = 0,
+                 page_size: int = 1000) -> None:
         self._own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="hf-soups-hub-")
         os.makedirs(os.path.join(self.root, "blobs"), exist_ok=True)
@@ -106,6 +127,11 @@ class LoopbackHub:
         self.drop_ranges = 0
         self.stall_ranges = 0
         self.stall_seconds = 2.0
+        self.page_size = page_size
+        self.collections: dict[str, _Collection] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._card_cache: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
@@ -134,6 +160,7 @@ class LoopbackHub:
         with self.lock:
             self.bytes_served.clear()
             self.requests.clear()
+            self.max_in_flight = self.in_flight
 
     # -- storage ----------------------------------------------------------------------------------------------
     def _blob_path(self, sha256: str) -> str:
@@ -171,6 +198,24 @@ class LoopbackHub:
         if sha is None:
             raise _HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo.commits[sha]
+
+    def _read_small(self, f: _File | None, limit: int = 1_000_000) -> bytes | None:
+        if f is None or f.size > limit:
+            return None
+        with open(self._blob_path(f.sha256), "rb") as fh:
+            return fh.read()
+
+    def _card(self, repo: _Repo) -> dict[str, Any]:
+        """What the Hub derives from a repo's main head: card metadata, config, tags, pipeline tag (cached per commit)."""
+        commit = repo.commits[repo.branches["main"]] if "main" in repo.branches else None
+        if commit is None:
+            return {"cardData": None, "config": None, "tags": [], "pipeline_tag": None, "library_name": None}
+        cached = self._card_cache.get(commit.sha)
+        if cached is None:
+            cached = self._card_cache[commit.sha] = _derive_card(
+                self._read_small(commit.files.get("README.md")), self._read_small(commit.files.get("config.json")),
+                list(commit.files))
+        return cached
 
     def _new_commit(self, repo: _Repo, branch: str, files: dict[str, _File], parent: str | None, message: str) -> _Commit:
         payload = json.dumps({"p": parent, "m": message, "t": time.time_ns(),
@@ -235,14 +280,20 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             self._send(err.status, {"error": err.message, **err.extra}, headers, head=head)
 
         def _dispatch(self, method: str) -> None:
+            with hub.lock:
+                hub.in_flight += 1
+                hub.max_in_flight = max(hub.max_in_flight, hub.in_flight)
             try:
-                if method in ("POST", "PUT"):
+                if method in ("POST", "PUT", "PATCH", "DELETE"):
                     self._request_body = self._body()
                 self._route(method)
             except _HubError as e:
                 self._error(e, head=method == "HEAD")
             except Exception as e:  # pragma: no cover - surfaced to the client as a 500
                 self._error(_HubError(500, f"{type(e).__name__}: {e}"), head=method == "HEAD")
+            finally:
+                with hub.lock:
+                    hub.in_flight -= 1
 
         def do_GET(self) -> None:
             self._dispatch("GET")
@@ -274,6 +325,10 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 return self._create_repo(user)
             if path.startswith("/__lfs/") and method == "PUT":
                 return self._lfs_put(path[len("/__lfs/"):])
+            if path == "/api/models" and method == "GET":
+                return self._list_models(user, query)
+            if path.startswith("/api/collections"):
+                return self._collections(method, path[len("/api/collections"):].strip("/"), user)
             m = re.match(r"^/api/(models|datasets|spaces)/(.+)$", raw_path)
             if m:
                 return self._api(method, m.group(1)[:-1], m.group(2), user, query)
@@ -293,7 +348,7 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             repo_id = unquote("/".join(segs[:2]))
             action = segs[2] if len(segs) > 2 else ""
             arg = unquote("/".join(segs[3:])) if len(segs) > 3 else ""
-            write = action in ("preupload", "commit", "tag", "branch")
+            write = action in ("preupload", "commit", "tag", "branch", "settings")
             with hub.lock:
                 repo = hub._repo(repo_type, repo_id, user, write=write)
             if method == "GET" and action in ("", "revision"):
@@ -316,6 +371,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 return self._tag(repo, arg or "main")
             if method == "POST" and action == "branch":
                 return self._branch(repo, arg)
+            if method == "PUT" and action == "settings":
+                return self._settings(repo)
             raise _HubError(404, f"no route for {method} /api/{repo_type}s/{rest}")
 
         # -- repo API ---------------------------------------------------------------------------------------
@@ -349,8 +406,9 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             files = sorted(commit.files.items())
             self._send(200, {
                 "_id": repo.repo_id, "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
-                "sha": commit.sha, "private": repo.private, "disabled": False, "gated": False, "downloads": 0,
-                "likes": 0, "tags": [], "library_name": "transformers",
+                "sha": commit.sha, "private": repo.private, "disabled": False, "gated": repo.gated, "downloads": 0,
+                "likes": 0, "tags": hub._card(repo)["tags"], "library_name": hub._card(repo)["library_name"],
+                "pipeline_tag": hub._card(repo)["pipeline_tag"], "cardData": hub._card(repo)["cardData"],
                 "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date)),
                 "siblings": [self._sibling(p, f) for p, f in files],
             })
@@ -474,12 +532,162 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 repo.branches[branch] = start.sha
             self._send(200, {})
 
+        def _settings(self, repo: _Repo) -> None:
+            body = json.loads(self._request_body or b"{}")
+            with hub.lock:
+                if "gated" in body:
+                    if body["gated"] not in ("auto", "manual", False):
+                        raise _HubError(400, "gated must be 'auto', 'manual' or false")
+                    repo.gated = body["gated"]
+                if "visibility" in body or "private" in body:
+                    repo.private = body.get("visibility") == "private" if "visibility" in body else bool(body["private"])
+            self._send(200, {})
+
+        # -- listing ----------------------------------------------------------------------------------------
+        def _model_entry(self, repo: _Repo, fields: set[str] | None) -> dict[str, Any]:
+            """One model as `GET /api/models` returns it: the default fields, or `_id`, `id` and the expanded ones."""
+            card = hub._card(repo)
+            commit = repo.commits[repo.branches["main"]]
+            every = {
+                "_id": _object_id(repo.repo_id), "id": repo.repo_id, "modelId": repo.repo_id,
+                "author": repo.repo_id.split("/")[0], "sha": commit.sha, "private": repo.private,
+                "gated": repo.gated, "disabled": False, "downloads": 0, "likes": 0, "trendingScore": 0,
+                "tags": card["tags"], "pipeline_tag": card["pipeline_tag"], "library_name": card["library_name"],
+                "createdAt": _iso(repo.created), "lastModified": _iso(commit.date), "cardData": card["cardData"],
+                "config": card["config"], "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+            }
+            if fields is None:  # the Hub's default listing
+                fields = {"likes", "trendingScore", "private", "downloads", "tags", "pipeline_tag", "library_name",
+                          "createdAt", "modelId"}
+            keep = {"_id", "id"} | fields
+            return {k: v for k, v in every.items() if k in keep and (v is not None or k in fields)}
+
+        def _list_models(self, user: str | None, query: dict[str, list[str]]) -> None:
+            one = {k: v[-1] for k, v in query.items()}
+            filters = query.get("filter", [])
+            expand = query.get("expand", []) + query.get("expand[]", [])
+            unknown = [e for e in expand if e not in _EXPANDABLE]
+            if unknown:
+                raise _HubError(400, f"Invalid expand value(s): {unknown}")
+            fields: set[str] | None = set(expand) if expand else None
+            if one.get("full", "").lower() == "true":
+                fields = (fields or set()) | {"author", "sha", "lastModified", "private", "gated", "disabled",
+                                              "siblings", "tags", "pipeline_tag", "library_name", "createdAt",
+                                              "downloads", "likes", "modelId", "trendingScore"}
+            for flag, name in (("cardData", "cardData"), ("config", "config")):
+                if one.get(flag, "").lower() == "true":
+                    base = fields if fields is not None else {"likes", "trendingScore", "private", "downloads",
+                                                              "tags", "pipeline_tag", "library_name", "createdAt",
+                                                              "modelId"}
+                    fields = base | {name}
+            search = one.get("search", "").lower()
+            with hub.lock:
+                repos = [r for (t, _), r in hub.repos.items() if t == "model" and "main" in r.branches
+                         and (not r.private or r.repo_id.split("/")[0] == user)]
+                rows = []
+                for repo in repos:
+                    card = hub._card(repo)
+                    if "author" in one and repo.repo_id.split("/")[0] != one["author"]:
+                        continue
+                    if search and search not in repo.repo_id.lower():
+                        continue
+                    if "pipeline_tag" in one and card["pipeline_tag"] != one["pipeline_tag"]:
+                        continue
+                    if any(f not in card["tags"] for f in filters):
+                        continue
+                    rows.append(repo)
+                sort = one.get("sort")
+                if sort in ("lastModified", "createdAt", "id"):
+                    key = {"lastModified": lambda r: r.commits[r.branches["main"]].date,
+                           "createdAt": lambda r: r.created, "id": lambda r: r.repo_id}[sort]
+                    rows.sort(key=key, reverse=one.get("direction", "-1") == "-1")
+                elif sort not in (None, "downloads", "likes", "trendingScore"):
+                    raise _HubError(400, f"Invalid sort: {sort}")
+                try:
+                    offset = int(json.loads(base64.urlsafe_b64decode(one["cursor"]))["offset"]) if "cursor" in one else 0
+                except (ValueError, KeyError, TypeError):
+                    raise _HubError(400, "Invalid cursor") from None
+                size = min(int(one["limit"]), hub.page_size) if one.get("limit") else hub.page_size
+                page = [self._model_entry(r, fields) for r in rows[offset:offset + size]]
+            headers = {}
+            if offset + size < len(rows):
+                cursor = base64.urlsafe_b64encode(json.dumps({"offset": offset + size}).encode()).decode()
+                params = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs] + [("cursor", cursor)]
+                headers["Link"] = f'<{hub.url}/api/models?{urlencode(params)}>; rel="next"'
+            self._send(200, page, headers)
+
+        # -- collections ------------------------------------------------------------------------------------
+        def _collection_json(self, c: _Collection, user: str | None) -> dict[str, Any]:
+            items = []
+            for item in c.items:
+                repo = hub.repos.get(("model", item["id"])) if item["type"] == "model" else None
+                if repo is not None and repo.private and repo.repo_id.split("/")[0] != user:
+                    continue
+                entry = dict(item)
+                if repo is not None and "main" in repo.branches:
+                    card = hub._card(repo)
+                    entry.update({"author": repo.repo_id.split("/")[0], "downloads": 0, "likes": 0,
+                                  "gated": repo.gated, "private": repo.private, "isLikedByUser": False,
+                                  "lastModified": _iso(repo.commits[repo.branches["main"]].date),
+                                  "pipeline_tag": card["pipeline_tag"], "repoType": "model"})
+                items.append(entry)
+            return {"slug": c.slug, "title": c.title, "description": c.description, "gating": False,
+                    "owner": {"_id": _object_id(c.namespace), "name": c.namespace, "fullname": c.namespace,
+                              "type": "user", "avatarUrl": "", "isPro": False},
+                    "items": items, "lastUpdated": _iso(c.updated), "position": 0, "private": c.private,
+                    "theme": "default", "upvotes": 0, "isUpvotedByUser": False}
+
+        def _collections(self, method: str, rest: str, user: str | None) -> None:
+            if method == "POST" and not rest:  # create
+                if user is None:
+                    raise _HubError(401, "Invalid credentials in Authorization header")
+                body = json.loads(self._request_body or b"{}")
+                namespace = body.get("namespace") or user
+                if namespace != user:
+                    raise _HubError(403, f"You don't have the rights to create a collection in {namespace}")
+                with hub.lock:
+                    for c in hub.collections.values():
+                        if c.namespace == namespace and c.title == body["title"]:
+                            raise _HubError(409, "A collection with this title already exists", extra={"slug": c.slug})
+                    oid = _object_id(f"collection:{namespace}/{body['title']}")
+                    slug = f"{namespace}/{re.sub(r'[^a-z0-9]+', '-', body['title'].lower()).strip('-')}-{oid}"
+                    c = hub.collections[slug] = _Collection(slug, body["title"], namespace, bool(body.get("private")),
+                                                            body.get("description"), oid)
+                    return self._send(200, self._collection_json(c, user))
+            m = re.match(r"^([^/]+/[^/]+?)(/items)?$", rest)
+            with hub.lock:
+                c = hub.collections.get(m.group(1)) if m else None
+                if c is None or (c.private and user != c.namespace):
+                    raise _HubError(404, "Collection not found")
+                if method == "GET" and not m.group(2):
+                    return self._send(200, self._collection_json(c, user))
+                if method == "POST" and m.group(2):
+                    if user != c.namespace:
+                        raise _HubError(401 if user is None else 403, "You don't have the rights to edit this collection")
+                    body = json.loads(self._request_body or b"{}")
+                    item_id, item_type = body["item"]["id"], body["item"]["type"]
+                    if item_type in ("model", "dataset", "space"):
+                        hub._repo(item_type, item_id, user)
+                    if any(i["id"] == item_id and i["type"] == item_type for i in c.items):
+                        raise _HubError(409, "Item already in the collection")
+                    entry: dict[str, Any] = {"_id": _object_id(f"{c.slug}:{item_type}:{item_id}"), "id": item_id,
+                                             "type": item_type, "position": len(c.items)}
+                    if body.get("note"):
+                        entry["note"] = {"html": body["note"], "text": body["note"]}
+                    c.items.append(entry)
+                    c.updated = time.time()
+                    return self._send(200, self._collection_json(c, user))
+            raise _HubError(404, f"no route for {method} /api/collections/{rest}")
+
         # -- downloads --------------------------------------------------------------------------------------
         def _resolve_file(self, method: str, repo_type: str, repo_id: str, revision: str, path: str,
                           user: str | None) -> None:
             with hub.lock:
                 repo = hub._repo(repo_type, repo_id, user)
                 commit = hub._resolve(repo, revision)
+            if repo.gated and user != repo_id.split("/")[0]:
+                raise _HubError(401 if user is None else 403, f"Access to model {repo_id} is restricted. You must "
+                                "have access to it and be authenticated to access it. Please log in.", "GatedRepo")
             f = commit.files.get(path)
             if f is None:
                 raise _HubError(404, f"Entry not found: {path}", "EntryNotFound",)
@@ -555,6 +763,79 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             return False
 
     return Handler
+
+
+_EXPANDABLE = {"author", "baseModels", "cardData", "config", "createdAt", "disabled", "downloads", "gated",
+               "lastModified", "library_name", "likes", "pipeline_tag", "private", "sha", "siblings", "tags",
+               "trendingScore"}
+_PIPELINES = (("ForSequenceClassification", "text-classification"), ("ForImageClassification", "image-classification"),
+              ("ForTokenClassification", "token-classification"), ("ForQuestionAnswering", "question-answering"),
+              ("ForCausalLM", "text-generation"), ("ForMaskedLM", "fill-mask"))
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
+
+
+def _object_id(key: str) -> str:
+    """A stable 24-hex id, shaped like the Hub's MongoDB object ids."""
+    return hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _derive_card(readme: bytes | None, config: bytes | None, files: list[str]) -> dict[str, Any]:
+    """Card metadata, config summary, pipeline tag and tags, derived from a repo's files as the Hub does.
+
+    `base_model: org/base` in the card gives the tags `base_model:org/base` and `base_model:<relation>:org/base`; the
+    relation is the card's `base_model_relation`, else inferred from the files: `adapter` (adapter_config.json),
+    `quantized` (GGUF), `merge` (several base models), otherwise `finetune`.
+    """
+    import yaml
+
+    card: dict[str, Any] = {}
+    text = (readme or b"").decode("utf-8", "replace")
+    m = re.match(r"^\s*---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
+    if m:
+        try:
+            loaded = yaml.safe_load(m.group(1))
+            card = loaded if isinstance(loaded, dict) else {}
+        except yaml.YAMLError:
+            card = {}
+    cfg: dict[str, Any] = {}
+    try:
+        loaded = json.loads(config) if config else {}
+        cfg = loaded if isinstance(loaded, dict) else {}
+    except ValueError:
+        pass
+    pipeline = card.get("pipeline_tag")
+    if pipeline is None:
+        for arch in cfg.get("architectures") or []:
+            pipeline = next((tag for suffix, tag in _PIPELINES if str(arch).endswith(suffix)), None)
+            if pipeline:
+                break
+    library = card.get("library_name") or ("transformers" if config is not None else None)
+    tags: list[str] = []
+    for t in [library, "safetensors" if any(f.endswith(".safetensors") for f in files) else None,
+              cfg.get("model_type"), pipeline, *_as_list(card.get("tags"))]:
+        if t and t not in tags:
+            tags.append(str(t))
+    bases = _as_list(card.get("base_model"))
+    relation = card.get("base_model_relation") or (
+        "adapter" if "adapter_config.json" in files else "quantized" if any(f.endswith(".gguf") for f in files)
+        else "merge" if len(bases) > 1 else "finetune")
+    for base in bases:
+        tags += [f"base_model:{base}", f"base_model:{relation}:{base}"]
+    tags += [f"dataset:{d}" for d in _as_list(card.get("datasets"))]
+    tags += [f"license:{x}" for x in _as_list(card.get("license"))]
+    tags += _as_list(card.get("language")) + ["region:us"]
+    summary = {k: cfg[k] for k in ("architectures", "model_type") if k in cfg} if config is not None else None
+    return {"cardData": card or None, "config": summary, "tags": tags, "pipeline_tag": pipeline,
+            "library_name": library}
 
 
 def main() -> None:  # pragma: no cover - manual use

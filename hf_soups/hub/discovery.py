@@ -1,0 +1,467 @@
+"""Hub discovery: find the fine-tunes that share a base model (the Hub's model tree) or a collection, and check them.
+
+`find_ingredients` lists candidate repos with huggingface_hub (`HfApi.list_models` on the model-tree tags
+`base_model:<id>` / `base_model:finetune:<id>`, or `HfApi.get_collection`), pins each to a commit sha, reads only
+its small files and safetensors headers (no weight download), and runs the compatibility verdict over the group.
+The result, a [`CandidateSet`], holds the compatible ingredients, every rejected repo with its reason, and the query
+with its date, so that a soup can record how its ingredients were found.
+
+Which repo is "the odd one out" is decided by majority: candidates are clustered by a structural signature
+(`model_type`, `architectures`, tensor names and shapes, label map, declared `base_model`); the first member (in repo
+id order) of the largest cluster is the reference, ties going to the cluster met first in repo id order. Every other
+candidate is compared with it by [`compat.compare`] (tokenizer identity included) and rejected with the verdict's
+own message when it differs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from huggingface_hub import HfApi
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import tqdm
+
+from .. import constants
+from ..compat import CompatibilityReport, IngredientMeta, Problem, compare, normalize_id2label
+from ..errors import IngredientNotFoundError, SoupError
+from ..refs import Ingredient, IngredientRef
+from ._errors import hub_errors
+from .client import fetch_meta, resolve
+
+__all__ = ["find_ingredients", "CandidateSet", "Candidate", "DiscoveryQuery", "read_refs"]
+
+_RELATION_REASONS = {
+    "adapter": ("a PEFT adapter of '{base}', not a full fine-tune.",
+                "merge it into the base first (peft's `merge_and_unload()`), push that, and soup the merged model."),
+    "quantized": ("a quantized copy of '{base}'; a soup averages full-precision fine-tunes.",
+                  "soup the full-precision fine-tunes it was made from."),
+    "merge": ("a merge of several models (base_model_relation: merge), not a fine-tune.",
+              "pass it to `soup_from_hub` explicitly if you do mean to soup a merge."),
+}
+
+
+@dataclass(frozen=True)
+class DiscoveryQuery:
+    """What was asked, and when: recorded in the soup's card.
+
+    Attributes:
+        base_model, author, task, search, collection (`str`, *optional*): the criteria given.
+        limit (`int`, *optional*): the most candidates listed.
+        date (`str`): when the Hub was asked, ISO 8601 UTC (`2026-11-26T06:00:00Z`).
+    """
+
+    base_model: str | None = None
+    author: str | None = None
+    task: str | None = None
+    search: str | None = None
+    collection: str | None = None
+    limit: int | None = None
+    date: str = ""
+
+    def criteria(self) -> dict[str, Any]:
+        """The criteria given, without the date."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "date"}
+
+    def command(self) -> str:
+        """The equivalent `hf-soups find` command line."""
+        flags = {"base_model": "--base", "author": "--author", "task": "--task", "search": "--search",
+                 "collection": "--collection", "limit": "--limit"}
+        return "hf-soups find " + " ".join(f"{flags[k]} {v}" for k, v in self.criteria().items())
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.criteria().items()) + f" ({self.date})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One repo found by [`find_ingredients`].
+
+    Attributes:
+        repo_id (`str`): the Hub repo id.
+        sha (`str`, *optional*): the commit it was pinned to (`None` when it could not even be resolved).
+        verdict (`"compatible"` or `"rejected"`).
+        reason (`str`, *optional*): why it was rejected.
+        fix (`str`, *optional*): what would make it usable.
+    """
+
+    repo_id: str
+    sha: str | None
+    verdict: Literal["compatible", "rejected"] = "compatible"
+    reason: str | None = None
+    fix: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """`repo_id@sha`: the pinned reference `soup_from_hub` takes."""
+        return f"{self.repo_id}@{self.sha}" if self.sha else self.repo_id
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """The result of [`find_ingredients`]: compatible ingredients, rejected repos with reasons, and the query.
+
+    Pass it to [`soup_from_hub`] as the refs: the soup is made from `.refs` (pinned to the shas checked here) and its
+    card records the query and its date.
+
+    Attributes:
+        ingredients (`tuple[Candidate, ...]`): the compatible fine-tunes, in repo id order.
+        rejected (`tuple[Candidate, ...]`): every other candidate with its reason, in repo id order.
+        query ([`DiscoveryQuery`]): what was asked, with the date.
+        report ([`CompatibilityReport`]): the verdict over `ingredients`, with its warnings.
+    """
+
+    ingredients: tuple[Candidate, ...]
+    rejected: tuple[Candidate, ...]
+    query: DiscoveryQuery
+    report: CompatibilityReport = field(default_factory=lambda: CompatibilityReport([]), compare=False, repr=False)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """The compatible ingredients as pinned `"repo@sha"` strings."""
+        return tuple(c.ref for c in self.ingredients)
+
+    def __len__(self) -> int:
+        return len(self.ingredients)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.refs)
+
+    @property
+    def discovery(self) -> dict[str, Any]:
+        """What a soup's card records about how its ingredients were found."""
+        return {
+            "query": self.query.criteria(), "date": self.query.date, "command": self.query.command(),
+            "found": len(self.ingredients),
+            "rejected": [{"repo": c.repo_id, "sha": c.sha, "reason": c.reason} for c in self.rejected],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": {**self.query.criteria(), "date": self.query.date},
+                "ingredients": [asdict(c) for c in self.ingredients], "rejected": [asdict(c) for c in self.rejected],
+                "refs": list(self.refs), "warnings": [p.__dict__ for p in self.report.warnings]}
+
+    def to_table(self) -> str:
+        """A plain-text table (repo, sha, verdict, reason), compatible ingredients first."""
+        rows = [("repo", "sha", "verdict", "reason")]
+        rows += [(c.repo_id, (c.sha or "-")[:12], c.verdict, c.reason or "") for c in self.ingredients + self.rejected]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"Found {len(self.ingredients)} compatible of {len(self.ingredients) + len(self.rejected)} "
+                 f"candidates ({self.query})"]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def write_refs(self, path: str | os.PathLike[str]) -> str:
+        """Write the pinned refs, one per line, under a `#` header recording the query; atomically.
+
+        `hf-soups soup @PATH` and [`read_refs`] read it back.
+        """
+        text = (f"# {self.query.command()}\n# {self.query.date}: {len(self.ingredients)} compatible, "
+                f"{len(self.rejected)} rejected\n" + "".join(f"{r}\n" for r in self.refs))
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
+
+def read_refs(path: str | os.PathLike[str]) -> list[str]:
+    """Read refs from a file: one per line; blank lines and `#` comments are ignored.
+
+    Raises:
+        [`IngredientNotFoundError`]: the file does not exist.
+        [`SoupError`]: it holds no ref.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise IngredientNotFoundError("the refs file does not exist.", file=path,
+                                      fix="write one with `hf-soups find ... --write-refs FILE`.") from None
+    refs = [line.split("#", 1)[0].strip() for line in lines]
+    refs = [r for r in refs if r]
+    if not refs:
+        raise SoupError("the refs file lists no ingredient.", file=path, fix="put one repo id (or repo@sha) per line.")
+    return refs
+
+
+@dataclass
+class _Listed:
+    repo_id: str
+    sha: str | None = None
+    tags: tuple[str, ...] | None = None  # None: unknown (collections carry no tags)
+
+
+@dataclass
+class _Checked:
+    listed: _Listed
+    ingredient: Ingredient | None = None
+    meta: IngredientMeta | None = None
+    reason: str | None = None
+    fix: str | None = None
+
+
+def find_ingredients(
+    base_model: str | None = None,
+    *,
+    author: str | None = None,
+    task: str | None = None,
+    search: str | None = None,
+    collection: str | None = None,
+    limit: int | None = None,
+    align_labels: bool = False,
+    arch_check: bool = True,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    max_workers: int = 8,
+) -> CandidateSet:
+    """Find fine-tunes of one base model on the Hub (or in a collection) and keep those that can be souped together.
+
+    Candidates come from the Hub's model tree (`HfApi.list_models(filter="base_model:<base_model>")`, narrowed by
+    `author`, `task` and `search`) or from a collection. Each is pinned to a commit sha; its `config.json`, card and
+    safetensors headers are read (never its weights), `max_workers` repos at a time; then the compatibility verdict
+    runs over the group. The majority decides which repos are the odd ones out (see the module docstring).
+
+    Rejected, each with its reason: adapters, quantized copies and merges of the base; repos that do not declare
+    `base_model` (collections); repos without safetensors weights; gated or private repos without a token; another
+    architecture, other tensor shapes, `num_labels` or label order (unless `align_labels=True`), another tokenizer,
+    or a checkpoint that does not match its own config.
+
+    Args:
+        base_model (`str`, *optional*):
+            The pretrained checkpoint the fine-tunes declare in their card (`base_model: org/base`).
+        author (`str`, *optional*):
+            Only repos of this user or organisation.
+        task (`str`, *optional*):
+            Only this pipeline tag, e.g. `"text-classification"`.
+        search (`str`, *optional*):
+            Only repo ids containing this string.
+        collection (`str`, *optional*):
+            A collection slug (`"user/my-sweep-64f9a55bb3115b4f513ec026"`): its models are the candidates.
+        limit (`int`, *optional*):
+            The most candidates to list (in the Hub's listing order, or the collection's).
+        align_labels (`bool`, *optional*, defaults to `False`):
+            Accept fine-tunes whose `id2label` is a permutation of the majority's (the soup then needs
+            `align_labels=True` too).
+        arch_check (`bool`, *optional*, defaults to `True`):
+            Check each distinct config's model, built on the meta device, against the headers.
+        token (`str` or `bool`, *optional*):
+            Hub token, for private and gated repos.
+        endpoint, cache_dir (`str`, *optional*):
+            Hub endpoint and cache directory (small files only are cached).
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar (huggingface_hub's tqdm; `HF_HUB_DISABLE_PROGRESS_BARS` disables it).
+        max_workers (`int`, *optional*, defaults to `8`):
+            How many repos are checked at the same time.
+
+    Returns:
+        [`CandidateSet`]: `.ingredients` and `.rejected` (each `repo_id`, `sha`, `verdict`, `reason`), both in repo id
+        order; `.refs` (pinned `"repo@sha"`); `.query` (criteria and date); `.to_table()`; `.write_refs(path)`.
+
+    Raises:
+        [`SoupError`]: no criterion was given, or the Hub refused the listing.
+        [`IngredientNotFoundError`]: the collection does not exist (or is private and no token was given).
+
+    Example:
+        ```python
+        >>> from hf_soups import find_ingredients, soup_from_hub
+        >>> found = find_ingredients("org/base", author="me", task="text-classification")
+        >>> print(found.to_table())
+        >>> soup = soup_from_hub(found, output_dir="soup")  # the card records the query and its date
+        ```
+    """
+    if not any((base_model, author, search, collection, task)):
+        raise SoupError("nothing to look for.", fix="pass base_model='org/base', collection='user/slug', author=, "
+                        "task= or search=.")
+    if max_workers < 1:
+        raise SoupError(f"max_workers={max_workers}.", fix="pass max_workers >= 1.")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    query = DiscoveryQuery(base_model, author, task, search, collection, limit, date)
+    api = HfApi(endpoint=endpoint)
+    if collection is not None:
+        listed = _from_collection(api, collection, author=author, search=search, limit=limit, token=token)
+    else:
+        listed = _from_listing(api, base_model, author=author, task=task, search=search, limit=limit, token=token)
+    unique = {item.repo_id: item for item in listed}  # a repo listed twice is checked once
+    order = sorted(unique.values(), key=lambda item: (item.repo_id.casefold(), item.repo_id))
+
+    checked: list[_Checked] = []
+    to_inspect: list[_Listed] = []
+    for item in order:
+        rejection = _relation_rejection(item, base_model)
+        if rejection is not None:
+            checked.append(_Checked(item, reason=rejection[0], fix=rejection[1]))
+        else:
+            to_inspect.append(item)
+    checked += _inspect_all(to_inspect, token=token, endpoint=endpoint, cache_dir=cache_dir, progress=progress,
+                            max_workers=max_workers)
+    for c in checked:
+        if c.reason is None and c.meta is not None:
+            c.reason, c.fix = _declaration_problem(c, base_model, task)
+    report = _majority_verdict([c for c in checked if c.reason is None and c.meta is not None],
+                               align_labels=align_labels, arch_check=arch_check)
+    by_repo = {c.listed.repo_id: c for c in checked}
+    ingredients, rejected = [], []
+    for item in order:
+        c = by_repo[item.repo_id]
+        sha = c.ingredient.revision if c.ingredient is not None else item.sha
+        if c.reason is None:
+            ingredients.append(Candidate(item.repo_id, sha))
+        else:
+            rejected.append(Candidate(item.repo_id, sha, "rejected", c.reason, c.fix))
+    return CandidateSet(tuple(ingredients), tuple(rejected), query, report)
+
+
+def _from_listing(api: HfApi, base_model: str | None, *, author: str | None, task: str | None, search: str | None,
+                  limit: int | None, token: Any) -> list[_Listed]:
+    """Every page of the Hub's listing (huggingface_hub follows the `Link` header), with sha and tags."""
+    with hub_errors(f"models listing ({base_model or author or search or task})", token_given=bool(token)):
+        models = api.list_models(filter=f"base_model:{base_model}" if base_model else None, author=author,
+                                 pipeline_tag=task, search=search, limit=limit, expand=["sha", "tags"], token=token)
+        return [_Listed(m.id, m.sha, tuple(m.tags or ())) for m in models]
+
+
+def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str | None, limit: int | None,
+                     token: Any) -> list[_Listed]:
+    """The collection's models, in its order, narrowed by `author` and `search`; `task` is checked per repo later."""
+    with hub_errors(f"collection {slug}", token_given=bool(token)):
+        try:
+            coll = api.get_collection(slug, token=token)
+        except hf_errors.HfHubHTTPError as e:
+            if getattr(e.response, "status_code", None) not in (401, 403, 404):
+                raise
+            raise IngredientNotFoundError(
+                "the collection does not exist, or it is private and no valid token was given.", file=slug,
+                fix="pass the slug from the collection's URL (`user/title-<id>`), and token= for a private one.",
+            ) from None
+    items = sorted((i for i in coll.items if i.item_type == "model"), key=lambda i: i.position)
+    out = [_Listed(i.item_id) for i in items
+           if (author is None or i.item_id.split("/")[0] == author)
+           and (search is None or search.casefold() in i.item_id.casefold())]
+    return out[:limit] if limit is not None else out
+
+
+def _relation_rejection(item: _Listed, base_model: str | None) -> tuple[str, str] | None:
+    """Adapters, quantized copies and merges of the base, told apart by the Hub's tags (no request needed)."""
+    if base_model is None or item.tags is None or f"base_model:finetune:{base_model}" in item.tags:
+        return None
+    for relation, (reason, fix) in _RELATION_REASONS.items():
+        if f"base_model:{relation}:{base_model}" in item.tags:
+            return reason.format(base=base_model), fix
+    return None
+
+
+def _inspect_all(items: Sequence[_Listed], *, token: Any, endpoint: str | None, cache_dir: str | None,
+                 progress: bool, max_workers: int) -> list[_Checked]:
+    """Pin and preflight every candidate, `max_workers` at a time; results in the order of `items`."""
+    results: list[_Checked | None] = [None] * len(items)
+    if not items:
+        return []
+    bar = tqdm(total=len(items), desc=f"Checking {len(items)} candidates", unit="repo",
+               disable=not progress or constants.progress_disabled())
+    with bar, ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="hf-soups-find") as pool:
+        futures = {pool.submit(_inspect, item, token, endpoint, cache_dir): k for k, item in enumerate(items)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update(1)
+    return [r for r in results if r is not None]
+
+
+def _inspect(item: _Listed, token: Any, endpoint: str | None, cache_dir: str | None) -> _Checked:
+    """Pin one repo (the listing's sha when known) and gather its verdict inputs from small files and headers."""
+    checked = _Checked(item)
+    try:
+        ref = IngredientRef.parse(f"{item.repo_id}@{item.sha}" if item.sha else item.repo_id)
+        checked.ingredient = resolve(ref, token=token, endpoint=endpoint, cache_dir=cache_dir)
+        files = checked.ingredient.files
+        if "adapter_config.json" in files and "config.json" not in files:
+            checked.reason, checked.fix = (_RELATION_REASONS["adapter"][0].format(base="its base"),
+                                           _RELATION_REASONS["adapter"][1])
+            return checked
+        checked.meta = fetch_meta(checked.ingredient, token=token, cache_dir=cache_dir, endpoint=endpoint)
+    except SoupError as e:
+        checked.reason, checked.fix = e.message, e.fix
+    return checked
+
+
+def _declaration_problem(c: _Checked, base_model: str | None, task: str | None) -> tuple[str | None, str | None]:
+    """What the card declares, against the query: the base (collections) and the task."""
+    assert c.meta is not None
+    declared = c.meta.base_model
+    if base_model is not None:
+        if not declared:
+            itself = " (it is the base model itself)" if c.listed.repo_id == base_model else ""
+            return (f"does not declare base_model '{base_model}' in its card{itself}.",
+                    f"add `base_model: {base_model}` to its README.md front matter if it is a fine-tune of it.")
+        if base_model not in declared:
+            return (f"declares base_model {list(declared)}, not '{base_model}'.",
+                    "soup only fine-tunes of the same pretrained checkpoint.")
+        if len(declared) > 1:
+            return _RELATION_REASONS["merge"]
+    if task is not None and c.listed.tags is None:  # collections: the listing did not filter by task
+        from ..card import pipeline_tag_for
+
+        tag = pipeline_tag_for(c.meta.config.get("architectures"))
+        if tag != task:
+            return (f"its task is {tag!r}, not {task!r}.", "drop task= to keep it.")
+    return None, None
+
+
+def _signature(meta: IngredientMeta, align_labels: bool) -> str:
+    """What must agree for two fine-tunes to be souped together (the tokenizer is checked by the verdict itself)."""
+    labels = normalize_id2label(meta.config)
+    return json.dumps([
+        meta.config.get("model_type"), meta.config.get("architectures"),
+        sorted((n, list(t.shape)) for n, t in meta.tensors.items() if not constants.is_legacy_buffer(n)),
+        None if labels is None else sorted(labels.values()) if align_labels else sorted(labels.items()),
+        sorted(meta.base_model or ()),
+    ], default=str)
+
+
+def _majority_verdict(group: list[_Checked], *, align_labels: bool, arch_check: bool) -> CompatibilityReport:
+    """Compare every candidate with the reference of the largest cluster; mark the others rejected (in place)."""
+    if not group:
+        return CompatibilityReport([])
+    signatures = [_signature(c.meta, align_labels) for c in group]  # type: ignore[arg-type]
+    sizes = Counter(signatures)
+    best = max(sizes, key=lambda s: (sizes[s], -signatures.index(s)))
+    ref = group[signatures.index(best)]
+    others = [c for c in group if c is not ref]
+    metas = [c.meta for c in [ref, *others]]
+    report = compare(metas, align_labels=align_labels)  # type: ignore[arg-type]
+    problems: dict[str, list[Problem]] = {}
+    for p in report.problems:
+        problems.setdefault(p.ingredient, []).append(p)
+    if arch_check:
+        from ..architecture import architecture_problems
+
+        seen: dict[str, list[Problem]] = {}
+        for meta in metas:
+            assert meta is not None
+            if meta.name in problems:
+                continue
+            key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
+            if key not in seen:
+                seen[key] = architecture_problems(meta.name, meta.config, meta.tensors)
+                report.warnings += [p for p in seen[key] if p.severity != "error"]
+            for p in seen[key]:
+                if p.severity == "error":
+                    problems.setdefault(meta.name, []).append(p)
+    for c in group:
+        found = problems.get(c.meta.name)  # type: ignore[union-attr]
+        if found:
+            c.reason = "; ".join(f"{p.field}: {p.message}" for p in found[:2]) + (
+                f" (and {len(found) - 2} more)" if len(found) > 2 else "")
+            c.fix = found[0].fix
+    kept = [c.meta.name for c in group if c.reason is None]  # type: ignore[union-attr]
+    return CompatibilityReport(kept, [], [w for w in report.warnings if w.ingredient in kept or w.ingredient == "(all)"])
