@@ -285,6 +285,8 @@ def find_ingredients(
                         "task= or search=.")
     if max_workers < 1:
         raise SoupError(f"max_workers={max_workers}.", fix="pass max_workers >= 1.")
+    if limit is not None and limit < 1:
+        raise SoupError(f"limit={limit}.", fix="pass limit >= 1, or None for every candidate.")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     query = DiscoveryQuery(base_model, author, task, search, collection, limit, date)
     api = HfApi(endpoint=endpoint)
