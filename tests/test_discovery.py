@@ -210,13 +210,32 @@ def paged(dapi, sweep):
     return {"repos": repos, "weights": len(blobs["model.safetensors"])}
 
 
-def test_250_repos_page_and_preflight_with_bounded_concurrency(disco_hub, paged, tmp_path):
+def test_250_repos_page_and_preflight_with_bounded_concurrency(disco_hub, paged, tmp_path, monkeypatch):
+    bar = {}
+
+    class Bar:  # records what huggingface_hub's tqdm is fed (the tests run with progress bars disabled)
+        def __init__(self, total, **kwargs):
+            bar.update(total=total, n=0, **kwargs)
+
+        def update(self, k):
+            bar["n"] += k
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr("hf_soups.hub.discovery.tqdm", Bar)
     disco_hub.reset_counters()
+    disco_hub.rate_limit_listings = 1  # the first page is refused once with HTTP 429: huggingface_hub retries
     found = find_ingredients(PAGED_BASE, endpoint=disco_hub.url, cache_dir=str(tmp_path / "c"), progress=True,
                              max_workers=4)
     assert [c.repo_id for c in found.ingredients] == paged["repos"] and not found.rejected
-    pages = [p for m, p, s in disco_hub.requests if p.startswith("/api/models?")]
+    assert bar["total"] == bar["n"] == 250 and bar["unit"] == "repo"
+    pages = [p for m, p, s in disco_hub.requests if p.startswith("/api/models?") and s == 200]
     assert len(pages) == 3 and all("cursor=" in p for p in pages[1:])  # 100 per page
+    assert [s for m, p, s in disco_hub.requests if p.startswith("/api/models?")].count(429) == 1
     assert 2 <= disco_hub.max_in_flight <= 4
     _assert_headers_only(disco_hub, dict.fromkeys(paged["repos"], paged["weights"]), paged["repos"])
     limited = find_ingredients(PAGED_BASE, limit=30, endpoint=disco_hub.url, progress=False)

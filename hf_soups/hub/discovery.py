@@ -284,9 +284,10 @@ def find_ingredients(
         raise SoupError("nothing to look for.", fix="pass base_model='org/base', collection='user/slug', author=, "
                         "task= or search=.")
     if max_workers < 1:
-        raise SoupError(f"max_workers={max_workers}.", fix="pass max_workers >= 1.")
+        raise SoupError(f"max_workers={max_workers}: no repo could be checked.", fix="pass max_workers >= 1.")
     if limit is not None and limit < 1:
-        raise SoupError(f"limit={limit}.", fix="pass limit >= 1, or None for every candidate.")
+        raise SoupError(f"limit={limit}: no candidate would be listed.",
+                        fix="pass limit >= 1, or None for every candidate.")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     query = DiscoveryQuery(base_model, author, task, search, collection, limit, date)
     api = HfApi(endpoint=endpoint)

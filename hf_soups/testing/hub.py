@@ -111,6 +111,7 @@ class LoopbackHub:
             connection (a connection lost mid-body).
         stall_ranges (`int`): delay the next N ranged file GETs by `stall_seconds` before answering (timeouts).
         max_in_flight (`int`): the most requests served at the same time since the last [`reset_counters`].
+        rate_limit_listings (`int`): answer the next N model listings with HTTP 429 and `Retry-After: 0`.
     """
 
     def __init__(self, root: str | None = None, tokens: dict[str, str] | None = None, port: int = 0,
@@ -128,6 +129,7 @@ class LoopbackHub:
         self.stall_ranges = 0
         self.stall_seconds = 2.0
         self.page_size = page_size
+        self.rate_limit_listings = 0
         self.collections: dict[str, _Collection] = {}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -563,6 +565,11 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             return {k: v for k, v in every.items() if k in keep and (v is not None or k in fields)}
 
         def _list_models(self, user: str | None, query: dict[str, list[str]]) -> None:
+            with hub.lock:
+                if hub.rate_limit_listings > 0:
+                    hub.rate_limit_listings -= 1
+                    return self._send(429, {"error": "Too many requests"}, {"Retry-After": "0",
+                                                                            "X-Error-Message": "Too many requests"})
             one = {k: v[-1] for k, v in query.items()}
             filters = query.get("filter", [])
             expand = query.get("expand", []) + query.get("expand[]", [])
