@@ -30,7 +30,8 @@ PAGED_BASE = "disco/paged-base"
 
 def _card(path, base):
     with open(os.path.join(path, "README.md"), "w") as f:
-        f.write(f"---\nbase_model: {base}\nlibrary_name: transformers\n---\n\n# A fine-tune\n" if base else "# no card\n")
+        f.write(f"---\nbase_model: {base}\nlibrary_name: transformers\n---\n\n# A fine-tune\n" if base
+                else "# no card\n")
     return path
 
 

@@ -125,12 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--task", default=None, help="only this pipeline tag, e.g. text-classification")
     find.add_argument("--search", default=None, help="only repo ids containing this string")
     find.add_argument("--collection", default=None, metavar="SLUG", help="check the models of this collection")
-    find.add_argument("--limit", type=int, default=None, help="list at most N candidates")
+    find.add_argument("--limit", type=int, default=None, metavar="N", help="list at most N candidates")
     find.add_argument("--write-refs", default=None, metavar="FILE",
                       help="write the compatible refs, pinned to their sha, for `hf-soups soup @FILE`")
     find.add_argument("--json", action="store_true", help="print the result as JSON")
     find.add_argument("--align-labels", action="store_true", help="accept id2label permutations")
-    find.add_argument("--max-workers", type=int, default=8, help="repos checked at the same time (default: 8)")
+    find.add_argument("--max-workers", type=int, default=8, metavar="N",
+                      help="repos checked at the same time (default: 8)")
     find.add_argument("--token", default=None, help="Hub token for private or gated repos; never printed")
     find.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     find.set_defaults(find_parser=find)

@@ -467,4 +467,5 @@ def _majority_verdict(group: list[_Checked], *, align_labels: bool, arch_check: 
                 f" (and {len(found) - 2} more)" if len(found) > 2 else "")
             c.fix = found[0].fix
     kept = [c.meta.name for c in group if c.reason is None]  # type: ignore[union-attr]
-    return CompatibilityReport(kept, [], [w for w in report.warnings if w.ingredient in kept or w.ingredient == "(all)"])
+    warnings = [w for w in report.warnings if w.ingredient in kept or w.ingredient == "(all)"]
+    return CompatibilityReport(kept, [], warnings)

@@ -208,7 +208,7 @@ class LoopbackHub:
             return fh.read()
 
     def _card(self, repo: _Repo) -> dict[str, Any]:
-        """What the Hub derives from a repo's main head: card metadata, config, tags, pipeline tag (cached per commit)."""
+        """What the Hub derives from a repo's main head: card data, config, tags, pipeline tag (cached per commit)."""
         commit = repo.commits[repo.branches["main"]] if "main" in repo.branches else None
         if commit is None:
             return {"cardData": None, "config": None, "tags": [], "pipeline_tag": None, "library_name": None}
@@ -542,7 +542,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                         raise _HubError(400, "gated must be 'auto', 'manual' or false")
                     repo.gated = body["gated"]
                 if "visibility" in body or "private" in body:
-                    repo.private = body.get("visibility") == "private" if "visibility" in body else bool(body["private"])
+                    repo.private = (body.get("visibility") == "private" if "visibility" in body
+                                    else bool(body["private"]))
             self._send(200, {})
 
         # -- listing ----------------------------------------------------------------------------------------
@@ -611,8 +612,9 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 elif sort not in (None, "downloads", "likes", "trendingScore"):
                     raise _HubError(400, f"Invalid sort: {sort}")
                 try:
-                    offset = int(json.loads(base64.urlsafe_b64decode(one["cursor"]))["offset"]) if "cursor" in one else 0
-                except (ValueError, KeyError, TypeError):
+                    cursor = json.loads(base64.urlsafe_b64decode(one["cursor"])) if "cursor" in one else {}
+                    offset = int(cursor.get("offset", 0))
+                except (ValueError, KeyError, TypeError, AttributeError):
                     raise _HubError(400, "Invalid cursor") from None
                 size = min(int(one["limit"]), hub.page_size) if one.get("limit") else hub.page_size
                 page = [self._model_entry(r, fields) for r in rows[offset:offset + size]]
@@ -670,7 +672,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                     return self._send(200, self._collection_json(c, user))
                 if method == "POST" and m.group(2):
                     if user != c.namespace:
-                        raise _HubError(401 if user is None else 403, "You don't have the rights to edit this collection")
+                        raise _HubError(401 if user is None else 403,
+                                        "You don't have the rights to edit this collection")
                     body = json.loads(self._request_body or b"{}")
                     item_id, item_type = body["item"]["id"], body["item"]["type"]
                     if item_type in ("model", "dataset", "space"):
