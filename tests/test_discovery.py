@@ -14,7 +14,14 @@ import torch
 from conftest import state_dict_of
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
-from hf_soups import CandidateSet, IngredientNotFoundError, SoupError, find_ingredients, soup_from_hub
+from hf_soups import (
+    CandidateSet,
+    IngredientNotFoundError,
+    MergeOptions,
+    SoupError,
+    find_ingredients,
+    soup_from_hub,
+)
 from hf_soups.hub.discovery import read_refs
 from hf_soups.testing import make_tiny_bert, perturb_checkpoint
 from hf_soups.testing.hub import LoopbackHub
@@ -153,7 +160,8 @@ def test_collection_gives_the_same_verdict_and_checks_declarations(dapi, disco_h
 def test_soup_from_a_candidate_set_records_the_query(disco_hub, sweep, tmp_path):
     found = find_ingredients(BASE, search="sweep-lr", endpoint=disco_hub.url, progress=False)
     assert [c.repo_id for c in found.ingredients] == GOOD[:3]
-    soup = soup_from_hub(found, output_dir=tmp_path / "soup", endpoint=disco_hub.url, progress=False)
+    soup = soup_from_hub(found, output_dir=tmp_path / "soup", endpoint=disco_hub.url,
+                         merge_options=MergeOptions(progress=False))
     assert [i.revision for i in soup.ingredients] == [sweep["shas"][r] for r in GOOD[:3]]
     assert soup.recipe.ingredients == found.refs
     sds = [state_dict_of(sweep["dirs"][r]) for r in GOOD[:3]]
