@@ -26,7 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import __version__, errors
+from .. import errors
+from ..constants import VERSION as __version__
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.IncompatibleIngredientsError, 1),
