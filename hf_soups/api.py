@@ -411,6 +411,7 @@ def soup_from_hub(
                           check_finite=options.check_finite)
         trace: list[dict[str, Any]] = []
         scores: dict[str, float] = {}
+        held_out_warnings: list[str] = []
         if entry.needs_eval:
             from .evaluation import held_out
 
@@ -421,7 +422,7 @@ def soup_from_hub(
                 data = load_eval_dataset(os.fspath(data), spec.split)
             chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, data, spec,
                                              trust_remote_code=trust_remote_code, progress=options.progress)
-            plan, trace, scores = chosen.plan, chosen.trace, chosen.scores
+            plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
         else:
             plan = plan.with_weights(entry.fn(len(readers), weights))
         for ing, w in zip(ingredients, plan.weights):
@@ -438,7 +439,7 @@ def soup_from_hub(
         soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model,
                     metric=spec.metric_name, trust_remote_code=trust_remote_code,
-                    discovery=discovery)
+                    discovery=discovery, warnings=held_out_warnings)
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes

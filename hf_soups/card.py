@@ -45,6 +45,10 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
+def _fmt_ci(x: float | None, ci: Sequence[float] | None) -> str:
+    return _fmt(x) if x is None or not ci else f"{x:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def build_card(
     *,
     method: str,
@@ -58,6 +62,9 @@ def build_card(
     repo_id: str | None = None,
     plot_file: str | None = None,
     discovery: Mapping[str, Any] | None = None,
+    intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    differences: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    warnings: Sequence[str] = (),
 ) -> ModelCard:
     """Render a soup's model card.
 
@@ -73,6 +80,10 @@ def build_card(
         repo_id (`str`, *optional*): the soup's repo id, for the loading snippet.
         plot_file (`str`, *optional*): a figure in the repo to embed.
         discovery (`Mapping`, *optional*): how the ingredients were found on the Hub (`CandidateSet.discovery`).
+        intervals (`Mapping[str, Mapping[str, (low, high)]]`, *optional*): 95% bootstrap intervals of `results`.
+        differences (`Mapping[str, Mapping[str, (delta, low, high)]]`, *optional*): each method minus the best
+            individual, with its paired bootstrap interval.
+        warnings (`Sequence[str]`, *optional*): e.g. a held-out set too small to separate the candidates.
 
     Returns:
         `ModelCard`: front matter with `base_model`, `base_model_relation: merge`, tags, pipeline tag and
@@ -127,12 +138,26 @@ def build_card(
         for k, step in enumerate(trace, 1):
             lines.append(f"| {k} | {step['ingredient']} | {_fmt(step['score'])} | "
                          f"{'accepted' if step['accepted'] else 'rejected'} | {step['soup_size']} |")
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     if results:
         methods = sorted({m for scores in results.values() for m in scores})
         lines += ["", f"## Results ({metric})", "", "| method | " + " | ".join(results) + " |",
                   "|---|" + "---|" * len(results)]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(_fmt(results[s].get(m)) for s in results) + " |")
+            lines.append(f"| {m} | " + " | ".join(_fmt_ci(results[s].get(m), (intervals or {}).get(s, {}).get(m))
+                                                   for s in results) + " |")
+        if intervals:
+            lines += ["", "Brackets: paired bootstrap confidence intervals (every method resampled on the same examples)."]
+        if differences and any(differences.values()):
+            lines += ["", "### Difference to the best individual", "",
+                      "| method | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+            for m in methods:
+                if m == "best_individual":
+                    continue
+                cells = [(differences.get(s) or {}).get(m) for s in results]
+                lines.append(f"| {m} | " + " | ".join(f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" if d else "–"
+                                                       for d in cells) + " |")
     if plot_file:
         lines += ["", f"![soup plot]({plot_file})"]
     lines += [

@@ -15,7 +15,12 @@ from .recipes import Recipe
 from .refs import Ingredient
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
     from huggingface_hub import CommitInfo, ModelCard
+
+    from .evaluation.report import SoupReport
 
 __all__ = ["Soup"]
 
@@ -33,6 +38,12 @@ class Soup:
         trace (`list[dict]`): greedy decisions, in order.
         scores (`dict[str, float]`): each ingredient's held-out score (greedy and learned soups).
         results (`dict[str, dict[str, float]]`): `{eval set: {method: score}}` from [`Soup.evaluate`].
+        intervals (`dict[str, dict[str, tuple[float, float]]]`): `{eval set: {method: (low, high)}}`, the paired
+            bootstrap confidence intervals of `results`.
+        differences (`dict[str, dict[str, tuple[float, float, float]]]`): `{eval set: {method: (difference to the
+            best individual, low, high)}}`.
+        warnings (`list[str]`): warnings about the held-out set (e.g. too small to separate the candidates).
+        evaluation_warnings (`list[str]`): the same for the sets of the last [`Soup.evaluate`].
         base_model (`str`, *optional*): the shared pretrained checkpoint, when known.
         discovery (`dict`, *optional*): how the ingredients were found ([`CandidateSet.discovery`]), for the card.
     """
@@ -45,6 +56,10 @@ class Soup:
     trace: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     results: dict[str, dict[str, float]] = field(default_factory=dict)
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    differences: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    evaluation_warnings: list[str] = field(default_factory=list)
     base_model: str | None = None
     metric: str = "accuracy"
     trust_remote_code: bool = False
@@ -76,7 +91,8 @@ class Soup:
         return build_card(
             method=self.method, ingredients=self.ingredients, config=self.config, recipe=self.recipe,
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
-            repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery,
+            repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
+            differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
         )
 
     @property
@@ -142,12 +158,24 @@ class Soup:
                            commit_message=commit_message or f"Add {self.method} soup of {len(self.ingredients)} "
                            "models (hf_soups)", revision=revision, endpoint=endpoint)
 
-    def evaluate(self, datasets: Any, **kwargs: Any) -> Any:
-        """Score every method (ingredients, uniform, greedy, ensembles, ...) on each dataset; see
-        [`hf_soups.evaluation.evaluate_soup`]."""
+    def evaluate(self, datasets: Any, methods: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 progress: bool = True, **kwargs: Any) -> SoupReport:
+        """Score the soup and its baselines (ingredients, uniform, ensembles, WiSE-FT, ...) on each dataset, with
+        paired bootstrap confidence intervals; see [`hf_soups.evaluation.evaluate_soup`] for every option.
+
+        Args:
+            datasets (`Mapping[str, datasets.Dataset]`): evaluation sets by name.
+            methods (`Sequence[str]`, *optional*): only these methods, e.g. `["soup", "best_individual"]`.
+            device (`str` or `torch.device`, *optional*): where evaluations run; defaults to accelerate's
+                `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU.
+            progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+
+        Returns:
+            [`SoupReport`]: `.results`, `.intervals`, `.differences`, `.rows()`, `.to_table()`.
+        """
         from .evaluation.report import evaluate_soup
 
-        return evaluate_soup(self, datasets, **kwargs)
+        return evaluate_soup(self, datasets, methods=methods, device=device, progress=progress, **kwargs)
 
     def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:
         """Re-estimate BatchNorm running statistics on calibration data instead of averaging them; see

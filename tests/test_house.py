@@ -89,7 +89,7 @@ def test_eval_spec_records_only_what_decides_the_result():
     assert recorded["dataset"] == "val.csv" and recorded["learned_steps"] == 5 and recorded["strict"] is True
     assert not {"batch_size", "max_memory", "offload_folder"} & set(recorded)
     back = Recipe.from_yaml(recipe.to_yaml())
-    assert back.evaluation == dataclasses.replace(spec, batch_size=64, max_memory=None, offload_folder=None)
+    assert back.evaluation == dataclasses.replace(spec, batch_size=None, max_memory=None, offload_folder=None)
 
 
 def test_recipe_version_comes_from_package_metadata():

@@ -14,14 +14,22 @@ from ..modeling import load_model
 __all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
 
 
-def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int) -> dict[str, torch.Tensor]:
-    """The averaged (floating) tensors of ingredient `index` as fp32, classifier rows aligned per the plan."""
+def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int,
+                     device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The averaged (floating) tensors of ingredient `index` as fp32, classifier rows aligned per the plan.
+
+    With `device`, each tensor is moved there as read (and converted to fp32 there): candidate soups are then built
+    where they are evaluated, holding no CPU copy beyond the tensor being read.
+    """
     out = {}
     perm = plan.label_permutations[index] if plan.label_permutations else None
     for tp in plan.tensors:
         if not tp.average:
             continue
-        t = reader.read(tp.name).float()
+        t = reader.read(tp.name)
+        if device is not None:
+            t = t.to(device, non_blocking=True)
+        t = t.float()
         if perm is not None and tp.permute_rows:
             t = t[list(perm)]
         out[tp.name] = t
@@ -51,16 +59,25 @@ def checkpoint_float_state(reader: CheckpointReader) -> dict[str, torch.Tensor]:
 
 
 class ModelHolder:
-    """Loads the first ingredient once (`from_pretrained`, fp32) and swaps candidate weights into it in place.
+    """Loads the first ingredient once (`from_pretrained`, fp32) on the evaluation device and swaps candidate weights
+    into it in place.
 
     Integer buffers keep the loaded ingredient's values (the `int_rule="first"` convention).
+
+    Args:
+        directory (`str`): the checkpoint loaded as the skeleton (the first ingredient).
+        config (`Mapping`): its config.
+        trust_remote_code (`bool`, *optional*, defaults to `False`): allow `auto_map` configs.
+        device (`str` or `torch.device`, *optional*): the evaluation device; defaults to [`resolve_eval_device`]'s
+            rule. Candidate states should live there too (see `read_float_state(device=...)`).
     """
 
     def __init__(self, directory: str, config: Mapping[str, Any], trust_remote_code: bool = False,
                  device: str | torch.device | None = None) -> None:
-        self.model = load_model(directory, config, trust_remote_code).float().eval()
-        if device is not None:
-            self.model.to(device)
+        from .device import resolve_eval_device
+
+        self.device = resolve_eval_device(device)
+        self.model = load_model(directory, config, trust_remote_code).float().eval().to(self.device)
         self.params = self.model.state_dict(keep_vars=False)
         self.name_map = _checkpoint_to_model_names(self.model, self.params)
 

@@ -10,9 +10,12 @@ import torch
 
 from ..errors import EvaluationError
 from .data import IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, check_labels, find_column
+from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
 from .metrics import Metric, resolve_metric
 
 __all__ = ["Evaluator", "task_of", "evaluate_checkpoint"]
+
+_DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluation device across candidates
 
 
 def task_of(config: Mapping[str, Any]) -> str:
@@ -45,8 +48,14 @@ class Evaluator:
             See [`resolve_metric`].
         text_column, label_column, image_column (`str`, *optional*):
             Column names; defaults: `text`/`sentence`, `label`, `image`/`img`.
-        batch_size (`int`, *optional*, defaults to `64`):
-            Inference batch size.
+        batch_size (`int`, *optional*):
+            Inference batch size; defaults to 64 on the CPU and 256 on an accelerator. A given value always wins.
+        device (`str` or `torch.device`, *optional*):
+            Where the forward passes run; defaults to [`resolve_eval_device`]'s rule (accelerate's
+            `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU). Models are moved
+            there (unless dispatched by accelerate), inputs follow, logits come back to the CPU for the metric.
+        dtype (`str`, *optional*):
+            `"bfloat16"` or `"float16"` runs the forward passes under `torch.autocast`; the default is exact fp32.
         max_length (`int`, *optional*, defaults to `256`):
             Token truncation length.
         name (`str`, *optional*):
@@ -54,7 +63,10 @@ class Evaluator:
 
     Attributes:
         references (`torch.Tensor`): label ids in dataset order.
-        forward_seconds (`float`): time spent in model forward passes (for overhead measurements).
+        device (`torch.device`): where the forward passes run.
+        forward_seconds (`float`): time spent in model forward passes, input transfers and the logits' copy back to
+            the CPU (for overhead measurements).
+        evaluations (`int`): the number of models scored so far.
 
     Raises:
         [`LabelMismatchError`]: the dataset labels do not match the model's label map.
@@ -63,10 +75,16 @@ class Evaluator:
 
     def __init__(self, dataset: Any, reference_dir: str, config: Mapping[str, Any], *, metric: Any = "accuracy",
                  text_column: str | None = None, label_column: str | None = None, image_column: str | None = None,
-                 batch_size: int = 64, max_length: int = 256, name: str | None = None) -> None:
+                 batch_size: int | None = None, max_length: int = 256, name: str | None = None,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> None:
         self.task = task_of(config)
         self.metric: Metric = resolve_metric(metric)
-        self.batch_size = batch_size
+        self.device = resolve_eval_device(device)
+        self.dtype = resolve_eval_dtype(dtype)
+        self.batch_size = default_batch_size(self.device, batch_size)
+        self.evaluations = 0
+        self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+        self._device_batch_device: torch.device | None = None
         columns = list(dataset.column_names)
         label_col = find_column(columns, label_column, LABEL_COLUMNS, "label")
         id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} or \
@@ -108,30 +126,63 @@ class Evaluator:
             pixels = processor(images, return_tensors="pt")["pixel_values"]
             self.batches.append((torch.arange(start, start + len(images)), {"pixel_values": pixels}))
 
+    def place(self, model: Any) -> Any:
+        """Move `model` to the evaluation device (a model dispatched by accelerate stays where it was placed)."""
+        if getattr(model, "hf_device_map", None):
+            return model
+        current = input_device(model)
+        if current != self.device and current.type != "meta":
+            model.to(self.device)
+        return model
+
+    def _inputs(self, device: torch.device) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """This process's batches with inputs on `device`; kept there across candidates when they are small."""
+        from .distributed import my_share
+
+        share = my_share(self.batches)
+        if device.type == "cpu":
+            return share
+        if self._device_batches is not None and self._device_batch_device == device:
+            return self._device_batches
+        moved = [(idx, {k: v.to(device, non_blocking=True) for k, v in inputs.items()}) for idx, inputs in share]
+        nbytes = sum(v.numel() * v.element_size() for _, inputs in share for v in inputs.values())
+        if nbytes <= _DEVICE_CACHE_BYTES:
+            self._device_batches, self._device_batch_device = moved, device
+        return moved
+
     def logits(self, model: Any) -> torch.Tensor:
-        """Logits of `model` on every example, in dataset order (float32).
+        """Logits of `model` on every example, in dataset order (float32, on the CPU).
 
-        Under `accelerate launch`, each process computes its share of the batches and the logits are summed across
-        processes (each example is computed by exactly one), so every process returns the full logits.
+        The model runs on [`Evaluator.device`] under `torch.inference_mode()` (and autocast when a reduced `dtype`
+        was asked for); the logits are copied back to the CPU once per evaluation. Under `accelerate launch`, each
+        process computes its share of the batches on its own device and the logits are summed across processes
+        (each example is computed by exactly one), so every process returns the full logits.
         """
-        from .distributed import my_share, sum_across
+        from .distributed import sum_across
 
-        out = torch.zeros(len(self), int(model.config.num_labels))
+        model = self.place(model)
         model.eval()
-        device = next(model.parameters()).device
-        if device.type == "meta":  # a model dispatched by accelerate (offloaded): inputs go to its first device
-            device = torch.device("cpu")
-        with torch.inference_mode():
-            for idx, inputs in my_share(self.batches):
-                start = time.perf_counter()
-                logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
-                self.forward_seconds += time.perf_counter() - start
-                out[idx] = logits
+        device = input_device(model)
+        start = time.perf_counter()
+        indices, outputs = [], []
+        with torch.inference_mode(), autocast(device, self.dtype):
+            for idx, inputs in self._inputs(device):
+                outputs.append(model(**inputs).logits.float())
+                indices.append(idx)
+        out = torch.zeros(len(self), int(model.config.num_labels))
+        if outputs:
+            out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
+        self.forward_seconds += time.perf_counter() - start
+        self.evaluations += 1
         return sum_across(out)
 
     def score_logits(self, logits: torch.Tensor) -> float:
         """The metric of argmax predictions against the references."""
         return self.metric(logits.argmax(-1).tolist(), self.references.tolist())
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted label ids (argmax) of `logits`."""
+        return logits.argmax(-1)
 
     def score(self, model: Any) -> tuple[float, torch.Tensor]:
         """`(metric, logits)` of `model`."""
@@ -144,9 +195,10 @@ def evaluate_checkpoint(directory: str, dataset: Any, *, metric: Any = "accuracy
                         **evaluator_kwargs: Any) -> float:
     """Score one checkpoint directory on `dataset`, loading it with accelerate's big-model path when asked.
 
-    With `max_memory` (e.g. `{"cpu": "2GB"}`) or a `device_map`, the model is loaded with
+    With `max_memory` (e.g. `{0: "20GiB", "cpu": "64GiB"}`) or a `device_map`, the model is loaded with
     `from_pretrained(device_map=..., max_memory=..., offload_folder=...)`: what does not fit is offloaded to CPU and
-    disk, and the score is the same as an in-memory evaluation.
+    disk, and the score is the same as an in-memory evaluation. Otherwise the model runs on the evaluation device
+    (`device=` in `evaluator_kwargs`, else [`resolve_eval_device`]'s rule).
 
     Returns:
         `float`: the metric.

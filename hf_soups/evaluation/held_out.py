@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,7 +22,9 @@ from ..recipes import EvalSpec, get_method
 from ..recipes.greedy import RunningSum
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state
+from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
 from .evaluator import Evaluator
+from .uncertainty import paired_bootstrap, separation_warning
 
 __all__ = ["Chosen", "choose_weights"]
 
@@ -78,13 +80,22 @@ class OffloadedCandidates:
 
 @dataclass
 class Chosen:
-    """What a held-out recipe decided: the plan with the chosen weights, the trace, each ingredient's score, and
-    the evaluator that produced them."""
+    """What a held-out recipe decided: the plan with the chosen weights, the trace, each ingredient's score, the
+    evaluator that produced them, and warnings about the held-out set (e.g. too small to separate the candidates)."""
 
     plan: MergePlan
     trace: list[dict[str, Any]]
     scores: dict[str, float]
     evaluator: Evaluator
+    warnings: list[str] = field(default_factory=list)
+
+
+def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder: ModelHolder) -> list[dict[str, Any]]:
+    """Every ingredient's floating tensors, on the evaluation device when they all fit there (the combination of
+    each optimisation step is then built on the device); else on the CPU, moved tensor by tensor per step."""
+    nbytes = len(readers) * sum(p.numel() * 4 for p in holder.model.parameters())
+    device = holder.device if fits_on(holder.device, nbytes) else torch.device("cpu")
+    return [holder.model_names(read_float_state(plan, r, i, device=device)) for i, r in enumerate(readers)]
 
 
 def choose_weights(
@@ -99,9 +110,13 @@ def choose_weights(
     trust_remote_code: bool = False,
     progress: bool = True,
     seed: int = 0,
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Chosen:
     """Score every ingredient on `eval_dataset`, then run the greedy or learned recipe.
+
+    Evaluations run on `device` (else `spec.device`, else [`resolve_eval_device`]'s rule: accelerate's
+    `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU). The model skeleton,
+    the greedy running sum and each candidate live on that device; the learned soup's ingredients too when they fit.
 
     With `max_memory` (accelerate's `{device: size}`), nothing is held in memory beyond what accelerate places
     there: each candidate soup is streamed to a temporary checkpoint on disk by the merge engine and loaded with
@@ -109,18 +124,21 @@ def choose_weights(
 
     Raises:
         [`LabelMismatchError`]: the dataset labels do not match the model's label map.
-        [`EvaluationError`]: the dataset or metric cannot be used.
+        [`EvaluationError`]: the dataset, metric, device or dtype cannot be used.
     """
     names = [i.name for i in ingredients]
     reference_dir = ingredients[0].local_dir
     assert reference_dir is not None
     select = get_method(method).fn
+    eval_device = resolve_eval_device(device if device is not None else spec.device)
+    # a learned soup optimises on these batches: its default batch size does not depend on the device
+    batch_size = spec.batch_size if spec.batch_size is not None or method != "learned" else CPU_BATCH_SIZE
     evaluator = Evaluator(eval_dataset, reference_dir, config, metric=spec.metric, text_column=spec.text_column,
                           label_column=spec.label_column, image_column=spec.image_column,
-                          batch_size=spec.batch_size, name=names[0])
+                          batch_size=batch_size, name=names[0], device=eval_device, dtype=spec.dtype)
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
-    scores = []
+    scores, predictions = [], {}
     offload = None
     if spec.max_memory is not None:  # big-model path: candidates live on disk, evaluation is offloaded by accelerate
         if method != "greedy":
@@ -129,28 +147,35 @@ def choose_weights(
         offload = OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory, spec.offload_folder,
                                       trust_remote_code)
         for i in range(len(readers)):
-            scores.append(offload.score_ingredient(i)[0])
+            score, logits = offload.score_ingredient(i)
+            scores.append(score)
+            predictions[names[i]] = evaluator.predictions(logits)
             bar.update()
     else:
-        holder = ModelHolder(reference_dir, config, trust_remote_code, device=device)
+        holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
         for i, reader in enumerate(readers):
-            scores.append(evaluator.score(holder.load(read_float_state(plan, reader, i)))[0])
+            score, logits = evaluator.score(holder.load(read_float_state(plan, reader, i, device=holder.device)))
+            scores.append(score)
+            predictions[names[i]] = evaluator.predictions(logits)
             bar.update()
     score_map = dict(zip(names, scores))
+    best = max(names, key=lambda n: score_map[n])
+    intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
+    warning = separation_warning("held-out", len(evaluator), score_map, intervals.get(best))
     if method == "greedy" and offload is not None:
         accepted, trace = select(names, scores, offload.score_with, strict=spec.strict, progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
-    elif method == "greedy":
-        running = RunningSum(lambda i: read_float_state(plan, readers[i], i),
+    elif method == "greedy":  # the running sum lives on the evaluation device, next to the model
+        running = RunningSum(lambda i: read_float_state(plan, readers[i], i, device=holder.device),
                              lambda total, cand, n: evaluator.score(holder.load_mean(total, cand, n))[0])
         accepted, trace = select(names, scores, running.score_with, accept=running.accept, strict=spec.strict,
                                  progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
     else:
-        states = [holder.model_names(read_float_state(plan, r, i)) for i, r in enumerate(readers)]
+        states = _learned_states(plan, readers, holder)
         weights, trace = select(
             holder.model, states, evaluator.batches, evaluator.references,
             lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=spec.learned_steps, seed=seed,
         )
     bar.close()
-    return Chosen(plan.with_weights(weights), trace, score_map, evaluator)
+    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, [warning] if warning else [])

@@ -1,39 +1,78 @@
-"""`Soup.evaluate`: every method on every evaluation set, cheap because individual logits are cached."""
+"""`Soup.evaluate`: the soup and its baselines on every evaluation set, with paired bootstrap confidence intervals.
+
+Each ingredient's logits are computed once per set and reused by every baseline (best individual, ensemble, greedy
+ensemble); candidate soups (uniform, WiSE-FT) are built on the evaluation device, where they are scored.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from huggingface_hub.utils import tqdm
 
-from ..checkpoint.reader import open_checkpoint
+from .. import constants
+from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, open_checkpoint
+from ..errors import EvaluationError
 from ..merge.plan import build_plan
 from ..recipes.greedy import greedy_ensemble
 from .candidates import ModelHolder, checkpoint_float_state, read_float_state
+from .device import resolve_eval_device
 from .evaluator import Evaluator
+from .uncertainty import Bootstrap, Interval, paired_bootstrap, separation_warning
 
-__all__ = ["SoupReport", "evaluate_soup"]
+__all__ = ["SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
+
+#: The method differences are taken to.
+BASELINE = "best_individual"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One method on one evaluation set: its score with a confidence interval, and its difference to the best
+    individual ingredient with the paired bootstrap interval of that difference (`None` when not computed)."""
+
+    eval_set: str
+    method: str
+    score: float
+    low: float | None = None
+    high: float | None = None
+    delta: float | None = None
+    delta_low: float | None = None
+    delta_high: float | None = None
 
 
 @dataclass
 class SoupReport:
-    """Scores of every method on every evaluation set.
+    """Scores of the soup and its baselines on every evaluation set, with their uncertainty.
 
     Attributes:
         results (`dict[str, dict[str, float]]`): `{set: {method: score}}`.
         metric (`str`): the metric name.
-        ingredient_scores (`dict[str, dict[str, float]]`): `{set: {ingredient: score}}`.
+        ingredient_scores (`dict[str, dict[str, float]]`): `{set: {ingredient: score}}` (those evaluated).
         members (`dict[str, list[str]]`): the ingredients chosen by each selection method.
+        intervals (`dict[str, dict[str, Interval]]`): `{set: {method: score with its bootstrap interval}}`.
+        differences (`dict[str, dict[str, Interval]]`): `{set: {method: score - best_individual's score, with its
+            paired bootstrap interval}}`, when the best individual was scored.
+        sizes (`dict[str, int]`): the number of examples of each set.
+        warnings (`list[str]`): e.g. sets too small to separate the candidates.
+        bootstrap ([`Bootstrap`]): resamples, confidence level and seed of the intervals.
     """
 
     results: dict[str, dict[str, float]]
     metric: str
     ingredient_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     members: dict[str, list[str]] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    differences: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def methods(self) -> list[str]:
@@ -42,133 +81,320 @@ class SoupReport:
             seen += [m for m in scores if m not in seen]
         return seen
 
+    def rows(self) -> list[ResultRow]:
+        """One [`ResultRow`] per (set, method), in set then method order (DataFrame-like records)."""
+        out = []
+        for s, scores in self.results.items():
+            for m, score in scores.items():
+                ci = self.intervals.get(s, {}).get(m)
+                d = self.differences.get(s, {}).get(m)
+                out.append(ResultRow(s, m, score, ci.low if ci else None, ci.high if ci else None,
+                                     d.value if d else None, d.low if d else None, d.high if d else None))
+        return out
+
+    def to_pandas(self) -> Any:
+        """The rows as a `pandas.DataFrame` (columns: the [`ResultRow`] fields)."""
+        import dataclasses
+
+        import pandas as pd
+
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.rows()])
+
+    def _cell(self, s: str, m: str) -> str:
+        if m not in self.results[s]:
+            return "–"
+        ci = self.intervals.get(s, {}).get(m)
+        cell = f"{self.results[s][m]:.4f}" + (f" [{ci.low:.4f}, {ci.high:.4f}]" if ci else "")
+        d = self.differences.get(s, {}).get(m)
+        if d is not None and m != BASELINE:
+            cell += f" (Δ {d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
+        return cell
+
     def to_markdown(self) -> str:
+        """A markdown table: one row per method, one column per set; each cell the score, its confidence interval
+        and its difference to the best individual with the paired interval of that difference."""
         sets = list(self.results)
         lines = [f"| method | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
         for m in self.methods:
-            cells = [f"{self.results[s][m]:.4f}" if m in self.results[s] else "–" for s in sets]
-            lines.append(f"| {m} | {' | '.join(cells)} |")
+            lines.append(f"| {m} | {' | '.join(self._cell(s, m) for s in sets)} |")
+        return "\n".join(lines)
+
+    def to_table(self) -> str:
+        """A plain-text table for terminals and logs: the metric, the interval settings, the table and warnings."""
+        b = self.bootstrap
+        sizes = ", ".join(f"{s}: {n}" for s, n in self.sizes.items())
+        lines = [f"{self.metric} with {b.confidence:.0%} paired bootstrap intervals ({b.resamples} resamples, "
+                 f"seed {b.seed}); Δ = difference to {BASELINE}" + (f"; examples {sizes}" if sizes else "")]
+        sets = list(self.results)
+        rows = [["method", *sets]] + [[m, *(self._cell(s, m) for s in sets)] for m in self.methods]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{self.metric}\n{self.to_markdown()}"
+        return self.to_table()
 
     def to_dict(self) -> dict[str, Any]:
+        def ivs(table: dict[str, dict[str, Interval]]) -> dict[str, dict[str, list[float]]]:
+            return {s: {m: [i.value, i.low, i.high] for m, i in t.items()} for s, t in table.items()}
+
         return {"metric": self.metric, "results": self.results, "ingredient_scores": self.ingredient_scores,
-                "members": self.members}
+                "members": self.members, "intervals": ivs(self.intervals), "differences": ivs(self.differences),
+                "sizes": self.sizes, "warnings": self.warnings,
+                "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence,
+                              "seed": self.bootstrap.seed}}
+
+
+def _wanted(methods: Sequence[str] | None, soup_label: str, available: Sequence[str]) -> set[str]:
+    """The requested method names, validated (`"soup"` is the soup's own label, `"wise_ft"` every alpha,
+    `"ingredients"` every ingredient)."""
+    if methods is None:
+        return set(available)
+    wanted = set()
+    for m in methods:
+        m = soup_label if m == "soup" else m
+        if m not in available:
+            close = difflib.get_close_matches(m, list(available), n=1)
+            raise EvaluationError(f"unknown method '{m}' for Soup.evaluate" + (f" (did you mean '{close[0]}'?)"
+                                                                                 if close else "") + ".",
+                                  fix=f"choose among {', '.join(available)} (or 'soup').")
+        wanted.add(m)
+    return wanted
 
 
 def evaluate_soup(
     soup: Any,
     datasets: Mapping[str, Any],
     *,
+    methods: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
     held_out: str | None = None,
     base: str | os.PathLike[str] | None = None,
     alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     metric: Any = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
     image_column: str | None = None,
     extra_soups: Mapping[str, str | os.PathLike[str]] | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> SoupReport:
-    """Evaluate the soup and its baselines on each dataset.
+    """Evaluate the soup and its baselines on each dataset, with paired bootstrap confidence intervals.
 
-    Methods: each ingredient, `best_individual` (best on the held-out set), `uniform_soup`, the soup itself (named by
-    its method, e.g. `greedy_soup`), `ensemble` (mean logits of all ingredients), `greedy_ensemble` (members chosen on
-    the held-out set), and `wise_ft@alpha` (`(1 - alpha) * base + alpha * soup`) when `base` is given.
+    Methods: `best_individual` (best on the held-out set), `uniform_soup`, the soup itself (named by its method,
+    e.g. `greedy_soup`; `"soup"` selects it too), `ensemble` (mean logits of all ingredients), `greedy_ensemble`
+    (members chosen on the held-out set), `wise_ft@alpha` (`(1 - alpha) * base + alpha * soup`, when `base` is
+    given; `"wise_ft"` selects every alpha), each name in `extra_soups`, and `ingredient:<name>` rows (`"ingredients"`
+    selects them all). Ingredient logits are computed once per set and shared by every baseline; only what the
+    requested methods need is evaluated.
 
     Args:
         soup ([`Soup`]): the soup; its ingredients must be on disk (not streamed).
         datasets (`Mapping[str, datasets.Dataset]`): evaluation sets by name, e.g. `{"test": ds, "ood_tweets": ds2}`.
+        methods (`Sequence[str]`, *optional*): score only these methods (e.g. `["soup", "best_individual"]`);
+            defaults to all.
+        device (`str` or `torch.device`, *optional*): where evaluations run; defaults to accelerate's
+            `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU.
+        dtype (`str`, *optional*): `"bfloat16"` or `"float16"` evaluates under autocast; default exact fp32.
+        progress (`bool`, *optional*, defaults to `True`): show a progress bar (huggingface_hub's tqdm).
         held_out (`str`, *optional*): the set used to pick the best individual and the greedy ensemble; defaults to
             the held-out scores of a greedy/learned soup, else the first set.
         base (`str`, *optional*): the pretrained (or zero-shot) checkpoint for WiSE-FT.
         alphas (`Sequence[float]`, *optional*): the WiSE-FT grid.
         metric (*optional*): defaults to the soup's metric.
+        batch_size (`int`, *optional*): defaults to 64 on the CPU, 256 on an accelerator.
         extra_soups (`Mapping[str, str]`, *optional*): more soup directories to score, by method name (e.g.
             `{"learned_soup": "path"}`).
+        bootstrap (`int`, *optional*, defaults to `1000`): bootstrap resamples per set (`0` for no intervals).
+        confidence (`float`, *optional*, defaults to `0.95`): the intervals' confidence level.
+        seed (`int`, *optional*, defaults to `0`): the resampling seed.
 
     Returns:
-        [`SoupReport`], also stored on `soup.results` for the model card.
+        [`SoupReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`, `.to_table()`;
+        the scores, intervals and warnings are also stored on the soup for its model card.
+
+    Raises:
+        [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, or unusable data.
     """
     metric = metric or soup.metric
     ingredients = soup.ingredients
     names = [i.name for i in ingredients]
     config = soup.config
     reference_dir = ingredients[0].local_dir or soup.output_dir
-    from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
-    from ..errors import EvaluationError
-
+    label = f"{soup.method}_soup"
+    wise = [f"wise_ft@{a:g}" for a in alphas] if base is not None else []
+    available = ["best_individual", "uniform_soup", label, "ensemble", "greedy_ensemble", *wise,
+                 *(["wise_ft"] if wise else []), *(extra_soups or {}), "ingredients", *(f"ingredient:{n}" for n in names)]
+    if methods is not None and any(str(m).startswith("wise_ft") for m in methods) and base is None:
+        raise EvaluationError("WiSE-FT needs the pretrained checkpoint.", fix="pass base=<checkpoint directory>.")
+    wanted = _wanted(methods, label, available)
+    if "wise_ft" in wanted:
+        wanted |= set(wise)
     for ing in ingredients:
         if not ing.local_dir or not any(os.path.exists(os.path.join(ing.local_dir, f))
                                         for f in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX)):
             raise EvaluationError("its weights are not on disk (the soup was streamed), and evaluating the baselines "
                                   "needs every ingredient.", ingredient=ing.name,
                                   fix="make the soup with stream=False to evaluate it against its ingredients.")
+    sets = list(datasets)
+    sel_set = held_out or sets[0]
+    if sel_set not in datasets:
+        raise EvaluationError(f"held_out='{sel_set}' is not one of the evaluation sets {sets}.",
+                              fix="pass held_out= with one of the names of `datasets`.")
+    show_ingredients = "ingredients" in wanted or any(m.startswith("ingredient:") for m in wanted)
+    every_ingredient = show_ingredients or bool({"ensemble", "greedy_ensemble"} & wanted)
+    # the best individual: known from a greedy/learned soup's held-out scores, else chosen on `sel_set`
+    known_best = names.index(max(names, key=lambda n: soup.scores[n])) if soup.scores and held_out is None \
+        and all(n in soup.scores for n in names) else None
+    need: dict[int, list[str]] = {}  # ingredient -> the sets it is scored on in the first pass
+    for i in range(len(names)):
+        if every_ingredient:
+            need[i] = sets
+        elif "best_individual" in wanted:
+            need[i] = sets if i == known_best else ([sel_set] if known_best is None else [])
+    later = [] if every_ingredient or "best_individual" not in wanted or known_best is not None else \
+        [s for s in sets if s != sel_set]
+    soups = {label, "uniform_soup", *(extra_soups or {}), *wise} & wanted
+    total = sum(len(v) for v in need.values()) + len(later) + len(soups) * len(sets)
+    bar = tqdm(total=total, desc="Evaluating the soup and its baselines",
+               disable=not progress or constants.progress_disabled())
+
     with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
         readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name)) for i in ingredients]
-        soup_reader = stack.enter_context(open_checkpoint(soup.output_dir, ingredient="soup"))
         plan = build_plan([r.tensors for r in readers], [1.0] * len(readers), names=names)
-        holder = ModelHolder(reference_dir, config, soup.trust_remote_code)
-        soup_state = checkpoint_float_state(soup_reader)
+        eval_device = resolve_eval_device(device)
+        holder = ModelHolder(reference_dir, config, soup.trust_remote_code, device=eval_device)
         evaluators = {name: Evaluator(ds, reference_dir, config, metric=metric, text_column=text_column,
                                       label_column=label_column, image_column=image_column, batch_size=batch_size,
-                                      name=names[0]) for name, ds in datasets.items()}
-        logits: dict[str, list[torch.Tensor]] = {s: [] for s in evaluators}
-        ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in evaluators}
-        running: dict[str, torch.Tensor] | None = None
-        for i, reader in enumerate(readers):
-            state = read_float_state(plan, reader, i)
-            if running is None:
-                running = {k: v.clone() for k, v in state.items()}
-            else:
-                for k, v in running.items():
-                    v.add_(state[k])
+                                      name=names[0], device=eval_device, dtype=dtype)
+                      for name, ds in datasets.items()}
+        logits: dict[str, dict[int, torch.Tensor]] = {s: {} for s in sets}
+        ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in sets}
+        results: dict[str, dict[str, float]] = {s: {} for s in sets}
+        predictions: dict[str, dict[str, torch.Tensor]] = {s: {} for s in sets}
+
+        def score(s: str, name: str, model: Any) -> torch.Tensor:
+            value, lg = evaluators[s].score(model)
+            results[s][name] = value
+            predictions[s][name] = evaluators[s].predictions(lg)
+            bar.update()
+            return lg
+
+        def score_ingredient(i: int, on: Sequence[str], state: Mapping[str, torch.Tensor] | None = None) -> None:
+            if state is None:
+                state = read_float_state(plan, readers[i], i, device=holder.device)
             model = holder.load(state)
-            for s, ev in evaluators.items():
-                score, lg = ev.score(model)
-                logits[s].append(lg)
-                ingredient_scores[s][names[i]] = score
-        if soup.scores and held_out is None:
-            selection = [soup.scores[n] for n in names]
-        else:
-            key = held_out or next(iter(evaluators))
-            selection = [ingredient_scores[key][n] for n in names]
-        best = max(range(len(names)), key=lambda i: selection[i])
-        sel_set = held_out or next(iter(evaluators))
-        members = greedy_ensemble(logits[sel_set], [ingredient_scores[sel_set][n] for n in names],
-                                  evaluators[sel_set].score_logits)
-        assert running is not None
-        uniform_model = holder.load_mean(running, None, len(readers))
-        results: dict[str, dict[str, float]] = {s: {} for s in evaluators}
+            for s in on:
+                logits[s][i] = score(s, f"ingredient:{names[i]}", model)
+                ingredient_scores[s][names[i]] = results[s][f"ingredient:{names[i]}"]
+
+        running: dict[str, torch.Tensor] | None = None
+        for i in range(len(names)):
+            if "uniform_soup" in wanted:  # the uniform soup's running sum, on the evaluation device
+                state = read_float_state(plan, readers[i], i, device=holder.device)
+                if running is None:
+                    running = {k: v.clone() for k, v in state.items()}
+                else:
+                    for k, v in running.items():
+                        v.add_(state[k])
+                if need.get(i):
+                    score_ingredient(i, need[i], state)
+                del state
+            elif need.get(i):
+                score_ingredient(i, need[i])
+        best = known_best if known_best is not None else \
+            max(range(len(names)), key=lambda i: ingredient_scores[sel_set].get(names[i], float("-inf")))
+        if later:
+            score_ingredient(best, later)
+        if "best_individual" in wanted:
+            for s in sets:
+                results[s]["best_individual"] = ingredient_scores[s][names[best]]
+                predictions[s]["best_individual"] = predictions[s][f"ingredient:{names[best]}"]
+        members: list[int] = []
+        if "greedy_ensemble" in wanted:
+            members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
+                                      [ingredient_scores[sel_set][n] for n in names], evaluators[sel_set].score_logits)
         for s, ev in evaluators.items():
-            results[s]["best_individual"] = ingredient_scores[s][names[best]]
-            results[s]["uniform_soup"] = ev.score(uniform_model)[0]
-        soup_model = holder.load(soup_state)
-        label = f"{soup.method}_soup"
-        for s, ev in evaluators.items():
-            if label != "uniform_soup":
-                results[s][label] = ev.score(soup_model)[0]
-            results[s]["ensemble"] = ev.score_logits(torch.stack(logits[s]).mean(0))
-            results[s]["greedy_ensemble"] = ev.score_logits(torch.stack([logits[s][m] for m in members]).mean(0))
+            for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
+                if name in wanted:
+                    mean = torch.stack([logits[s][i] for i in chosen]).mean(0)
+                    results[s][name] = ev.score_logits(mean)
+                    predictions[s][name] = ev.predictions(mean)
+        if "uniform_soup" in wanted:
+            assert running is not None
+            model = holder.load_mean(running, None, len(readers))
+            del running
+            for s in sets:
+                score(s, "uniform_soup", model)
+        soup_state = None
+        if label in wanted and label != "uniform_soup" or wise:
+            soup_state = checkpoint_float_state(stack.enter_context(open_checkpoint(soup.output_dir,
+                                                                                    ingredient="soup")))
+            soup_state = {k: v.to(holder.device) for k, v in soup_state.items()}
+        if label in wanted and label != "uniform_soup":
+            model = holder.load(soup_state)
+            for s in sets:
+                score(s, label, model)
         for label_extra, path in (extra_soups or {}).items():
-            extra_reader = stack.enter_context(open_checkpoint(path, ingredient=label_extra))
-            model = holder.load(checkpoint_float_state(extra_reader))
-            for s, ev in evaluators.items():
-                results[s][label_extra] = ev.score(model)[0]
-        if base is not None:
+            if label_extra in wanted:
+                model = holder.load(checkpoint_float_state(stack.enter_context(open_checkpoint(
+                    path, ingredient=label_extra))))
+                for s in sets:
+                    score(s, label_extra, model)
+        if base is not None and wise and wanted & set(wise):
             base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
-            base_state = checkpoint_float_state(base_reader)
-            for alpha in alphas:
-                model = holder.load_combination([base_state, soup_state], [1 - alpha, alpha])
-                for s, ev in evaluators.items():
-                    results[s][f"wise_ft@{alpha:g}"] = ev.score(model)[0]
-        for s in evaluators:
-            for n in names:
-                results[s][f"ingredient:{n}"] = ingredient_scores[s][n]
-    report = SoupReport(results, evaluators[next(iter(evaluators))].metric.name, ingredient_scores,
-                        {"greedy_ensemble": [names[m] for m in members],
-                         f"{soup.method}_soup": [i.name for i in ingredients if (i.weight or 0) > 0]})
+            base_state = {k: v.to(holder.device) for k, v in checkpoint_float_state(base_reader).items()}
+            assert soup_state is not None
+            for alpha, name in zip(alphas, wise):
+                if name in wanted:
+                    model = holder.load_combination([base_state, soup_state], [1 - alpha, alpha])
+                    for s in sets:
+                        score(s, name, model)
+        if not show_ingredients:
+            for s in sets:
+                results[s] = {m: v for m, v in results[s].items() if not m.startswith("ingredient:")}
+        elif methods is not None and "ingredients" not in wanted:
+            for s in sets:
+                results[s] = {m: v for m, v in results[s].items() if not m.startswith("ingredient:") or m in wanted}
+    report = _with_uncertainty(results, predictions, evaluators, ingredient_scores, best=names[best] if
+                               "best_individual" in wanted else None, bootstrap=Bootstrap(bootstrap, confidence, seed))
+    report.members = {}
+    if "greedy_ensemble" in wanted:
+        report.members["greedy_ensemble"] = [names[m] for m in members]
+    report.members[label] = [i.name for i in ingredients if (i.weight or 0) > 0]
     soup.results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")} for s, r in results.items()}
+    soup.intervals = {s: {m: (i.low, i.high) for m, i in t.items() if m in soup.results[s]}
+                      for s, t in report.intervals.items()}
+    soup.differences = {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in soup.results[s]}
+                        for s, t in report.differences.items()}
+    soup.evaluation_warnings = list(report.warnings)
+    return report
+
+
+def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[str, dict[str, torch.Tensor]],
+                      evaluators: Mapping[str, Evaluator], ingredient_scores: dict[str, dict[str, float]], *,
+                      best: str | None, bootstrap: Bootstrap) -> SoupReport:
+    """The report: paired bootstrap intervals per set, and the small-set warnings."""
+    first = next(iter(evaluators.values()))
+    report = SoupReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
+    for s, ev in evaluators.items():
+        report.sizes[s] = len(ev)
+        preds = {m: p.numpy() for m, p in predictions[s].items()}
+        intervals, differences = paired_bootstrap(preds, ev.references.numpy(), ev.metric,
+                                                  baseline="best_individual" if best else None, bootstrap=bootstrap)
+        report.intervals[s] = {m: i for m, i in intervals.items() if m in results[s]}
+        report.differences[s] = {m: d for m, d in differences.items() if m in results[s]}
+        scores = ingredient_scores[s]
+        if len(scores) >= 2:
+            top = max(scores, key=lambda n: scores[n])
+            warning = separation_warning(s, len(ev), scores, intervals.get(f"ingredient:{top}"),
+                                         bootstrap.confidence)
+            if warning:
+                report.warnings.append(warning)
     return report

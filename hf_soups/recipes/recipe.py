@@ -25,8 +25,9 @@ _FIX = "start from the recipe block of a soup's model card."
 class EvalSpec:
     """Evaluation settings of greedy and learned soups: the single home of everything about held-out scoring.
 
-    Only the fields that decide the result (`dataset`, `split`, `metric`, the columns, `strict`, `learned_steps`) are
-    recorded in the recipe; the runtime ones (`batch_size`, `max_memory`, `offload_folder`) are not.
+    Only the fields that decide the result (`dataset`, `split`, `metric`, the columns, `strict`, `learned_steps`, and
+    `dtype` when set) are recorded in the recipe; the runtime ones (`batch_size`, `device`, `max_memory`,
+    `offload_folder`) are not.
 
     Args:
         dataset (`str`, *optional*):
@@ -40,8 +41,9 @@ class EvalSpec:
             An `evaluate` metric name, or a local metric script directory.
         strict (`bool`, *optional*, defaults to `False`):
             Greedy accepts only strict improvements (`>`), instead of the paper's `>=`.
-        batch_size (`int`, *optional*, defaults to `64`):
-            Evaluation batch size.
+        batch_size (`int`, *optional*):
+            Evaluation batch size; defaults to 64 on the CPU and 256 on an accelerator (64 for learned soups, whose
+            optimisation steps use these batches). A given value always wins.
         learned_steps (`int`, *optional*, defaults to `30`):
             Optimisation steps of a learned soup.
         max_memory (`dict`, *optional*):
@@ -49,6 +51,13 @@ class EvalSpec:
             is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
         offload_folder (`str`, *optional*):
             Where accelerate offloads weights that do not fit `max_memory`.
+        device (`str`, *optional*):
+            Where held-out evaluations run (`"cuda:1"`, `"cpu"`, `"mps"`); defaults to accelerate's
+            `PartialState().device` under `accelerate launch` or when an accelerator is present (each launched rank
+            on its own device), else the CPU. Separate from the merge device (`MergeOptions.device`).
+        dtype (`str`, *optional*):
+            `"bfloat16"` or `"float16"` evaluates under `torch.autocast` (faster on GPUs, scores may differ slightly);
+            the default is exact fp32.
     """
 
     dataset: str | None = None
@@ -58,10 +67,12 @@ class EvalSpec:
     label_column: str | None = None
     image_column: str | None = None
     strict: bool = False
-    batch_size: int = field(default=64, metadata={"runtime": True})
+    batch_size: int | None = field(default=None, metadata={"runtime": True})
     learned_steps: int = 30
     max_memory: dict[Any, Any] | None = field(default=None, metadata={"runtime": True})
     offload_folder: str | None = field(default=None, metadata={"runtime": True})
+    device: str | None = field(default=None, metadata={"runtime": True})
+    dtype: str | None = None
 
     @property
     def metric_name(self) -> str:
@@ -73,6 +84,10 @@ class EvalSpec:
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
         data["metric"] = self.metric_name
         data["dataset"] = self.dataset if self.dataset is not None else "<in-memory dataset>"
+        if self.dtype is None:  # exact fp32, the default: recipes stay as they were
+            data.pop("dtype")
+        else:
+            data["dtype"] = str(self.dtype).replace("torch.", "")
         return data
 
 
