@@ -197,11 +197,25 @@ def main() -> None:
         assert card.data.base_model_relation == "merge"
         headline = ["best_individual", "uniform_soup", "greedy_soup", "learned_soup", "ensemble", "greedy_ensemble"]
         cols = ["val", "test", "ood_amazon", "ood_tweets", "ood_nyt", "mean_ood"]
+        def cell(c, m):  # the score with its 95% bootstrap interval (mean_ood: the plain mean)
+            if m not in report.results[c]:
+                return "–"
+            ci = report.intervals.get(c, {}).get(m)
+            return f"{report.results[c][m]:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")
+
         lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for m in headline + [m for m in report.methods if m.startswith("wise_ft@")] + \
                 [m for m in report.methods if m.startswith("ingredient:")]:
-            lines.append(f"| {m} | " + " | ".join(f"{report.results[c][m]:.3f}" if m in report.results[c] else "–"
-                                                  for c in cols) + " |")
+            lines.append(f"| {m} | " + " | ".join(cell(c, m) for c in cols) + " |")
+        sets_ci = [c for c in cols if c in report.differences]
+        lines += ["", "Difference to the best individual, with its paired 95% bootstrap interval (an interval "
+                  "containing 0 means no detectable difference):", "",
+                  "| method | " + " | ".join(sets_ci) + " |", "|---|" + "---|" * len(sets_ci)]
+        for m in headline[1:]:
+            diffs = [report.differences[c].get(m) for c in sets_ci]
+            lines.append(f"| {m} | " + " | ".join(f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" if d else "–"
+                                                  for d in diffs) + " |")
+        lines += [f"\nWarning: {w}" for w in [*greedy.warnings, *report.warnings]]
         table = "\n".join(lines)
         summary = {
             "task": "MiniLM-L6 sentiment (Hutto ICWSM-2014): movie reviews in-domain; Amazon, tweets, NYT shifted",
@@ -212,6 +226,8 @@ def main() -> None:
                              "greedy_weight": i.weight} for i in greedy.ingredients],
             "greedy_trace": greedy.trace, "learned_weights": learned.weights, "uniform_weights": uniform.weights,
             "results": report.results, "greedy_ensemble_members": report.members.get("greedy_ensemble"),
+            "intervals": report.to_dict()["intervals"], "differences": report.to_dict()["differences"],
+            "warnings": [*greedy.warnings, *report.warnings],
             "greedy_seconds": greedy_seconds, "total_seconds": time.time() - t0,
             "pushed": {"repo": "demo/minilm-sentiment-greedy-soup", "commit": commit.oid},
         }

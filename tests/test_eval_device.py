@@ -274,3 +274,15 @@ def test_small_held_out_set_is_warned_in_soup_and_card(family, tmp_path, caplog)
     assert soup.warnings and "too small to separate the candidates" in soup.warnings[0]
     assert "12 examples" in soup.warnings[0] and "too small" in caplog.text
     assert "## Warnings" in str(soup.card) and "too small to separate" in str(soup.card)
+
+
+def test_cli_eval_device_and_dtype(family, tmp_path, capsys):
+    from hf_soups.cli.main import main
+    from hf_soups.testing import write_csv
+
+    csv = write_csv(tmp_path / "val.csv", sentiment_examples(24, seed=9))
+    args = ["soup", *family["refs"], "--method", "greedy", "--eval-dataset", csv]
+    assert main([*args, "--output", str(tmp_path / "s"), "--eval-device", "cpu", "--eval-dtype", "bfloat16"]) == 0
+    assert "dtype: bfloat16" in (tmp_path / "s" / "README.md").read_text()  # recorded: it decides the result
+    assert main([*args, "--output", str(tmp_path / "t"), "--eval-device", "gpu7"]) == 8
+    assert "unknown evaluation device 'gpu7'" in capsys.readouterr().err

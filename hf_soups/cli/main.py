@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--metric", default="accuracy",
                       help="an evaluate metric name or local metric script directory (default: accuracy)")
     soup.add_argument("--strict", action="store_true", help="greedy accepts only strict improvements (>)")
+    soup.add_argument("--eval-device", default=None, metavar="DEVICE",
+                      help="where held-out evaluations run, e.g. cuda:1 or cpu (default: the accelerate launch rank's "
+                           "device, else cuda/mps when available, else cpu)")
+    soup.add_argument("--eval-dtype", default=None, choices=["bfloat16", "float16"],
+                      help="evaluate under autocast in this dtype (default: exact float32)")
     soup.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
     soup.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
     soup.add_argument("--push-to", default=None, metavar="REPO", help="push the soup to this Hub repo")
@@ -213,7 +218,8 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
     eval_dataset = None
     spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric, text_column=args.text_column,
-                    label_column=args.label_column, image_column=args.image_column, strict=args.strict)
+                    label_column=args.label_column, image_column=args.image_column, strict=args.strict,
+                    device=args.eval_device, dtype=args.eval_dtype)
     if args.eval_dataset is not None:
         eval_dataset = load_eval_dataset(args.eval_dataset, args.split)
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,

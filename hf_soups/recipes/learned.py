@@ -1,8 +1,9 @@
 """Learned soup (Wortsman et al., 2022, arXiv:2203.05482, appendix): mixing weights optimised on held-out data.
 
 The soup's parameters are `sum_k softmax(alpha)_k * theta_k`; `alpha` is trained by gradient descent on the held-out
-cross-entropy through `torch.func.functional_call`, so one model skeleton serves every step. The ingredients stay
-on the CPU; only the combination for the current step lives on the model's device.
+cross-entropy through `torch.func.functional_call`, so one model skeleton serves every step. Each step's
+combination is built on the model's device; the ingredients are moved there once by the caller when they fit, else
+tensor by tensor per step.
 """
 
 from __future__ import annotations
