@@ -148,7 +148,8 @@ def build_card(
             lines.append(f"| {m} | " + " | ".join(_fmt_ci(results[s].get(m), (intervals or {}).get(s, {}).get(m))
                                                    for s in results) + " |")
         if intervals:
-            lines += ["", "Brackets: paired bootstrap confidence intervals (every method resampled on the same examples)."]
+            lines += ["", "Brackets: paired bootstrap confidence intervals (every method resampled on the same "
+                      "examples)."]
         if differences and any(differences.values()):
             lines += ["", "### Difference to the best individual", "",
                       "| method | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]

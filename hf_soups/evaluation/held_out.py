@@ -161,7 +161,7 @@ def choose_weights(
     score_map = dict(zip(names, scores))
     best = max(names, key=lambda n: score_map[n])
     intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
-    warning = separation_warning("held-out", len(evaluator), score_map, intervals.get(best))
+    warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
     if method == "greedy" and offload is not None:
         accepted, trace = select(names, scores, offload.score_with, strict=spec.strict, progress=bar.update)
         weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]

@@ -229,7 +229,8 @@ def evaluate_soup(
     label = f"{soup.method}_soup"
     wise = [f"wise_ft@{a:g}" for a in alphas] if base is not None else []
     available = ["best_individual", "uniform_soup", label, "ensemble", "greedy_ensemble", *wise,
-                 *(["wise_ft"] if wise else []), *(extra_soups or {}), "ingredients", *(f"ingredient:{n}" for n in names)]
+                 *(["wise_ft"] if wise else []), *(extra_soups or {}), "ingredients",
+                 *(f"ingredient:{n}" for n in names)]
     if methods is not None and any(str(m).startswith("wise_ft") for m in methods) and base is None:
         raise EvaluationError("WiSE-FT needs the pretrained checkpoint.", fix="pass base=<checkpoint directory>.")
     wanted = _wanted(methods, label, available)
@@ -393,7 +394,7 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
         scores = ingredient_scores[s]
         if len(scores) >= 2:
             top = max(scores, key=lambda n: scores[n])
-            warning = separation_warning(s, len(ev), scores, intervals.get(f"ingredient:{top}"),
+            warning = separation_warning(f"evaluation set '{s}'", len(ev), scores, intervals.get(f"ingredient:{top}"),
                                          bootstrap.confidence)
             if warning:
                 report.warnings.append(warning)

@@ -115,10 +115,16 @@ def paired_bootstrap(
     return scores, differences
 
 
-def separation_warning(set_name: str, n: int, scores: Mapping[str, float], best: Interval | None,
+def separation_warning(what: str, n: int, scores: Mapping[str, float], best: Interval | None,
                        confidence: float = DEFAULT_CONFIDENCE) -> str | None:
     """A warning when the held-out set is too small to separate the candidates: the confidence interval's
     half-width of the best candidate's score is larger than the spread of all candidates' scores.
+
+    Args:
+        what (`str`): the set, as named in the message (e.g. `"the held-out set"`, `"evaluation set 'test'"`).
+        n (`int`): its number of examples.
+        scores (`Mapping[str, float]`): each candidate's score on it.
+        best ([`Interval`]): the best candidate's score interval.
 
     Returns:
         `str` or `None`: the warning (also logged), or `None` when the set separates the candidates.
@@ -128,7 +134,7 @@ def separation_warning(set_name: str, n: int, scores: Mapping[str, float], best:
     spread = max(scores.values()) - min(scores.values())
     if best.half_width <= spread:
         return None
-    message = (f"held-out set '{set_name}' ({n} examples) is too small to separate the candidates: the "
+    message = (f"{what} ({n} examples) is too small to separate the candidates: the "
                f"{confidence:.0%} confidence interval of a score is ±{best.half_width:.4f}, wider than the spread of "
                f"the candidates' scores ({spread:.4f}); rankings and greedy decisions on it are mostly noise. "
                "Fix: use a larger held-out set.")
