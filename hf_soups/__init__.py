@@ -26,6 +26,7 @@ _LAZY = {
     "IngredientRef": ".refs",
     "Recipe": ".recipes",
     "EvalSpec": ".recipes",
+    "EvalSet": ".evaluation.data",
     "MergeOptions": ".merge.options",
     "CompatibilityReport": ".compat",
     "Problem": ".compat",
@@ -34,6 +35,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import check_compatibility, soup_from_hub
     from .compat import CompatibilityReport, Problem
+    from .evaluation.data import EvalSet
     from .hub.discovery import CandidateSet, find_ingredients
     from .merge.options import MergeOptions
     from .recipes import EvalSpec, Recipe
@@ -51,6 +53,7 @@ __all__ = [
     "IngredientRef",
     "Recipe",
     "EvalSpec",
+    "EvalSet",
     "MergeOptions",
     "CompatibilityReport",
     "Problem",

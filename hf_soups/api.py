@@ -25,12 +25,13 @@ from .compat import (
     remote_code_problems,
     sample_tensor_names,
 )
-from .errors import SoupError
+from .errors import InvalidArgumentError, SoupError
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
 from .options import resolve_options
 from .recipes import EvalSpec, Recipe, get_method
 from .refs import Ingredient, IngredientMeta, IngredientRef
+from .guards import check_ingredient_set
 from .soup import Soup
 from .validation import (
     validate_dtype,
@@ -54,11 +55,13 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
     if not refs:
-        raise SoupError("no ingredients given.", fix="pass a list of repo ids or checkpoint directories.")
+        raise InvalidArgumentError("no ingredients given.", fix="pass a list of repo ids or checkpoint directories.",
+                                   param="refs")
     revisions = [revision] * len(refs) if revision is None or isinstance(revision, str) else list(revision)
     if len(revisions) != len(refs):
-        raise SoupError(f"got {len(revisions)} revisions for {len(refs)} ingredients.",
-                        fix="pass one revision per ingredient, or a single branch/tag name for all.")
+        raise InvalidArgumentError(f"got {len(revisions)} revisions for {len(refs)} ingredients.",
+                                   fix="pass one revision per ingredient, or a single branch/tag name for all.",
+                                   param="revision")
     parsed = [IngredientRef.parse(r, rev) for r, rev in zip(refs, revisions)]
     if all(p.is_local for p in parsed):
         return [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
@@ -199,9 +202,10 @@ def check_compatibility(
     """Decide whether ingredients can be souped, before any weight is downloaded.
 
     Compares `model_type`, `architectures`, tensor names, shapes and dtypes (from safetensors headers),
-    `id2label`, `num_labels`, tokenizer identity and declared `base_model`. With `weight_check=True`, local
-    ingredients also get a cheap weight-space test (relative L2 distance on a few tensors) flagging one that does
-    not share the others' pretrained init; it is a warning.
+    `id2label`, `num_labels`, tokenizer identity and declared `base_model`. With `weight_check=True`, a cheap
+    weight-space test (relative L2 distance on a few sampled tensors: read locally, or by HTTP range requests for Hub
+    ingredients, a few MB at most) flags the ingredients that do not share the others' pretrained init, as warnings;
+    `report.weight_check` says what it read, or why it was skipped.
 
     Args:
         refs (`Sequence[str]`):
@@ -213,7 +217,7 @@ def check_compatibility(
         align_labels (`bool`, *optional*, defaults to `False`):
             Accept `id2label` permutations (the soup then permutes the classifier rows).
         weight_check (`bool`, *optional*, defaults to `True`):
-            Run the weight-space init check on ingredients already on disk.
+            Run the weight-space init check (on disk, or by range requests on the Hub).
         arch_check (`bool`, *optional*, defaults to `True`):
             Build each config's model under `accelerate.init_empty_weights()` (no memory) and check that the
             checkpoint holds exactly the tensors it expects (catches renamed or missing tensors).
@@ -231,6 +235,7 @@ def check_compatibility(
     Raises:
         [`IngredientNotFoundError`], [`AuthenticationError`], [`NoSafetensorsError`], [`CorruptCheckpointError`]:
             when an ingredient cannot be read at all.
+        [`InvalidArgumentError`]: the same ingredient is named twice.
 
     Example:
         ```python
@@ -241,16 +246,60 @@ def check_compatibility(
         ```
     """
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     report = _verdict(metas, align_labels, arch_check, trust_remote_code)
-    if weight_check and report.compatible and all(i.local_dir for i in ingredients):
-        with contextlib.ExitStack() as stack:
-            readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name,  # type: ignore[arg-type]
-                                                           allow_pickle=allow_pickle)) for i in ingredients]
-            warnings, _ = init_distance_warnings([m.name for m in metas], readers,
-                                                 sample_tensor_names(metas[0].tensors))
-            report.warnings.extend(warnings)
+    report.weight_check = _sampled_weight_check(ingredients, metas, report, enabled=weight_check, token=token,
+                                                endpoint=endpoint, cache_dir=cache_dir, allow_pickle=allow_pickle)
     return report
+
+
+#: The weight-space check on Hub ingredients reads this many tensors of at most `_HUB_SAMPLE_NUMEL` elements each,
+#: by HTTP range requests (a few MB per ingredient at most).
+_HUB_SAMPLE_TENSORS = 4
+_HUB_SAMPLE_NUMEL = 300_000
+
+
+def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[IngredientMeta],
+                          report: CompatibilityReport, *, enabled: bool, token: Any, endpoint: str | None,
+                          cache_dir: str | None, allow_pickle: bool) -> str:
+    """Run the weight-space init check on a small sample of tensors (local reads, or HTTP range requests for Hub
+    ingredients), add its warnings to `report`, and say what it did or why it was skipped."""
+    if not enabled:
+        return "skipped (weight_check=False)."
+    if len(ingredients) < 2:
+        return "skipped (one ingredient: nothing to compare it with)."
+    if not report.compatible:
+        return "skipped (the verdict already found blocking problems)."
+    if any(m.tensors is None for m in metas):
+        return "skipped (pickled weights cannot be sampled before they are downloaded)."
+    on_hub = [i for i in ingredients if i.local_dir is None]
+    assert metas[0].tensors is not None
+    sample = (sample_tensor_names(metas[0].tensors, k=_HUB_SAMPLE_TENSORS, max_numel=_HUB_SAMPLE_NUMEL) if on_hub
+              else sample_tensor_names(metas[0].tensors))
+    if not sample:
+        return "skipped (no weight matrix small enough to sample)."
+    with contextlib.ExitStack() as stack:
+        readers: list[CheckpointReader] = []
+        for ing in ingredients:
+            if ing.local_dir is not None:
+                reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+            else:
+                from . import hub
+
+                small = (hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
+                         if "model.safetensors.index.json" in ing.files else None)  # the shard index, when sharded
+                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=small, window=1)
+            readers.append(stack.enter_context(reader))
+        warnings, dist = init_distance_warnings([m.name for m in metas], readers, sample)
+    report.warnings.extend(warnings)
+    nbytes = sum(metas[0].tensors[n].nbytes for n in sample)
+    how = (f"{len(sample)} sampled tensors ({nbytes / 1e6:.2f} MB per ingredient"
+           + (f", read by HTTP range requests for {len(on_hub)} Hub ingredient(s))" if on_hub else ")"))
+    largest = max(dist[i][j] for i in range(len(dist)) for j in range(i + 1, len(dist)))
+    if warnings:
+        return f"ran on {how}: {len(warnings)} warning(s) below (largest relative L2 distance {largest:.3f})."
+    return f"ran on {how}: all ingredients share one init (largest relative L2 distance {largest:.3f})."
 
 
 def soup_from_hub(
@@ -272,6 +321,7 @@ def soup_from_hub(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    allow_single: bool = False,
     **deprecated: Any,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -302,9 +352,11 @@ def soup_from_hub(
             The Hub endpoint (defaults to `HF_ENDPOINT`).
         cache_dir (`str`, *optional*):
             The huggingface_hub cache directory.
-        eval_dataset (`datasets.Dataset` or `str`, *optional*):
-            Held-out data for greedy and learned soups: a dataset, or a csv/json/parquet file, a `save_to_disk`
-            directory or a Hub dataset id (loaded with `eval_spec.split`). Defaults to `eval_spec.dataset`.
+        eval_dataset (`datasets.Dataset`, `DatasetDict`, `pandas.DataFrame`, `dict` or `str`, *optional*):
+            Held-out data for greedy and learned soups: a `Dataset`, a `DatasetDict` (the split is `eval_spec.split`),
+            a pandas DataFrame, a dict of lists, a csv/json/parquet file, a `save_to_disk` directory or a Hub dataset
+            id (loaded with `eval_spec.split`). Defaults to `eval_spec.dataset`. Its columns, label values and label
+            names are checked against the ingredients' config before any weight is downloaded.
         text_column, label_column (`str`, *optional*):
             Column names of `eval_dataset`; override the `eval_spec`'s.
         metric (`str` or `evaluate.EvaluationModule`, *optional*, defaults to `"accuracy"`):
@@ -321,6 +373,9 @@ def soup_from_hub(
             Accept configs with `auto_map` (code from the repository), also when evaluating candidates.
         allow_pickle (`bool`, *optional*, defaults to `False`):
             Accept `pytorch_model.bin` ingredients, read only with `torch.load(weights_only=True)`.
+        allow_single (`bool`, *optional*, defaults to `False`):
+            Accept a single ingredient (a "soup" identical to it, for testing pipelines). Two or more are required
+            otherwise, and the same ingredient twice (same repo and commit, or same directory) is always refused.
         **deprecated:
             The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
             and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
@@ -340,6 +395,10 @@ def soup_from_hub(
         [`OutputExistsError`], [`OutputNotWritableError`], [`DiskFullError`]: the output cannot be written (checked
             before any download); nothing partial is left, and nothing hf_soups did not write is ever replaced.
         [`RecipeError`]: `method` is not registered (the message names the closest one).
+        [`InvalidArgumentError`]: fewer than two ingredients, one ingredient twice, weights that do not fit the
+            method, or a held-out method without data (all raised before any weight is downloaded).
+        [`EvaluationError`], [`LabelMismatchError`]: the held-out data lacks a column or its labels do not match
+            the ingredients' `id2label` (raised before any weight is downloaded).
         `TypeError`: an unknown keyword argument (the message names the closest one).
 
     Example:
@@ -368,20 +427,29 @@ def soup_from_hub(
         method = "weighted"
     entry = get_method(method)
     if entry.user_weights and weights is None:
-        raise SoupError(f"method={method!r} needs weights.", fix="pass weights=[...] with one weight per ingredient.")
+        raise InvalidArgumentError(f"method={method!r} needs weights.",
+                                   fix="pass weights=[...] with one weight per ingredient.", param="weights")
     if not entry.user_weights and weights is not None:
-        raise SoupError(f"method={method!r} chooses the weights itself.", fix="drop weights=, or use method='weighted'.")
+        raise InvalidArgumentError(f"method={method!r} chooses the weights itself.",
+                                   fix="drop weights=, or use method='weighted'.", param="weights")
     if entry.needs_eval and eval_dataset is None and spec.dataset is None:
-        raise SoupError(f"method={method!r} needs held-out data.",
-                        fix="pass eval_dataset=<datasets.Dataset or file>, or eval_spec=EvalSpec(dataset=...).")
+        raise InvalidArgumentError(f"method={method!r} needs held-out data.",
+                                   fix="pass eval_dataset=<datasets.Dataset or file>, or "
+                                       "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
     output = None
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
         output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
                                  caches=[cache_dir or ""])
+    eval_data = None
+    if eval_dataset is not None or (entry.needs_eval and spec.dataset is not None):  # loaded (not checked) up front
+        from .evaluation.data import as_eval_dataset
+
+        eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split)
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
-        raise SoupError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
-                        fix="pass one weight per ingredient.")
+        raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
+                                   fix="pass one weight per ingredient.", param="weights")
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
@@ -392,6 +460,12 @@ def soup_from_hub(
     report.raise_if_incompatible()
     if arch is not None and (entry.needs_eval or any(i.repo_id is not None for i in ingredients)):
         arch.settle(report)  # before any weight is downloaded or evaluated
+    if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
+        from .evaluation.data import check_eval_data
+
+        check_eval_data(eval_data, metas[0].config, text_column=spec.text_column, label_column=spec.label_column,
+                        image_column=spec.image_column, name=metas[0].name)
+    base_model = options.base_model or _shared_base_model(metas)
 
     with contextlib.ExitStack() as stack:
         readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
@@ -415,12 +489,7 @@ def soup_from_hub(
         if entry.needs_eval:
             from .evaluation import held_out
 
-            data = eval_dataset if eval_dataset is not None else spec.dataset
-            if isinstance(data, (str, os.PathLike)):
-                from .evaluation.data import load_eval_dataset
-
-                data = load_eval_dataset(os.fspath(data), spec.split)
-            chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, data, spec,
+            chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, eval_data, spec,
                                              trust_remote_code=trust_remote_code, progress=options.progress)
             plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
         else:
@@ -437,9 +506,10 @@ def soup_from_hub(
             evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
         )
         soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
-                    trace=trace, scores=scores, base_model=options.base_model,
+                    trace=trace, scores=scores, base_model=base_model,
                     metric=spec.metric_name, trust_remote_code=trust_remote_code,
-                    discovery=discovery, warnings=held_out_warnings)
+                    discovery=discovery, warnings=held_out_warnings,
+                    card_metadata=_agreed_card_metadata(ingredients))
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
@@ -459,6 +529,30 @@ def soup_from_hub(
 
 
 _SOUP_PARAMETERS = tuple(inspect.signature(soup_from_hub).parameters)[:-1]
+
+
+def _shared_base_model(metas: Sequence[IngredientMeta]) -> str | None:
+    """The pretrained base every ingredient's card declares, when they all declare the same single one."""
+    declared = {m.base_model for m in metas}
+    if len(declared) == 1:
+        only = next(iter(declared))
+        if only is not None and len(only) == 1:
+            return only[0]
+    return None
+
+
+def _agreed_card_metadata(ingredients: Sequence[Ingredient]) -> dict[str, Any]:
+    """License, language and datasets metadata that every ingredient's card declares identically."""
+    from .card import INHERITED_FIELDS
+    from .checkpoint.meta import card_metadata
+
+    cards = [card_metadata(os.path.join(i.local_dir, "README.md")) if i.local_dir else {} for i in ingredients]
+    agreed: dict[str, Any] = {}
+    for key in INHERITED_FIELDS:
+        values = [c.get(key) for c in cards]
+        if values and values[0] and all(v == values[0] for v in values):
+            agreed[key] = values[0]
+    return agreed
 
 
 def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | None) -> None:
@@ -483,10 +577,11 @@ def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | N
 
 def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = None,
                 endpoint: str | None = None) -> Recipe:
-    """Read a recipe from a YAML file, or from the model card of a soup repo on the Hub.
+    """Read a recipe from a YAML file, a soup directory, a soup's card file, or a soup repo on the Hub.
 
     Args:
-        source (`str`): a recipe YAML file, or a soup repo id whose `README.md` embeds one.
+        source (`str`): a recipe YAML file; a soup directory (its `recipe.yaml`, else its `README.md`); a model card
+            file (`README.md`); or a soup repo id whose card embeds the recipe.
         token (`str` or `bool`, *optional*): Hub token for a private soup repo.
         endpoint (`str`, *optional*): the Hub endpoint.
 
@@ -494,24 +589,41 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
         [`Recipe`]
 
     Raises:
-        [`RecipeError`]: no recipe could be read.
+        [`RecipeError`]: no recipe could be read (e.g. the repo or directory is not a soup made by hf_soups).
         [`IngredientNotFoundError`], [`AuthenticationError`]: the soup repo cannot be read.
     """
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
+
     from .card import recipe_from_card
     from .errors import RecipeError
+    from .soup import RECIPE_FILE
 
-    if os.path.isfile(source):
-        return Recipe.load(source)
-    from huggingface_hub import ModelCard
-
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, RECIPE_FILE)):
+            return Recipe.load(os.path.join(path, RECIPE_FILE))
+        if not os.path.isfile(os.path.join(path, "README.md")):
+            raise RecipeError(f"'{path}' is not a soup directory: it has neither {RECIPE_FILE} nor a model card.",
+                              fix="pass the output directory of a soup made by hf_soups, or a recipe YAML file.")
+        path = os.path.join(path, "README.md")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith(".md") or text.startswith("---"):
+            return recipe_from_card(ModelCard(text))
+        return Recipe.from_yaml(text)
     from .hub._errors import hub_errors
 
-    with hub_errors(os.fspath(source), token_given=bool(token)):
+    with hub_errors(path, token_given=bool(token), token=token, endpoint=endpoint):
         try:
-            card = ModelCard.load(os.fspath(source), token=token)
+            card = ModelCard.load(path, token=token)
         except ValueError as e:
             raise RecipeError(f"cannot read a model card from '{source}' ({e}).",
-                              fix="pass a recipe YAML file or a soup repo id.") from None
+                              fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
+        except EntryNotFoundError:
+            raise RecipeError(f"'{source}' has no model card, so it is not a soup made by hf_soups.",
+                              fix="pass a soup repo id, a soup directory or a recipe YAML file.") from None
     return recipe_from_card(card)
 
 

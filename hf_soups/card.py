@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,9 +11,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 
-__all__ = ["build_card", "pipeline_tag_for", "recipe_from_card"]
+__all__ = ["build_card", "pipeline_tag_for", "recipe_from_card", "retarget_card", "usage_lines", "INHERITED_FIELDS"]
 
 _TAGS = ["merge", "model-soup", "hf-soups"]
+
+#: Card metadata a soup inherits from its ingredients' cards when they all agree.
+INHERITED_FIELDS: tuple[str, ...] = ("license", "language", "datasets")
 
 _PIPELINES = (
     ("ForSequenceClassification", "text-classification"),
@@ -24,6 +28,8 @@ _PIPELINES = (
     ("ForConditionalGeneration", "text2text-generation"),
     ("ForAudioClassification", "audio-classification"),
 )
+
+_USAGE_HEADING = "## How to use"
 
 
 def pipeline_tag_for(architectures: Sequence[str] | None) -> str | None:
@@ -49,6 +55,65 @@ def _fmt_ci(x: float | None, ci: Sequence[float] | None) -> str:
     return _fmt(x) if x is None or not ci else f"{x:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
+    """The "How to use" section: the model class named in `config.architectures`, and the matching pipeline.
+
+    Args:
+        config (`Mapping`): the soup's `config.json`.
+        model_path (`str`): the repo id (or local directory) the snippet loads.
+    """
+    arch = next(iter(config.get("architectures") or []), None)
+    auto_map = config.get("auto_map") or {}
+    task = pipeline_tag_for(config.get("architectures"))
+    lines = [_USAGE_HEADING, "", "```python"]
+    if arch and not auto_map:
+        lines += [f"from transformers import {arch}" + (", pipeline" if task else ""), "",
+                  f'model = {arch}.from_pretrained("{model_path}")']
+    else:  # custom code: the Auto class resolves it (and needs trust_remote_code)
+        lines += ["from transformers import AutoModel" + (", pipeline" if task else ""), "",
+                  f'model = AutoModel.from_pretrained("{model_path}", trust_remote_code=True)']
+    if task:
+        lines.append(f'pipe = pipeline("{task}", model="{model_path}")')
+    lines += ["```", ""]
+    return lines
+
+
+def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient]) -> list[str]:
+    kept = [i for i in ingredients if i.weight is None or i.weight > 0]
+    n, k = len(ingredients), len(kept)
+    link = "[hf_soups](https://github.com/hf-soups/hf_soups)"
+    if k == 1 and n > 1:
+        only = kept[0]
+        return [f"A **{method} model soup** made with {link}, which kept 1 of {n} fine-tuned checkpoints. "
+                + _describe(method), "",
+                f"**This soup is one ingredient:** selection kept only `{only.repo_id or only.ref}`, so its weights "
+                f"are those of that checkpoint (revision `{only.revision or 'local'}`); no averaging took place."]
+    if n == 1:
+        return [f"A single-ingredient **{method} model soup** made with {link} (allowed for testing): its weights are "
+                f"those of `{kept[0].repo_id or kept[0].ref}`."]
+    kept_text = f"kept {k} of {n}" if k < n else f"averages all {n}"
+    return [f"A **{method} model soup** made with {link} that {kept_text} fine-tuned checkpoints. " + _describe(method)]
+
+
+def _eval_results(results: Mapping[str, Mapping[str, float]], key: str, metric: str, task: str | None,
+                  datasets: Mapping[str, Mapping[str, str]]) -> list[EvalResult]:
+    out = []
+    for name, scores in results.items():
+        if key not in scores:
+            continue
+        info = datasets.get(name, {})
+        out.append(EvalResult(
+            task_type=task or "other", dataset_type=info.get("id", name), dataset_name=info.get("name", name),
+            dataset_config=info.get("config"), dataset_split=info.get("split", name), metric_type=metric,
+            metric_value=round(float(scores[key]), 4),
+        ))
+    return out
+
+
 def build_card(
     *,
     method: str,
@@ -65,6 +130,10 @@ def build_card(
     intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
     differences: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
     warnings: Sequence[str] = (),
+    compat_warnings: Sequence[Any] = (),
+    datasets: Mapping[str, Mapping[str, str]] | None = None,
+    inherited: Mapping[str, Any] | None = None,
+    local_path: str | None = None,
 ) -> ModelCard:
     """Render a soup's model card.
 
@@ -77,8 +146,13 @@ def build_card(
         trace (`Sequence[Mapping]`, *optional*): the greedy accept/reject trace.
         results (`Mapping[str, Mapping[str, float]]`, *optional*): `{eval set: {method: score}}`.
         metric (`str`, *optional*, defaults to `"accuracy"`): the metric name in `results`.
-        repo_id (`str`, *optional*): the soup's repo id, for the loading snippet.
-        plot_file (`str`, *optional*): a figure in the repo to embed.
+        repo_id (`str`, *optional*): the soup's repo id, for the title and the loading snippet.
+        plot_file (`str`, *optional*): a figure in the soup directory to embed.
+        compat_warnings (`Sequence[Problem]`, *optional*): the compatibility verdict's warnings, recorded in the card.
+        datasets (`Mapping[str, Mapping[str, str]]`, *optional*): per evaluation set, what it really is
+            (`{"id", "config", "split", "name"}`, see [`EvalSet`]), for `model-index`.
+        inherited (`Mapping`, *optional*): `license`, `language`, `datasets` metadata the ingredients' cards agree on.
+        local_path (`str`, *optional*): the soup directory, for the snippet when `repo_id` is not known yet.
         discovery (`Mapping`, *optional*): how the ingredients were found on the Hub (`CandidateSet.discovery`).
         intervals (`Mapping[str, Mapping[str, (low, high)]]`, *optional*): 95% bootstrap intervals of `results`.
         differences (`Mapping[str, Mapping[str, (delta, low, high)]]`, *optional*): each method minus the best
@@ -86,23 +160,21 @@ def build_card(
         warnings (`Sequence[str]`, *optional*): e.g. a held-out set too small to separate the candidates.
 
     Returns:
-        `ModelCard`: front matter with `base_model`, `base_model_relation: merge`, tags, pipeline tag and
-        `model-index` results; body with the method, ingredient table, trace, results, recipe and usage.
+        `ModelCard`: front matter with `base_model` (the ingredients in the soup, plus the pretrained base),
+        `base_model_relation: merge`, tags, pipeline tag, inherited metadata and `model-index` results (rounded to
+        4 decimals); body with the method, ingredient table, trace, results, plot, compatibility warnings, recipe
+        and usage.
     """
     get_method(method)  # never render an unvalidated method string (it may come from a recipe on a card)
-    bases = [i.repo_id for i in ingredients if i.repo_id]
+    kept = [i for i in ingredients if i.weight is None or i.weight > 0]
+    bases = list(dict.fromkeys(i.repo_id for i in kept if i.repo_id))
     if base_model and base_model not in bases:
         bases.append(base_model)
     pipeline_tag = pipeline_tag_for(config.get("architectures"))
     name = repo_id.split("/")[-1] if repo_id else "model-soup"
-    eval_results = []
-    key = f"{method}_soup"
-    for split, scores in (results or {}).items():
-        if key in scores:
-            eval_results.append(EvalResult(
-                task_type=pipeline_tag or "other", dataset_type=split, dataset_name=split, metric_type=metric,
-                metric_value=float(scores[key]), dataset_split=split,
-            ))
+    model_path = repo_id or local_path or "path/to/soup"
+    eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})
+    extra = {k: v for k, v in (inherited or {}).items() if k in INHERITED_FIELDS and v}
     data = ModelCardData(
         library_name="transformers",
         base_model=bases or None,
@@ -111,25 +183,20 @@ def build_card(
         model_name=name if eval_results else None,
         eval_results=eval_results or None,
         base_model_relation="merge",
+        **extra,
     )
-    lines = [
-        f"# {name}",
-        "",
-        f"A **{method} model soup** of {len(ingredients)} fine-tuned checkpoints, made with "
-        "[hf_soups](https://github.com/hf-soups/hf_soups). " + _describe(method),
-        "",
-        "Model soups average the weights of models fine-tuned from one pretrained checkpoint "
-        "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "
-        "inference cost, often better accuracy, above all under distribution shift.",
-        "",
-        "## Ingredients",
-        "",
-        "| # | ingredient | revision | weight | held-out score |",
-        "|---|---|---|---|---|",
-    ]
+    lines = [f"# {name}", "", *_soup_size_sentence(method, ingredients), "",
+             "Model soups average the weights of models fine-tuned from one pretrained checkpoint "
+             "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "
+             "inference cost, often better accuracy, above all under distribution shift.",
+             "", "## Ingredients", "",
+             "| # | ingredient | revision | weight | in the soup | held-out score |", "|---|---|---|---|---|---|"]
     for k, ing in enumerate(ingredients, 1):
+        inside = "yes" if ing.weight is None or ing.weight > 0 else "no"
         lines.append(f"| {k} | {ing.repo_id or ing.ref} | `{ing.revision or 'local'}` | "
-                     f"{_fmt(ing.weight)} | {_fmt(ing.score)} |")
+                     f"{_fmt(ing.weight)} | {inside} | {_fmt(ing.score)} |")
+    if base_model:
+        lines += ["", f"Pretrained base: `{base_model}`."]
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:
@@ -159,30 +226,22 @@ def build_card(
                 cells = [(differences.get(s) or {}).get(m) for s in results]
                 lines.append(f"| {m} | " + " | ".join(f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" if d else "–"
                                                        for d in cells) + " |")
+        lines += _described_datasets(results, datasets or {})
     if plot_file:
-        lines += ["", f"![soup plot]({plot_file})"]
+        lines += ["", f"![{metric} of every method on every evaluation set]({plot_file})"]
+    if compat_warnings:
+        lines += ["", "## Compatibility warnings", "",
+                  "The compatibility verdict passed with these warnings:", ""]
+        lines += [f"- **{_cell(w.ingredient)}** ({_cell(w.field)}): {_cell(w.message)}" for w in compat_warnings]
     lines += [
+        "", "## Recipe", "",
+        "This recipe (also in this repository as `recipe.yaml`) re-creates the soup bit for bit:", "",
+        "```yaml", recipe.to_yaml().rstrip(), "```", "",
+        "Re-create it with `hf-soups recipe recipe.yaml --output soup/`"
+        + (f" (or `hf-soups recipe {repo_id} --output soup/`)." if repo_id else "."),
         "",
-        "## Recipe",
-        "",
-        "This recipe re-creates the soup bit for bit:",
-        "",
-        "```yaml",
-        recipe.to_yaml().rstrip(),
-        "```",
-        "",
-        "Re-create it with `hf-soups recipe recipe.yaml` (or `hf-soups recipe <this repo id>`).",
-        "",
-        "## How to use",
-        "",
-        "```python",
-        "from transformers import AutoModel, pipeline",
-        "",
-        f'model = AutoModel.from_pretrained("{repo_id or "path/to/soup"}")',
+        *usage_lines(config, model_path),
     ]
-    if pipeline_tag:
-        lines.append(f'pipe = pipeline("{pipeline_tag}", model="{repo_id or "path/to/soup"}")')
-    lines += ["```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
@@ -199,17 +258,56 @@ def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _described_datasets(results: Mapping[str, Mapping[str, float]],
+                        datasets: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """What each evaluation set really is (Hub id, config, split), when the user said so ([`EvalSet`])."""
+    described = [(s, datasets[s]) for s in results if datasets.get(s, {}).get("id")]
+    if not described:
+        return []
+    return [""] + [f"- `{s}`: `{d['id']}`" + (f" ({d['config']})" if d.get("config") else "")
+                   + (f", split `{d['split']}`" if d.get("split") else "") for s, d in described]
+
+
+def retarget_card(card: ModelCard, repo_id: str, config: Mapping[str, Any]) -> ModelCard:
+    """The same soup card, pointed at `repo_id`: title, `model_name`, replay command and loading snippet.
+
+    Used when a soup directory is pushed with `hf-soups push DIR REPO` (a [`Soup`] re-renders its card itself).
+    """
+    text = card.text
+    name = repo_id.split("/")[-1]
+    text = re.sub(r"\A(\s*)# [^\n]*", lambda m: f"{m.group(1)}# {name}", text, count=1)
+    text = re.sub(r"Re-create it with `hf-soups recipe recipe\.yaml --output soup/`[^\n]*",
+                  f"Re-create it with `hf-soups recipe recipe.yaml --output soup/` (or `hf-soups recipe {repo_id} "
+                  "--output soup/`).", text, count=1)
+    start = text.find(_USAGE_HEADING)
+    if start >= 0:
+        end = text.find("\n## ", start + len(_USAGE_HEADING))
+        tail = text[end:] if end >= 0 else ""
+        text = text[:start] + "\n".join(usage_lines(config, repo_id)) + tail
+    data = card.data
+    if getattr(data, "model_name", None) or data.eval_results:
+        data.model_name = name
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{text if text.startswith(chr(10)) else chr(10) + text}")
+
+
+def is_soup_card(card: ModelCard) -> bool:
+    """Whether a model card was written by hf_soups (its tags, or a recipe block)."""
+    return "hf-soups" in (card.data.tags or []) or "hf_soups_recipe:" in card.text
+
+
 def recipe_from_card(card: ModelCard) -> Recipe:
     """Extract the recipe block from a soup's card.
 
     Raises:
-        [`RecipeError`]: the card holds no recipe.
+        [`RecipeError`]: the card holds no recipe (it is not a soup's card).
     """
     from .errors import RecipeError
 
     text = card.text
     start = text.find("```yaml\nhf_soups_recipe:")
     if start < 0:
-        raise RecipeError("the model card holds no hf_soups recipe.", fix="pass a recipe YAML file instead.")
+        raise RecipeError("this model card holds no hf_soups recipe: it is not the card of a soup made with hf_soups.",
+                          fix="pass a soup made by hf_soups (its repo id, directory or README.md), or a recipe "
+                              "YAML file.")
     end = text.find("```", start + 7)
     return Recipe.from_yaml(text[start + len("```yaml\n") : end])

@@ -7,6 +7,7 @@ tensors, through readers handed to it.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,15 @@ from .checkpoint.format import TensorInfo
 from .errors import IncompatibleIngredientsError
 from .refs import IngredientMeta
 
-__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "normalize_id2label",
-           "label_problems", "remote_code_problems"]
+__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "init_distances",
+           "init_outlier_warnings", "normalize_id2label", "label_problems", "remote_code_problems", "SIZE_KEYS"]
+
+#: Config fields that fix a model's size; ingredients that differ in one are summarised once ("hidden_size 32 vs 384")
+#: instead of tensor by tensor.
+SIZE_KEYS: tuple[str, ...] = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                              "intermediate_size", "vocab_size", "max_position_embeddings", "d_model", "n_embd",
+                              "n_layer", "n_head", "num_layers", "embed_dim", "hidden_sizes", "depths", "image_size",
+                              "patch_size", "num_channels")
 
 _HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialised per fine-tune: not init signal
 
@@ -55,11 +63,14 @@ class CompatibilityReport:
         ingredients (`list[str]`): the ingredients compared, the first being the reference.
         problems (`list[Problem]`): blocking problems.
         warnings (`list[Problem]`): non-blocking findings (mixed dtypes, a distant init, ...).
+        weight_check (`str`, *optional*): what the weight-space init check did (how many tensors it read, how), or
+            why it was skipped.
     """
 
     ingredients: list[str]
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    weight_check: str | None = None
 
     @property
     def compatible(self) -> bool:
@@ -90,6 +101,8 @@ class CompatibilityReport:
         if len(rows) > 1:
             for r in rows:
                 lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        if self.weight_check:
+            lines.append(f"Weight-space check: {self.weight_check}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +111,7 @@ class CompatibilityReport:
             "ingredients": self.ingredients,
             "problems": [p.__dict__ for p in self.problems],
             "warnings": [p.__dict__ for p in self.warnings],
+            "weight_check": self.weight_check,
         }
 
 
@@ -197,7 +211,17 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             if a != b:
                 report.add(Problem(meta.name, key, f"{b!r} differs from {a!r} in '{ref.name}'.",
                                    "soup only fine-tunes of one architecture; remove this ingredient."))
-        if ref.tensors is not None and meta.tensors is not None:
+        sizes = _size_differences(ref.config, meta.config)
+        if sizes and ref.tensors is not None and meta.tensors is not None:  # one line, not one per tensor
+            shapes = sum(1 for n, i in ref.tensors.items() if n in meta.tensors and meta.tensors[n].shape != i.shape)
+            others = len(set(ref.tensors) ^ set(meta.tensors))
+            detail = f" ({shapes} tensors differ in shape" + (f", {others} exist in only one" if others else "") + ")"
+            report.add(Problem(meta.name, "size", f"a different model size: {sizes} in '{ref.name}'{detail}.",
+                               "soup only fine-tunes of the same base checkpoint (same size); remove this one."))
+        elif sizes:
+            report.add(Problem(meta.name, "size", f"a different model size: {sizes} in '{ref.name}'.",
+                               "soup only fine-tunes of the same base checkpoint (same size); remove this one."))
+        elif ref.tensors is not None and meta.tensors is not None:
             _compare_tensors(ref, meta, report)
         n = _num_labels(meta.config)
         if n != ref_n:
@@ -250,12 +274,24 @@ def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: Compatib
     if extra:
         report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that '{ref.name}' lacks: "
                            f"{_names(extra)}.", "re-export it with the same architecture and config."))
-    for name, info in ref.tensors.items():
-        other = meta.tensors.get(name)
-        if other is not None and other.shape != info.shape:
-            report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
-                               f"{list(info.shape)} in '{ref.name}'.",
-                               "soup only checkpoints of the same size (same config and num_labels)."))
+    differ = [(name, info, meta.tensors[name]) for name, info in ref.tensors.items()
+              if name in meta.tensors and meta.tensors[name].shape != info.shape]
+    if len(differ) > 3:  # summarised: one problem, the first few named
+        shown = "; ".join(f"'{n}' {list(o.shape)} vs {list(i.shape)}" for n, i, o in differ[:3])
+        report.add(Problem(meta.name, "tensor shapes", f"{len(differ)} tensors differ in shape from '{ref.name}' "
+                           f"({shown}; ...).", "soup only checkpoints of the same size (same config and num_labels)."))
+        return
+    for name, info, other in differ:
+        report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
+                           f"{list(info.shape)} in '{ref.name}'.",
+                           "soup only checkpoints of the same size (same config and num_labels)."))
+
+
+def _size_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """`"hidden_size 48 vs 32, intermediate_size 64 vs 37"` for the size fields that differ (`b` vs `a`)."""
+    diffs = [f"{k} {b.get(k)} vs {a.get(k)}" for k in SIZE_KEYS
+             if k in a and k in b and a.get(k) != b.get(k)]
+    return ", ".join(diffs)
 
 
 def _same_vocabulary(a: IngredientMeta, b: IngredientMeta) -> bool:
@@ -296,20 +332,27 @@ def sample_tensor_names(tensors: Mapping[str, TensorInfo], k: int = 8, max_numel
 def init_distance_warnings(
     names: Sequence[str], readers: Sequence[Mapping[str, torch.Tensor]], sample: Sequence[str]
 ) -> tuple[list[Problem], list[list[float]]]:
-    """Flag ingredients that do not share the others' pretrained init.
+    """Flag the ingredients that do not share the others' pretrained init.
 
     The relative L2 distance between two ingredients over the sampled tensors is
     `||a - b|| / max(||a||, ||b||)`. Fine-tunes of one checkpoint sit around 1e-3..1e-1; independent inits sit
-    near 1.4. An ingredient whose median distance to the others exceeds `HF_SOUPS_INIT_DISTANCE_WARNING`
-    (default 0.5) gets a warning.
+    near 1.4. Two ingredients closer than `HF_SOUPS_INIT_DISTANCE_WARNING` (default 0.5) share an init; the largest
+    such group is the soup's family and only the ingredients outside it are blamed (with their median distance to
+    the family). When no two ingredients are close, one warning says so.
 
     Returns:
         `tuple[list[Problem], list[list[float]]]`: the warnings and the pairwise distance matrix.
     """
+    dist = init_distances(readers, sample)
+    return init_outlier_warnings(names, dist, len(sample)), dist
+
+
+def init_distances(readers: Sequence[Mapping[str, torch.Tensor]], sample: Sequence[str]) -> list[list[float]]:
+    """The pairwise relative L2 distances over the sampled tensors (see [`init_distance_warnings`])."""
     k = len(readers)
     dist = [[0.0] * k for _ in range(k)]
     if k < 2 or not sample:
-        return [], dist
+        return dist
     diff2 = [[0.0] * k for _ in range(k)]
     norm2 = [0.0] * k
     for name in sample:
@@ -322,14 +365,46 @@ def init_distance_warnings(
         for j in range(i + 1, k):
             denom = math.sqrt(max(norm2[i], norm2[j])) or 1.0
             dist[i][j] = dist[j][i] = math.sqrt(diff2[i][j]) / denom
+    return dist
+
+
+def init_outlier_warnings(names: Sequence[str], dist: Sequence[Sequence[float]], n_tensors: int) -> list[Problem]:
+    """The warnings of [`init_distance_warnings`] from a distance matrix: only the outliers are blamed."""
+    k = len(names)
+    if k < 2 or not n_tensors:
+        return []
     threshold = constants.INIT_DISTANCE_WARNING
+    parent = list(range(k))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(k):
+        for j in range(i + 1, k):
+            if dist[i][j] <= threshold:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(k):
+        groups.setdefault(root(i), []).append(i)
+    family = max(groups.values(), key=lambda g: (len(g), -g[0]))  # the largest group; ties: the earliest ingredient
+    if len(family) < 2:
+        closest = min(dist[i][j] for i in range(k) for j in range(i + 1, k))
+        return [Problem("(all)", "weights", f"no two ingredients share a pretrained init: the closest pair is at "
+                        f"relative L2 distance {closest:.3f} over {n_tensors} sampled tensors (fine-tunes of one "
+                        "base sit well below 0.5).", "soup only fine-tunes of the same pretrained checkpoint.",
+                        "warning")]
     warnings = []
     for i in range(k):
-        others = sorted(dist[i][j] for j in range(k) if j != i)
-        median = others[len(others) // 2] if len(others) % 2 else (others[len(others) // 2 - 1] + others[len(others) // 2]) / 2
-        if median > threshold:
-            warnings.append(Problem(names[i], "weights", f"relative L2 distance {median:.3f} to the other "
-                                    f"ingredients over {len(sample)} sampled tensors (fine-tunes of one base sit "
-                                    "well below 0.5); it likely does not share their pretrained init.",
-                                    "soup only fine-tunes of the same pretrained checkpoint.", "warning"))
-    return warnings, dist
+        if i in family:
+            continue
+        to_family = sorted(dist[i][j] for j in family)
+        median = statistics.median(to_family)
+        warnings.append(Problem(names[i], "weights", f"relative L2 distance {median:.3f} to the other "
+                                f"ingredients over {n_tensors} sampled tensors (fine-tunes of one base sit well "
+                                "below 0.5); it likely does not share their pretrained init.",
+                                "soup only fine-tunes of the same pretrained checkpoint; remove this one.",
+                                "warning"))
+    return warnings

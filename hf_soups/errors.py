@@ -44,7 +44,9 @@ class SoupError(Exception):
         file (`str`, *optional*):
             The file the problem is about.
         fix (`str`, *optional*):
-            What the user can do about it.
+            What the user can do about it, in Python terms.
+        param (`str`, *optional*):
+            The argument the problem is about (`"eval_dataset"`, `"token"`, ...); the CLI names its flag instead.
     """
 
     def __init__(
@@ -55,8 +57,10 @@ class SoupError(Exception):
         tensor: str | None = None,
         file: str | None = None,
         fix: str | None = None,
+        param: str | None = None,
     ) -> None:
         self.message = message
+        self.param = param
         self.ingredient = ingredient
         self.tensor = tensor
         self.file = file
@@ -80,12 +84,13 @@ class SoupError(Exception):
         return self._render()
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep errors picklable across processes
-        return (_rebuild, (type(self), self.message, self.ingredient, self.tensor, self.file, self.fix))
+        return (_rebuild, (type(self), self.message, self.ingredient, self.tensor, self.file, self.fix, self.param))
 
 
-def _rebuild(cls: type, message: str, ingredient: Any, tensor: Any, file: Any, fix: Any) -> SoupError:
+def _rebuild(cls: type, message: str, ingredient: Any, tensor: Any, file: Any, fix: Any,
+             param: Any = None) -> SoupError:
     err = cls.__new__(cls)
-    SoupError.__init__(err, message, ingredient=ingredient, tensor=tensor, file=file, fix=fix)
+    SoupError.__init__(err, message, ingredient=ingredient, tensor=tensor, file=file, fix=fix, param=param)
     return err
 
 
@@ -94,11 +99,8 @@ class IncompatibleIngredientsError(SoupError, ValueError):
 
     def __init__(self, report: Any) -> None:
         self.report = report
-        lines = [f"  - {p}" for p in report.problems]
-        super().__init__(
-            "the ingredients cannot be souped together:\n" + "\n".join(lines),
-            fix="make every ingredient a fine-tune of the same base checkpoint, or remove the odd one out.",
-        )
+        lines = [f"  - {p}" for p in report.problems]  # each problem carries its own fix
+        super().__init__("the ingredients cannot be souped together:\n" + "\n".join(lines))
 
 
 class IngredientNotFoundError(SoupError, FileNotFoundError):

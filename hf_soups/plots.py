@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,19 +11,42 @@ from .errors import SoupError
 
 __all__ = ["plot_soup"]
 
+#: method -> (colour, marker, label, size); markers differ in shape *and* colour, and are drawn hollow-on-filled so
+#: that two methods at the same point (greedy soup = best individual, often) stay visible.
+_STYLES = {
+    "best_individual": ("#424242", "^", "best individual", 150),
+    "greedy_soup": ("#c62828", "*", "greedy soup", 260),
+    "uniform_soup": ("#1565c0", "s", "uniform soup", 90),
+    "learned_soup": ("#ef6c00", "P", "learned soup", 120),
+    "weighted_soup": ("#6d4c41", "X", "weighted soup", 110),
+    "ensemble": ("#2e7d32", "D", "ensemble", 80),
+    "greedy_ensemble": ("#00838f", "o", "greedy ensemble", 50),
+}
 
-def plot_soup(report: Any, path: str | os.PathLike[str], *, in_domain: str, ood: Sequence[str],
+
+def _wrap(text: str, width: int = 48) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def plot_soup(report: Any, path: str | os.PathLike[str], *, in_domain: str, ood: Sequence[str] = (),
               title: str = "Model soups") -> str:
     """Write a PNG in the spirit of Wortsman et al. (2022), Figure 1.
 
-    Ingredients are grey dots; uniform soup, greedy soup, ensemble and greedy ensemble are marked; the WiSE-FT
-    curve is drawn when the report has `wise_ft@alpha` entries.
+    Left panel: ingredients as grey dots and each method with its own marker (methods at the same point are drawn
+    largest first, so every marker stays visible and the legend names them all); x is the in-domain score, y the
+    mean score on the shifted sets (without shifted sets, the methods are ranked on the in-domain score). Right
+    panel, when the report has `wise_ft@alpha` entries: the WiSE-FT curve (`(1 - alpha) * base + alpha * soup`),
+    score against alpha for each set.
 
     Args:
         report ([`SoupReport`]): from [`Soup.evaluate`].
         path (`str`): the PNG to write.
         in_domain (`str`): the evaluation set on the x axis.
-        ood (`Sequence[str]`): the sets averaged on the y axis.
+        ood (`Sequence[str]`, *optional*): the sets averaged on the y axis.
+        title (`str`, *optional*): the figure title.
+
+    Returns:
+        `str`: `path`.
 
     Raises:
         [`SoupError`]: matplotlib is missing (`pip install hf_soups[plots]`).
@@ -35,37 +59,67 @@ def plot_soup(report: Any, path: str | os.PathLike[str], *, in_domain: str, ood:
     except ImportError:
         raise SoupError("plotting needs matplotlib.", fix="pip install 'hf_soups[plots]'.") from None
     res = report.results
+    ood = [s for s in ood if s != in_domain]
+    wise = sorted((float(m.split("@")[1]), m) for m in report.methods if m.startswith("wise_ft@"))
+    ncols = 2 if wise else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 5.0), dpi=120, squeeze=False)
+    ax = axes[0][0]
+    if ood:
+        _scatter_panel(ax, report, in_domain, ood)
+    else:
+        _ranking_panel(ax, report, in_domain)
+    if wise:
+        wax = axes[0][1]
+        alphas = [a for a, _ in wise]
+        for s in [in_domain, *ood]:
+            wax.plot(alphas, [res[s].get(m, float("nan")) for _, m in wise], "-o", ms=4, label=s)
+        wax.set_xlabel("α  (0 = pretrained base, 1 = soup)")
+        wax.set_ylabel(f"{report.metric}")
+        wax.set_title("WiSE-FT: base → soup")
+        wax.grid(alpha=0.3)
+        wax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")  # nothing clipped: the canvas grows to hold every label
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def _scatter_panel(ax: Any, report: Any, in_domain: str, ood: Sequence[str]) -> None:
+    res = report.results
 
     def point(method: str) -> tuple[float, float] | None:
         if method not in res[in_domain] or not all(method in res[s] for s in ood):
             return None
         return res[in_domain][method], sum(res[s][method] for s in ood) / len(ood)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     ing = [m for m in report.methods if m.startswith("ingredient:")]
     pts = [p for p in (point(m) for m in ing) if p]
     if pts:
         ax.scatter(*zip(*pts), c="#9e9e9e", s=30, label="fine-tuned ingredients", zorder=2)
-    wise = sorted((float(m.split("@")[1]), m) for m in report.methods if m.startswith("wise_ft@"))
-    if wise:
-        curve = [point(m) for _, m in wise]
-        ax.plot(*zip(*[c for c in curve if c]), "-o", c="#7b1fa2", ms=3, label="WiSE-FT (base → soup)", zorder=3)
-    styles = {"uniform_soup": ("#1565c0", "s", "uniform soup"), "greedy_soup": ("#c62828", "*", "greedy soup"),
-              "learned_soup": ("#ef6c00", "P", "learned soup"), "ensemble": ("#2e7d32", "D", "ensemble"),
-              "greedy_ensemble": ("#66bb6a", "d", "greedy ensemble"), "best_individual": ("#424242", "^",
-                                                                                          "best individual")}
-    for method, (color, marker, label) in styles.items():
-        p = point(method)
-        if p:
-            ax.scatter(*p, c=color, marker=marker, s=160 if marker == "*" else 70, label=label, zorder=4,
-                       edgecolors="black", linewidths=0.5)
-    ax.set_xlabel(f"{report.metric} on {in_domain} (in-domain)")
-    ax.set_ylabel(f"mean {report.metric} on {', '.join(ood)} (shifted)")
-    ax.set_title(title)
+    present = [(m, point(m)) for m in _STYLES if point(m) is not None]
+    # largest marker first, so a smaller one at the same point is drawn on top of it and stays visible
+    for z, (method, p) in enumerate(sorted(present, key=lambda mp: -_STYLES[mp[0]][3])):
+        color, marker, label, size = _STYLES[method]
+        ax.scatter(*p, c=color, marker=marker, s=size, label=label, zorder=4 + z, edgecolors="white",
+                   linewidths=1.0)
+    ax.set_xlabel(_wrap(f"{report.metric} on {in_domain} (in-domain)"))
+    ax.set_ylabel(_wrap(f"mean {report.metric} on {', '.join(ood)} (shifted)"))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return os.fspath(path)
+    ax.margins(0.12)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+
+
+def _ranking_panel(ax: Any, report: Any, in_domain: str) -> None:
+    res = report.results[in_domain]
+    methods = [m for m in res if not m.startswith("wise_ft@")]
+    methods.sort(key=lambda m: res[m])
+    labels = [m.replace("ingredient:", "") for m in methods]
+    colors = [_STYLES.get(m, ("#9e9e9e",))[0] for m in methods]
+    ax.barh(range(len(methods)), [res[m] for m in methods], color=colors)
+    ax.set_yticks(range(len(methods)), [_wrap(lbl, 40) for lbl in labels], fontsize=8)
+    lo = min(res[m] for m in methods)
+    ax.set_xlim(max(0.0, lo - 0.1 * (max(res[m] for m in methods) - lo + 0.05)), None)
+    ax.set_xlabel(f"{report.metric} on {in_domain}")
+    ax.grid(alpha=0.3, axis="x")

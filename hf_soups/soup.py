@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,20 @@ if TYPE_CHECKING:
 
     from .evaluation.report import SoupReport
 
-__all__ = ["Soup"]
+__all__ = ["Soup", "RECIPE_FILE", "PLOT_FILE"]
+
+#: The recipe written into every soup directory (`hf-soups recipe DIR/recipe.yaml` replays it).
+RECIPE_FILE = "recipe.yaml"
+#: The figure [`Soup.evaluate`] draws into the soup directory and the card embeds.
+PLOT_FILE = "soup_plot.png"
+
+
+def _write_text(path: str, text: str) -> str:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 @dataclass
@@ -44,7 +58,15 @@ class Soup:
             best individual, low, high)}}`.
         warnings (`list[str]`): warnings about the held-out set (e.g. too small to separate the candidates).
         evaluation_warnings (`list[str]`): the same for the sets of the last [`Soup.evaluate`].
-        base_model (`str`, *optional*): the shared pretrained checkpoint, when known.
+        base_model (`str`, *optional*): the shared pretrained checkpoint, when known (`MergeOptions(base_model=...)`,
+            or the one every ingredient's card declares).
+        metric (`str`): the metric name of the held-out scores and results.
+        trust_remote_code (`bool`): whether `.model` may run the repository's code.
+        plot_file (`str`, *optional*): the figure embedded in the card, relative to `output_dir`; [`Soup.evaluate`]
+            draws it (`soup_plot.png`) whenever matplotlib is installed.
+        datasets (`dict[str, dict[str, str]]`): per evaluation set, what it really is (`id`, `config`, `split`,
+            `name`; from [`EvalSet`] descriptors), for the card's `model-index`.
+        card_metadata (`dict`): `license`, `language`, `datasets` metadata the ingredients' cards agree on.
         discovery (`dict`, *optional*): how the ingredients were found ([`CandidateSet.discovery`]), for the card.
     """
 
@@ -65,6 +87,8 @@ class Soup:
     trust_remote_code: bool = False
     plot_file: str | None = None
     discovery: dict[str, Any] | None = None
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    card_metadata: dict[str, Any] = field(default_factory=dict)
     _model: Any = field(default=None, repr=False)
     _evaluator: Any = field(default=None, repr=False)
 
@@ -93,6 +117,8 @@ class Soup:
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
             repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
+            compat_warnings=self.report.warnings if self.report else (), datasets=self.datasets,
+            inherited=self.card_metadata, local_path=self.output_dir,
         )
 
     @property
@@ -101,13 +127,10 @@ class Soup:
         return self.card_for()
 
     def write_card(self, repo_id: str | None = None) -> str:
-        """(Re)write `README.md` in the soup directory, atomically; returns its path."""
-        path = os.path.join(self.output_dir, "README.md")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(str(self.card_for(repo_id)))
-        os.replace(tmp, path)
-        return path
+        """(Re)write `README.md` (the card, for `repo_id` when given) and `recipe.yaml` in the soup directory,
+        atomically; returns the card's path."""
+        _write_text(os.path.join(self.output_dir, RECIPE_FILE), self.recipe.to_yaml())
+        return _write_text(os.path.join(self.output_dir, "README.md"), str(self.card_for(repo_id)))
 
     def save_pretrained(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:
         """Copy the soup (weights, config, tokenizer, card) to `path`, atomically.
@@ -163,8 +186,13 @@ class Soup:
         """Score the soup and its baselines (ingredients, uniform, ensembles, WiSE-FT, ...) on each dataset, with
         paired bootstrap confidence intervals; see [`hf_soups.evaluation.evaluate_soup`] for every option.
 
+        The card in `output_dir` is rewritten with the results and, when matplotlib is installed, the plot
+        (`soup_plot.png`).
+
         Args:
-            datasets (`Mapping[str, datasets.Dataset]`): evaluation sets by name.
+            datasets (`Mapping[str, Any]`): evaluation sets by name, in any form [`as_eval_dataset`] reads, or
+                [`EvalSet`] descriptors naming the real dataset (`dataset_id`, `config`, `split`) for the card's
+                `model-index`.
             methods (`Sequence[str]`, *optional*): only these methods, e.g. `["soup", "best_individual"]`.
             device (`str` or `torch.device`, *optional*): where evaluations run; defaults to accelerate's
                 `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU.
@@ -173,9 +201,33 @@ class Soup:
         Returns:
             [`SoupReport`]: `.results`, `.intervals`, `.differences`, `.rows()`, `.to_table()`.
         """
+        from .evaluation.data import EvalSet, as_eval_dataset
         from .evaluation.report import evaluate_soup
 
-        return evaluate_soup(self, datasets, methods=methods, device=device, progress=progress, **kwargs)
+        if not isinstance(datasets, Mapping):
+            datasets = {"eval": datasets}
+        for name, value in datasets.items():
+            if isinstance(value, (EvalSet, str)):
+                self.datasets[name] = (value if isinstance(value, EvalSet) else EvalSet(value)).describe(name)
+        data = {name: as_eval_dataset(value, parameter=f"datasets[{name!r}]") for name, value in datasets.items()}
+        report = evaluate_soup(self, data, methods=methods, device=device, progress=progress, **kwargs)
+        self._draw_plot(report, kwargs.get("held_out"))
+        self.write_card()
+        return report
+
+    def _draw_plot(self, report: Any, held_out: str | None) -> None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:  # the `plots` extra is optional: the card then has no figure
+            return
+        from .plots import plot_soup
+
+        sets = list(report.results)
+        in_domain = held_out if held_out in sets and len(sets) == 1 else next((s for s in sets if s != held_out),
+                                                                               sets[0])
+        ood = [s for s in sets if s not in (in_domain, held_out)]
+        plot_soup(report, os.path.join(self.output_dir, PLOT_FILE), in_domain=in_domain, ood=ood)
+        self.plot_file = PLOT_FILE
 
     def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:
         """Re-estimate BatchNorm running statistics on calibration data instead of averaging them; see

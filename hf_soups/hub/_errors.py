@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 from huggingface_hub import errors as hf_errors
@@ -17,7 +18,53 @@ from ..errors import (
     SoupError,
 )
 
+_NOT_FOUND_FIX = "check the repo id, e.g. 'user/model'."
 _LOGIN_FIX = "pass token='hf_...' (or token=True to use the saved token), set HF_TOKEN, or run `hf auth login`."
+
+
+def token_available(token: str | bool | None) -> bool:
+    """Whether a request made with `token` carries one: an explicit token, or (for `None`/`True`) `HF_TOKEN` or the
+    saved login, as huggingface_hub sends it."""
+    if token is False:
+        return False
+    if isinstance(token, str):
+        return bool(token)
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import get_token
+
+    if token is None and hf_constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
+        return False
+    return get_token() is not None
+
+
+def _similar_repos(repo_id: str, token: Any, endpoint: str | None) -> list[str]:
+    """Repo ids close to `repo_id` among those the Hub lists for its namespace and for the token's user (best effort:
+    a Hub that cannot list them gives no suggestion)."""
+    import difflib
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint)
+    namespace, _, name = repo_id.rpartition("/")
+    owners = [namespace] if namespace else []
+    candidates: list[str] = []
+    try:
+        user = api.whoami(token=token).get("name")
+        if user and user not in owners:
+            owners.append(user)
+    except Exception:  # noqa: BLE001 - suggestions are optional
+        pass
+    for owner in owners:
+        try:
+            candidates += [m.id for m in api.list_models(author=owner, limit=500, token=token)]
+        except Exception:  # noqa: BLE001 - a Hub (or mirror) without listing
+            continue
+    candidates = [c for c in dict.fromkeys(candidates) if c != repo_id]
+    close = difflib.get_close_matches(repo_id, candidates, n=3, cutoff=0.6)
+    if not close and name:
+        by_name = {c.rpartition("/")[2]: c for c in candidates}
+        close = [by_name[n] for n in difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.6)]
+    return close
 
 
 def _status(e: BaseException) -> int | None:
@@ -26,14 +73,26 @@ def _status(e: BaseException) -> int | None:
 
 
 @contextlib.contextmanager
-def hub_errors(ingredient: str, *, token_given: bool, revision: str | None = None, push: bool = False) -> Iterator[None]:
+def hub_errors(ingredient: str, *, token_given: bool, revision: str | None = None, push: bool = False,
+               token: Any = None, endpoint: str | None = None) -> Iterator[None]:
     """Map huggingface_hub exceptions raised inside the block to [`SoupError`]s naming `ingredient`.
 
-    With `push=True`, `ingredient` is the target repo id, and errors name it as the push target.
+    With `push=True`, `ingredient` is the target repo id, and errors name it as the push target. A token counts as
+    given when it is passed (`token_given`) or when huggingface_hub sends one from `HF_TOKEN` or the saved login;
+    a missing repo is then "not found" (with the closest repo ids the Hub lists, when it can list them).
     """
+    token_given = token_given or token_available(token)
     try:
         with _hub_errors(ingredient, token_given=token_given, revision=revision, push=push):
             yield
+    except IngredientNotFoundError as e:
+        if not push and token_given and e.fix == _NOT_FOUND_FIX:
+            repo_id = ingredient.partition("@")[0]
+            close = _similar_repos(repo_id, token, endpoint)
+            if close:
+                e.fix = "did you mean " + " or ".join(f"'{c}'" for c in close) + "? " + _NOT_FOUND_FIX
+                e.args = (e._render(),)
+        raise
     except SoupError as e:
         if push and e.ingredient == ingredient:
             raise _for_push(e, ingredient) from e.__cause__
@@ -58,17 +117,18 @@ def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = No
     except hf_errors.GatedRepoError:
         raise AuthenticationError(
             "the repository is gated: accept its conditions on the Hub, then authenticate.", ingredient=ingredient,
-            fix=_LOGIN_FIX,
+            fix=_LOGIN_FIX, param="token",
         ) from None
     except hf_errors.RepositoryNotFoundError as e:
         if _status(e) == 401 or not token_given:
             raise AuthenticationError(
                 "the repository does not exist, or it is private and no valid token was given.", ingredient=ingredient,
                 fix=_LOGIN_FIX if not token_given else "check the repo id and that the token can read this repository.",
+                param="token",
             ) from None
         raise IngredientNotFoundError(
             "the repository does not exist (or the token cannot see it).", ingredient=ingredient,
-            fix="check the repo id, e.g. 'user/model'.",
+            fix=_NOT_FOUND_FIX, param="refs",
         ) from None
     except hf_errors.LocalEntryNotFoundError:
         raise IngredientNotFoundError(
@@ -82,7 +142,7 @@ def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = No
         status = _status(e)
         if status in (401, 403):
             raise AuthenticationError(f"the Hub refused access (HTTP {status}).", ingredient=ingredient,
-                                      fix=_LOGIN_FIX) from None
+                                      fix=_LOGIN_FIX, param="token") from None
         if status == 404 and not push:  # a 404 without the Hub's error headers: an unknown route, not a private repo
             raise IngredientNotFoundError(
                 "the server answered HTTP 404 without a Hub error code: the repository or file does not exist there, "

@@ -42,7 +42,8 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     assert ref.repo_id is not None
     # `None` is resolved as "main" explicitly: some Hub-compatible servers only route /revision/<rev>
     revision = ref.revision or hf_constants.DEFAULT_REVISION
-    with hub_errors(mask_secrets(ref.ref) or ref.ref, token_given=bool(token), revision=mask_secrets(revision)):
+    with hub_errors(mask_secrets(ref.ref) or ref.ref, token_given=bool(token), revision=mask_secrets(revision),
+                    token=token, endpoint=endpoint):
         if _offline():
             path = snapshot_download(ref.repo_id, revision=revision, local_files_only=True,
                                      cache_dir=cache_dir, token=token)
@@ -81,7 +82,7 @@ def _download_small(ing: Ingredient, filename: str, token: Any, cache_dir: str |
     if filename not in ing.files:
         return None
     assert ing.repo_id is not None
-    with hub_errors(ing.ref, token_given=bool(token)):
+    with hub_errors(ing.ref, token_given=bool(token), token=token):
         return hf_hub_download(ing.repo_id, filename, revision=ing.revision, token=token, cache_dir=cache_dir,
                                endpoint=endpoint)
 

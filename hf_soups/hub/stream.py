@@ -121,12 +121,14 @@ class HttpRangeSource:
 
 
 def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, endpoint: str | None = None,
-                          snapshot_dir: str | None = None) -> SafetensorsReader:
+                          snapshot_dir: str | None = None, window: int | None = None) -> SafetensorsReader:
     """Open an ingredient's safetensors weights over HTTP ranges, pinned to its resolved sha.
 
     Args:
         ing ([`Ingredient`]): a resolved Hub ingredient.
         snapshot_dir (`str`, *optional*): a local snapshot holding its small files (the index, when sharded).
+        window (`int`, *optional*): read-ahead window in bytes (defaults to `HF_SOUPS_STREAM_CHUNK_SIZE`); `1` reads
+            exactly the bytes asked for (a few sampled tensors).
 
     Raises:
         [`CorruptCheckpointError`], [`UnsafeCheckpointError`], [`AuthenticationError`].
@@ -144,11 +146,12 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
     else:
         files = ["model.safetensors"]
     sources = {}
-    with hub_errors(ing.name, token_given=bool(token)):
+    with hub_errors(ing.name, token_given=bool(token), token=token):
         for file in files:
             url = hf_hub_url(ing.repo_id, file, revision=ing.revision, endpoint=endpoint)
             meta = get_hf_file_metadata(url, token=token)
-            sources[file] = HttpRangeSource(url, int(meta.size or 0), file, token=token, ingredient=ing.name)
+            sources[file] = HttpRangeSource(url, int(meta.size or 0), file, token=token, ingredient=ing.name,
+                                            window=window)
         return SafetensorsReader(sources, weight_map, ing.name)
 
 
