@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .card import build_card
+from .checkpoint.atomic import record_files
 from .checkpoint.meta import read_config
 from .checkpoint.writer import AtomicDirectory
 from .compat import CompatibilityReport
@@ -130,7 +131,9 @@ class Soup:
         """(Re)write `README.md` (the card, for `repo_id` when given) and `recipe.yaml` in the soup directory,
         atomically; returns the card's path."""
         _write_text(os.path.join(self.output_dir, RECIPE_FILE), self.recipe.to_yaml())
-        return _write_text(os.path.join(self.output_dir, "README.md"), str(self.card_for(repo_id)))
+        path = _write_text(os.path.join(self.output_dir, "README.md"), str(self.card_for(repo_id)))
+        record_files(self.output_dir, ["README.md", RECIPE_FILE])
+        return path
 
     def save_pretrained(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:
         """Copy the soup (weights, config, tokenizer, card) to `path`, atomically.
@@ -227,6 +230,7 @@ class Soup:
                                                                                sets[0])
         ood = [s for s in sets if s not in (in_domain, held_out)]
         plot_soup(report, os.path.join(self.output_dir, PLOT_FILE), in_domain=in_domain, ood=ood)
+        record_files(self.output_dir, [PLOT_FILE])  # hf_soups' own file: `overwrite=True` may replace it later
         self.plot_file = PLOT_FILE
 
     def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:

@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["AtomicDirectory", "MARKER", "read_marker"]
+__all__ = ["AtomicDirectory", "MARKER", "read_marker", "record_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,21 @@ def read_marker(directory: str | os.PathLike[str]) -> dict | None:
             and isinstance(marker.get("files"), list) and all(isinstance(n, str) for n in marker["files"])):
         return marker
     return None
+
+
+def record_files(directory: str | os.PathLike[str], names: list[str]) -> None:
+    """Add files hf_soups wrote into a finished soup (e.g. the plot `Soup.evaluate` draws) to its marker, atomically,
+    so that `overwrite=True` still recognises the directory as hf_soups' own. A directory without a marker is left
+    as it is."""
+    marker = read_marker(directory)
+    path = os.path.join(os.fspath(directory), MARKER)
+    if marker is None or not os.path.isfile(path):
+        return
+    marker["files"] = sorted(set(marker["files"]) | set(names))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def _legacy_marker(directory: str) -> dict | None:
