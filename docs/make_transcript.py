@@ -23,7 +23,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSCRIPT = os.path.join(ROOT, "docs", "TRANSCRIPT.md")
 TOKEN = "hf_me_0123456789"
-NAMES = {"ft-lr1e-4": (1, 3e-3), "ft-lr2e-4": (2, 6e-3), "ft-ls0.1": (3, 1e-3)}  # seed, learning rate
+NAMES = {"ft-lr1e-4": (1, 1e-3), "ft-lr2e-4": (2, 8e-4), "ft-ls0.1": (3, 6e-4)}  # seed, learning rate
 
 #: The CLI session: what a new user types, newcomer mistakes included (each with the exit code it should give).
 SESSION: list[tuple[str, str]] = [
@@ -68,10 +68,10 @@ def _setup(work: str, endpoint: str) -> None:
     from hf_soups.testing import finetune_tiny_classifier, make_tiny_bert, sentiment_examples, write_csv
 
     base = make_tiny_bert(os.path.join(work, ".models", "base"), num_labels=2,
-                          id2label={0: "negative", 1: "positive"})
+                          id2label={0: "negative", 1: "positive"}, initializer_range=0.1)
     api = HfApi(endpoint=endpoint, token=TOKEN)
     for name, (seed, lr) in NAMES.items():
-        path = finetune_tiny_classifier(base, os.path.join(work, ".models", name), seed=seed, lr=lr)
+        path = finetune_tiny_classifier(base, os.path.join(work, ".models", name), seed=seed, lr=lr, steps=60)
         with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
             f.write(f"---\nbase_model: org/base\nlicense: mit\nlanguage: en\npipeline_tag: text-classification\n"
                     f"---\n# {name}\n")
@@ -93,8 +93,9 @@ def _how_to_use(work: str) -> None:
 
 
 def _run(command: str, work: str, env: dict[str, str]) -> str:
-    proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    out = (proc.stdout + proc.stderr).rstrip()
+    proc = subprocess.run(command, shell=True, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    out = proc.stdout.rstrip()
     return f"$ {command}\n{out}\n[exit {proc.returncode}]" if out else f"$ {command}\n[exit {proc.returncode}]"
 
 
@@ -137,6 +138,7 @@ def generate() -> str:
             "",
         ]
         prelude = ("import datasets\n"
+                   "datasets.disable_progress_bars()\n"
                    "val, test, tweets = (datasets.load_dataset('csv', data_files=f, split='train')\n"
                    "                     for f in ('val.csv', 'test.csv', 'tweets.csv'))\n")
         code = prelude + _quickstart_code()

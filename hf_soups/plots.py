@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -98,24 +99,37 @@ def _scatter_panel(ax: Any, report: Any, in_domain: str, ood: Sequence[str]) -> 
     pts = [p for p in (point(m) for m in ing) if p]
     if pts:
         ax.scatter(*zip(*pts), c="#9e9e9e", s=30, label="fine-tuned ingredients", zorder=2)
+    from matplotlib.transforms import offset_copy
+
     present = [(m, point(m)) for m in _STYLES if point(m) is not None]
-    # largest marker first, so a smaller one at the same point is drawn on top of it and stays visible
-    for z, (method, p) in enumerate(sorted(present, key=lambda mp: -_STYLES[mp[0]][3])):
-        color, marker, label, size = _STYLES[method]
-        ax.scatter(*p, c=color, marker=marker, s=size, label=label, zorder=4 + z, edgecolors="white",
-                   linewidths=1.0)
+    groups: dict[tuple[float, float], list[str]] = {}
+    for method, p in present:  # methods at the same point (greedy soup = best individual, often)
+        assert p is not None
+        groups.setdefault((round(p[0], 4), round(p[1], 4)), []).append(method)
+    for (x, y), methods in groups.items():
+        for k, method in enumerate(methods):
+            # side by side, 13 points apart, so that no marker hides another; the legend names each
+            shift = offset_copy(ax.transData, fig=ax.figure, x=(k - (len(methods) - 1) / 2) * 13, units="points")
+            color, marker, label, size = _STYLES[method]
+            same = f" (= {', '.join(_STYLES[m][2] for m in methods if m != method)})" if len(methods) > 1 else ""
+            ax.scatter([x], [y], c=color, marker=marker, s=size, label=label + same, zorder=5, transform=shift,
+                       edgecolors="white", linewidths=1.0)
+    if groups:  # offset markers do not count for autoscaling: their data points do
+        ax.update_datalim(list(groups))
+        ax.autoscale_view()
     ax.set_xlabel(_wrap(f"{report.metric} on {in_domain} (in-domain)"))
-    ax.set_ylabel(_wrap(f"mean {report.metric} on {', '.join(ood)} (shifted)"))
+    ax.set_ylabel(f"mean {report.metric} on the shifted sets")
+    ax.set_title(_wrap(f"shifted: {', '.join(ood)}", 60), fontsize=9)
     ax.grid(alpha=0.3)
     ax.margins(0.12)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
 
 
 def _ranking_panel(ax: Any, report: Any, in_domain: str) -> None:
     res = report.results[in_domain]
     methods = [m for m in res if not m.startswith("wise_ft@")]
     methods.sort(key=lambda m: res[m])
-    labels = [m.replace("ingredient:", "") for m in methods]
+    labels = [re.sub(r"@([0-9a-f]{7})[0-9a-f]{33}$", r"@\1", m.replace("ingredient:", "")) for m in methods]
     colors = [_STYLES.get(m, ("#9e9e9e",))[0] for m in methods]
     ax.barh(range(len(methods)), [res[m] for m in methods], color=colors)
     ax.set_yticks(range(len(methods)), [_wrap(lbl, 40) for lbl in labels], fontsize=8)

@@ -60,7 +60,7 @@ MARKER = ".hf_soups"
 _TMP, _OLD, _LOCK, _NEW = ".hf-soups-tmp-", ".hf-soups-old-", ".hf-soups-lock-", ".hf-soups-new-"
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _LEGACY_FILES = {"README.md", "config.json", "model.safetensors", "model.safetensors.index.json",
-                 *constants.AUX_FILES}
+                 "recipe.yaml", "soup_plot.png", *constants.AUX_FILES}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EBUSY, errno.EXDEV, errno.ENOTDIR}
 
 
