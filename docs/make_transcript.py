@@ -167,6 +167,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b[0-9a-f]{40}\b", "<sha>", text)
     text = re.sub(r"\b[0-9a-f]{7,12}\b", "<short>", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "<date>", text)
     text = re.sub(r"/tmp/[\w.\-/]+", "<tmp>", text)
     return re.sub(r"\d+(\.\d+)?s\b", "<time>", text)
 
