@@ -483,3 +483,37 @@ def test_atomic_directory_protects_the_cache_dir_argument(tmp_path):
     (cache / "models--a--b").mkdir(parents=True)
     with pytest.raises(OutputExistsError, match="Hugging Face cache"):
         AtomicDirectory(cache, overwrite=True, caches=[str(cache)])
+
+
+@pytest.mark.parametrize("where", ["new directory inside an ingredient", "new directory inside the hub cache"])
+def test_a_new_output_directory_inside_an_ingredient_or_the_cache_is_refused(family, tmp_path, monkeypatch, where):
+    a = shutil.copytree(family["a"], tmp_path / "ings" / "a")
+    d = shutil.copytree(family["d"], tmp_path / "ings" / "d")
+    hub_cache = tmp_path / "hf-home" / "hub"
+    hub_cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    target, culprit = {"new directory inside an ingredient": (a / "soup", "inside the ingredient"),
+                       "new directory inside the hub cache": (hub_cache / "models--me--soup", "Hugging Face cache")}[where]
+    before = {p: tree(p) for p in (a, d, hub_cache)}
+    with pytest.raises(OutputExistsError) as err:
+        soup_from_hub([a, d], output_dir=target, merge_options=QUIET)
+    assert culprit in str(err.value) and str(target) in str(err.value) and "Fix:" in str(err.value)
+    assert {p: tree(p) for p in (a, d, hub_cache)} == before and not target.exists()
+
+
+@pytest.mark.parametrize("listed", [["thesis.tex"], ["thesis.tex", "config.json"], ["notes"]])
+def test_a_copied_or_crafted_marker_naming_user_files_never_lets_overwrite_delete_them(family, tmp_path, listed):
+    user = tmp_path / "user-dir"
+    user.mkdir()
+    for name in listed:  # the marker lists every entry: only its names can tell it is not a soup
+        if name == "notes":
+            (user / "notes").mkdir()
+            (user / "notes" / "n.txt").write_text("more work")
+        else:
+            (user / name).write_text("years of work")
+    (user / MARKER).write_text(json.dumps({"written_by": "hf_soups", "id": "x", "files": listed}))
+    before = tree(user)
+    with pytest.raises(OutputExistsError) as err:
+        soup_from_hub([family["a"], family["d"]], output_dir=user, overwrite=True, merge_options=QUIET)
+    assert "did not write" in str(err.value) and listed[0] in str(err.value) and "Fix:" in str(err.value)
+    assert tree(user) == before

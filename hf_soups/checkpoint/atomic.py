@@ -91,8 +91,8 @@ def read_marker(directory: str | os.PathLike[str]) -> dict | None:
     except (OSError, ValueError):
         return None
     if (isinstance(marker, dict) and marker.get("written_by") == "hf_soups"
-            and isinstance(marker.get("files"), list) and all(isinstance(n, str) for n in marker["files"])):
-        return marker
+            and isinstance(marker.get("files"), list) and all(_soup_file(n) for n in marker["files"])):
+        return marker  # a marker naming anything but soup files (a copied or crafted one) is no proof
     return None
 
 
@@ -111,6 +111,11 @@ def record_files(directory: str | os.PathLike[str], names: list[str]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _soup_file(name: object) -> bool:
+    """Whether `name` is a file name hf_soups writes into a soup (weights, index, config, tokenizer files, card)."""
+    return isinstance(name, str) and (name in _LEGACY_FILES or _SHARD.match(name) is not None)
+
+
 def _legacy_marker(directory: str) -> dict | None:
     try:
         names = os.listdir(directory)
@@ -121,12 +126,18 @@ def _legacy_marker(directory: str) -> dict | None:
             if "hf_soups_recipe:" not in f.read(1 << 22):
                 return None
         for n in names:
-            soup_file = n in _LEGACY_FILES or _SHARD.match(n)
-            if not soup_file or not stat.S_ISREG(os.lstat(os.path.join(directory, n)).st_mode):
+            if not _soup_file(n) or not stat.S_ISREG(os.lstat(os.path.join(directory, n)).st_mode):
                 return None
     except OSError:
         return None
     return {"written_by": "hf_soups", "id": None, "files": names}
+
+
+def _regular(directory: str, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(directory, name)).st_mode)
+    except OSError:
+        return False
 
 
 def _describe(names: Iterable[str], limit: int = 5) -> str:
@@ -286,6 +297,10 @@ class AtomicDirectory:
                 f"the output directory is a symbolic link (to '{os.readlink(target)}'); hf_soups never replaces a "
                 "link with a directory.", fix="pass the link's target as output_dir, or remove the link.")
         if not os.path.lexists(target):
+            why = self._protected_reason(os.path.realpath(target))  # a new directory inside an ingredient or cache
+            if why is not None:
+                raise self._exists(f"the output directory would be {why}; hf_soups never writes a soup there.",
+                                   fix="choose a directory outside the ingredients and the Hugging Face cache.")
             self._check_writable()
             return _State("absent")
         if not os.path.isdir(target):
@@ -316,7 +331,7 @@ class AtomicDirectory:
                 f"the output directory holds files hf_soups did not write ({_describe(entries)}); hf_soups replaces "
                 "only a soup it wrote, even with overwrite=True.",
                 fix="choose another output_dir, or empty that directory yourself.")
-        foreign = set(entries) - set(marker["files"]) - {MARKER}
+        foreign = {n for n in entries if n != MARKER and (n not in marker["files"] or not _regular(target, n))}
         if foreign:
             raise self._exists(
                 f"the output directory is a soup hf_soups wrote, but it also holds {_describe(foreign)}, which "
