@@ -3,10 +3,12 @@
 Safety model (see `docs/SECURITY.md`):
 
 - **Only what hf_soups wrote is ever replaced.** Every directory written through [`AtomicDirectory`] holds a small
-  `.hf_soups` JSON marker listing the files hf_soups put there. `overwrite=True` replaces a directory only if it has
+  `.hf_soups` JSON marker listing the files hf_soups put there (a marker naming anything but soup files, say one
+  copied or crafted into a user's directory, is ignored). `overwrite=True` replaces a directory only if it has
   that marker (or is a soup written before markers existed: a card with an hf_soups recipe and nothing but soup
   files) and holds nothing else; never `/`, the home directory, the current directory or one of its parents, the
-  Hugging Face cache, or a directory that is, contains or is inside an ingredient. An empty directory is always fine.
+  Hugging Face cache, or a directory that is, contains or is inside an ingredient (a new directory is not created
+  inside an ingredient or the cache either). An empty directory is always fine.
 - **The commit is atomic and conditional.** The soup is built in a hidden sibling `.<name>.hf-soups-tmp-<token>` and
   moved into place with one `rename`, which the kernel performs only onto an absent or empty directory. Replacing a
   soup (`overwrite=True`) swaps the two directories in one `renameat2(RENAME_EXCHANGE)` (Linux), then checks that
