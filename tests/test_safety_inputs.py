@@ -489,7 +489,8 @@ def test_token_passed_as_revision_is_never_echoed(hub, hub_refs, tmp_path, caplo
     refs = [f"alice/si-a@{FAKE_TOKEN}", hub_refs["d"]] if how == "at" else ["alice/si-a", "alice/si-d"]
     revision = None if how == "at" else FAKE_TOKEN
     with pytest.raises(RevisionNotFoundError) as err:
-        soup_from_hub(refs, revision=revision, output_dir=tmp_path / "s", progress=False, cache_dir=str(tmp_path))
+        soup_from_hub(refs, revision=revision, output_dir=tmp_path / "s", progress=False,
+                      cache_dir=str(tmp_path / "cache"))
     assert FAKE_TOKEN not in str(err.value) and "hf_***" in str(err.value)
     assert FAKE_TOKEN[3:] not in caplog.text
 
