@@ -592,7 +592,8 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
         [`RecipeError`]: no recipe could be read (e.g. the repo or directory is not a soup made by hf_soups).
         [`IngredientNotFoundError`], [`AuthenticationError`]: the soup repo cannot be read.
     """
-    from huggingface_hub import ModelCard
+    import yaml
+    from huggingface_hub import ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     from .card import recipe_from_card
@@ -616,14 +617,18 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
     from .hub._errors import hub_errors
 
     with hub_errors(path, token_given=bool(token), token=token, endpoint=endpoint):
-        try:
-            card = ModelCard.load(path, token=token)
-        except ValueError as e:
-            raise RecipeError(f"cannot read a model card from '{source}' ({e}).",
-                              fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
+        try:  # `endpoint` honoured (ModelCard.load would ask the default endpoint, with the token)
+            card_path = hf_hub_download(path, "README.md", token=token, endpoint=endpoint)
         except EntryNotFoundError:
             raise RecipeError(f"'{source}' has no model card, so it is not a soup made by hf_soups.",
                               fix="pass a soup repo id, a soup directory or a recipe YAML file.") from None
+    try:
+        with open(card_path, encoding="utf-8") as f:
+            card = ModelCard(f.read(1 << 22))
+    except (ValueError, yaml.YAMLError) as e:  # a crafted card: bad dates, huge ints, python tags
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise RecipeError(f"cannot read a model card from '{source}' ({why}).",
+                          fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
     return recipe_from_card(card)
 
 

@@ -585,3 +585,26 @@ def test_invalid_method_is_never_rendered_into_a_card(family, tmp_path):
     soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "s", progress=False)
     with pytest.raises(RecipeError, match="unknown method"):
         build_card(method="<script>alert(1)</script>", ingredients=soup.ingredients, config={}, recipe=soup.recipe)
+
+
+@pytest.mark.parametrize("front", ["method: !!python/object/apply:os.system ['echo PWNED']", "date: 2001-13-45"])
+def test_load_recipe_reads_the_card_from_the_given_endpoint_and_refuses_crafted_yaml(hub, api, monkeypatch, front):
+    import huggingface_hub.constants
+
+    from hf_soups.api import load_recipe
+
+    repo = f"alice/crafted-card-{hashlib.sha1(front.encode()).hexdigest()[:8]}"
+    api.create_repo(repo, exist_ok=True)
+    api.upload_file(path_or_fileobj=f"---\n{front}\n---\n# soup\n".encode(), path_in_repo="README.md", repo_id=repo)
+    plain = f"plain-card-{hashlib.sha1(front.encode()).hexdigest()[:8]}"
+    api.create_repo(f"alice/{plain}", exist_ok=True)
+    api.upload_file(path_or_fileobj=b"# no recipe\n", path_in_repo="README.md", repo_id=f"alice/{plain}")
+    dead = "http://127.0.0.1:9"  # the default endpoint is elsewhere: only `endpoint=` reaches the loopback Hub
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", dead)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        dead + "/{repo_id}/resolve/{revision}/{filename}")
+    with pytest.raises(RecipeError, match="holds no hf_soups recipe"):  # read from `endpoint`, not the default
+        load_recipe(f"alice/{plain}", endpoint=hub.url)
+    with pytest.raises(RecipeError) as err:  # a raw yaml error never escapes
+        load_recipe(repo, endpoint=hub.url)
+    assert repo in str(err.value) and "Fix:" in str(err.value)
