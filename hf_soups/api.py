@@ -592,8 +592,7 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
         [`RecipeError`]: no recipe could be read (e.g. the repo or directory is not a soup made by hf_soups).
         [`IngredientNotFoundError`], [`AuthenticationError`]: the soup repo cannot be read.
     """
-    import yaml
-    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     from .card import recipe_from_card
@@ -610,9 +609,9 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
         path = os.path.join(path, "README.md")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(1 << 22)
         if path.endswith(".md") or text.startswith("---"):
-            return recipe_from_card(ModelCard(text))
+            return recipe_from_card(_parse_card(text, os.fspath(source)))
         return Recipe.from_yaml(text)
     from .hub._errors import hub_errors
 
@@ -622,14 +621,23 @@ def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = No
         except EntryNotFoundError:
             raise RecipeError(f"'{source}' has no model card, so it is not a soup made by hf_soups.",
                               fix="pass a soup repo id, a soup directory or a recipe YAML file.") from None
+    with open(card_path, encoding="utf-8") as f:
+        return recipe_from_card(_parse_card(f.read(1 << 22), os.fspath(source)))
+
+
+def _parse_card(text: str, source: str) -> Any:
+    """A model card from untrusted text; YAML that the card parser refuses (python tags, bad dates) is a RecipeError."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from .errors import RecipeError
+
     try:
-        with open(card_path, encoding="utf-8") as f:
-            card = ModelCard(f.read(1 << 22))
+        return ModelCard(text)
     except (ValueError, yaml.YAMLError) as e:  # a crafted card: bad dates, huge ints, python tags
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise RecipeError(f"cannot read a model card from '{source}' ({why}).",
                           fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
-    return recipe_from_card(card)
 
 
 def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,

@@ -608,3 +608,18 @@ def test_load_recipe_reads_the_card_from_the_given_endpoint_and_refuses_crafted_
     with pytest.raises(RecipeError) as err:  # a raw yaml error never escapes
         load_recipe(repo, endpoint=hub.url)
     assert repo in str(err.value) and "Fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("front", ["x: !!python/object/apply:os.system ['true']", "date: 2024-13-45"])
+def test_load_recipe_refuses_crafted_yaml_in_a_local_card_or_soup_directory(tmp_path, front):
+    from hf_soups.api import load_recipe
+
+    card = tmp_path / "card.md"
+    card.write_text(f"---\n{front}\n---\n# soup\n")
+    soup_dir = tmp_path / "soup"
+    soup_dir.mkdir()
+    (soup_dir / "README.md").write_text(card.read_text())
+    for source in (card, soup_dir):
+        with pytest.raises(RecipeError) as err:  # a raw yaml error never escapes
+            load_recipe(source)
+        assert str(source) in str(err.value) and "Fix:" in str(err.value)
