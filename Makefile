@@ -7,7 +7,7 @@ STAMP := $(VENV)/.hf_soups-installed
 OLAH := .venv-olah/bin/olah-cli
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test fuzz bench bench-setup venv clean
+.PHONY: demo test test-min fuzz bench bench-setup venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,24 @@ $(FASHION_MNIST):
 test: $(STAMP) $(OLAH) $(FASHION_MNIST)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# The declared minimum versions (each `>=` floor of install_requires, installed as `==`) in a throwaway venv, then the
+# fast tests against the source tree. Not part of `make test`. torch is the CPU wheel of the main venv (PyPI's default
+# torch wheels pull GBs of CUDA libraries); `make test-min MIN_TORCH=torch==2.2.0` tests the floor itself.
+MIN_VENV := .venv-min
+MIN_TORCH ?= torch==2.13.0
+FAST_TESTS := tests/test_checkpoint.py tests/test_cli.py tests/test_compat.py tests/test_fuzz.py tests/test_greedy.py \
+	tests/test_hints.py tests/test_house.py tests/test_hub.py tests/test_kernel.py tests/test_layers.py \
+	tests/test_scale.py tests/test_security.py tests/test_soup_local.py
+
+test-min:
+	rm -rf $(MIN_VENV) && $(PY) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install -q --disable-pip-version-check $(MIN_TORCH)
+	$(MIN_VENV)/bin/pip install -q --disable-pip-version-check $(MIN_TORCH) \
+		$$($(PY) tools/min_requirements.py setup.cfg --skip torch) pytest hypothesis scikit-learn
+	$(MIN_VENV)/bin/pip freeze | grep -iE '^(torch|transformers|huggingface.hub|safetensors|accelerate|datasets|evaluate)=='
+	HF_HUB_DISABLE_XET=1 PYTHONPATH=$(CURDIR) $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FAST_TESTS); \
+		status=$$?; rm -rf $(MIN_VENV); exit $$status
+
 # Every fuzz target (safetensors header, index JSON, config JSON, recipe YAML) with a bigger budget.
 FUZZ_EXAMPLES ?= 60000
 fuzz: $(STAMP)
@@ -52,4 +70,4 @@ bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 
 clean:
-	rm -rf $(VENV) .venv-mergekit .venv-olah build *.egg-info benchmarks/.work
+	rm -rf $(VENV) .venv-mergekit .venv-olah .venv-min build *.egg-info benchmarks/.work

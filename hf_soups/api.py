@@ -11,19 +11,19 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
-from . import constants
+from .checkpoint.companions import copy_companion_files
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
-    compare,
+    architecture_findings,
     init_distance_warnings,
+    label_permutations,
     normalize_id2label,
     remote_code_problems,
     sample_tensor_names,
+    verdict,
 )
 from .errors import InvalidArgumentError, SoupError
 from .merge import MergeOptions, build_plan, merge_to_directory
@@ -100,31 +100,20 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
 
 def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
              trust_remote_code: bool = False) -> CompatibilityReport:
-    """The pure verdict, plus the meta-device architecture check once per distinct (config, tensor names)."""
-    report = compare(metas, align_labels=align_labels)
+    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code problems."""
+    check = None
+    if arch_check:
+        from .architecture import architecture_problems as check
+    report = verdict(metas, align_labels=align_labels, architecture_check=check)
     for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
         report.add(problem)
-    if arch_check:
-        for problem in _arch_problems(metas):
-            report.add(problem)
     return report
 
 
 def _arch_problems(metas: Sequence[IngredientMeta]) -> list[Any]:
-    import json
-
     from .architecture import architecture_problems
 
-    seen: set[str] = set()
-    problems = []
-    for meta in metas:
-        if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
-            continue
-        key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
-        if key not in seen:
-            seen.add(key)
-            problems.extend(architecture_problems(meta.name, meta.config, meta.tensors))
-    return problems
+    return architecture_findings(metas, architecture_problems)
 
 
 class _BackgroundArchCheck:
@@ -151,39 +140,30 @@ class _BackgroundArchCheck:
         report.raise_if_incompatible()
 
 
-def _label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
-    ref = normalize_id2label(metas[0].config)
-    perms: list[list[int] | None] = []
-    for meta in metas:
-        labels = normalize_id2label(meta.config)
-        if ref is None or labels is None or labels == ref:
-            perms.append(None)
-            continue
-        index_of = {name: idx for idx, name in labels.items()}  # ids are 0..n-1 and names unique (the verdict checked)
-        perms.append([index_of[ref[j]] for j in sorted(ref)])
-    return perms
-
-
 def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any, endpoint: str | None,
-                  cache_dir: str | None, allow_pickle: bool, stack: contextlib.ExitStack) -> list[CheckpointReader]:
+                  cache_dir: str | None, allow_pickle: bool, stack: contextlib.ExitStack
+                  ) -> tuple[list[Ingredient], list[CheckpointReader]]:
+    """Fetch what each ingredient needs and open its weights; returns the ingredients with their `local_dir` set
+    (new values) and one reader each, closed by `stack`."""
+    opened: list[Ingredient] = []
     readers: list[CheckpointReader] = []
     for ing in ingredients:
         if ing.repo_id is not None and ing.local_dir is None:
             from . import hub
 
+            local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=not stream,
+                                     allow_pickle=allow_pickle)
+            ing = dataclasses.replace(ing, local_dir=local_dir)
             if stream:
-                small = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
-                ing.local_dir = small
-                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=small)
+                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=local_dir)
             else:
-                ing.local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                             allow_pickle=allow_pickle)
-                reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+                reader = open_checkpoint(local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
         else:
             assert ing.local_dir is not None
             reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+        opened.append(ing)
         readers.append(stack.enter_context(reader))
-    return readers
+    return opened, readers
 
 
 def check_compatibility(
@@ -408,7 +388,8 @@ def soup_from_hub(
         >>> soup.ingredients[0].revision  # pinned commit sha
         '5f0c...'
         >>> greedy = soup_from_hub(["user/ft-1", "user/ft-2", "user/ft-3"], "greedy", eval_dataset="val.csv",
-        ...                        eval_spec=EvalSpec(text_column="sentence"), merge_options=MergeOptions(dtype="bfloat16"))
+        ...                        eval_spec=EvalSpec(text_column="sentence"),
+        ...                        merge_options=MergeOptions(dtype="bfloat16"))
         >>> soup.push_to_hub("user/my-soup")
         ```
     """
@@ -450,6 +431,24 @@ def soup_from_hub(
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
                                    fix="pass one weight per ingredient.", param="weights")
+    metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, options=options,
+                                     needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
+    return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
+                 endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
+                 options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery)
+
+
+def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
+               allow_pickle: bool, trust_remote_code: bool, options: MergeOptions, needs_eval: bool,
+               eval_data: Any = None, spec: EvalSpec | None = None
+               ) -> tuple[list[IngredientMeta], CompatibilityReport, _BackgroundArchCheck | None]:
+    """Small files and headers -> the verdict, logged; raises when it is negative. No weight is read.
+
+    The architecture check (when `options.arch_check`) runs in the background; it is settled here already when
+    weights will be downloaded or evaluated, otherwise beside the merge (returned). `eval_data` (loaded up front)
+    is checked against the first ingredient's config here, before any weight moves.
+    """
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
@@ -458,18 +457,31 @@ def soup_from_hub(
     for w in report.warnings:
         logger.warning("%s", w)
     report.raise_if_incompatible()
-    if arch is not None and (entry.needs_eval or any(i.repo_id is not None for i in ingredients)):
+    if arch is not None and (needs_eval or any(i.repo_id is not None for i in ingredients)):
         arch.settle(report)  # before any weight is downloaded or evaluated
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
         from .evaluation.data import check_eval_data
 
+        assert spec is not None
         check_eval_data(eval_data, metas[0].config, text_column=spec.text_column, label_column=spec.label_column,
                         image_column=spec.image_column, name=metas[0].name)
-    base_model = options.base_model or _shared_base_model(metas)
+    return metas, report, arch
 
+
+def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: CompatibilityReport,
+          arch: _BackgroundArchCheck | None, method: str, weights: Sequence[float] | None, output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
+          *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
+          options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
+          discovery: Any = None, eval_data: Any = None) -> Soup:
+    """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
+
+    With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
+    commit is the recipe's.
+    """
+    entry = get_method(method)
     with contextlib.ExitStack() as stack:
-        readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
-                                cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
+        ingredients, readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
+                                             cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
         tensor_maps = [r.tensors for r in readers]
         if len(readers) > 1:
             warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
@@ -477,7 +489,7 @@ def soup_from_hub(
             for w in warnings:
                 logger.warning("%s", w)
             report.warnings.extend(warnings)
-        perms = _label_permutations(metas) if options.align_labels else None
+        perms = label_permutations(metas) if options.align_labels else None
         num_labels = len(normalize_id2label(metas[0].config) or {}) or None
         names = [i.name for i in ingredients]
         plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=options.dtype,
@@ -494,22 +506,20 @@ def soup_from_hub(
             plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
         else:
             plan = plan.with_weights(entry.fn(len(readers), weights))
-        for ing, w in zip(ingredients, plan.weights):
-            ing.weight = w
-            if ing.name in scores:
-                ing.score = scores[ing.name]
+        ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
+                       for ing, w in zip(ingredients, plan.weights)]
         target = os.fspath(output_dir) if output_dir is not None else os.path.join(
             tempfile.mkdtemp(prefix="hf-soup-"), "soup")
-        recipe = Recipe(
-            method=method, ingredients=tuple(i.name for i in ingredients), weights=plan.weights,
-            dtype=options.dtype_name, int_rule=options.int_rule, align_labels=options.align_labels,
-            evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
-        )
-        soup = Soup(output_dir=target, method=method, ingredients=ingredients, recipe=recipe, report=report,
-                    trace=trace, scores=scores, base_model=base_model,
-                    metric=spec.metric_name, trust_remote_code=trust_remote_code,
-                    discovery=discovery, warnings=held_out_warnings,
-                    card_metadata=_agreed_card_metadata(ingredients))
+        if recipe is None:
+            recipe = Recipe(
+                method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
+                int_rule=options.int_rule, align_labels=options.align_labels,
+                evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
+            )
+        soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
+                    trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
+                    metric=spec.metric_name, trust_remote_code=trust_remote_code, discovery=discovery,
+                    warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
@@ -518,10 +528,10 @@ def soup_from_hub(
                                    progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
-                _copy_aux_files(ingredients[0], tmp, options.dtype)
-                soup.output_dir = tmp
-                soup.write_card()
-                soup.output_dir = target
+                assert ingredients[0].local_dir is not None
+                copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name,
+                                     dtype=options.dtype_name)
+                soup.write_card(directory=tmp)
         wait_for_everyone()
         if arch is not None:
             arch.settle(report)  # (processes that did not merge)
@@ -553,26 +563,6 @@ def _agreed_card_metadata(ingredients: Sequence[Ingredient]) -> dict[str, Any]:
         if values and values[0] and all(v == values[0] for v in values):
             agreed[key] = values[0]
     return agreed
-
-
-def _copy_aux_files(first: Ingredient, target: str, dtype: torch.dtype | str | None) -> None:
-    import json
-
-    from .checkpoint.safe_files import check_files_inside, copy_inside
-
-    assert first.local_dir is not None
-    for name in check_files_inside(first.local_dir, constants.AUX_FILES, ingredient=first.name):
-        copy_inside(first.local_dir, name, os.path.join(target, name), ingredient=first.name)
-    if dtype is not None:
-        path = os.path.join(target, "config.json")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        name = str(dtype).replace("torch.", "")
-        for key in ("torch_dtype", "dtype"):
-            if key in config:
-                config[key] = name
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
 
 
 def load_recipe(source: str | os.PathLike[str], *, token: str | bool | None = None,
@@ -667,13 +657,16 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
-    soup = soup_from_hub(
-        refs, method="weighted", weights=list(recipe.weights), output_dir=output_dir, token=token,
-        overwrite=overwrite, endpoint=endpoint, cache_dir=cache_dir,
-        merge_options=MergeOptions(dtype=recipe.dtype, int_rule=recipe.int_rule,  # type: ignore[arg-type]
-                                   align_labels=recipe.align_labels, progress=progress),
-    )
-    soup.method = recipe.method
-    soup.recipe = recipe
-    soup.write_card()
-    return soup
+    options = MergeOptions(dtype=recipe.dtype, int_rule=recipe.int_rule,  # type: ignore[arg-type]
+                           align_labels=recipe.align_labels, progress=progress)
+    output = None
+    if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
+        output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
+                                 caches=[cache_dir or ""])
+    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir)
+    check_ingredient_set(ingredients)  # as soup_from_hub does
+    metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                     allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)
+    return _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
+                 endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
+                 trust_remote_code=False, allow_pickle=False, recipe=recipe)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from . import constants
 from .checkpoint.format import TensorInfo
 from .compat import Problem
 
@@ -81,10 +82,9 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
                         "on the meta device; the checkpoint was not checked against it.",
                         "none needed if the checkpoint loads with from_pretrained.", "warning")]
     expected, tied, model = built
-    if any(n.endswith("position_ids") for n, _ in model.named_buffers()):
-        legacy_buffers: tuple[str, ...] = (r"(^|\.)position_ids$", r"rotary_emb\.inv_freq")
-    else:
-        legacy_buffers = (r"rotary_emb\.inv_freq",)
+    has_position_ids = any(n.endswith("position_ids") for n, _ in model.named_buffers())
+    legacy_buffers = tuple(p for p in constants.LEGACY_BUFFER_PATTERNS
+                           if p != constants.LEGACY_POSITION_IDS or has_position_ids)
     skip_unexpected = _ignored(model, "_keys_to_ignore_on_load_unexpected", legacy_buffers)
     skip_missing = _ignored(model, "_keys_to_ignore_on_load_missing")
     model_names = set(model.state_dict())

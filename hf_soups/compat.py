@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,8 +20,9 @@ from .checkpoint.format import TensorInfo
 from .errors import IncompatibleIngredientsError
 from .refs import IngredientMeta
 
-__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "init_distance_warnings", "init_distances",
-           "init_outlier_warnings", "normalize_id2label", "label_problems", "remote_code_problems", "SIZE_KEYS"]
+__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict", "architecture_findings",
+           "label_permutations", "init_distance_warnings", "init_distances", "init_outlier_warnings",
+           "normalize_id2label", "label_problems", "remote_code_problems", "SIZE_KEYS"]
 
 #: Config fields that fix a model's size; ingredients that differ in one are summarised once ("hidden_size 32 vs 384")
 #: instead of tensor by tensor.
@@ -255,6 +256,67 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
                                "soup only fine-tunes of the same pretrained checkpoint."))
     _dtype_warnings(metas, report)
     return report
+
+
+def verdict(
+    metas: Sequence[IngredientMeta],
+    *,
+    align_labels: bool = False,
+    architecture_check: Callable[[str, Mapping[str, Any], Mapping[str, TensorInfo]], list[Problem]] | None = None,
+) -> CompatibilityReport:
+    """The whole verdict: [`compare`], then `architecture_check` once per distinct (config, tensor names).
+
+    Args:
+        metas (`Sequence[IngredientMeta]`): the ingredients; the first is the reference.
+        align_labels (`bool`, *optional*, defaults to `False`): accept a permuted `id2label`.
+        architecture_check (`Callable`, *optional*): `(name, config, tensors) -> problems`, e.g.
+            [`hf_soups.architecture.architecture_problems`]. Ingredients whose tensors are unknown before download
+            (pickled Hub weights) are skipped; [`compare`] already warns about them.
+
+    Returns:
+        [`CompatibilityReport`]
+    """
+    report = compare(metas, align_labels=align_labels)
+    if architecture_check is not None:
+        for problem in architecture_findings(metas, architecture_check):
+            report.add(problem)
+    return report
+
+
+def architecture_findings(
+    metas: Sequence[IngredientMeta],
+    architecture_check: Callable[[str, Mapping[str, Any], Mapping[str, TensorInfo]], list[Problem]],
+) -> list[Problem]:
+    """`architecture_check` run once per distinct (config, tensor names); ingredients with unknown tensors skipped."""
+    import json
+
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for meta in metas:
+        if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
+            continue
+        key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
+        if key not in seen:
+            seen.add(key)
+            problems.extend(architecture_check(meta.name, meta.config, meta.tensors))
+    return problems
+
+
+def label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
+    """Per ingredient, the classifier row order that aligns its `id2label` with the first one's (`None`: aligned).
+
+    Only meaningful once the verdict accepted the labels as permutations (`align_labels=True`).
+    """
+    ref = normalize_id2label(metas[0].config)
+    perms: list[list[int] | None] = []
+    for meta in metas:
+        labels = normalize_id2label(meta.config)
+        if ref is None or labels is None or labels == ref:
+            perms.append(None)
+            continue
+        index_of = {name: idx for idx, name in labels.items()}
+        perms.append([index_of[ref[j]] for j in range(len(ref))])
+    return perms
 
 
 def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: CompatibilityReport) -> None:

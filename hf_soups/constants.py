@@ -62,7 +62,8 @@ CLASSIFIER_MARKERS: tuple[str, ...] = ("classifier", "score", "head", "logits")
 
 #: Buffers that older transformers versions saved and current ones ignore on load. When only some ingredients have
 #: them, the verdict warns and the soup leaves them out (transformers rebuilds them).
-LEGACY_BUFFER_PATTERNS: tuple[str, ...] = (r"(^|\.)position_ids$", r"rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")
+LEGACY_POSITION_IDS: str = r"(^|\.)position_ids$"
+LEGACY_BUFFER_PATTERNS: tuple[str, ...] = (LEGACY_POSITION_IDS, r"rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")
 
 
 def is_legacy_buffer(name: str) -> bool:
@@ -70,6 +71,37 @@ def is_legacy_buffer(name: str) -> bool:
     import re
 
     return any(re.search(p, name) for p in LEGACY_BUFFER_PATTERNS)
+
+
+def chunk_elements() -> int:
+    """Elements per merge chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 1M: 4 MB of fp32, cache-friendly per thread)."""
+    return int(os.environ.get("HF_SOUPS_CHUNK_ELEMENTS", 1024 * 1024))
+
+
+def merge_threads() -> int:
+    """Threads that merge chunks: `HF_SOUPS_NUM_THREADS`, else the cores this process may run on."""
+    env = os.environ.get("HF_SOUPS_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def fsync_enabled() -> bool:
+    """Whether the soup's files are fsynced before the atomic rename (`HF_SOUPS_FSYNC=1`)."""
+    return os.environ.get("HF_SOUPS_FSYNC", "0").lower() in {"1", "true", "yes"}
+
+
+def hub_cache_env_dirs() -> list[str]:
+    """The Hugging Face cache locations set in the environment (`HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `HF_HOME`)."""
+    return [os.environ[v] for v in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME") if os.environ.get(v)]
+
+
+def world_size() -> int:
+    """Processes of an `accelerate launch`/`torchrun` run (`WORLD_SIZE`, 1 when unset)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def progress_disabled() -> bool:

@@ -72,9 +72,9 @@ class IngredientRef:
         return cls(ref=text, repo_id=repo_id, revision=rev or revision)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ingredient:
-    """One ingredient of a soup, resolved.
+    """One ingredient of a soup, resolved. A frozen value: later stages build new ones with `dataclasses.replace`.
 
     Attributes:
         ref (`str`): the reference as the user wrote it.

@@ -91,7 +91,6 @@ class Soup:
     datasets: dict[str, dict[str, str]] = field(default_factory=dict)
     card_metadata: dict[str, Any] = field(default_factory=dict)
     _model: Any = field(default=None, repr=False)
-    _evaluator: Any = field(default=None, repr=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -111,10 +110,13 @@ class Soup:
             self._model.eval()
         return self._model
 
-    def card_for(self, repo_id: str | None = None) -> ModelCard:
-        """The model card, with the loading snippet pointing at `repo_id`."""
+    def card_for(self, repo_id: str | None = None, *, directory: str | os.PathLike[str] | None = None) -> ModelCard:
+        """The model card, with the loading snippet pointing at `repo_id` (the config read from `directory`, by
+        default the soup's)."""
+        config = self.config if directory is None else read_config(os.path.join(directory, "config.json"),
+                                                                     os.fspath(directory))
         return build_card(
-            method=self.method, ingredients=self.ingredients, config=self.config, recipe=self.recipe,
+            method=self.method, ingredients=self.ingredients, config=config, recipe=self.recipe,
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
             repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
@@ -127,12 +129,13 @@ class Soup:
         """The model card (`huggingface_hub.ModelCard`) recording ingredients, revisions, weights, recipe, results."""
         return self.card_for()
 
-    def write_card(self, repo_id: str | None = None) -> str:
-        """(Re)write `README.md` (the card, for `repo_id` when given) and `recipe.yaml` in the soup directory,
-        atomically; returns the card's path."""
-        _write_text(os.path.join(self.output_dir, RECIPE_FILE), self.recipe.to_yaml())
-        path = _write_text(os.path.join(self.output_dir, "README.md"), str(self.card_for(repo_id)))
-        record_files(self.output_dir, ["README.md", RECIPE_FILE])
+    def write_card(self, repo_id: str | None = None, *, directory: str | os.PathLike[str] | None = None) -> str:
+        """(Re)write `README.md` (the card, for `repo_id` when given) and `recipe.yaml` in the soup directory (or in
+        `directory`, e.g. the soup's directory while it is being committed), atomically; returns the card's path."""
+        where = os.fspath(directory) if directory is not None else self.output_dir
+        _write_text(os.path.join(where, RECIPE_FILE), self.recipe.to_yaml())
+        path = _write_text(os.path.join(where, "README.md"), str(self.card_for(repo_id, directory=directory)))
+        record_files(where, ["README.md", RECIPE_FILE])
         return path
 
     def save_pretrained(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:

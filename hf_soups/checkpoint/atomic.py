@@ -153,10 +153,7 @@ def _real(path: str) -> str:
 
 
 def _hub_caches(extra: Iterable[str]) -> list[str]:
-    caches = [p for p in extra if p]
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
-        if os.environ.get(var):
-            caches.append(os.environ[var])
+    caches = [p for p in extra if p] + constants.hub_cache_env_dirs()
     try:
         from huggingface_hub import constants as hf_constants
 
@@ -442,7 +439,7 @@ class AtomicDirectory:
     def _commit(self) -> None:
         assert self.tmp_dir is not None
         self._write_marker()
-        if os.environ.get("HF_SOUPS_FSYNC", "0").lower() in {"1", "true", "yes"}:
+        if constants.fsync_enabled():
             for name in os.listdir(self.tmp_dir):
                 fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY)
                 try:

@@ -19,7 +19,7 @@ import torch
 from .. import constants
 from ..errors import CorruptCheckpointError
 
-__all__ = ["DTYPES", "TensorInfo", "parse_header", "build_header", "dtype_code"]
+__all__ = ["DTYPES", "TensorInfo", "parse_header", "build_header", "dtype_code", "numel", "nbytes"]
 
 #: safetensors dtype code -> torch dtype.
 DTYPES: dict[str, torch.dtype] = {
@@ -49,6 +49,16 @@ def dtype_code(dtype: torch.dtype) -> str:
         return _CODES[dtype]
     except KeyError:
         raise CorruptCheckpointError(f"dtype {dtype} cannot be stored in safetensors.") from None
+
+
+def numel(shape: tuple[int, ...] | list[int]) -> int:
+    """Elements of a tensor of this shape (1 for a scalar): the one place element counts are computed."""
+    return math.prod(shape)
+
+
+def nbytes(code: str, shape: tuple[int, ...] | list[int]) -> int:
+    """Bytes of a tensor of dtype `code` and this shape."""
+    return numel(shape) * itemsize(code)
 
 
 def itemsize(code: str) -> int:
@@ -85,7 +95,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        return numel(self.shape)
 
 
 def parse_header(
@@ -167,18 +177,16 @@ def parse_header(
         begin, end = offsets
         if end > data_size:
             raise corrupt(f"data_offsets {offsets} run past the end of the data ({data_size} bytes).", name)
-        numel = 1
+        count = 1
         for d in shape:  # the element count must not overflow 64 bits at any step (safetensors' checked_mul)
-            numel *= d
-            if numel >= _U64:
+            count *= d
+            if count >= _U64:
                 raise corrupt(f"shape {_short(shape)} overflows a 64-bit element count.", name)
-        if numel * itemsize(code) >= _U64:
+        size = count * itemsize(code)
+        if size >= _U64:
             raise corrupt(f"shape {_short(shape)} of {code} overflows a 64-bit byte count.", name)
-        if numel * itemsize(code) != end - begin:
-            raise corrupt(
-                f"shape {shape} of {code} needs {numel * itemsize(code)} bytes but data_offsets span {end - begin}.",
-                name,
-            )
+        if size != end - begin:
+            raise corrupt(f"shape {shape} of {code} needs {size} bytes but data_offsets span {end - begin}.", name)
         spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, code, tuple(shape), file, data_start + begin, end - begin)
     spans.sort()
@@ -235,7 +243,7 @@ def build_header(
     offsets: dict[str, tuple[int, int]] = {}
     position = 0
     for name, code, shape in entries:
-        size = math.prod(shape) * itemsize(code)
+        size = nbytes(code, shape)
         offsets[name] = (position, position + size)
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [position, position + size]}
         position += size

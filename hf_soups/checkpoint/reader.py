@@ -29,6 +29,7 @@ __all__ = [
     "open_checkpoint",
     "safe_join",
     "load_weight_map",
+    "read_shard_index",
     "SAFETENSORS_SINGLE",
     "SAFETENSORS_INDEX",
 ]
@@ -205,8 +206,20 @@ def safe_join(directory: str, relative: str, ingredient: str | None = None, file
     return os.path.join(directory, *[p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")])
 
 
-def _load_index(directory: str, index_name: str, ingredient: str | None) -> dict[str, str]:
-    return load_weight_map(os.path.join(directory, index_name), ingredient, index_name)
+def read_shard_index(directory: str, ingredient: str | None,
+                     index_name: str = SAFETENSORS_INDEX) -> tuple[dict[str, str], list[str]]:
+    """The shard index of a checkpoint directory (local, or a Hub cache snapshot): its validated `weight_map` and
+    its shard files, sorted, each checked to stay inside the directory before anything reads (or requests) it.
+
+    Raises:
+        [`CorruptCheckpointError`]: the index is missing, not JSON, or malformed.
+        [`UnsafeCheckpointError`]: the index, or a shard it names, lies outside the directory.
+    """
+    weight_map = load_weight_map(os.path.join(directory, index_name), ingredient, index_name)
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        safe_join(directory, shard, ingredient, index_name)
+    return weight_map, shards
 
 
 def load_weight_map(path: str, ingredient: str | None, index_name: str = SAFETENSORS_INDEX) -> dict[str, str]:
@@ -267,9 +280,9 @@ def open_checkpoint(
         raise IngredientNotFoundError(
             "no such checkpoint directory.", ingredient=ingredient, fix="check the path, or pass a Hub repo id."
         )
+    weight_map: dict[str, str] | None
     if os.path.lexists(os.path.join(directory, SAFETENSORS_INDEX)):
-        weight_map = _load_index(directory, SAFETENSORS_INDEX, ingredient)
-        files = sorted(set(weight_map.values()))
+        weight_map, files = read_shard_index(directory, ingredient)
     elif os.path.lexists(os.path.join(directory, SAFETENSORS_SINGLE)):
         weight_map, files = None, [SAFETENSORS_SINGLE]
     else:
@@ -277,7 +290,8 @@ def open_checkpoint(
     sources: dict[str, ByteSource] = {}
     try:
         for file in files:
-            safe_join(directory, file, ingredient, SAFETENSORS_INDEX if weight_map else None)
+            if weight_map is None:
+                safe_join(directory, file, ingredient)
             try:
                 fd = open_inside(directory, file, ingredient=ingredient)
             except IngredientNotFoundError:
@@ -308,7 +322,7 @@ def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> Checkpo
             fix="convert the checkpoint to safetensors, or pass allow_pickle=True to load it with "
             "torch.load(weights_only=True).",
         )
-    files = sorted(set(_load_index(directory, PICKLE_INDEX, ingredient).values())) if has_index else [PICKLE_SINGLE]
+    files = read_shard_index(directory, ingredient, PICKLE_INDEX)[1] if has_index else [PICKLE_SINGLE]
     state: dict[str, torch.Tensor] = {}
     for file in files:
         path = resolve_inside(directory, file, ingredient=ingredient)

@@ -18,21 +18,35 @@ from huggingface_hub.serialization import split_state_dict_into_shards_factory
 from .. import constants
 from ..errors import SoupError
 from .atomic import AtomicDirectory
-from .format import build_header, dtype_code, itemsize
+from .format import build_header, dtype_code
+from .format import nbytes as tensor_nbytes
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 __all__ = ["AtomicDirectory", "ShardedSafetensorsWriter", "parse_size"]
 
 
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+               "TIB": 2**40}
+
+
 def parse_size(size: int | str) -> int:
-    """`"5GB"` -> 5_000_000_000; ints pass through."""
+    """`"5GB"` -> 5_000_000_000, `"40MiB"` -> 41_943_040 (the units of `save_pretrained(max_shard_size=)`); ints pass
+    through.
+
+    Raises:
+        [`SoupError`]: not a size.
+    """
     if isinstance(size, int):
         return size
-    if size.strip().isdigit():
-        return int(size)
-    from huggingface_hub.serialization._base import parse_size_to_int
-
-    return parse_size_to_int(size)
+    text = str(size).strip().upper()
+    if text.isdigit():
+        return int(text)
+    number, unit = text.rstrip("BITKMG"), text[len(text.rstrip("BITKMG")):]
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        raise SoupError(f"cannot read {size!r} as a size.", fix="write max_shard_size like '5GB', '500MB' or "
+                        "an integer number of bytes.") from None
 
 
 class ShardedSafetensorsWriter:
@@ -65,7 +79,7 @@ class ShardedSafetensorsWriter:
         self.directory = directory
         self.metadata = {**(metadata or {}), "format": "pt"}
         specs = {name: (dtype_code(dtype), tuple(shape)) for name, dtype, shape in entries}
-        sizes = {name: _nbytes(code, shape) for name, (code, shape) in specs.items()}
+        sizes = {name: tensor_nbytes(code, shape) for name, (code, shape) in specs.items()}
         split = split_state_dict_into_shards_factory(
             {name: _Planned(name) for name in specs},  # (plain strings would be skipped as bnb metadata)
             get_storage_size=lambda t: sizes[t.name],
@@ -190,9 +204,3 @@ class _Planned:
     def __init__(self, name: str) -> None:
         self.name = name
 
-
-def _nbytes(code: str, shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n * itemsize(code)

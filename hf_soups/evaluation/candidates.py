@@ -1,17 +1,30 @@
-"""Candidate models in memory: one model skeleton whose parameters are overwritten per candidate."""
+"""Candidate models in memory: one model skeleton whose parameters are overwritten per candidate.
+
+Every candidate soup is computed by the merge kernel ([`weighted_sum`]) straight into the model's parameters, in the
+engine's order, so a candidate scored in memory is bit for bit the soup the engine writes for the same weights.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..checkpoint.reader import CheckpointReader
-from ..merge.plan import MergePlan
+from ..errors import EvaluationError
+from ..merge.ops import weighted_sum
+from ..merge.plan import MergePlan, TensorPlan, build_plan, normalize_weights
 from ..modeling import load_model
 
 __all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
+
+
+def _aligned(plan: MergePlan, reader: CheckpointReader, index: int, tp: TensorPlan) -> torch.Tensor:
+    """Ingredient `index`'s tensor `tp`, classifier rows aligned per the plan (its own dtype)."""
+    t = reader.read(tp.name)
+    perm = plan.label_permutations[index] if plan.label_permutations and tp.permute_rows else None
+    return t[list(perm)] if perm is not None else t
 
 
 def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int,
@@ -22,17 +35,10 @@ def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int,
     where they are evaluated, holding no CPU copy beyond the tensor being read.
     """
     out = {}
-    perm = plan.label_permutations[index] if plan.label_permutations else None
     for tp in plan.tensors:
-        if not tp.average:
-            continue
-        t = reader.read(tp.name)
-        if device is not None:
-            t = t.to(device, non_blocking=True)
-        t = t.float()
-        if perm is not None and tp.permute_rows:
-            t = t[list(perm)]
-        out[tp.name] = t
+        if tp.average:
+            t = _aligned(plan, reader, index, tp)
+            out[tp.name] = (t.to(device, non_blocking=True) if device is not None else t).float()
     return out
 
 
@@ -53,14 +59,12 @@ def _checkpoint_to_model_names(model: Any, state: Mapping[str, torch.Tensor]) ->
 
 def checkpoint_float_state(reader: CheckpointReader) -> dict[str, torch.Tensor]:
     """All floating tensors of one checkpoint (a soup, a base model) as fp32."""
-    from ..merge.plan import build_plan
-
     return read_float_state(build_plan([reader.tensors], [1.0]), reader, 0)
 
 
 class ModelHolder:
-    """Loads the first ingredient once (`from_pretrained`, fp32) on the evaluation device and swaps candidate weights
-    into it in place.
+    """Loads the first ingredient once (`from_pretrained`, fp32) on the evaluation device and computes candidate
+    weights into it in place (with the merge kernel).
 
     Integer buffers keep the loaded ingredient's values (the `int_rule="first"` convention).
 
@@ -82,10 +86,13 @@ class ModelHolder:
         self.name_map = _checkpoint_to_model_names(self.model, self.params)
 
     def _target(self, name: str) -> torch.Tensor:
-        try:
-            return self.params[self.name_map.get(name, name)]
-        except KeyError:
-            raise KeyError(f"the model has no tensor '{name}'") from None
+        target = self.params.get(self.name_map.get(name, name))
+        if target is None:
+            raise EvaluationError(
+                "the checkpoint holds a tensor that the model built from its config does not have.", tensor=name,
+                fix="check that the ingredient loads with from_pretrained, or pass merge_options="
+                    "MergeOptions(arch_check=True) to see every mismatch.")
+        return target
 
     def model_names(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`state` keyed by the model's parameter names instead of the checkpoint's."""
@@ -98,26 +105,25 @@ class ModelHolder:
                 self._target(name).copy_(value)
         return self.model
 
-    def load_mean(self, running_sum: Mapping[str, torch.Tensor], extra: Mapping[str, torch.Tensor] | None,
-                  count: int) -> Any:
-        """Load `(running_sum + extra) / count` without touching `running_sum`: one fused update per tensor."""
+    def load_plan(self, plan: MergePlan, readers: Sequence[CheckpointReader]) -> Any:
+        """Compute the soup `plan` describes (its weights; zero weights skipped) into the model, tensor by tensor,
+        reading each ingredient's tensor when it is needed; returns the model."""
+        active = [i for i, w in enumerate(plan.weights) if w > 0]
+        weights = [plan.weights[i] for i in active]
         with torch.no_grad():
-            for name, value in running_sum.items():
-                target = self._target(name)
-                if extra is not None:
-                    torch.add(value, extra[name], out=target)
-                    target.div_(count)
-                else:
-                    torch.div(value, count, out=target)
+            for tp in plan.tensors:
+                if tp.average:
+                    target = self._target(tp.name)
+                    tensors: Iterator[torch.Tensor] = (
+                        _aligned(plan, readers[i], i, tp).to(target.device) for i in active)
+                    weighted_sum(tensors, weights, out=target)
         return self.model
 
     def load_combination(self, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> Any:
-        """Load `sum_k w_k * states[k]`."""
+        """Load `sum_k w_k * states[k]` with the weights normalised as a plan normalises them."""
+        ws = normalize_weights(weights)
         with torch.no_grad():
             for name in states[0]:
                 target = self._target(name)
-                target.zero_()
-                for w, s in zip(weights, states):
-                    if w:
-                        target.add_(s[name], alpha=float(w))
+                weighted_sum((s[name].to(target.device) for s in states), ws, out=target)
         return self.model

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .. import constants
+
 __all__ = ["state", "is_distributed", "is_main_process", "wait_for_everyone", "my_share", "sum_across"]
 
 T = TypeVar("T")
@@ -26,9 +28,7 @@ def state() -> Any:
 
 
 def is_distributed() -> bool:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and state().num_processes > 1
+    return constants.world_size() > 1 and state().num_processes > 1
 
 
 def is_main_process() -> bool:

@@ -6,6 +6,7 @@ of `recipes/` (which never import `evaluation/`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,11 +16,11 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .. import constants
+from ..checkpoint.companions import copy_companion_files
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan
 from ..recipes import EvalSpec, get_method
-from ..recipes.greedy import RunningSum
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state
 from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
@@ -68,14 +69,17 @@ class OffloadedCandidates:
         shutil.rmtree(target, ignore_errors=True)
         os.makedirs(target)
         merge_to_directory(self.plan.with_weights(weights), self.readers, target, progress=False)
-        for name in ("config.json",):
-            shutil.copyfile(os.path.join(self.ingredients[0].local_dir or "", name), os.path.join(target, name))
+        copy_companion_files(self.ingredients[0].local_dir or "", target, ingredient=self.ingredients[0].name,
+                             names=("config.json",))
         return self._evaluate_dir(target)
 
-    def __del__(self) -> None:  # pragma: no cover - best effort
+    def __enter__(self) -> OffloadedCandidates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         import shutil
 
-        shutil.rmtree(getattr(self, "workdir", ""), ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @dataclass
@@ -138,44 +142,57 @@ def choose_weights(
                           batch_size=batch_size, name=names[0], device=eval_device, dtype=spec.dtype)
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
-    scores, predictions = [], {}
-    offload = None
-    if spec.max_memory is not None:  # big-model path: candidates live on disk, evaluation is offloaded by accelerate
-        if method != "greedy":
-            raise EvaluationError("max_memory (offloaded evaluation) supports method='greedy' only.",
-                                  fix="drop max_memory, or use method='greedy'.")
-        offload = OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory, spec.offload_folder,
-                                      trust_remote_code)
-        for i in range(len(readers)):
-            score, logits = offload.score_ingredient(i)
-            scores.append(score)
-            predictions[names[i]] = evaluator.predictions(logits)
-            bar.update()
-    else:
-        holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
-        for i, reader in enumerate(readers):
-            score, logits = evaluator.score(holder.load(read_float_state(plan, reader, i, device=holder.device)))
-            scores.append(score)
-            predictions[names[i]] = evaluator.predictions(logits)
-            bar.update()
-    score_map = dict(zip(names, scores))
-    best = max(names, key=lambda n: score_map[n])
-    intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
-    warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
-    if method == "greedy" and offload is not None:
-        accepted, trace = select(names, scores, offload.score_with, strict=spec.strict, progress=bar.update)
-        weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
-    elif method == "greedy":  # the running sum lives on the evaluation device, next to the model
-        running = RunningSum(lambda i: read_float_state(plan, readers[i], i, device=holder.device),
-                             lambda total, cand, n: evaluator.score(holder.load_mean(total, cand, n))[0])
-        accepted, trace = select(names, scores, running.score_with, accept=running.accept, strict=spec.strict,
-                                 progress=bar.update)
-        weights = [1.0 if i in accepted else 0.0 for i in range(len(readers))]
-    else:
-        states = _learned_states(plan, readers, holder)
-        weights, trace = select(
-            holder.model, states, evaluator.batches, evaluator.references,
-            lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=spec.learned_steps, seed=seed,
-        )
-    bar.close()
+    scores: list[float] = []
+    predictions: dict[str, torch.Tensor] = {}
+
+    def onehot(members: Sequence[int]) -> list[float]:
+        return [1.0 if i in members else 0.0 for i in range(len(readers))]
+
+    def individual(i: int, result: tuple[float, torch.Tensor]) -> None:
+        scores.append(result[0])
+        predictions[names[i]] = evaluator.predictions(result[1])
+        bar.update()
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
+        if spec.max_memory is not None:  # big-model path: candidates live on disk, accelerate offloads evaluation
+            if method != "greedy":
+                raise EvaluationError("max_memory (offloaded evaluation) supports method='greedy' only.",
+                                      fix="drop EvalSpec(max_memory=...), or use method='greedy'.")
+            offload = stack.enter_context(OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory,
+                                                              spec.offload_folder, trust_remote_code))
+            for i in range(len(readers)):
+                individual(i, offload.score_ingredient(i))
+            score_with = offload.score_with
+        else:
+            # the model skeleton lives on the evaluation device; each candidate is computed into it by the merge
+            # kernel, tensor by tensor, so it is bit for bit the soup the engine would write for these weights
+            holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
+
+            def score(weights: Sequence[float]) -> tuple[float, torch.Tensor]:
+                return evaluator.score(holder.load_plan(plan.with_weights(weights), readers))
+
+            if method == "greedy":
+                for i in range(len(readers)):
+                    individual(i, score(onehot([i])))
+
+                def score_with(members: list[int], candidate: int) -> float:
+                    return score(onehot([*members, candidate]))[0]
+            else:
+                states = _learned_states(plan, readers, holder)
+                for i in range(len(readers)):
+                    individual(i, evaluator.score(holder.load(states[i])))
+        score_map = dict(zip(names, scores))
+        best = max(names, key=lambda n: score_map[n])
+        intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
+        warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
+        if method == "greedy":
+            accepted, trace = select(names, scores, score_with, strict=spec.strict, progress=bar.update)
+            weights = onehot(accepted)
+        else:
+            weights, trace = select(
+                holder.model, states, evaluator.batches, evaluator.references,
+                lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=spec.learned_steps,
+                seed=seed,
+            )
     return Chosen(plan.with_weights(weights), trace, score_map, evaluator, [warning] if warning else [])

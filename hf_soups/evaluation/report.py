@@ -19,6 +19,7 @@ from huggingface_hub.utils import tqdm
 from .. import constants
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, open_checkpoint
 from ..errors import EvaluationError
+from ..merge.ops import weighted_sum
 from ..merge.plan import build_plan
 from ..recipes.greedy import greedy_ensemble
 from .candidates import ModelHolder, checkpoint_float_state, read_float_state
@@ -295,19 +296,8 @@ def evaluate_soup(
                 logits[s][i] = score(s, f"ingredient:{names[i]}", model)
                 ingredient_scores[s][names[i]] = results[s][f"ingredient:{names[i]}"]
 
-        running: dict[str, torch.Tensor] | None = None
         for i in range(len(names)):
-            if "uniform_soup" in wanted:  # the uniform soup's running sum, on the evaluation device
-                state = read_float_state(plan, readers[i], i, device=holder.device)
-                if running is None:
-                    running = {k: v.clone() for k, v in state.items()}
-                else:
-                    for k, v in running.items():
-                        v.add_(state[k])
-                if need.get(i):
-                    score_ingredient(i, need[i], state)
-                del state
-            elif need.get(i):
+            if need.get(i):
                 score_ingredient(i, need[i])
         best = known_best if known_best is not None else \
             max(range(len(names)), key=lambda i: ingredient_scores[sel_set].get(names[i], float("-inf")))
@@ -324,13 +314,11 @@ def evaluate_soup(
         for s, ev in evaluators.items():
             for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
                 if name in wanted:
-                    mean = torch.stack([logits[s][i] for i in chosen]).mean(0)
+                    mean = weighted_sum([logits[s][i] for i in chosen], [1.0] * len(chosen))  # the merge kernel
                     results[s][name] = ev.score_logits(mean)
                     predictions[s][name] = ev.predictions(mean)
         if "uniform_soup" in wanted:
-            assert running is not None
-            model = holder.load_mean(running, None, len(readers))
-            del running
+            model = holder.load_plan(plan, readers)  # the uniform soup, exactly as the engine computes it
             for s in sets:
                 score(s, "uniform_soup", model)
         soup_state = None

@@ -13,7 +13,7 @@ from huggingface_hub import constants as hf_constants
 from .. import constants
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
-from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, load_weight_map, safe_join
+from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
 from ..errors import CorruptCheckpointError, NoSafetensorsError
 from ..refs import Ingredient, IngredientMeta, IngredientRef
 from ..validation import mask_secrets
@@ -108,11 +108,8 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
     tensors: dict[str, TensorInfo] = {}
     if SAFETENSORS_INDEX in ing.files:
         index_path = _download_small(ing, SAFETENSORS_INDEX, token, cache_dir, endpoint)
-        assert index_path is not None
-        weight_map = load_weight_map(index_path, name)
-        shards = sorted(set(weight_map.values()))
-        for shard in shards:  # refuse '../' and absolute names before any request is made for them
-            safe_join(os.path.dirname(index_path), shard, name, SAFETENSORS_INDEX)
+        assert index_path is not None  # shard names are refused ('../', absolute) before any request for them
+        weight_map, shards = read_shard_index(os.path.dirname(index_path), name)
     elif SAFETENSORS_SINGLE in ing.files:
         weight_map, shards = None, [SAFETENSORS_SINGLE]
     else:
@@ -161,14 +158,32 @@ def _lazy_vocabulary(ing: Ingredient, token: Any, cache_dir: str | None, endpoin
 
 
 def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
-    """Record `requested revision -> sha` in the cache, as huggingface_hub does, so offline runs resolve it too."""
-    from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, repo_folder_name
+    """Record `requested revision -> sha` in the cache, so offline runs resolve the revision too.
+
+    The cache layout is huggingface_hub's documented one (`<cache>/models--org--name/refs/<revision>` holds the
+    sha); the file is written atomically, and only when it is missing or stale.
+    """
+    import tempfile
+
+    from huggingface_hub.file_download import repo_folder_name  # public (no underscore), not re-exported
 
     requested = ing.requested_revision or "main"
-    if ing.repo_id is None or ing.revision is None:
+    if ing.repo_id is None or ing.revision is None or requested == ing.revision:
         return
-    storage = os.path.join(cache_dir or hf_constants.HF_HUB_CACHE, repo_folder_name(repo_id=ing.repo_id, repo_type="model"))
-    _cache_commit_hash_for_specific_revision(storage, requested, ing.revision)
+    repo_folder = repo_folder_name(repo_id=ing.repo_id, repo_type="model")
+    refs = os.path.join(cache_dir or hf_constants.HF_HUB_CACHE, repo_folder, "refs")
+    path = os.path.join(refs, *requested.split("/"))  # branch names may hold '/', as huggingface_hub writes them
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == ing.revision:
+                return
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hf-soups-ref-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(ing.revision)
+    os.replace(tmp, path)
 
 
 def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,

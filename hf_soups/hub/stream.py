@@ -13,7 +13,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from .. import constants
 from ..checkpoint.format import TensorInfo, parse_header
-from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, load_weight_map, safe_join
+from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard_index
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import hub_errors
@@ -139,10 +139,7 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
         if snapshot_dir is None or not os.path.isfile(os.path.join(snapshot_dir, SAFETENSORS_INDEX)):
             raise CorruptCheckpointError("the shard index was not downloaded.", ingredient=ing.name,
                                          file=SAFETENSORS_INDEX)
-        weight_map = load_weight_map(os.path.join(snapshot_dir, SAFETENSORS_INDEX), ing.name)
-        files = sorted(set(weight_map.values()))
-        for file in files:
-            safe_join(snapshot_dir, file, ing.name, SAFETENSORS_INDEX)
+        weight_map, files = read_shard_index(snapshot_dir, ing.name)
     else:
         files = ["model.safetensors"]
     sources = {}

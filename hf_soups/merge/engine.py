@@ -1,9 +1,9 @@
 """The merge engine: weighted averages computed chunk by chunk, in parallel, straight from the inputs' pages.
 
 Local inputs are memory-mapped, so each chunk of each ingredient is a zero-copy view of the page cache. A chunk is
-accumulated in fp32 into a per-thread buffer (for a uniform soup `torch.add(a, b, out=acc); acc.add_(c) ...;
-acc.div_(K)`, bitwise identical to `torch.stack(...).sum(0) / K` and to mergekit's `linear`), cast to the output
-dtype when that is not fp32, and written straight to its place in the output shard (headers are written first, so
+accumulated in fp32 into a per-thread buffer by [`weighted_sum`], the one kernel (for a uniform soup
+`torch.add(a, b, out=acc); acc.add_(c) ...; acc.div_(K)`, bitwise identical to `torch.stack(...).sum(0) / K` and to
+mergekit's `linear`), cast to the output dtype when that is not fp32, and written straight to its place in the output shard (headers are written first, so
 every tensor's place is known). Inputs read over HTTP (`stream=True`) are copied into per-thread buffers instead.
 
 Parallelism: one thread per available core, each taking whole chunks (torch's kernels release the GIL) and running
@@ -15,7 +15,6 @@ ingredients, the tensor sizes or the shard sizes. Never imports `hub/`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +28,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import ShardedSafetensorsWriter
 from ..errors import SoupError
 from .numerics import check_cast, computable, exact_piece, int_maximum
+from .ops import weighted_sum
 from .plan import MergePlan, TensorPlan
 
 __all__ = ["merge_to_directory", "merge_state_dict", "iter_merged_chunks", "chunk_elements", "merge_threads"]
@@ -38,18 +38,12 @@ logger = logging.getLogger(__name__)
 
 def chunk_elements() -> int:
     """Elements per chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 1M: 4 MB of fp32, cache-friendly per thread)."""
-    return int(os.environ.get("HF_SOUPS_CHUNK_ELEMENTS", 1024 * 1024))
+    return constants.chunk_elements()
 
 
 def merge_threads() -> int:
     """Threads that merge chunks: `HF_SOUPS_NUM_THREADS`, else the cores this process may run on."""
-    env = os.environ.get("HF_SOUPS_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return constants.merge_threads()
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class _Merger:
         self.readers = readers
         self.names = list(names or [getattr(r, "ingredient", None) or f"ingredient {i}" for i, r in enumerate(readers)])
         self.active = [i for i, w in enumerate(plan.weights) if w > 0]
-        self.equal = len({plan.weights[i] for i in self.active}) == 1
+        self.weights = [plan.weights[i] for i in self.active]
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.staged = self.device.type != "cpu" if stage is None else stage
         self.cpu = torch.device("cpu")
@@ -119,25 +113,11 @@ class _Merger:
         if not tp.average:
             return self._integer(piece, bufs)
         acc = bufs.get("acc", piece.count, torch.float32, self.device)
-        first: torch.Tensor | None = None
-        for n, i in enumerate(self.active):
-            chunk = self._input(i, piece, bufs, n % 2)
-            if self.staged:
-                chunk = chunk.to(self.device)
-            w = self.plan.weights[i]
-            if n == 0 and len(self.active) > 1 and self.equal and chunk.dtype == torch.float32:
-                first = chunk  # fused with the second ingredient below
-            elif first is not None:
-                torch.add(first, chunk, out=acc)  # copy and first add in one pass
-                first = None
-            elif n == 0:
-                acc.copy_(chunk)
-                if not self.equal:
-                    acc.mul_(w)
-            else:
-                acc.add_(chunk, alpha=1.0 if self.equal else w)
-        if self.equal:
-            acc.div_(len(self.active))
+        chunks = (self._input(i, piece, bufs, n % 2) for n, i in enumerate(self.active))
+        if self.staged:
+            chunks = (chunk.to(self.device) for chunk in chunks)
+        # at most two input chunks are alive at once (the kernel fuses the first two), hence the two input slots
+        acc = weighted_sum(chunks, self.weights, out=acc)
         # NaN and Inf propagate through the sum, so one reduction finds them; the exact check runs only then
         if self.plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
                 and not bool(torch.isfinite(acc).all()):
@@ -178,7 +158,8 @@ def _resolve_int(tp: TensorPlan, current: torch.Tensor, other: torch.Tensor, fir
     if rule == "error":
         raise SoupError(
             f"integer tensor differs from '{first}'; integer buffers are never averaged.", ingredient=name,
-            tensor=tp.name, fix="pass int_rule='first' (keep the first ingredient's) or int_rule='max'.",
+            tensor=tp.name,
+            fix="pass merge_options=MergeOptions(int_rule='first') (keep the first ingredient's) or int_rule='max'.",
         )
     logger.warning("Integer tensor '%s' differs between '%s' and '%s'; resolved with int_rule=%r.",
                    tp.name, first, name, rule)

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from .. import constants
-from ..checkpoint.format import DTYPES, FLOAT_CODES, TensorInfo, dtype_code
+from ..checkpoint.format import DTYPES, FLOAT_CODES, TensorInfo, dtype_code, numel
 from ..errors import SoupError
 from ..validation import normalize_weights as _normalize_weights
 from ..validation import validate_dtype, validate_int_rule
@@ -65,10 +65,7 @@ class TensorPlan:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Greedy soup (Wortsman et al., 2022, arXiv:2203.05482, Recipe 1).
 
 Sort ingredients by held-out score, best first; add each to the soup only if the soup's held-out score does not
-drop (`>=`, the paper's recipe; `strict=True` gives the reference repository's `>`). A running fp32 sum makes
-each trial one fused update plus one evaluation.
+drop (`>=`, the paper's recipe; `strict=True` gives the reference repository's `>`). The selection is pure: the
+caller scores each trial soup (in memory or offloaded, always through the merge kernel).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .registry import register_method
@@ -15,7 +15,7 @@ from .registry import register_method
 if TYPE_CHECKING:  # torch is imported by the code that runs a greedy soup, not by the registry (CLI --help)
     import torch
 
-__all__ = ["greedy_select", "greedy_ensemble", "RunningSum"]
+__all__ = ["greedy_select", "greedy_ensemble"]
 
 
 @register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
@@ -68,41 +68,21 @@ def greedy_select(
     return sorted(accepted), trace
 
 
-class RunningSum:
-    """The in-memory greedy state: an fp32 running sum, so each trial is one fused update plus one evaluation."""
-
-    def __init__(self, load_state: Callable[[int], Mapping[str, torch.Tensor]],
-                 score_mean: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], int], float]) -> None:
-        self.load_state, self.score_mean = load_state, score_mean
-        self.total: dict[str, torch.Tensor] | None = None
-        self._last: tuple[int, Mapping[str, torch.Tensor]] | None = None
-
-    def score_with(self, members: list[int], candidate: int) -> float:
-        state = self.load_state(candidate)
-        self._last = (candidate, state)
-        assert self.total is not None
-        return self.score_mean(self.total, state, len(members) + 1)
-
-    def accept(self, i: int) -> None:
-        state = self._last[1] if self._last and self._last[0] == i else self.load_state(i)
-        if self.total is None:
-            self.total = {k: v.clone() for k, v in state.items()}
-        else:
-            for k, v in self.total.items():
-                v.add_(state[k])
-
-
 def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
                     score_logits: Callable[[torch.Tensor], float], strict: bool = False) -> list[int]:
-    """The greedy ensemble baseline: the same recipe over averaged logits. Returns the chosen members."""
-    order = sorted(range(len(logits)), key=lambda i: -scores[i])
-    members = [order[0]]
-    total = logits[order[0]].clone()
-    best = scores[order[0]]
-    for i in order[1:]:
-        score = score_logits((total + logits[i]) / (len(members) + 1))
-        if score > best or (not strict and score == best):
-            total += logits[i]
-            members.append(i)
-            best = score
-    return sorted(members)
+    """The greedy ensemble baseline: [`greedy_select`] over averaged logits instead of averaged weights.
+
+    The logits of each trial ensemble are averaged by the merge kernel ([`weighted_sum`]), in ingredient order.
+
+    Returns:
+        `list[int]`: the chosen members, sorted.
+    """
+
+    from ..merge.ops import weighted_sum
+
+    def score_with(members: list[int], candidate: int) -> float:
+        chosen = sorted([*members, candidate])
+        return score_logits(weighted_sum((logits[i] for i in chosen), [1.0] * len(chosen)))
+
+    accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict)
+    return accepted
