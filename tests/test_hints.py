@@ -13,7 +13,8 @@ import os
 import re
 
 import hf_soups
-from hf_soups import EvalSpec, MergeOptions, check_compatibility, soup_from_hub
+from hf_soups import EvalSpec, MergeOptions, check_compatibility, find_ingredients, soup_from_hub
+from hf_soups.api import replay_recipe
 from hf_soups.cli.main import build_parser
 
 PACKAGE_DIR = os.path.dirname(hf_soups.__file__)
@@ -21,7 +22,7 @@ ERRORS = set(hf_soups.errors.__all__)
 _KEYWORD = re.compile(r"(?<![\w.\-{}])([A-Za-z_{}][\w{}]*)=(?!=)")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 _CALL = re.compile(r"([A-Za-z_][\w.]*)\(([^()]*)\)")
-OURS = {"soup_from_hub", "check_compatibility", "EvalSpec", "MergeOptions"}
+OURS = {"soup_from_hub", "check_compatibility", "replay_recipe", "find_ingredients", "EvalSpec", "MergeOptions"}
 
 
 def _keywords(text: str) -> list[str]:
@@ -31,7 +32,9 @@ def _keywords(text: str) -> list[str]:
 
 
 def _valid_keywords() -> set[str]:
-    names = set(inspect.signature(soup_from_hub).parameters) | set(inspect.signature(check_compatibility).parameters)
+    names = set()
+    for fn in (soup_from_hub, check_compatibility, replay_recipe, find_ingredients):
+        names |= set(inspect.signature(fn).parameters)
     names |= {f.name for f in dataclasses.fields(EvalSpec)} | {f.name for f in dataclasses.fields(MergeOptions)}
     return names - {"deprecated"}
 
