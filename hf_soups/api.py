@@ -469,7 +469,8 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
 
 
 def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: CompatibilityReport,
-          arch: _BackgroundArchCheck | None, method: str, weights: Sequence[float] | None, output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
+          arch: _BackgroundArchCheck | None, method: str, weights: Sequence[float] | None,
+          output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
           discovery: Any = None, eval_data: Any = None) -> Soup:

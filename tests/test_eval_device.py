@@ -116,10 +116,13 @@ def test_greedy_and_evaluate_ask_for_the_resolved_device(family, rank, monkeypat
     assert asked.devices == [torch.device("cpu")] * 4
 
 
-def test_candidates_and_running_sum_live_on_the_evaluation_device(family, monkeypatch, tmp_path):
-    """The whole greedy selection on the meta device: skeleton, every candidate and the running sum are there."""
+def test_candidates_live_on_the_evaluation_device(family, monkeypatch, tmp_path):
+    """The whole greedy selection on the meta device: the skeleton and every candidate (computed into it by the
+    merge kernel, tensor by tensor) are there."""
+    from hf_soups.evaluation import candidates as candidates_mod
+
     seen: list[set[str]] = []
-    totals: list[set[str]] = []
+    kernel: set[str] = set()
     scores = iter([0.5, 0.7, 0.6, 0.75, 0.7])  # 3 ingredients, then 2 candidates (the second is rejected)
 
     class MetaEvaluator(Evaluator):
@@ -127,16 +130,17 @@ def test_candidates_and_running_sum_live_on_the_evaluation_device(family, monkey
             seen.append({p.device.type for p in model.parameters()})
             return next(scores), torch.zeros(len(self), 2)
 
-    class RecordingSum(held_out.RunningSum):
-        def accept(self, i):
-            super().accept(i)
-            totals.append({t.device.type for t in self.total.values()})
+    def recording_sum(tensors, weights, out=None):
+        result = candidates_mod.__dict__["_kernel"](tensors, weights, out=out)
+        kernel.add(result.device.type)
+        return result
 
+    monkeypatch.setattr(candidates_mod, "_kernel", candidates_mod.weighted_sum, raising=False)
+    monkeypatch.setattr(candidates_mod, "weighted_sum", recording_sum)
     monkeypatch.setattr(held_out, "Evaluator", MetaEvaluator)
-    monkeypatch.setattr(held_out, "RunningSum", RecordingSum)
     soup = soup_from_hub(family["refs"], "greedy", eval_dataset=family["val"], output_dir=tmp_path / "g",
                          eval_spec=EvalSpec(device="meta"), merge_options=QUIET)
-    assert seen == [{"meta"}] * 5 and totals == [{"meta"}] * 2
+    assert seen == [{"meta"}] * 5 and kernel == {"meta"}
     assert [s["accepted"] for s in soup.trace] == [True, True, False]
     holder = ModelHolder(family["refs"][0], family["config"], device="meta")
     from hf_soups.checkpoint.reader import open_checkpoint

@@ -16,6 +16,7 @@ import hf_soups
 from hf_soups import EvalSpec, MergeOptions, check_compatibility, find_ingredients, soup_from_hub
 from hf_soups.api import replay_recipe
 from hf_soups.cli.main import build_parser
+from hf_soups.evaluation.report import evaluate_soup
 
 PACKAGE_DIR = os.path.dirname(hf_soups.__file__)
 ERRORS = set(hf_soups.errors.__all__)
@@ -33,7 +34,7 @@ def _keywords(text: str) -> list[str]:
 
 def _valid_keywords() -> set[str]:
     names = set()
-    for fn in (soup_from_hub, check_compatibility, replay_recipe, find_ingredients):
+    for fn in (soup_from_hub, check_compatibility, replay_recipe, find_ingredients, evaluate_soup):
         names |= set(inspect.signature(fn).parameters)
     names |= {f.name for f in dataclasses.fields(EvalSpec)} | {f.name for f in dataclasses.fields(MergeOptions)}
     return names - {"deprecated"}

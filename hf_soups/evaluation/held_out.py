@@ -119,8 +119,9 @@ def choose_weights(
     """Score every ingredient on `eval_dataset`, then run the greedy or learned recipe.
 
     Evaluations run on `device` (else `spec.device`, else [`resolve_eval_device`]'s rule: accelerate's
-    `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU). The model skeleton,
-    the greedy running sum and each candidate live on that device; the learned soup's ingredients too when they fit.
+    `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU). The model skeleton
+    and each candidate (computed into it by the merge kernel) live on that device; the learned soup's ingredients
+    too when they fit.
 
     With `max_memory` (accelerate's `{device: size}`), nothing is held in memory beyond what accelerate places
     there: each candidate soup is streamed to a temporary checkpoint on disk by the merge engine and loaded with

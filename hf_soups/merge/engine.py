@@ -3,8 +3,9 @@
 Local inputs are memory-mapped, so each chunk of each ingredient is a zero-copy view of the page cache. A chunk is
 accumulated in fp32 into a per-thread buffer by [`weighted_sum`], the one kernel (for a uniform soup
 `torch.add(a, b, out=acc); acc.add_(c) ...; acc.div_(K)`, bitwise identical to `torch.stack(...).sum(0) / K` and to
-mergekit's `linear`), cast to the output dtype when that is not fp32, and written straight to its place in the output shard (headers are written first, so
-every tensor's place is known). Inputs read over HTTP (`stream=True`) are copied into per-thread buffers instead.
+mergekit's `linear`), cast to the output dtype when that is not fp32, and written straight to its place in the
+output shard (headers are written first, so every tensor's place is known). Inputs read over HTTP (`stream=True`)
+are copied into per-thread buffers instead.
 
 Parallelism: one thread per available core, each taking whole chunks (torch's kernels release the GIL) and running
 its kernels on one intra-op thread; this measured faster than torch's intra-op threads on one chunk at a time,

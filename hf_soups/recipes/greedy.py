@@ -37,8 +37,8 @@ def greedy_select(
         scores (`Sequence[float]`): individual held-out scores.
         score_with (`Callable[[list[int], int], float]`): the held-out score of the uniform soup of the accepted
             ingredients plus one candidate.
-        accept (`Callable[[int], None]`, *optional*): called when a candidate joins the soup (e.g. to update a
-            running sum).
+        accept (`Callable[[int], None]`, *optional*): called when a candidate joins the soup (e.g. to keep a
+            candidate).
         strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
 
     Returns:
