@@ -121,7 +121,8 @@ def as_eval_dataset(data: Any, split: str | None = None, *, parameter: str = "ev
         return datasets.Dataset.from_list(list(data))
     if isinstance(data, datasets.IterableDataset):
         raise EvaluationError(f"{parameter} is a streaming IterableDataset; evaluation needs the examples in memory.",
-                              fix="load it without streaming=True, or take a slice: Dataset.from_list(list(ds.take(n))).",
+                              fix="load it without load_dataset(streaming=True), or take a slice: "
+                                  "Dataset.from_list(list(ds.take(n))).",
                               param=parameter)
     raise EvaluationError(
         f"{parameter} of type {type(data).__name__} is not a form of evaluation data hf_soups reads.",
