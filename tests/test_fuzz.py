@@ -253,7 +253,7 @@ _config = st.fixed_dictionaries({}, optional={
 @_bounded
 def test_config_json_only_raises_soup_errors(first, second, raw, align_labels, trust):
     from hf_soups import check_compatibility
-    from hf_soups.api import _label_permutations
+    from hf_soups.compat import label_permutations
     from hf_soups.checkpoint.local import local_meta
     from hf_soups.merge import build_plan
 
@@ -272,7 +272,7 @@ def test_config_json_only_raises_soup_errors(first, second, raw, align_labels, t
         report.to_table()
         if report.compatible and align_labels:  # what the soup would do next must not crash either
             metas = [local_meta(d, d) for d in dirs]
-            perms = _label_permutations(metas)
+            perms = label_permutations(metas)
             build_plan([m.tensors for m in metas], [1.0, 1.0], label_permutations=perms, num_labels=3)
 
 
