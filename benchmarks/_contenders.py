@@ -63,7 +63,7 @@ def floor(out: str, inputs: list[str]) -> None:
 def hf_soups(out: str, inputs: list[str]) -> None:
     import transformers
 
-    from hf_soups import soup_from_hub
+    from hf_soups import MergeOptions, soup_from_hub
 
     # Imports stay outside every contender's timer (mergekit's are too): the architecture check needs the model class.
     getattr(transformers, "BertForSequenceClassification")
@@ -71,7 +71,8 @@ def hf_soups(out: str, inputs: list[str]) -> None:
     device = os.environ.get("BENCH_DEVICE") or None  # "cpu", "cuda", or unset (hf_soups' default)
     anon = rss_anon()
     start = time.perf_counter()
-    soup_from_hub(inputs, output_dir=out, progress=False, max_shard_size=SHARD, device=device)
+    soup_from_hub(inputs, output_dir=out, merge_options=MergeOptions(progress=False, max_shard_size=SHARD,
+                                                                     device=device))
     report(start, anon)
 
 
