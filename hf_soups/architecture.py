@@ -2,31 +2,70 @@
 
 `accelerate.init_empty_weights()` builds the skeleton without allocating memory, so this catches a checkpoint that
 does not match its own config (a renamed, missing or reshaped tensor) before any weight is read.
+
+Building the skeleton means importing transformers' modeling code, which costs seconds of start-up. What the check
+needs from the skeleton (names, shapes, tied groups, the class's ignore patterns) is a pure function of the
+transformers version, the class and the config, so it is kept as a small JSON file in
+`$HF_HOME/hf_soups/architectures/` (or `$HF_SOUPS_CACHE/architectures/`), keyed by a hash of those three: the next soup
+of the same architecture skips the import. Set `HF_SOUPS_ARCH_CACHE=0` to turn the cache off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import re
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import constants
 from .checkpoint.format import TensorInfo
 from .compat import Problem
 
-__all__ = ["expected_tensors", "architecture_problems"]
+__all__ = ["ExpectedArchitecture", "expected_architecture", "architecture_problems"]
 
 logger = logging.getLogger(__name__)
 
 _LEGACY = ((".gamma", ".weight"), (".beta", ".bias"))
+_CACHE_FORMAT = 1
+_MAX_CACHE_FILE = 64 * 1024 * 1024  # a cache entry larger than this is not ours: ignored
 
 
-def expected_tensors(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[set[str]], Any] | None:
-    """Names and shapes the config's model writes with `save_pretrained`, its tied groups, and the meta model.
+@dataclass(frozen=True)
+class ExpectedArchitecture:
+    """What the config's model writes with `save_pretrained`, and what its class says may be absent or extra."""
 
-    Returns `None` when the architecture is not a transformers class (remote code is never imported here) or
-    cannot be built.
-    """
+    shapes: dict[str, tuple[int, ...]]
+    tied: tuple[frozenset[str], ...]
+    model_names: frozenset[str]
+    has_position_ids: bool
+    ignore_unexpected: tuple[str, ...]
+    ignore_missing: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": _CACHE_FORMAT, "shapes": {n: list(s) for n, s in self.shapes.items()},
+                "tied": [sorted(g) for g in self.tied], "model_names": sorted(self.model_names),
+                "has_position_ids": self.has_position_ids, "ignore_unexpected": list(self.ignore_unexpected),
+                "ignore_missing": list(self.ignore_missing)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExpectedArchitecture:
+        if data.get("format") != _CACHE_FORMAT:
+            raise ValueError("other cache format")
+        return cls(shapes={str(n): tuple(int(d) for d in s) for n, s in data["shapes"].items()},
+                   tied=tuple(frozenset(map(str, g)) for g in data["tied"]),
+                   model_names=frozenset(map(str, data["model_names"])),
+                   has_position_ids=bool(data["has_position_ids"]),
+                   ignore_unexpected=tuple(map(str, data["ignore_unexpected"])),
+                   ignore_missing=tuple(map(str, data["ignore_missing"])))
+
+
+def _build(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
+    """Build the model on the meta device and read what the check needs from it (imports transformers)."""
     import transformers
     from accelerate import init_empty_weights
 
@@ -39,6 +78,7 @@ def expected_tensors(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ..
         with init_empty_weights(include_buffers=True):
             model = cls(cfg)
         state = model.state_dict()
+        model_names = frozenset(state)
         try:  # the names save_pretrained writes (transformers >= 5 renames some weights on load and back on save)
             from transformers.core_model_loading import revert_weight_conversion
 
@@ -48,17 +88,87 @@ def expected_tensors(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ..
     except Exception as e:  # a config transformers cannot build: reported by the caller as a warning
         logger.debug("cannot instantiate %s on meta: %s", archs, e)
         return None
-    shapes = {name: tuple(t.shape) for name, t in state.items()}
     groups: dict[int, set[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(param), set()).add(name)
-    return shapes, [g for g in groups.values() if len(g) > 1], model
+    return ExpectedArchitecture(
+        shapes={name: tuple(t.shape) for name, t in state.items()},
+        tied=tuple(frozenset(g) for g in groups.values() if len(g) > 1),
+        model_names=model_names,
+        has_position_ids=any(n.endswith("position_ids") for n, _ in model.named_buffers()),
+        ignore_unexpected=tuple(sorted(set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()))),
+        ignore_missing=tuple(sorted(set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ()))),
+    )
 
 
-def _ignored(model: Any, attr: str, extra: tuple[str, ...] = ()) -> Any:
-    import re
+def _cache_path(config: Mapping[str, Any]) -> str | None:
+    """The cache file for this (transformers version, class, config), or `None` when the cache is off."""
+    if os.environ.get("HF_SOUPS_ARCH_CACHE", "1").lower() in {"0", "false", "no", "off"}:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
 
-    patterns = set(getattr(model, attr, None) or ()) | set(extra)
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        return None
+    volatile = {"_name_or_path", "transformers_version", "auto_map"}
+    key = json.dumps({"transformers": transformers_version, "format": _CACHE_FORMAT,
+                      "config": {k: v for k, v in config.items() if k not in volatile}},
+                     sort_keys=True, default=str)
+    root = os.environ.get("HF_SOUPS_CACHE")
+    if not root:
+        from huggingface_hub import constants as hub_constants  # HF_HOME, XDG_CACHE_HOME, ~/.cache/huggingface
+
+        root = os.path.join(hub_constants.HF_HOME, "hf_soups")
+    return os.path.join(root, "architectures", hashlib.sha256(key.encode()).hexdigest() + ".json")
+
+
+def _read_cache(path: str) -> ExpectedArchitecture | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_CACHE_FILE + 1)
+        if len(raw) > _MAX_CACHE_FILE:
+            return None
+        return ExpectedArchitecture.from_json(json.loads(raw))
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # corrupt or foreign: rebuilt and rewritten
+        logger.debug("ignoring the architecture cache entry %s: %s", path, e)
+        return None
+
+
+def _write_cache(path: str, expected: ExpectedArchitecture) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(expected.to_json(), f)
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:  # a read-only or full cache only costs the next run its start-up
+        logger.debug("cannot write the architecture cache entry %s: %s", path, e)
+
+
+def expected_architecture(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
+    """What the config's model expects, from the cache or built on the meta device.
+
+    Returns `None` when the architecture is not a transformers class (remote code is never imported here) or
+    cannot be built (a failed build is not cached).
+    """
+    path = _cache_path(config)
+    cached = _read_cache(path) if path else None
+    if cached is not None:
+        return cached
+    built = _build(config)
+    if built is not None and path:
+        _write_cache(path, built)
+    return built
+
+
+def _ignored(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
 
 
@@ -76,18 +186,16 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
         `list[Problem]`: errors for tensors the model does not know (e.g. renamed), expected tensors that are missing
         (tied weights stored once are fine) and shape mismatches; a warning when the model cannot be built.
     """
-    built = expected_tensors(config)
-    if built is None:
+    arch = expected_architecture(config)
+    if arch is None:
         return [Problem(name, "architecture", f"could not instantiate {config.get('architectures')} from its config "
                         "on the meta device; the checkpoint was not checked against it.",
                         "none needed if the checkpoint loads with from_pretrained.", "warning")]
-    expected, tied, model = built
-    has_position_ids = any(n.endswith("position_ids") for n, _ in model.named_buffers())
+    expected = arch.shapes
     legacy_buffers = tuple(p for p in constants.LEGACY_BUFFER_PATTERNS
-                           if p != constants.LEGACY_POSITION_IDS or has_position_ids)
-    skip_unexpected = _ignored(model, "_keys_to_ignore_on_load_unexpected", legacy_buffers)
-    skip_missing = _ignored(model, "_keys_to_ignore_on_load_missing")
-    model_names = set(model.state_dict())
+                           if p != constants.LEGACY_POSITION_IDS or arch.has_position_ids)
+    skip_unexpected = _ignored(tuple(sorted(set(arch.ignore_unexpected) | set(legacy_buffers))))
+    skip_missing = _ignored(arch.ignore_missing)
     have = {_normalise(n): info for n, info in tensors.items()}
     prefix = ""
     if expected and not (set(have) & set(expected)):
@@ -96,10 +204,10 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
         prefix = first.split(".", 1)[0] + "." if "." in first else ""
         have = {prefix + n: info for n, info in have.items()}
     problems = []
-    unexpected = sorted(n for n in have if n not in expected and n not in model_names
+    unexpected = sorted(n for n in have if n not in expected and n not in arch.model_names
                         and not (skip_unexpected and skip_unexpected.search(n)))
     missing = sorted(n for n in expected if n not in have and not (skip_missing and skip_missing.search(n))
-                     and not any(n in g and any(o in have for o in g) for g in tied))
+                     and not any(n in g and any(o in have for o in g) for g in arch.tied))
     if unexpected:
         problems.append(Problem(name, "architecture", f"{len(unexpected)} tensor(s) unknown to "
                                 f"{config.get('architectures', ['?'])[0]}: {unexpected[:5]} (renamed?).",

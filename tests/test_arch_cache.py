@@ -1,0 +1,96 @@
+"""The architecture check's cache: the next soup of an architecture skips importing transformers' modeling code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hf_soups import check_compatibility, soup_from_hub
+from hf_soups.architecture import _build, expected_architecture
+from hf_soups import MergeOptions
+from hf_soups.testing import make_tiny_bert, perturb_checkpoint
+
+QUIET = MergeOptions(progress=False)
+
+
+def _cache_files(root):
+    folder = os.path.join(root, "architectures")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _pair(tmp_path):
+    base = make_tiny_bert(tmp_path / "base", seed=0)
+    return [perturb_checkpoint(base, tmp_path / f"ft{i}", seed=i) for i in (1, 2)]
+
+
+def test_cached_expectation_equals_the_meta_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, _ = _pair(tmp_path)
+    with open(os.path.join(a, "config.json")) as f:
+        config = json.load(f)
+    first = expected_architecture(config)
+    (entry,) = _cache_files(tmp_path / "cache")
+    monkeypatch.setattr("hf_soups.architecture._build", lambda config: (_ for _ in ()).throw(AssertionError("built")))
+    again = expected_architecture(config)  # read back from the file, not built
+    assert again == first == _build(config)
+    # the truth: the names and shapes save_pretrained writes for the config's model
+    assert again.shapes == {n: tuple(t.shape) for n, t in load_file(os.path.join(a, "model.safetensors")).items()}
+
+
+def test_warm_cache_still_catches_a_renamed_tensor(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, b = _pair(tmp_path)
+    assert check_compatibility([a, b]).compatible  # fills the cache
+    assert len(_cache_files(tmp_path / "cache")) == 1
+    for d in (a, b):
+        t = load_file(os.path.join(d, "model.safetensors"))
+        t["classifier.kernel"] = t.pop("classifier.weight")
+        save_file(t, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    report = check_compatibility([a, b])
+    text = " ".join(p.message for p in report.problems if p.field == "architecture")
+    assert not report.compatible and "'classifier.kernel'" in text and "'classifier.weight'" in text
+
+
+def test_a_corrupt_entry_is_rebuilt_and_the_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, b = _pair(tmp_path)
+    check_compatibility([a, b])
+    (entry,) = _cache_files(tmp_path / "cache")
+    path = tmp_path / "cache" / "architectures" / entry
+    path.write_text('{"format": 1, "shapes": {"classifier.weight": [1, 1]}')  # truncated JSON
+    assert check_compatibility([a, b]).compatible
+    assert json.loads(path.read_text())["shapes"]["classifier.weight"] == [3, 32]  # rewritten whole
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "off"))
+    monkeypatch.setenv("HF_SOUPS_ARCH_CACHE", "0")
+    assert check_compatibility([a, b]).compatible
+    assert not os.path.exists(tmp_path / "off")
+
+
+_PROBE = textwrap.dedent('''
+    import sys
+    from hf_soups import soup_from_hub
+    from hf_soups import MergeOptions
+    soup_from_hub(sys.argv[1:3], output_dir=sys.argv[3], merge_options=MergeOptions(progress=False))
+    print("MODELING", "transformers.modeling_utils" in sys.modules)
+''')
+
+
+def test_a_warm_uniform_soup_does_not_import_transformers_modeling(tmp_path):
+    a, b = _pair(tmp_path)
+    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
+    seen = []
+    for run in ("cold", "warm"):
+        out = subprocess.run([sys.executable, "-c", _PROBE, a, b, str(tmp_path / run)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        seen.append(out.split("MODELING ")[1].strip())
+        soup = load_file(os.path.join(tmp_path / run, "model.safetensors"))
+        ref = {k: torch.stack([load_file(os.path.join(d, "model.safetensors"))[k] for d in (a, b)]).mean(0)
+               for k in soup}
+        assert all(torch.equal(soup[k], ref[k]) for k in soup)
+    assert seen == ["True", "False"]  # the first soup built the meta model; the second read the cache
