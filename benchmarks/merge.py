@@ -496,7 +496,15 @@ def write_readme(result: dict) -> None:
     readme = os.path.join(ROOT, "README.md")
     with open(readme, encoding="utf-8") as f:
         text = f.read()
-    block = f"{README_BEGIN}\n{render_tables(result)}\n{README_END}"
+    parts = [render_tables(result)]
+    results = os.path.join(HERE, "results")
+    for name in sorted(os.listdir(results)):  # other machines' runs (benchmarks/device_check.sh writes merge-h200.json)
+        if re.fullmatch(r"merge-[\w.-]+\.json", name):
+            with open(os.path.join(results, name)) as f:
+                other = json.load(f)
+            parts.append(f"**Another machine** (`benchmarks/results/{name}`, {other['machine']['usable_cpus']} CPUs, "
+                         f"{other['machine']['device']}; parts not run there are left out):\n\n" + render_tables(other))
+    block = README_BEGIN + "\n" + "\n\n".join(parts) + "\n" + README_END
     if README_BEGIN in text:
         text = re.sub(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
     else:
