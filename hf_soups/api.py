@@ -282,8 +282,21 @@ def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[Ing
     return f"ran on {how}: all ingredients share one init (largest relative L2 distance {largest:.3f})."
 
 
+def _from_collection(refs: Any, collection: str, **kwargs: Any) -> Any:
+    """`soup_from_hub(collection=...)`: the compatible models of a Hub collection, found by [`find_ingredients`]."""
+    if refs is not None:
+        raise InvalidArgumentError("refs and collection= were both given.",
+                                   fix="pass either the refs or collection=, not both.", param="collection")
+    from .hub.discovery import find_ingredients
+
+    found = find_ingredients(collection=collection, **kwargs)
+    for c in found.rejected:
+        logger.warning("collection %s: %s@%s left out: %s", collection, c.repo_id, c.sha, c.reason)
+    return found
+
+
 def soup_from_hub(
-    refs: Sequence[RefLike] | Any,
+    refs: Sequence[RefLike] | Any = None,
     method: str = "uniform",
     weights: Sequence[float] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
@@ -302,6 +315,7 @@ def soup_from_hub(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     allow_single: bool = False,
+    collection: str | None = None,
     **deprecated: Any,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -356,6 +370,10 @@ def soup_from_hub(
         allow_single (`bool`, *optional*, defaults to `False`):
             Accept a single ingredient (a "soup" identical to it, for testing pipelines). Two or more are required
             otherwise, and the same ingredient twice (same repo and commit, or same directory) is always refused.
+        collection (`str`, *optional*):
+            A Hub collection slug (`"user/my-sweep-64f9a55bb3115b4f513ec026"`) instead of `refs`: its models are
+            checked by [`find_ingredients`] (headers only), the compatible ones are souped, each rejected one is
+            logged with its reason, and the card records the collection and the date.
         **deprecated:
             The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
             and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
@@ -396,6 +414,12 @@ def soup_from_hub(
     spec, options = resolve_options(eval_spec=eval_spec, merge_options=merge_options, eval_dataset=eval_dataset,
                                     text_column=text_column, label_column=label_column, metric=metric,
                                     deprecated=deprecated, parameters=_SOUP_PARAMETERS)
+    if collection is not None:
+        refs = _from_collection(refs, collection, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                progress=options.progress)
+    if refs is None:
+        raise InvalidArgumentError("no ingredients were given.", fix="pass refs=[\"user/ft-1\", \"user/ft-2\"], the "
+                                   "result of find_ingredients(...), or collection=\"user/slug\".", param="refs")
     discovery = getattr(refs, "discovery", None)  # how a CandidateSet was found, recorded in the card
     refs = getattr(refs, "refs", refs)  # a discovery result (CandidateSet) passes through as its pinned refs
     # every argument is validated before anything is read or downloaded

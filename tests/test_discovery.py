@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from conftest import state_dict_of
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 from hf_soups import (
+    InvalidArgumentError,
     CandidateSet,
     IngredientNotFoundError,
     MergeOptions,
@@ -279,3 +281,24 @@ def test_cli_find_writes_refs_that_soup_and_check_read(disco_hub, sweep, tmp_pat
     assert all((out[k] - torch.stack([sd[k] for sd in sds]).mean(0)).abs().max() <= 1e-6 for k in out)
     missing = _cli("soup", f"@{tmp_path / 'nope.txt'}", "--output", tmp_path / "s2", env=env)
     assert missing.returncode == 3 and "refs file" in missing.stderr
+
+
+def test_soup_from_a_collection_soups_the_compatible_models(dapi, disco_hub, sweep, tmp_path, caplog):
+    coll = dapi.create_collection("three lrs", description="three fine-tunes and a masked-LM head")
+    for repo in [*GOOD[:3], "disco/sweep-mlm"]:
+        dapi.add_collection_item(coll.slug, repo, "model")
+    with caplog.at_level(logging.WARNING, logger="hf_soups"):
+        soup = soup_from_hub(collection=coll.slug, output_dir=tmp_path / "soup", endpoint=disco_hub.url,
+                             merge_options=MergeOptions(progress=False))
+    assert [i.revision for i in soup.ingredients] == [sweep["shas"][r] for r in GOOD[:3]]
+    assert any("disco/sweep-mlm" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+    sds = [state_dict_of(sweep["dirs"][r]) for r in GOOD[:3]]
+    out = state_dict_of(soup.output_dir)
+    for k in out:
+        assert (out[k] - torch.stack([sd[k] for sd in sds]).mean(0)).abs().max() <= 1e-6
+    card = ModelCard.load(os.path.join(soup.output_dir, "README.md"))
+    assert "## How the ingredients were found" in card.text and coll.slug in card.text
+    with pytest.raises(InvalidArgumentError, match="both"):
+        soup_from_hub(GOOD[:2], collection=coll.slug, endpoint=disco_hub.url)
+    with pytest.raises(InvalidArgumentError, match="no ingredients"):
+        soup_from_hub(endpoint=disco_hub.url)
