@@ -91,6 +91,29 @@ def test_half_precision_accumulates_in_fp32(tmp_path, monkeypatch, dtype):
         assert out[name].dtype == dtype and torch.equal(out[name], expected), name
 
 
+def test_half_precision_chunks_allocate_nothing_per_chunk(monkeypatch):
+    """bf16 inputs are converted into one reused fp32 buffer per thread, not into a fresh temporary per add (torch's
+    CPU default): per-chunk allocations fragment the allocator's heaps and grow private memory."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hf_soups.checkpoint.reader import StateDictReader
+    from hf_soups.merge import iter_merged_chunks
+
+    chunk = 4096
+    monkeypatch.setenv("HF_SOUPS_CHUNK_ELEMENTS", str(chunk))
+    gen = torch.Generator().manual_seed(0)
+    readers = [StateDictReader({"w": torch.randn(64, 1024, generator=gen).to(torch.bfloat16)}) for _ in range(4)]
+    plan = build_plan([r.tensors for r in readers], [1.0] * 4)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        chunks = [(start, c.clone()) for _, start, c in iter_merged_chunks(plan, readers)]
+    assert len(chunks) == 16
+    expected = torch.stack([r["w"].float() for r in readers]).sum(0).div(4).to(torch.bfloat16).reshape(-1)
+    assert all(torch.equal(c, expected[s : s + c.numel()]) for s, c in chunks)
+    fp32_chunks = [e for e in prof.events() if e.name in ("aten::empty", "aten::empty_strided")
+                   and e.cpu_memory_usage >= chunk * 4]
+    assert len(fp32_chunks) <= 2, fp32_chunks  # the accumulator and the conversion buffer, once each
+
+
 def test_weighted_and_forced_dtype(tmp_path):
     paths = _checkpoints(tmp_path, 3, torch.bfloat16)
     sds = [state_dict_of(p) for p in paths]

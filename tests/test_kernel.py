@@ -142,3 +142,21 @@ def test_ensembles_average_logits_with_the_kernel():
         assert any(torch.equal(trial, weighted_sum([logits[i] for i in subset], [1.0] * len(subset)))
                    for k in range(2, 5) for subset in itertools.combinations(range(4), k))
     assert members == sorted(members) and 0 in members
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16,) * 4, (torch.float16,) * 4,
+                                    (torch.float32, torch.bfloat16, torch.float16, torch.bfloat16)])
+@pytest.mark.parametrize("weights", [[1.0] * 4, [0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.0, 0.5]])
+def test_scratch_buffer_changes_no_bit(dtypes, weights):
+    """Half-precision inputs converted into a reused fp32 buffer: the same bits as torch's own per-add temporary."""
+    gen = torch.Generator().manual_seed(2)
+    ts = [torch.randn(31, 17, generator=gen).to(d) for d in dtypes]
+    scratch = torch.full((1000,), float("nan"))  # larger than needed, and dirty
+    with_scratch = weighted_sum(ts, weights, scratch=scratch)
+    assert torch.equal(with_scratch, weighted_sum(ts, weights))
+    active = [(w, t) for w, t in zip(weights, ts) if w]
+    if len({w for w, _ in active}) == 1:
+        expected = torch.stack([t.float() for _, t in active]).sum(0) / len(active)
+    else:
+        expected = sum(w * t.double() for w, t in active).float()
+    torch.testing.assert_close(with_scratch, expected, rtol=0, atol=1e-6)

@@ -36,6 +36,8 @@ __all__ = ["merge_to_directory", "merge_state_dict", "iter_merged_chunks", "chun
 
 logger = logging.getLogger(__name__)
 
+_HALF_CODES = ("BF16", "F16")
+
 
 def chunk_elements() -> int:
     """Elements per chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 1M: 4 MB of fp32, cache-friendly per thread)."""
@@ -118,7 +120,7 @@ class _Merger:
         if self.staged:
             chunks = (chunk.to(self.device) for chunk in chunks)
         # at most two input chunks are alive at once (the kernel fuses the first two), hence the two input slots
-        acc = weighted_sum(chunks, self.weights, out=acc)
+        acc = weighted_sum(chunks, self.weights, out=acc, scratch=self._scratch(piece, bufs))
         # NaN and Inf propagate through the sum, so one reduction finds them; the exact check runs only then
         if self.plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
                 and not bool(torch.isfinite(acc).all()):
@@ -137,6 +139,14 @@ class _Merger:
         if self.plan.check_finite:
             check_cast(tp, acc, out)  # what is written must be finite too
         return out
+
+    def _scratch(self, piece: _Piece, bufs: _Buffers) -> torch.Tensor | None:
+        """A reused fp32 buffer for the kernel to convert bf16/fp16 inputs into (on the CPU, torch would allocate a
+        temporary per add: churn that fragments the allocator's heaps and grows private memory), else `None`."""
+        if self.device.type != "cpu" or not any(self.readers[i].tensors[piece.tensor.name].dtype in _HALF_CODES
+                                                for i in self.active):
+            return None
+        return bufs.get("cast", piece.count, torch.float32, self.device)
 
     def _integer(self, piece: _Piece, bufs: _Buffers) -> torch.Tensor:
         tp = piece.tensor

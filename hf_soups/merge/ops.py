@@ -12,9 +12,11 @@ import torch
 
 __all__ = ["weighted_sum"]
 
+_HALF = (torch.bfloat16, torch.float16)  # promoted to fp32 exactly: a copy into fp32 then an fp32 add is what torch does
+
 
 def weighted_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float],
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, *, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """`sum_k weights[k] * tensors[k]`, accumulated in fp32 in the given order.
 
     With all (non-zero) weights equal, the tensors are summed and the sum divided once by their count, which is
@@ -27,6 +29,9 @@ def weighted_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float],
         weights (`Sequence[float]`): the weights, normally summing to 1.
         out (`torch.Tensor`, *optional*): an fp32 tensor of that shape to accumulate into (it may be a model
             parameter); a new one on the first tensor's device otherwise.
+        scratch (`torch.Tensor`, *optional*): a reusable fp32 buffer of at least that many elements, on `out`'s
+            device. bf16/fp16 tensors are converted into it before they are added: on the CPU, torch would otherwise
+            allocate (and free) one fp32 temporary per add, the same values. The result is bitwise the same.
 
     Returns:
         `torch.Tensor`: `out`.
@@ -57,6 +62,8 @@ def weighted_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float],
             torch.add(first, t, out=out)
             first = None
         else:
+            if scratch is not None and t.dtype in _HALF:
+                t = scratch.view(-1)[: t.numel()].view(t.shape).copy_(t)  # what torch's temporary would hold
             out.add_(t, alpha=1.0 if equal else w)
     if seen != len(active):
         raise ValueError(f"weighted_sum got {seen} tensors for {len(active)} non-zero weights.")
