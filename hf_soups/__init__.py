@@ -19,6 +19,8 @@ from .errors import *  # noqa: F403  (the whole error tree is public)
 _LAZY = {
     "soup_from_hub": ".api",
     "check_compatibility": ".api",
+    "load_recipe": ".api",
+    "replay_recipe": ".api",
     "find_ingredients": ".hub.discovery",
     "CandidateSet": ".hub.discovery",
     "Soup": ".soup",
@@ -33,7 +35,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import check_compatibility, soup_from_hub
+    from .api import check_compatibility, load_recipe, replay_recipe, soup_from_hub
     from .compat import CompatibilityReport, Problem
     from .evaluation.data import EvalSet
     from .hub.discovery import CandidateSet, find_ingredients
@@ -46,6 +48,8 @@ __all__ = [
     "__version__",
     "soup_from_hub",
     "check_compatibility",
+    "load_recipe",
+    "replay_recipe",
     "find_ingredients",
     "CandidateSet",
     "Soup",

@@ -533,7 +533,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
             plan = plan.with_weights(entry.fn(len(readers), weights))
         ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
                        for ing, w in zip(ingredients, plan.weights)]
-        target = os.fspath(output_dir) if output_dir is not None else os.path.join(
+        target = os.path.expanduser(os.fspath(output_dir)) if output_dir is not None else os.path.join(
             tempfile.mkdtemp(prefix="hf-soup-"), "soup")
         if recipe is None:
             recipe = Recipe(

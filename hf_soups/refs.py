@@ -55,8 +55,8 @@ class IngredientRef:
         if isinstance(ref, IngredientRef):
             return ref
         text = os.fspath(ref)
-        if os.path.isdir(text):
-            return cls(ref=text, local_dir=os.path.abspath(text))
+        if os.path.isdir(os.path.expanduser(text)):  # "~/ckpt" is a local path, as in a shell
+            return cls(ref=text, local_dir=os.path.abspath(os.path.expanduser(text)))
         repo_id, _, rev = text.partition("@")
         if not _REPO_ID.match(repo_id) or repo_id.startswith((".", "/")) or ".." in repo_id:
             from .validation import mask_secrets

@@ -9,7 +9,7 @@ import torch
 from conftest import state_dict_of
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hf_soups import NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
+from hf_soups import MergeOptions, NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
 from hf_soups.testing import make_tiny_bert, make_tiny_resnet, make_tiny_vit, perturb_checkpoint
 
 
@@ -272,3 +272,18 @@ def test_accumulation_device_path_is_bit_identical(family, tmp_path):
     for name, start, chunk in plain:
         merged.setdefault(name, []).append(chunk)
     assert all(torch.equal(on_disk[k], torch.cat(v).view(on_disk[k].shape)) for k, v in merged.items())
+
+
+def test_tilde_paths_expand_like_a_shell(tmp_path, monkeypatch):
+    """`~/ckpt` refs and a `~/soup` output are the user's home, not a directory named `~` in the cwd."""
+    from hf_soups.testing import make_tiny_bert, perturb_checkpoint
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    base = make_tiny_bert(home / "base", seed=0)
+    perturb_checkpoint(base, home / "ft1", seed=1)
+    perturb_checkpoint(base, home / "ft2", seed=2)
+    monkeypatch.chdir(tmp_path)
+    soup = soup_from_hub(["~/ft1", "~/ft2"], output_dir="~/soup", merge_options=MergeOptions(progress=False))
+    assert os.path.isfile(home / "soup" / "model.safetensors") and not os.path.exists(tmp_path / "~")
+    assert os.path.samefile(soup.output_dir, home / "soup")

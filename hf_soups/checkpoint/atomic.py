@@ -240,7 +240,7 @@ class AtomicDirectory:
 
     def __init__(self, output_dir: str | os.PathLike[str], overwrite: bool = False, *,
                  ingredients: Iterable[str] = (), caches: Iterable[str] = ()) -> None:
-        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.output_dir = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))  # "~/soup" as in a shell
         self.overwrite = overwrite
         self.parent, self.name = os.path.split(self.output_dir)
         self.tmp_dir: str | None = None
