@@ -56,6 +56,7 @@ fi
 
 if has profile; then  # where a greedy soup's time goes on the GPU, besides the forward passes
     echo "== profile of one greedy soup on cuda ($(left) s left)"
+    timeout 90 python3 benchmarks/greedy.py --worker-device cuda > /dev/null 2>&1  # the ingredients, once
     timeout 120 python3 -m cProfile -o /tmp/greedy.prof benchmarks/greedy.py --worker-device cuda > /dev/null 2>&1
     python3 -c "import pstats; pstats.Stats('/tmp/greedy.prof').sort_stats('cumulative').print_stats(45)" \
         > "$OUT/greedy_profile.txt" 2>&1
