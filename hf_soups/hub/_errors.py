@@ -6,8 +6,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import httpx2
+import huggingface_hub
 from huggingface_hub import errors as hf_errors
+
+# huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx: catch the transport errors of the one in use
+if int(huggingface_hub.__version__.split(".", 1)[0]) >= 2:
+    from httpx2 import TransportError
+else:  # pragma: no cover - exercised by `make test-min` (huggingface_hub 1.3)
+    from httpx import TransportError
 
 from ..errors import (
     AuthenticationError,
@@ -155,7 +161,7 @@ def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = No
         cls = PushError if push else SoupError
         raise cls(f"the Hub answered HTTP {status}: {_first_line(e)}", ingredient=ingredient,
                   fix="retry; the local files are intact." if push else "retry later.") from None
-    except httpx2.TransportError as e:  # refused, reset, closed mid-body, timed out: never a raw httpx error
+    except TransportError as e:  # refused, reset, closed mid-body, timed out: never a raw httpx error
         cls = PushError if push else HubConnectionError
         raise cls(f"the connection to the Hub failed ({type(e).__name__}: {_first_line(e)}).", ingredient=ingredient,
                   fix="retry; the local files are intact." if push else "check the network and retry.") from None

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 
-import httpx2
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -16,7 +15,7 @@ from ..checkpoint.format import TensorInfo, parse_header
 from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard_index
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
-from ._errors import hub_errors
+from ._errors import TransportError, hub_errors
 
 __all__ = ["HttpRangeSource", "open_streaming_reader", "read_remote_header"]
 
@@ -68,7 +67,7 @@ class HttpRangeSource:
             try:
                 response = get_session().get(self.url, headers={**self._headers, "Range": f"bytes={offset}-{end}"},
                                              follow_redirects=True, timeout=constants.HTTP_TIMEOUT)
-            except httpx2.TransportError as e:  # refused, reset, closed mid-body, timed out
+            except TransportError as e:  # refused, reset, closed mid-body, timed out
                 why = f"{type(e).__name__}: {str(e)[:200]}"
             else:
                 if response.status_code in _RETRY_STATUS:
