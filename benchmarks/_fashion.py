@@ -90,10 +90,11 @@ def train_vit(base: str, images: np.ndarray, labels: np.ndarray, out: str, *, lr
     from transformers import AutoModelForImageClassification as ViTForImageClassification
 
     processor = AutoImageProcessor.from_pretrained(base)
-    pixels = processor([Image.fromarray(a).convert("RGB") for a in images], return_tensors="pt")["pixel_values"]
-    targets = torch.tensor(labels.astype("int64"))
     torch.manual_seed(seed)
     model = ViTForImageClassification.from_pretrained(base)
+    mode = "L" if model.config.num_channels == 1 else "RGB"  # 1-channel models get 1-channel images
+    pixels = processor([Image.fromarray(a).convert(mode) for a in images], return_tensors="pt")["pixel_values"]
+    targets = torch.tensor(labels.astype("int64"))
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):

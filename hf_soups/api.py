@@ -29,6 +29,7 @@ from .errors import InvalidArgumentError, SoupError
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
 from .options import resolve_options
+from .processor import lead_index
 from .recipes import EvalSpec, Recipe, get_method
 from .refs import Ingredient, IngredientMeta, IngredientRef
 from .guards import check_ingredient_set
@@ -497,11 +498,11 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
-    commit is the recipe's.
+    commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
     """
     entry = get_method(method)
     with contextlib.ExitStack() as stack:
@@ -554,8 +555,13 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
                 assert ingredients[0].local_dir is not None
+                lead = ingredients[lead_index(plan.weights, [i.score for i in ingredients])]
                 copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name,
-                                     dtype=options.dtype_name)
+                                     dtype=options.dtype_name, processor_source=(lead.local_dir, lead.name))
+                if recipe.batchnorm is not None:  # a replay: the recorded recalibration, inside the same commit
+                    from .evaluation.batchnorm import replay_batchnorm
+
+                    replay_batchnorm(tmp, calibration, recipe.batchnorm)
                 soup.write_card(directory=tmp)
         wait_for_everyone()
         if arch is not None:
@@ -657,8 +663,10 @@ def _parse_card(text: str, source: str) -> Any:
 
 def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,
                   token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-                  endpoint: str | None = None, cache_dir: str | None = None, allow_local: bool = False) -> Soup:
-    """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules.
+                  endpoint: str | None = None, cache_dir: str | None = None, allow_local: bool = False,
+                  calibration_dataset: Any = None) -> Soup:
+    """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules, and the
+    same BatchNorm recalibration when the recipe records one.
 
     Held-out selection is not re-run: the recorded weights are applied as they are.
 
@@ -669,6 +677,9 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         overwrite (`bool`, *optional*, defaults to `False`): replace a soup hf_soups wrote at `output_dir`.
         allow_local (`bool`, *optional*, defaults to `False`): accept local directories among the ingredients (only
             for a recipe you wrote yourself; a recipe from a model card may only name Hub repos pinned to shas).
+        calibration_dataset (`datasets.Dataset` or `str`, *optional*): the BatchNorm calibration data, needed when
+            the recipe recomputed BatchNorm statistics on an in-memory dataset (a recorded path or Hub id is
+            re-loaded by itself). Its pixels must have the recorded sha256.
 
     Returns:
         [`Soup`]: with the recipe's method and recipe attached.
@@ -676,12 +687,27 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     Raises:
         [`RecipeError`]: a field is invalid, or an ingredient is not a Hub repo pinned to a full commit sha (and
             `allow_local=False`); raised before anything is downloaded.
+        [`InvalidArgumentError`]: the recipe recomputes BatchNorm statistics on an in-memory set and
+            `calibration_dataset` is not given (raised before anything is downloaded).
+        [`SoupError`]: the calibration data differs from the recorded one (nothing is written then).
         Everything [`soup_from_hub`] raises.
     """
     from .recipes.recipe import check_replayable
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
+    calibration = None
+    bn = recipe.batchnorm
+    if bn is not None:  # the calibration data is loaded before any download (its sha256 is checked in the commit)
+        if calibration_dataset is None and not bn.recorded:
+            raise InvalidArgumentError(
+                "the recipe recomputes BatchNorm statistics on an in-memory calibration set that it cannot hold "
+                f"({bn.describe()}); without it the soup cannot be re-created.",
+                fix="pass calibration_dataset=<the same data>.", param="calibration_dataset")
+        from .evaluation.batchnorm import load_calibration_data
+
+        calibration = load_calibration_data(bn.dataset if calibration_dataset is None else calibration_dataset,
+                                            bn.split)[0]
     options = MergeOptions(dtype=recipe.dtype, int_rule=recipe.int_rule,  # type: ignore[arg-type]
                            align_labels=recipe.align_labels, progress=progress)
     output = None
@@ -692,6 +718,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     check_ingredient_set(ingredients)  # as soup_from_hub does
     metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                      allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)
-    return _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
+    soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
-                 trust_remote_code=False, allow_pickle=False, recipe=recipe)
+                 trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration)
+    soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
+    return soup

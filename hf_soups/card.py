@@ -134,6 +134,7 @@ def build_card(
     datasets: Mapping[str, Mapping[str, str]] | None = None,
     inherited: Mapping[str, Any] | None = None,
     local_path: str | None = None,
+    notes: Sequence[str] = (),
 ) -> ModelCard:
     """Render a soup's model card.
 
@@ -158,6 +159,8 @@ def build_card(
         differences (`Mapping[str, Mapping[str, (delta, low, high)]]`, *optional*): each method minus the best
             individual, with its paired bootstrap interval.
         warnings (`Sequence[str]`, *optional*): e.g. a held-out set too small to separate the candidates.
+        notes (`Sequence[str]`, *optional*): notes on the results printed under the table (e.g. how BatchNorm
+            statistics were recalibrated for a like-for-like comparison).
 
     Returns:
         `ModelCard`: front matter with `base_model` (the ingredients in the soup, plus the pretrained base),
@@ -226,6 +229,7 @@ def build_card(
                 cells = [(differences.get(s) or {}).get(m) for s in results]
                 lines.append(f"| {m} | " + " | ".join(f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" if d else "–"
                                                        for d in cells) + " |")
+        lines += [""] + [f"> {note}" for note in notes] if notes else []
         lines += _described_datasets(results, datasets or {})
     if plot_file:
         lines += ["", f"![{metric} of every method on every evaluation set]({plot_file})"]
@@ -235,7 +239,7 @@ def build_card(
         lines += [f"- **{_cell(w.ingredient)}** ({_cell(w.field)}): {_cell(w.message)}" for w in compat_warnings]
     lines += [
         "", "## Recipe", "",
-        "This recipe (also in this repository as `recipe.yaml`) re-creates the soup bit for bit:", "",
+        _replay_statement(recipe), "",
         "```yaml", recipe.to_yaml().rstrip(), "```", "",
         "Re-create it with `hf-soups recipe recipe.yaml --output soup/`"
         + (f" (or `hf-soups recipe {repo_id} --output soup/`)." if repo_id else "."),
@@ -293,6 +297,27 @@ def retarget_card(card: ModelCard, repo_id: str, config: Mapping[str, Any]) -> M
 def is_soup_card(card: ModelCard) -> bool:
     """Whether a model card was written by hf_soups (its tags, or a recipe block)."""
     return "hf-soups" in (card.data.tags or []) or "hf_soups_recipe:" in card.text
+
+
+def _replay_statement(recipe: Recipe) -> str:
+    """What replaying the recipe re-creates: "bit for bit" only where it holds."""
+    where = "This recipe (also in this repository as `recipe.yaml`)"
+    bn = recipe.batchnorm
+    if bn is None:
+        return f"{where} re-creates the soup bit for bit:"
+    flag = ""
+    if recipe.evaluation is not None and bn.recorded and recipe.evaluation.dataset == bn.dataset:
+        flag = (" **The calibration data is the held-out data that chose the weights**, so held-out scores of this "
+                "soup are not independent of its BatchNorm statistics.")
+    if bn.recorded:
+        return (f"After averaging, the BatchNorm statistics were recomputed on `{bn.describe()}`.{flag} {where} "
+                "re-creates the soup bit for bit (with the same torch version and hardware): replay re-loads that "
+                "calibration data, checks its sha256 and recomputes the statistics:")
+    return (f"After averaging, the BatchNorm statistics were recomputed on an in-memory calibration set "
+            f"(`{bn.describe()}`) that a recipe cannot hold.{flag} {where} re-creates the averaged weights bit for "
+            "bit; the BatchNorm statistics are re-created only when the same data is passed "
+            "(`replay_recipe(recipe, calibration_dataset=...)`, `hf-soups recipe ... --calibration-dataset`), and "
+            "replay refuses data with another sha256:")
 
 
 def recipe_from_card(card: ModelCard) -> Recipe:

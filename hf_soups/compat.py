@@ -19,6 +19,7 @@ from . import constants
 from .checkpoint.format import TensorInfo
 from .checkpoint.reader import CheckpointReader
 from .errors import IncompatibleIngredientsError
+from .processor import processor_findings
 from .refs import IngredientMeta
 
 __all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict", "architecture_findings",
@@ -180,8 +181,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
     """Compare ingredients against the first one.
 
     Checks `model_type`, `architectures`, tensor names, shapes, dtypes (mixed is a warning), `id2label` (the same
-    labels in another order is a problem unless `align_labels=True`), `num_labels`, tokenizer identity and the
-    declared `base_model`.
+    labels in another order is a problem unless `align_labels=True`), `num_labels`, tokenizer identity, image
+    processor settings (see `hf_soups.processor`) and the declared `base_model`.
 
     Args:
         metas (`Sequence[IngredientMeta]`):
@@ -251,6 +252,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             report.add(Problem(meta.name, "tokenizer", "only some ingredients ship tokenizer files; identity "
                                "could not be checked.", "the soup takes the first ingredient's tokenizer.",
                                "warning"))
+        for severity, key, message, fix in processor_findings(ref.name, ref.processor, meta.name, meta.processor):
+            report.add(Problem(meta.name, key, message, fix, severity))  # type: ignore[arg-type]
         if ref.base_model and meta.base_model and set(ref.base_model) != set(meta.base_model):
             report.add(Problem(meta.name, "base_model", f"its card declares base_model {list(meta.base_model)}, "
                                f"'{ref.name}' declares {list(ref.base_model)}.",

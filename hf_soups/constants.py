@@ -39,7 +39,10 @@ TOKENIZER_IDENTITY_FILES: tuple[str, ...] = (
     "tokenizer.model",
 )
 
-#: Small files copied into every soup from the first ingredient, when present.
+#: Files that define an image processor; a soup takes them from its lead (highest-weight) ingredient.
+PROCESSOR_FILES: tuple[str, ...] = ("preprocessor_config.json", "image_processor_config.json", "processor_config.json")
+
+#: Small files copied into every soup from the first ingredient (the image processor's from the lead), when present.
 AUX_FILES: tuple[str, ...] = (
     "config.json",
     "generation_config.json",
@@ -48,9 +51,7 @@ AUX_FILES: tuple[str, ...] = (
     "special_tokens_map.json",
     "added_tokens.json",
     "chat_template.jinja",
-    "preprocessor_config.json",
-    "image_processor_config.json",
-    "processor_config.json",
+    *PROCESSOR_FILES,
 )
 
 #: Relative L2 distance above which an ingredient is flagged as not sharing the others' pretrained init.
@@ -87,6 +88,12 @@ def merge_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def eval_cache_bytes() -> int:
+    """Bytes of preprocessed image batches an evaluator keeps between passes (`HF_SOUPS_EVAL_CACHE_MB`, default 64):
+    beyond it, batches are preprocessed again on each pass, so memory stays bounded."""
+    return int(float(os.environ.get("HF_SOUPS_EVAL_CACHE_MB", "64")) * 1024 * 1024)
 
 
 def fsync_enabled() -> bool:

@@ -117,6 +117,7 @@ class IngredientMeta:
         base_model (`tuple[str, ...]` or `None`): `base_model` declared in its model card, if any.
         vocabulary (`Callable[[], str | None]`, *optional*): computes the vocabulary identity (may download the
             tokenizer files); consulted only when the file hashes differ.
+        processor (`dict` or `None`): its parsed `preprocessor_config.json` (image processor settings), if any.
     """
 
     name: str
@@ -125,3 +126,4 @@ class IngredientMeta:
     tokenizer_hash: str | None = None
     base_model: tuple[str, ...] | None = None
     vocabulary: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
+    processor: Mapping[str, Any] | None = field(default=None, repr=False)

@@ -69,6 +69,10 @@ class Soup:
             `name`; from [`EvalSet`] descriptors), for the card's `model-index`.
         card_metadata (`dict`): `license`, `language`, `datasets` metadata the ingredients' cards agree on.
         discovery (`dict`, *optional*): how the ingredients were found ([`CandidateSet.discovery`]), for the card.
+        notes (`list[str]`): notes on `results` printed under the card's results table (how BatchNorm statistics
+            were recalibrated for a like-for-like comparison).
+        calibration_data (*optional*): the in-memory BatchNorm calibration data of [`Soup.recompute_batchnorm`],
+            reused by [`Soup.evaluate`] to recalibrate the baselines.
     """
 
     output_dir: str
@@ -90,6 +94,8 @@ class Soup:
     discovery: dict[str, Any] | None = None
     datasets: dict[str, dict[str, str]] = field(default_factory=dict)
     card_metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    calibration_data: Any = field(default=None, repr=False, compare=False)
     _model: Any = field(default=None, repr=False)
 
     @property
@@ -121,7 +127,7 @@ class Soup:
             repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
             compat_warnings=self.report.warnings if self.report else (), datasets=self.datasets,
-            inherited=self.card_metadata, local_path=self.output_dir,
+            inherited=self.card_metadata, local_path=self.output_dir, notes=self.notes,
         )
 
     @property
@@ -215,7 +221,8 @@ class Soup:
         for name, value in datasets.items():
             if isinstance(value, (EvalSet, str)):
                 self.datasets[name] = (value if isinstance(value, EvalSet) else EvalSet(value)).describe(name)
-        data = {name: as_eval_dataset(value, parameter=f"datasets[{name!r}]") for name, value in datasets.items()}
+        data = {name: as_eval_dataset(value, parameter=f"datasets[{name!r}]", max_samples=kwargs.get("max_samples"))
+                for name, value in datasets.items()}
         report = evaluate_soup(self, data, methods=methods, device=device, progress=progress, **kwargs)
         self._draw_plot(report, kwargs.get("held_out"))
         self.write_card()
@@ -237,7 +244,8 @@ class Soup:
         self.plot_file = PLOT_FILE
 
     def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:
-        """Re-estimate BatchNorm running statistics on calibration data instead of averaging them; see
+        """Re-estimate BatchNorm running statistics on calibration data instead of averaging them, and record it in
+        the recipe (`num_batches=`, `batch_size=`, `seed=`, `split=`, `image_column=`); see
         [`hf_soups.evaluation.batchnorm.recompute_batchnorm`]. Returns the number of layers recomputed."""
         from .evaluation.batchnorm import recompute_batchnorm
 

@@ -113,12 +113,16 @@ def test_learned_soup_weights_sum_to_one_and_beat_uniform(trained, tmp_path):
 
 def test_label_map_mismatch_is_a_clear_error(trained, tmp_path):
     ds = Dataset.from_dict(sentiment_examples(20, seed=1))
-    swapped = ds.cast_column("label", ClassLabel(names=["positive", "negative"]))
+    other_names = ds.cast_column("label", ClassLabel(names=["good", "bad"]))
     with pytest.raises(LabelMismatchError) as err:
-        soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=swapped, output_dir=tmp_path / "x",
+        soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=other_names, output_dir=tmp_path / "x",
                       progress=False)
     assert "negative" in str(err.value) and "Fix:" in str(err.value)
     assert not (tmp_path / "x").exists()
+    # the same names with other ids are mapped by name (tests/test_vision_soups.py checks scores on an imagefolder)
+    swapped = ds.cast_column("label", ClassLabel(names=["positive", "negative"]))
+    config = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "negative", "1": "positive"}}
+    assert Evaluator(swapped, trained["good"][0], config).references.tolist() == [1 - y for y in ds["label"]]
     out_of_range = Dataset.from_dict({"text": ["good movie"], "label": [5]})
     with pytest.raises(LabelMismatchError, match="outside"):
         soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=out_of_range, progress=False)

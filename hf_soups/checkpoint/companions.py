@@ -1,4 +1,5 @@
-"""The small files a soup takes from its first ingredient: config, generation config, tokenizer and processor files."""
+"""The small files a soup takes from its ingredients: config, generation config and tokenizer files from the first
+one, image processor files from the lead (highest-weight) one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ __all__ = ["copy_companion_files"]
 
 
 def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, dtype: str | None = None,
-                         names: Sequence[str] = constants.AUX_FILES) -> list[str]:
+                         names: Sequence[str] = constants.AUX_FILES,
+                         processor_source: tuple[str | None, str] | None = None) -> list[str]:
     """Copy the `names` present in `source_dir` into `target_dir` (which the caller makes atomic).
 
     Args:
@@ -23,6 +25,9 @@ def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, d
         dtype (`str`, *optional*): the soup's output dtype (`"bfloat16"`); rewrites `torch_dtype`/`dtype` in the copied
             `config.json` so that `from_pretrained` loads the soup in the dtype it was written in.
         names (`Sequence[str]`, *optional*): the files to copy, defaults to `constants.AUX_FILES`.
+        processor_source (`tuple[str, str]`, *optional*): `(directory, ingredient name)` of the soup's lead
+            ingredient: the image processor files (`constants.PROCESSOR_FILES`) are all taken from it when it has
+            any (never a mix of two ingredients'), else from `source_dir`.
 
     Every file is read only if it lies inside the ingredient (or its Hub cache blobs) and is a regular file.
 
@@ -32,9 +37,18 @@ def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, d
     Raises:
         [`UnsafeCheckpointError`]: a file links out of the ingredient, or is a FIFO or a device.
     """
-    copied = list(check_files_inside(source_dir, tuple(names), ingredient=ingredient))
-    for name in copied:
-        copy_inside(source_dir, name, os.path.join(target_dir, name), ingredient=ingredient)
+    sources: list[tuple[str, str, tuple[str, ...]]] = [(source_dir, ingredient, tuple(names))]
+    if processor_source is not None and processor_source[0] and processor_source[0] != source_dir:
+        lead_dir, lead = processor_source
+        processor_names = tuple(n for n in names if n in constants.PROCESSOR_FILES)
+        if check_files_inside(lead_dir, processor_names, ingredient=lead):
+            sources = [(source_dir, ingredient, tuple(n for n in names if n not in processor_names)),
+                       (lead_dir, lead, processor_names)]
+    copied = []
+    for directory, name_of, wanted in sources:
+        for name in check_files_inside(directory, wanted, ingredient=name_of):
+            copy_inside(directory, name, os.path.join(target_dir, name), ingredient=name_of)
+            copied.append(name)
     path = os.path.join(target_dir, "config.json")
     if dtype is not None and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:

@@ -7,7 +7,14 @@ import os
 
 from .. import constants
 from ..refs import IngredientMeta
-from .meta import card_base_model, find_files, local_tokenizer_identity, read_config, vocabulary_identity
+from .meta import (
+    card_base_model,
+    find_files,
+    local_tokenizer_identity,
+    read_config,
+    read_processor_config,
+    vocabulary_identity,
+)
 from .reader import open_checkpoint
 from .safe_files import check_files_inside
 
@@ -34,4 +41,5 @@ def local_meta(directory: str, name: str, *, allow_pickle: bool = False) -> Ingr
         tokenizer_hash=local_tokenizer_identity(directory),
         base_model=card_base_model(os.path.join(directory, "README.md")),
         vocabulary=functools.cache(lambda: vocabulary_identity(find_files(directory))),
+        processor=read_processor_config(os.path.join(directory, "preprocessor_config.json"), name),
     )

@@ -14,7 +14,8 @@ from ..errors import CorruptCheckpointError, IngredientNotFoundError, SoupError
 from .safe_files import check_files_inside, open_inside, read_inside
 
 __all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
-           "card_base_model", "card_metadata", "find_files"]
+           "card_base_model", "card_metadata", "find_files",
+           "read_processor_config"]
 
 
 def read_config(path: str, ingredient: str) -> dict[str, Any]:
@@ -195,3 +196,25 @@ def find_files(directory: str, names: tuple[str, ...] = constants.TOKENIZER_IDEN
         [`UnsafeCheckpointError`]: one of them is a link out of the directory, a FIFO or a device.
     """
     return check_files_inside(directory, names)
+
+
+def read_processor_config(path: str | None, ingredient: str) -> dict[str, Any] | None:
+    """The parsed `preprocessor_config.json` (image processor settings), `None` when there is none; read only if it
+    resolves inside its directory and is a regular file.
+
+    Raises:
+        [`UnsafeCheckpointError`]: it is a link out of the checkpoint, a FIFO or a device.
+        [`CorruptCheckpointError`]: the file is not a JSON object.
+    """
+    if not path or not os.path.lexists(path):
+        return None
+    try:
+        data: Any = json.loads(_read(path, ingredient, limit=_MAX_SMALL_FILE))
+    except (OSError, ValueError) as e:
+        if isinstance(e, SoupError):
+            raise
+        data = e
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"preprocessor_config.json is not a JSON object ({data}).", ingredient=ingredient,
+                                     file="preprocessor_config.json", fix="re-save the image processor.")
+    return data

@@ -55,7 +55,8 @@ FLAGS: dict[str, str] = {
     "method": "--method", "metric": "--metric", "revision": "--revision", "allow_single": "--allow-single",
     "align_labels": "--align-labels", "allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code",
     "dtype": "--dtype", "int_rule": "--int-rule", "max_shard_size": "--max-shard-size", "output_dir": "--output",
-    "strict": "--strict", "stream": "--stream",
+    "strict": "--strict", "stream": "--stream", "max_samples": "--max-eval-samples",
+    "calibration_dataset": "--calibration-dataset",
 }
 
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
@@ -109,6 +110,8 @@ _EPILOG_SOUP = """examples:
   hf-soups soup user/ft-1 user/ft-2 user/ft-3 --output soup/
   hf-soups soup user/ft-1@v1 user/ft-2 --method weighted --weights 0.7 0.3 --output soup/ --push-to user/my-soup
   hf-soups soup user/ft-{1..6} --method greedy --eval-dataset val.csv --text-column sentence --output soup/
+  hf-soups soup user/convnet-{1..3} --method greedy --eval-dataset ./val_images/ --recompute-batchnorm \
+      --calibration-dataset ./calibration_images/ --calibration-batches 8 --output soup/
 """
 
 
@@ -150,8 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      for m in METHODS.values()).replace("%", "%%"))
     soup.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per REF (--method weighted)")
     soup.add_argument("--eval-dataset", default=None,
-                      help="held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id")
+                      help="held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id. "
+                           "Images: a save_to_disk folder or parquet file with an Image column, an imagefolder "
+                           "(one sub-folder of images per class; classes are matched to id2label by name), a csv "
+                           "whose image column holds image file paths, or a Hub dataset id with --split")
     soup.add_argument("--split", default=None, help="dataset split (Hub datasets and DatasetDicts)")
+    soup.add_argument("--max-eval-samples", type=int, default=None, metavar="N",
+                      help="evaluate only the first N examples of --eval-dataset")
     soup.add_argument("--text-column", default=None, help="text column (default: text or sentence)")
     soup.add_argument("--label-column", default=None, help="label column (default: label)")
     soup.add_argument("--image-column", default=None, help="image column (default: image or img)")
@@ -163,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "device, else cuda/mps when available, else cpu)")
     soup.add_argument("--eval-dtype", default=None, choices=["bfloat16", "float16"],
                       help="evaluate under autocast in this dtype (default: exact float32)")
+    soup.add_argument("--recompute-batchnorm", action="store_true",
+                      help="after averaging, recompute BatchNorm statistics on --calibration-dataset (recorded in the "
+                           "recipe and replayed by `hf-soups recipe`); without it, --eval-dataset is reused and the "
+                           "card flags that the calibration data also chose the weights")
+    soup.add_argument("--calibration-dataset", default=None, metavar="DATA",
+                      help="calibration images for --recompute-batchnorm (same forms as --eval-dataset)")
+    soup.add_argument("--calibration-split", default=None, help="split of --calibration-dataset")
+    soup.add_argument("--calibration-batches", type=int, default=None, metavar="N",
+                      help="recompute on a seeded sample of N batches (default: every calibration example)")
+    soup.add_argument("--calibration-batch-size", type=int, default=64, metavar="B",
+                      help="examples per calibration batch (default: 64)")
     soup.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
     soup.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
     soup.add_argument("--push-to", default=None, metavar="REPO", help="push the soup to this Hub repo")
@@ -227,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--allow-local-ingredients", action="store_true",
                         help="accept local directories among the recipe's ingredients (only for recipes you wrote; "
                              "by default only Hub repos pinned to full commit shas are replayed)")
+    recipe.add_argument("--calibration-dataset", default=None, metavar="DATA",
+                        help="the BatchNorm calibration data, when the recipe recomputed statistics on a dataset it "
+                             "does not record (a save_to_disk folder, parquet/csv file, imagefolder or Hub id)")
+    recipe.add_argument("--calibration-split", default=None, help="split of --calibration-dataset")
     recipe.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
@@ -279,7 +302,9 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
     spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric, text_column=args.text_column,
                     label_column=args.label_column, image_column=args.image_column, strict=args.strict,
-                    device=args.eval_device, dtype=args.eval_dtype)
+                    device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples)
+    calibration = _calibration_source(args)  # flag errors before any download
+
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
                            max_shard_size=args.max_shard_size, stream=args.stream)
     soup = soup_from_hub(
@@ -292,11 +317,33 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
     if not is_main_process():  # under `accelerate launch`, the main process reports and pushes
         return 0
+    if calibration is not None:
+        layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.split,
+                                          num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
+                                          image_column=args.image_column)
+        print(f"Recomputed the statistics of {layers} BatchNorm layers on {calibration}")
     _print_soup(soup)
     if args.push_to:
         info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
         print(f"Pushed to {args.push_to}: {info.commit_url}")
     return 0
+
+
+def _calibration_source(args: argparse.Namespace) -> str | None:
+    """The --recompute-batchnorm data: --calibration-dataset, else --eval-dataset (reuse flagged)."""
+    if not args.recompute_batchnorm:
+        if args.calibration_dataset is not None:
+            raise errors.InvalidArgumentError("--calibration-dataset is given without --recompute-batchnorm.",
+                                              fix="add --recompute-batchnorm, or drop --calibration-dataset.")
+        return None
+    if args.calibration_dataset is not None:
+        return args.calibration_dataset
+    if args.eval_dataset is None:
+        raise errors.InvalidArgumentError("--recompute-batchnorm needs calibration images.",
+                                          fix="pass --calibration-dataset DATA (images not used for reporting).")
+    print("hf-soups: warning: --recompute-batchnorm without --calibration-dataset reuses --eval-dataset; the card "
+          "flags that the calibration data also chose the weights.", file=sys.stderr)
+    return args.eval_dataset
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -335,8 +382,13 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     from ..api import load_recipe, replay_recipe
 
     recipe = load_recipe(args.source, token=args.token)
+    calibration = args.calibration_dataset
+    if calibration is not None and args.calibration_split is not None:
+        from ..evaluation.data import load_eval_dataset
+
+        calibration = load_eval_dataset(calibration, args.calibration_split)
     soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite,
-                         allow_local=args.allow_local_ingredients)
+                         allow_local=args.allow_local_ingredients, calibration_dataset=calibration)
     _print_soup(soup)
     if args.push_to:
         info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +11,10 @@ from typing import Any
 
 from ..errors import EvaluationError, LabelMismatchError
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["EvalSet", "as_eval_dataset", "register_eval_data_form", "check_eval_data", "model_id2label",
+           "is_transformed", "untransformed",
            "load_eval_dataset", "find_column", "check_labels", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review")
@@ -75,29 +79,79 @@ def register_eval_data_form(predicate: Callable[[Any], bool], convert: Callable[
     _FORMS.append((predicate, convert))
 
 
-def as_eval_dataset(data: Any, split: str | None = None, *, parameter: str = "eval_dataset") -> Any:
+def as_eval_dataset(data: Any, split: str | None = None, *, parameter: str = "eval_dataset",
+                    max_samples: int | None = None) -> Any:
     """Normalise evaluation data to one `datasets.Dataset`.
 
-    Accepts a `datasets.Dataset`; a `DatasetDict` (or a dict of Datasets) with `split` (defaults to its only split,
-    else `"validation"`, else `"test"`); a pandas DataFrame; a dict of equal-length lists; a list of dicts; a
-    csv/tsv/json/jsonl/parquet path or a `save_to_disk` directory; a Hub dataset id (loaded with `split`); an
-    [`EvalSet`] (its `split` is used when `split` is not given).
+    Accepts a `datasets.Dataset` (also one with a `with_transform(...)` transform, or a `map()`-preprocessed
+    `pixel_values` column); a `DatasetDict` (or a dict of Datasets) with `split` (defaults to its only split, else
+    `"validation"`, else `"test"`); a `datasets.IterableDataset` with `max_samples` (its first examples are read); a
+    pandas DataFrame; a dict of equal-length lists; a list of dicts; a csv/tsv/json/jsonl/parquet path (a csv/json
+    whose `image`/`img` column holds image file paths, relative to the file, gets an `Image` column), a
+    `save_to_disk` directory or an imagefolder (one sub-folder of images per class); a Hub dataset id (loaded with
+    `split`); an [`EvalSet`] (its `split` is used when `split` is not given); and the forms added with
+    [`register_eval_data_form`].
 
     Args:
         data: the evaluation data.
         split (`str`, *optional*): the split of a `DatasetDict` or Hub dataset.
         parameter (`str`, *optional*): the argument name, for error messages.
+        max_samples (`int`, *optional*): keep only the first `max_samples` examples (required for an
+            `IterableDataset`).
 
     Returns:
         `datasets.Dataset`
 
     Raises:
-        [`EvaluationError`]: the data cannot be used (an unknown form, a missing split, an unreadable file).
+        [`EvaluationError`]: the data cannot be used (an unknown form, a missing split, an unreadable file, an
+            `IterableDataset` without `max_samples`).
     """
     import datasets
 
     if isinstance(data, EvalSet):
-        return as_eval_dataset(data.data, split if split is not None else data.split, parameter=parameter)
+        return as_eval_dataset(data.data, split if split is not None else data.split, parameter=parameter,
+                               max_samples=max_samples)
+    if isinstance(data, datasets.IterableDataset):
+        return _take(data, max_samples, parameter)
+    ds = _as_dataset(data, split, parameter)
+    if max_samples is not None and len(ds) > max_samples:
+        ds = ds.select(range(int(max_samples)))
+    return ds
+
+
+def _take(data: Any, max_samples: int | None, parameter: str) -> Any:
+    """The first `max_samples` examples of an `IterableDataset`, as a `Dataset` (evaluation reads them many times)."""
+    import itertools
+
+    import datasets
+
+    if not max_samples:
+        raise EvaluationError(f"{parameter} is a streaming IterableDataset; evaluation needs a known set of examples "
+                              "(it reads them once per candidate).",
+                              fix="pass max_samples=N to evaluate its first N examples, or load it without "
+                                  "load_dataset(streaming=True).", param="max_samples")
+    rows = list(itertools.islice(iter(data), int(max_samples)))
+    if not rows:
+        raise EvaluationError(f"{parameter} is an empty IterableDataset.", fix="pass a dataset with examples.",
+                              param=parameter)
+    return datasets.Dataset.from_list(rows, features=data.features) if data.features is not None else \
+        datasets.Dataset.from_list(rows)
+
+
+def is_transformed(dataset: Any) -> bool:
+    """Whether `dataset` carries a `with_transform(...)`/`set_transform(...)` transform."""
+    fmt = getattr(dataset, "format", None)
+    return isinstance(fmt, Mapping) and fmt.get("type") == "custom"
+
+
+def untransformed(dataset: Any) -> Any:
+    """`dataset` without its format or transform: the raw columns, for labels and column names."""
+    return dataset.with_format(None) if is_transformed(dataset) else dataset
+
+
+def _as_dataset(data: Any, split: str | None, parameter: str) -> Any:
+    import datasets
+
     for predicate, convert in _FORMS:
         if predicate(data):
             return convert(data, split)
@@ -119,11 +173,6 @@ def as_eval_dataset(data: Any, split: str | None = None, *, parameter: str = "ev
         return datasets.Dataset.from_dict(dict(data))
     if isinstance(data, Sequence) and data and all(isinstance(r, Mapping) for r in data):
         return datasets.Dataset.from_list(list(data))
-    if isinstance(data, datasets.IterableDataset):
-        raise EvaluationError(f"{parameter} is a streaming IterableDataset; evaluation needs the examples in memory.",
-                              fix="load it without load_dataset(streaming=True), or take a slice: "
-                                  "Dataset.from_list(list(ds.take(n))).",
-                              param=parameter)
     raise EvaluationError(
         f"{parameter} of type {type(data).__name__} is not a form of evaluation data hf_soups reads.",
         fix="pass a datasets.Dataset, a DatasetDict with split=..., a pandas DataFrame, a dict of lists, a "
@@ -171,6 +220,7 @@ def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: str
     from .evaluator import task_of
 
     task = task_of(config)
+    dataset = untransformed(dataset)  # labels and columns are read from the raw columns, not through a transform
     columns = list(dataset.column_names)
     label = find_column(columns, label_column, LABEL_COLUMNS, "label")
     found = {"label": label}
@@ -210,6 +260,7 @@ def load_eval_dataset(source: str, split: str | None = None) -> Any:
             builder = {"jsonl": "json", "tsv": "csv"}.get(ext, ext)
             kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
             ds = datasets.load_dataset(builder, data_files=source, split="train", **kwargs)
+            ds = _cast_image_paths(ds, os.path.dirname(os.path.abspath(source)))
         else:
             ds = datasets.load_dataset(source, split=split)
     except Exception as e:
@@ -219,6 +270,19 @@ def load_eval_dataset(source: str, split: str | None = None) -> Any:
                               param="eval_dataset") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = _pick_split(ds, split, f"dataset '{source}'")
+    return ds
+
+
+def _cast_image_paths(ds: Any, base_dir: str) -> Any:
+    """A csv/json listing image files: its image column (`image`/`img`) of paths, relative to the file, becomes an
+    `Image` column."""
+    import datasets
+
+    for column in IMAGE_COLUMNS:
+        feature = ds.features.get(column)
+        if isinstance(feature, datasets.Value) and "string" in feature.dtype and len(ds):
+            ds = ds.map(lambda row: {column: os.path.join(base_dir, row[column])}, desc=None)
+            return ds.cast_column(column, datasets.Image())
     return ds
 
 
@@ -251,8 +315,10 @@ def _is_generic(id2label: Mapping[int, str]) -> bool:
 def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], model_name: str) -> list[int]:
     """Map the dataset's labels to the model's label ids, refusing any mismatch.
 
-    `ClassLabel` names must match the model's `id2label` at the same ids; string labels are mapped through
-    `label2id`; integer labels must lie in `[0, num_labels)`.
+    `ClassLabel` names must match the model's `id2label` names (case-insensitive); when the same names carry other
+    ids (an imagefolder numbers its class folders alphabetically), the labels are mapped by name, as
+    `datasets.Dataset.align_labels_with_mapping` and `evaluate`'s `label_mapping` do, and a note is logged. String
+    labels are mapped through `label2id`; integer labels must lie in `[0, num_labels)`.
 
     Returns:
         `list[int]`: the reference label ids.
@@ -268,10 +334,16 @@ def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], m
     if isinstance(feature, datasets.ClassLabel) and not _is_generic(id2label):
         names = feature.names
         model_names = [id2label.get(i) for i in range(len(id2label))]
-        if [n.lower() for n in names] != [str(n).lower() for n in model_names]:
-            raise LabelMismatchError(
-                f"the dataset's labels {names} do not match the model's id2label {model_names} (same ids, same "
-                "names required).", ingredient=model_name, fix=fix)
+        lowered, model_lowered = [n.lower() for n in names], [str(n).lower() for n in model_names]
+        if lowered != model_lowered:
+            if sorted(lowered) != sorted(model_lowered) or len(set(lowered)) != len(lowered):
+                raise LabelMismatchError(
+                    f"the dataset's labels {names} do not match the model's id2label {model_names} (the same names "
+                    "are required; ids may differ).", ingredient=model_name, fix=fix)
+            to_model = [model_lowered.index(n) for n in lowered]
+            logger.warning("the dataset's class ids differ from the model's id2label (%s vs %s); labels are mapped "
+                           "by name.", names, model_names)
+            return [to_model[int(x)] for x in labels]
     if labels and isinstance(labels[0], str):
         label2id = {str(v).lower(): int(k) for k, v in id2label.items()}
         unknown = sorted({x for x in labels if x.lower() not in label2id})

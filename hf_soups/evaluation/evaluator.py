@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import EvaluationError
-from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, as_eval_dataset, check_labels, find_column,
-                   model_id2label)
+from .data import (LABEL_COLUMNS, TEXT_COLUMNS, as_eval_dataset, check_labels, find_column, model_id2label,
+                   untransformed)
 from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
+from .images import image_batches
 from .metrics import Metric, resolve_metric
 
-__all__ = ["Evaluator", "task_of", "evaluate_checkpoint"]
+__all__ = ["Evaluator", "task_of", "evaluate_checkpoint", "evaluators_by_processor"]
 
 _DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluation device across candidates
 
@@ -35,14 +37,15 @@ def task_of(config: Mapping[str, Any]) -> str:
 
 
 class Evaluator:
-    """Scores models on one dataset. The dataset is tokenized (or image-processed) once and reused for every
-    candidate; text is sorted by length for dynamic padding.
+    """Scores models on one dataset. Text is tokenized once and sorted by length for dynamic padding; images are
+    preprocessed one batch at a time (see `hf_soups.evaluation.images`), so memory stays bounded.
 
     Args:
-        dataset (`datasets.Dataset`):
-            The evaluation data.
+        dataset (*any form [`as_eval_dataset`] reads*):
+            The evaluation data; for images see `hf_soups.evaluation.images` (image columns, preprocessed
+            `pixel_values`, transforms).
         reference_dir (`str`):
-            A checkpoint directory holding the tokenizer or image processor (the first ingredient's).
+            A checkpoint directory holding the tokenizer or image processor of the model scored.
         config (`Mapping`):
             The model config (`architectures`, `id2label`).
         metric (`str`, `EvaluationModule` or callable, *optional*, defaults to `"accuracy"`):
@@ -61,6 +64,8 @@ class Evaluator:
             Token truncation length.
         name (`str`, *optional*):
             The model named in label-mismatch errors.
+        max_samples (`int`, *optional*):
+            Evaluate only the first `max_samples` examples (required for an `IterableDataset`).
 
     Attributes:
         references (`torch.Tensor`): label ids in dataset order.
@@ -77,9 +82,10 @@ class Evaluator:
     def __init__(self, dataset: Any, reference_dir: str, config: Mapping[str, Any], *, metric: Any = "accuracy",
                  text_column: str | None = None, label_column: str | None = None, image_column: str | None = None,
                  batch_size: int | None = None, max_length: int = 256, name: str | None = None,
-                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> None:
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 max_samples: int | None = None) -> None:
         self.task = task_of(config)
-        dataset = as_eval_dataset(dataset)
+        dataset = as_eval_dataset(dataset, max_samples=max_samples)
         self.metric: Metric = resolve_metric(metric)
         self.device = resolve_eval_device(device)
         self.dtype = resolve_eval_dtype(dtype)
@@ -87,16 +93,18 @@ class Evaluator:
         self.evaluations = 0
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
-        columns = list(dataset.column_names)
+        raw = untransformed(dataset)  # labels and columns as stored, not through a transform
+        columns = list(raw.column_names)
         label_col = find_column(columns, label_column, LABEL_COLUMNS, "label")
-        self.references = torch.tensor(check_labels(dataset, label_col, model_id2label(config), name or reference_dir))
+        self.references = torch.tensor(check_labels(raw, label_col, model_id2label(config), name or reference_dir))
         self.forward_seconds = 0.0
-        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         if self.task == "text":
-            self._prepare_text(dataset, reference_dir, find_column(columns, text_column, TEXT_COLUMNS, "text"),
+            self._prepare_text(raw, reference_dir, find_column(columns, text_column, TEXT_COLUMNS, "text"),
                                max_length)
         else:
-            self._prepare_images(dataset, reference_dir, find_column(columns, image_column, IMAGE_COLUMNS, "image"))
+            self.batches = image_batches(dataset, reference_dir, config, image_column=image_column,
+                                         batch_size=self.batch_size)
 
     def __len__(self) -> int:
         return len(self.references)
@@ -110,21 +118,12 @@ class Evaluator:
         lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]])
         order = torch.argsort(lengths, stable=True)
         keys = list(encoded.keys())
+        batches = []
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             features = [{k: encoded[k][i] for k in keys} for i in idx.tolist()]
-            self.batches.append((idx, dict(tokenizer.pad(features, return_tensors="pt"))))
-
-    def _prepare_images(self, dataset: Any, reference_dir: str, column: str) -> None:
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(reference_dir)
-        n = len(dataset)
-        for start in range(0, n, self.batch_size):
-            images = dataset[start : min(start + self.batch_size, n)][column]
-            images = [im.convert("RGB") if hasattr(im, "convert") else im for im in images]
-            pixels = processor(images, return_tensors="pt")["pixel_values"]
-            self.batches.append((torch.arange(start, start + len(images)), {"pixel_values": pixels}))
+            batches.append((idx, dict(tokenizer.pad(features, return_tensors="pt"))))
+        self.batches = batches
 
     def place(self, model: Any) -> Any:
         """Move `model` to the evaluation device (a model dispatched by accelerate stays where it was placed)."""
@@ -135,20 +134,27 @@ class Evaluator:
             model.to(self.device)
         return model
 
-    def _inputs(self, device: torch.device) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """This process's batches with inputs on `device`; kept there across candidates when they are small."""
+    def _inputs(self, device: torch.device) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """This process's batches with inputs on `device`, one at a time (image batches are preprocessed as they are
+        read); on an accelerator they are kept there across candidates while they total at most 1 GiB."""
         from .distributed import my_share
 
-        share = my_share(self.batches)
-        if device.type == "cpu":
-            return share
-        if self._device_batches is not None and self._device_batch_device == device:
-            return self._device_batches
-        moved = [(idx, {k: v.to(device, non_blocking=True) for k, v in inputs.items()}) for idx, inputs in share]
-        nbytes = sum(v.numel() * v.element_size() for _, inputs in share for v in inputs.values())
-        if nbytes <= _DEVICE_CACHE_BYTES:
-            self._device_batches, self._device_batch_device = moved, device
-        return moved
+        if device.type != "cpu" and self._device_batches is not None and self._device_batch_device == device:
+            yield from self._device_batches
+            return
+        kept: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = []
+        nbytes = 0
+        for b in my_share(range(len(self.batches))):
+            idx, inputs = self.batches[b]
+            if device.type == "cpu":
+                yield idx, inputs
+                continue
+            moved = (idx, {k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+            nbytes += sum(v.numel() * v.element_size() for v in inputs.values())
+            kept = kept + [moved] if kept is not None and nbytes <= _DEVICE_CACHE_BYTES else None
+            yield moved
+        if kept is not None and device.type != "cpu":
+            self._device_batches, self._device_batch_device = kept, device
 
     def logits(self, model: Any) -> torch.Tensor:
         """Logits of `model` on every example, in dataset order (float32, on the CPU).
@@ -214,3 +220,43 @@ def evaluate_checkpoint(directory: str, dataset: Any, *, metric: Any = "accuracy
         kwargs = {"device_map": device_map or "auto", "max_memory": max_memory, "offload_folder": offload_folder}
     model = load_model(directory, config, trust_remote_code, dtype=torch.float32, **kwargs)
     return Evaluator(dataset, directory, config, metric=metric, **evaluator_kwargs).score(model)[0]
+
+
+def _processor_identity(directory: str) -> str | None:
+    """The image processor settings of a checkpoint directory, canonically serialised (`None` without any)."""
+    import json
+
+    from ..checkpoint.meta import read_processor_config
+
+    config = read_processor_config(os.path.join(directory, "preprocessor_config.json"), directory)
+    return None if config is None else json.dumps(config, sort_keys=True)
+
+
+def evaluators_by_processor(dataset: Any, directories: Sequence[str], config: Mapping[str, Any], *,
+                            names: Sequence[str] | None = None, max_samples: int | None = None,
+                            **kwargs: Any) -> list[Evaluator]:
+    """One [`Evaluator`] per model directory, each preprocessing images with that model's own image processor;
+    directories whose image processor settings are identical (and every text model: the verdict has checked their
+    tokenizers) share one evaluator.
+
+    Args:
+        dataset (*any form [`as_eval_dataset`] reads*): the evaluation data (read once for every evaluator).
+        directories (`Sequence[str]`): the checkpoint directories of the models to score.
+        config (`Mapping`): the (first) model's config.
+        names (`Sequence[str]`, *optional*): the models named in label-mismatch errors, aligned with `directories`.
+        max_samples (`int`, *optional*): evaluate only the first `max_samples` examples.
+        **kwargs: the other [`Evaluator`] arguments.
+
+    Returns:
+        `list[Evaluator]`: aligned with `directories`.
+    """
+    dataset = as_eval_dataset(dataset, max_samples=max_samples)  # an IterableDataset is read once, for every model
+    task = task_of(config)
+    shared: dict[str | None, Evaluator] = {}
+    out = []
+    for k, directory in enumerate(directories):
+        key = _processor_identity(directory) if task == "image" else None
+        if key not in shared:
+            shared[key] = Evaluator(dataset, directory, config, name=names[k] if names else None, **kwargs)
+        out.append(shared[key])
+    return out

@@ -20,11 +20,12 @@ from ..checkpoint.companions import copy_companion_files
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan
+from ..processor import lead_index
 from ..recipes import EvalSpec, get_method
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state
 from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
-from .evaluator import Evaluator
+from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import paired_bootstrap, separation_warning
 
 __all__ = ["Chosen", "choose_weights"]
@@ -138,9 +139,13 @@ def choose_weights(
     eval_device = resolve_eval_device(device if device is not None else spec.device)
     # a learned soup optimises on these batches: its default batch size does not depend on the device
     batch_size = spec.batch_size if spec.batch_size is not None or method != "learned" else CPU_BATCH_SIZE
-    evaluator = Evaluator(eval_dataset, reference_dir, config, metric=spec.metric, text_column=spec.text_column,
-                          label_column=spec.label_column, image_column=spec.image_column,
-                          batch_size=batch_size, name=names[0], device=eval_device, dtype=spec.dtype)
+    # each ingredient is scored through its own image processor, candidate soups through their lead ingredient's
+    evaluators = evaluators_by_processor(eval_dataset, [i.local_dir or reference_dir for i in ingredients], config,
+                                         names=names, metric=spec.metric, text_column=spec.text_column,
+                                         label_column=spec.label_column, image_column=spec.image_column,
+                                         batch_size=batch_size, device=eval_device, dtype=spec.dtype,
+                                         max_samples=spec.max_samples)
+    evaluator = evaluators[0]  # until the scores are known; then the best individual's (a greedy soup's first member)
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
     scores: list[float] = []
@@ -151,7 +156,7 @@ def choose_weights(
 
     def individual(i: int, result: tuple[float, torch.Tensor]) -> None:
         scores.append(result[0])
-        predictions[names[i]] = evaluator.predictions(result[1])
+        predictions[names[i]] = evaluators[i].predictions(result[1])
         bar.update()
 
     with contextlib.ExitStack() as stack:
@@ -163,6 +168,7 @@ def choose_weights(
             offload = stack.enter_context(OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory,
                                                               spec.offload_folder, trust_remote_code))
             for i in range(len(readers)):
+                offload.evaluator = evaluators[i]
                 individual(i, offload.score_ingredient(i))
             score_with = offload.score_with
         else:
@@ -170,20 +176,23 @@ def choose_weights(
             # kernel, tensor by tensor, so it is bit for bit the soup the engine would write for these weights
             holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
 
-            def score(weights: Sequence[float]) -> tuple[float, torch.Tensor]:
-                return evaluator.score(holder.load_plan(plan.with_weights(weights), readers))
+            def score(weights: Sequence[float], by: Evaluator) -> tuple[float, torch.Tensor]:
+                return by.score(holder.load_plan(plan.with_weights(weights), readers))
 
             if method == "greedy":
                 for i in range(len(readers)):
-                    individual(i, score(onehot([i])))
+                    individual(i, score(onehot([i]), evaluators[i]))
 
                 def score_with(members: list[int], candidate: int) -> float:
-                    return score(onehot([*members, candidate]))[0]
+                    return score(onehot([*members, candidate]), evaluator)[0]
             else:
                 states = _learned_states(plan, readers, holder)
                 for i in range(len(readers)):
-                    individual(i, evaluator.score(holder.load(states[i])))
+                    individual(i, evaluators[i].score(holder.load(states[i])))
         score_map = dict(zip(names, scores))
+        evaluator = evaluators[lead_index([1.0] * len(scores), scores)]
+        if spec.max_memory is not None:
+            offload.evaluator = evaluator
         best = max(names, key=lambda n: score_map[n])
         intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
         warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
@@ -193,7 +202,7 @@ def choose_weights(
         else:
             weights, trace = select(
                 holder.model, states, evaluator.batches, evaluator.references,
-                lambda ws: evaluator.score(holder.load_combination(states, ws))[0], steps=spec.learned_steps,
-                seed=seed,
+                lambda ws: evaluators[lead_index(ws, scores)].score(holder.load_combination(states, ws))[0],
+                steps=spec.learned_steps, seed=seed,
             )
     return Chosen(plan.with_weights(weights), trace, score_map, evaluator, [warning] if warning else [])

@@ -22,9 +22,11 @@ from ..errors import EvaluationError
 from ..merge.ops import weighted_sum
 from ..merge.plan import build_plan
 from ..recipes.greedy import greedy_ensemble
+from ..recipes.recipe import BatchNormCalibration
+from .batchnorm import calibration_batches, is_calibration_set, load_calibration_data, recalibrate
 from .candidates import ModelHolder, checkpoint_float_state, read_float_state
 from .device import resolve_eval_device
-from .evaluator import Evaluator
+from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import Bootstrap, Interval, paired_bootstrap, separation_warning
 
 __all__ = ["SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
@@ -61,7 +63,9 @@ class SoupReport:
         differences (`dict[str, dict[str, Interval]]`): `{set: {method: score - best_individual's score, with its
             paired bootstrap interval}}`, when the best individual was scored.
         sizes (`dict[str, int]`): the number of examples of each set.
-        warnings (`list[str]`): e.g. sets too small to separate the candidates.
+        warnings (`list[str]`): e.g. sets too small to separate the candidates, or a set that was the BatchNorm
+            calibration set.
+        notes (`list[str]`): how to read the results (e.g. how BatchNorm statistics were recalibrated).
         bootstrap ([`Bootstrap`]): resamples, confidence level and seed of the intervals.
     """
 
@@ -73,6 +77,7 @@ class SoupReport:
     differences: dict[str, dict[str, Interval]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
@@ -130,7 +135,7 @@ class SoupReport:
         rows = [["method", *sets]] + [[m, *(self._cell(s, m) for s in sets)] for m in self.methods]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"note: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -142,7 +147,7 @@ class SoupReport:
 
         return {"metric": self.metric, "results": self.results, "ingredient_scores": self.ingredient_scores,
                 "members": self.members, "intervals": ivs(self.intervals), "differences": ivs(self.differences),
-                "sizes": self.sizes, "warnings": self.warnings,
+                "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes,
                 "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence,
                               "seed": self.bootstrap.seed}}
 
@@ -184,6 +189,8 @@ def evaluate_soup(
     bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    max_samples: int | None = None,
+    calibration_dataset: Any = None,
 ) -> SoupReport:
     """Evaluate the soup and its baselines on each dataset, with paired bootstrap confidence intervals.
 
@@ -193,6 +200,15 @@ def evaluate_soup(
     given; `"wise_ft"` selects every alpha), each name in `extra_soups`, and `ingredient:<name>` rows (`"ingredients"`
     selects them all). Ingredient logits are computed once per set and shared by every baseline; only what the
     requested methods need is evaluated.
+
+    Each ingredient is scored through its own image processor, the soup and the other candidates through the soup's
+    (see [`evaluators_by_processor`]); images are preprocessed one batch at a time, within a bounded cache per set.
+
+    When the soup's BatchNorm statistics were recomputed ([`Soup.recompute_batchnorm`]), the comparison is like for
+    like: every ingredient (hence `best_individual` and the ensembles) and `uniform_soup` are recalibrated on the same
+    calibration data with the same settings; rows `... (no BN recalibration)` add `best_individual`, `uniform_soup`
+    and the soup with their own (ingredients) or averaged (soups) statistics. A set that is the calibration set is
+    flagged in the report's and the card's warnings.
 
     Args:
         soup ([`Soup`]): the soup; its ingredients must be on disk (not streamed).
@@ -214,13 +230,18 @@ def evaluate_soup(
         bootstrap (`int`, *optional*, defaults to `1000`): bootstrap resamples per set (`0` for no intervals).
         confidence (`float`, *optional*, defaults to `0.95`): the intervals' confidence level.
         seed (`int`, *optional*, defaults to `0`): the resampling seed.
+        max_samples (`int`, *optional*): evaluate at most this many examples per set (required for an
+            `IterableDataset`).
+        calibration_dataset (*optional*): the BatchNorm calibration data, when the soup was recalibrated on an
+            in-memory set in another session (by default the soup's own `calibration_data`, or the recorded path).
 
     Returns:
         [`SoupReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`, `.to_table()`;
-        the scores, intervals and warnings are also stored on the soup for its model card.
+        the scores, intervals, warnings and notes are also stored on the soup for its model card.
 
     Raises:
-        [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, or unusable data.
+        [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, unusable data, or
+            a recalibrated soup whose calibration data is not available.
     """
     metric = metric or soup.metric
     ingredients = soup.ingredients
@@ -248,6 +269,7 @@ def evaluate_soup(
     if sel_set not in datasets:
         raise EvaluationError(f"held_out='{sel_set}' is not one of the evaluation sets {sets}.",
                               fix="pass held_out= with one of the names of `datasets`.")
+    record, calibration = _calibration(soup, calibration_dataset)
     show_ingredients = "ingredients" in wanted or any(m.startswith("ingredient:") for m in wanted)
     every_ingredient = show_ingredients or bool({"ensemble", "greedy_ensemble"} & wanted)
     # the best individual: known from a greedy/learned soup's held-out scores, else chosen on `sel_set`
@@ -262,9 +284,12 @@ def evaluate_soup(
     later = [] if every_ingredient or "best_individual" not in wanted or known_best is not None else \
         [s for s in sets if s != sel_set]
     soups = {label, "uniform_soup", *(extra_soups or {}), *wise} & wanted
-    total = sum(len(v) for v in need.values()) + len(later) + len(soups) * len(sets)
+    raw = 2 if record is not None else 1  # recalibrated: ingredients and soups also scored with their statistics
+    total = (sum(len(v) for v in need.values()) + len(later)) * raw + len(soups) * len(sets) \
+        + (len({label, "uniform_soup"} & wanted) * len(sets) if record is not None else 0)
     bar = tqdm(total=total, desc="Evaluating the soup and its baselines",
                disable=not progress or constants.progress_disabled())
+    suffix = " (no BN recalibration)"
 
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
@@ -272,28 +297,44 @@ def evaluate_soup(
         plan = build_plan([r.tensors for r in readers], [1.0] * len(readers), names=names)
         eval_device = resolve_eval_device(device)
         holder = ModelHolder(reference_dir, config, soup.trust_remote_code, device=eval_device)
-        evaluators = {name: Evaluator(ds, reference_dir, config, metric=metric, text_column=text_column,
-                                      label_column=label_column, image_column=image_column, batch_size=batch_size,
-                                      name=names[0], device=eval_device, dtype=dtype)
+        dirs = [i.local_dir or reference_dir for i in ingredients]
+        # per set: one evaluator per ingredient and one for the soup (shared where the image processors agree)
+        evaluators = {name: evaluators_by_processor(ds, [*dirs, soup.output_dir], config, names=[*names, "soup"],
+                                                    metric=metric, text_column=text_column, label_column=label_column,
+                                                    image_column=image_column, batch_size=batch_size,
+                                                    device=eval_device, dtype=dtype, max_samples=max_samples)
                       for name, ds in datasets.items()}
         logits: dict[str, dict[int, torch.Tensor]] = {s: {} for s in sets}
         ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in sets}
         results: dict[str, dict[str, float]] = {s: {} for s in sets}
         predictions: dict[str, dict[str, torch.Tensor]] = {s: {} for s in sets}
 
-        def score(s: str, name: str, model: Any) -> torch.Tensor:
-            value, lg = evaluators[s].score(model)
+        def score(s: str, name: str, model: Any, by: int = -1) -> torch.Tensor:
+            ev = evaluators[s][by]
+            value, lg = ev.score(model)
             results[s][name] = value
-            predictions[s][name] = evaluators[s].predictions(lg)
+            predictions[s][name] = ev.predictions(lg)
             bar.update()
             return lg
+
+        def recalibrated(processor_dir: str) -> Any:
+            """The loaded model with BatchNorm statistics recomputed as the soup's were (its own processor)."""
+            assert record is not None
+            recalibrate(holder.model, calibration_batches(
+                calibration, processor_dir, config, batch_size=record.batch_size, num_batches=record.num_batches,
+                seed=record.seed, image_column=record.image_column))
+            return holder.model
 
         def score_ingredient(i: int, on: Sequence[str], state: Mapping[str, torch.Tensor] | None = None) -> None:
             if state is None:
                 state = read_float_state(plan, readers[i], i, device=holder.device)
             model = holder.load(state)
+            if record is not None:  # its own statistics first, then recalibrated like the soup
+                for s in on:
+                    score(s, f"ingredient:{names[i]}{suffix}", model, by=i)
+                model = recalibrated(dirs[i])
             for s in on:
-                logits[s][i] = score(s, f"ingredient:{names[i]}", model)
+                logits[s][i] = score(s, f"ingredient:{names[i]}", model, by=i)
                 ingredient_scores[s][names[i]] = results[s][f"ingredient:{names[i]}"]
 
         for i in range(len(names)):
@@ -305,13 +346,17 @@ def evaluate_soup(
             score_ingredient(best, later)
         if "best_individual" in wanted:
             for s in sets:
-                results[s]["best_individual"] = ingredient_scores[s][names[best]]
-                predictions[s]["best_individual"] = predictions[s][f"ingredient:{names[best]}"]
+                for row in ("best_individual", *([f"best_individual{suffix}"] if record is not None else [])):
+                    source = f"ingredient:{names[best]}" + row.removeprefix("best_individual")
+                    results[s][row] = results[s][source]
+                    predictions[s][row] = predictions[s][source]
         members: list[int] = []
         if "greedy_ensemble" in wanted:
             members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
-                                      [ingredient_scores[sel_set][n] for n in names], evaluators[sel_set].score_logits)
-        for s, ev in evaluators.items():
+                                      [ingredient_scores[sel_set][n] for n in names],
+                                      evaluators[sel_set][-1].score_logits)
+        for s, evs in evaluators.items():
+            ev = evs[-1]
             for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
                 if name in wanted:
                     mean = weighted_sum([logits[s][i] for i in chosen], [1.0] * len(chosen))  # the merge kernel
@@ -319,14 +364,22 @@ def evaluate_soup(
                     predictions[s][name] = ev.predictions(mean)
         if "uniform_soup" in wanted:
             model = holder.load_plan(plan, readers)  # the uniform soup, exactly as the engine computes it
+            if record is not None:
+                for s in sets:
+                    score(s, f"uniform_soup{suffix}", model, by=0)
+                model = recalibrated(dirs[0])  # a uniform soup ships its first ingredient's processor
             for s in sets:
-                score(s, "uniform_soup", model)
+                score(s, "uniform_soup", model, by=0)
         soup_state = None
         if label in wanted and label != "uniform_soup" or wise:
             soup_state = checkpoint_float_state(stack.enter_context(open_checkpoint(soup.output_dir,
                                                                                     ingredient="soup")))
             soup_state = {k: v.to(holder.device) for k, v in soup_state.items()}
         if label in wanted and label != "uniform_soup":
+            if record is not None:  # the soup's weights with averaged statistics, as the engine computed them
+                model = holder.load_plan(plan.with_weights(soup.weights), readers)
+                for s in sets:
+                    score(s, f"{label}{suffix}", model)
             model = holder.load(soup_state)
             for s in sets:
                 score(s, label, model)
@@ -350,9 +403,17 @@ def evaluate_soup(
                 results[s] = {m: v for m, v in results[s].items() if not m.startswith("ingredient:")}
         elif methods is not None and "ingredients" not in wanted:
             for s in sets:
-                results[s] = {m: v for m, v in results[s].items() if not m.startswith("ingredient:") or m in wanted}
-    report = _with_uncertainty(results, predictions, evaluators, ingredient_scores, best=names[best] if
-                               "best_individual" in wanted else None, bootstrap=Bootstrap(bootstrap, confidence, seed))
+                results[s] = {m: v for m, v in results[s].items()
+                              if not m.startswith("ingredient:") or m.removesuffix(suffix) in wanted}
+    report = _with_uncertainty(results, predictions, {s: evs[-1] for s, evs in evaluators.items()},
+                               ingredient_scores, best=names[best] if "best_individual" in wanted else None,
+                               bootstrap=Bootstrap(bootstrap, confidence, seed))
+    if record is not None:
+        report.notes.append(f"BatchNorm statistics of the soup were recomputed on {record.describe()}; every "
+                            "ingredient (hence best_individual and the ensembles) and uniform_soup were recalibrated "
+                            f"the same way (rows '{suffix.strip()}' keep their own or averaged statistics).")
+        report.warnings += [f"'{s}' is the BatchNorm calibration set: scores on it are not held-out scores."
+                            for s in sets if is_calibration_set(datasets[s], calibration, record)]
     report.members = {}
     if "greedy_ensemble" in wanted:
         report.members["greedy_ensemble"] = [names[m] for m in members]
@@ -363,7 +424,30 @@ def evaluate_soup(
     soup.differences = {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in soup.results[s]}
                         for s, t in report.differences.items()}
     soup.evaluation_warnings = list(report.warnings)
+    soup.notes = list(report.notes)
     return report
+
+
+def _calibration(soup: Any, calibration_dataset: Any) -> tuple[BatchNormCalibration | None, Any]:
+    """The soup's BatchNorm recalibration record and its calibration data (passed, kept on the soup, or re-loaded
+    from the recorded path or Hub id); `(None, None)` when the soup was not recalibrated.
+
+    Raises:
+        [`EvaluationError`]: recalibrated on an in-memory set that is not available.
+    """
+    record = soup.recipe.batchnorm
+    if record is None:
+        return None, None
+    if calibration_dataset is not None:
+        return record, load_calibration_data(calibration_dataset, record.split)[0]
+    if soup.calibration_data is not None:
+        return record, soup.calibration_data
+    if record.recorded:
+        return record, load_calibration_data(record.dataset, record.split)[0]
+    raise EvaluationError("the soup's BatchNorm statistics were recomputed on an in-memory calibration set that is "
+                          "not available here, and the baselines must be recalibrated on the same data for a "
+                          "like-for-like comparison.", fix="pass calibration_dataset=<the calibration data>.",
+                          param="calibration_dataset")
 
 
 def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[str, dict[str, torch.Tensor]],

@@ -12,7 +12,7 @@ from huggingface_hub import constants as hf_constants
 
 from .. import constants
 from ..checkpoint.format import TensorInfo
-from ..checkpoint.meta import card_base_model, read_config, tokenizer_identity
+from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
 from ..errors import CorruptCheckpointError, NoSafetensorsError
 from ..refs import Ingredient, IngredientMeta, IngredientRef
@@ -104,6 +104,7 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
         return local_meta(ing.local_dir, name)
     config = read_config(_download_small(ing, "config.json", token, cache_dir, endpoint) or "", name)
     base_model = card_base_model(_download_small(ing, "README.md", token, cache_dir, endpoint))
+    processor = read_processor_config(_download_small(ing, "preprocessor_config.json", token, cache_dir, endpoint), name)
     blob_ids = ing.blob_ids
     tensors: dict[str, TensorInfo] = {}
     if SAFETENSORS_INDEX in ing.files:
@@ -114,7 +115,8 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
         weight_map, shards = None, [SAFETENSORS_SINGLE]
     else:
         if allow_pickle and any(f.startswith("pytorch_model") and f.endswith(".bin") for f in ing.files):
-            return IngredientMeta(name, config, None, tokenizer_identity(blob_ids), base_model)  # names unknown until read
+            return IngredientMeta(name, config, None, tokenizer_identity(blob_ids), base_model,  # names unknown until read
+                                  processor=processor)
         raise NoSafetensorsError(
             "the repository has no safetensors weights"
             + (" (only pickled pytorch_model.bin, which can run code when loaded)." if any(
@@ -139,7 +141,7 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
                 tensor=lost[0], file=SAFETENSORS_INDEX, fix="re-upload the checkpoint; the index and shards disagree.",
             )
     return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model,
-                          vocabulary=_lazy_vocabulary(ing, token, cache_dir, endpoint))
+                          vocabulary=_lazy_vocabulary(ing, token, cache_dir, endpoint), processor=processor)
 
 
 def _lazy_vocabulary(ing: Ingredient, token: Any, cache_dir: str | None, endpoint: str | None) -> Any:

@@ -4,6 +4,12 @@ The soup's parameters are `sum_k softmax(alpha)_k * theta_k`; `alpha` is trained
 cross-entropy through `torch.func.functional_call`, so one model skeleton serves every step. Each step's
 combination is built on the model's device; the ingredients are moved there once by the caller when they fit, else
 tensor by tensor per step.
+
+BatchNorm running statistics (`running_mean`, `running_var`: floating buffers, not parameters) never enter the
+differentiable mix: at every step they are averaged with the current mixing weights *detached*, by the merge kernel
+(they follow the mixture but carry no gradient), and the final soup averages them with the learned weights like any
+other floating tensor. Integer buffers (`num_batches_tracked`) follow the plan's `int_rule`.
+`Soup.recompute_batchnorm` can re-estimate the statistics on calibration data afterwards.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ def learn_weights(
     """Optimise per-model mixing weights.
 
     Args:
-        model: the skeleton (its floating parameters are replaced functionally).
-        states (`Sequence[Mapping[str, Tensor]]`): fp32 floating tensors of each ingredient.
+        model: the skeleton (its floating parameters and buffers are replaced functionally).
+        states (`Sequence[Mapping[str, Tensor]]`): fp32 floating tensors of each ingredient (parameters and floating
+            buffers such as BatchNorm running statistics, keyed by the model's names).
         batches: `(indices, inputs)` held-out batches (from [`Evaluator`]).
         references (`torch.Tensor`): label ids in dataset order.
         score (`Callable[[Sequence[float]], float]`): held-out metric of the soup with the given weights.
@@ -51,11 +58,15 @@ def learn_weights(
     import torch
     from torch.func import functional_call
 
+    from ..merge.ops import weighted_sum
+
     k = len(states)
     device = next(model.parameters()).device
     alpha = torch.zeros(k, requires_grad=True, device=device)
     opt = torch.optim.Adam([alpha], lr=lr)
-    names = list(states[0])
+    parameters = {n for n, _ in model.named_parameters()}
+    names = [n for n in states[0] if n in parameters]
+    statistics = [n for n in states[0] if n not in parameters]  # floating buffers: BatchNorm running statistics
     buffers = {n: b for n, b in model.named_buffers()}
     gen = torch.Generator().manual_seed(seed)
     model.eval()
@@ -63,7 +74,9 @@ def learn_weights(
         idx, inputs = batches[int(torch.randint(len(batches), (1,), generator=gen))]
         w = torch.softmax(alpha, 0)
         params = {n: sum(w[j] * states[j][n].to(device) for j in range(k)) for n in names}
-        out = functional_call(model, {**buffers, **params}, args=(), kwargs={key: v.to(device) for key, v in
+        fixed = w.detach().tolist()  # the statistics follow the mixture without a gradient
+        stats = {n: weighted_sum((states[j][n].to(device) for j in range(k)), fixed) for n in statistics}
+        out = functional_call(model, {**buffers, **stats, **params}, args=(), kwargs={key: v.to(device) for key, v in
                                                                             inputs.items()})
         loss = torch.nn.functional.cross_entropy(out.logits.float(), references[idx].to(device))
         opt.zero_grad()

@@ -12,13 +12,15 @@ import yaml
 from .. import constants
 from ..errors import InvalidArgumentError, RecipeError
 
-__all__ = ["Recipe", "EvalSpec", "check_replayable"]
+__all__ = ["Recipe", "EvalSpec", "BatchNormCalibration", "IN_MEMORY", "check_replayable"]
 
 #: Largest recipe accepted, in bytes (a real one is well under 4 KB).
 MAX_RECIPE_BYTES = 64 * 1024
 _MAX_DEPTH = 8
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _FIX = "start from the recipe block of a soup's model card."
+#: How a recipe names data that was passed as an in-memory object (it cannot be re-loaded from the recipe).
+IN_MEMORY = "<in-memory dataset>"
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,8 @@ class EvalSpec:
     """Evaluation settings of greedy and learned soups: the single home of everything about held-out scoring.
 
     Only the fields that decide the result (`dataset`, `split`, `metric`, the columns, `strict`, `learned_steps`, and
-    `dtype` when set) are recorded in the recipe; the runtime ones (`batch_size`, `device`, `max_memory`,
-    `offload_folder`) are not.
+    `max_samples` and `dtype` when set) are recorded in the recipe; the runtime ones (`batch_size`, `device`,
+    `max_memory`, `offload_folder`) are not.
 
     Args:
         dataset (`str`, *optional*):
@@ -46,6 +48,8 @@ class EvalSpec:
             optimisation steps use these batches). A given value always wins.
         learned_steps (`int`, *optional*, defaults to `30`):
             Optimisation steps of a learned soup.
+        max_samples (`int`, *optional*):
+            Evaluate only the first `max_samples` examples; required for a `datasets.IterableDataset`.
         max_memory (`dict`, *optional*):
             accelerate's `{device: size}` budget for greedy evaluation of models larger than memory: each candidate
             is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
@@ -69,6 +73,7 @@ class EvalSpec:
     strict: bool = False
     batch_size: int | None = field(default=None, metadata={"runtime": True})
     learned_steps: int = 30
+    max_samples: int | None = None
     max_memory: dict[Any, Any] | None = field(default=None, metadata={"runtime": True})
     offload_folder: str | None = field(default=None, metadata={"runtime": True})
     device: str | None = field(default=None, metadata={"runtime": True})
@@ -83,12 +88,52 @@ class EvalSpec:
         """The fields that decide the result, as recorded in a recipe (runtime settings left out)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
         data["metric"] = self.metric_name
-        data["dataset"] = self.dataset if self.dataset is not None else "<in-memory dataset>"
-        if self.dtype is None:  # exact fp32, the default: recipes stay as they were
-            data.pop("dtype")
-        else:
+        data["dataset"] = self.dataset if self.dataset is not None else IN_MEMORY
+        for key in ("dtype", "max_samples"):  # at their defaults (exact fp32, all examples): recipes stay as they were
+            if getattr(self, key) is None:
+                data.pop(key)
+        if self.dtype is not None:
             data["dtype"] = str(self.dtype).replace("torch.", "")
         return data
+
+
+@dataclass(frozen=True)
+class BatchNormCalibration:
+    """How a soup's BatchNorm running statistics were recomputed (`Soup.recompute_batchnorm`), for replay.
+
+    Args:
+        dataset (`str`): the calibration data: a local path or a Hub dataset id that replay loads, or
+            `"<in-memory dataset>"` when an object was passed (replay then needs the same data passed again).
+        split (`str`, *optional*): its split.
+        image_column (`str`, *optional*): its image column.
+        num_batches (`int`, *optional*): batches used (`None`: the whole set, in order); with a number, a sample of
+            `num_batches * batch_size` examples drawn with `seed`, in dataset order.
+        batch_size (`int`): examples per batch (per-batch statistics are averaged, so it matters).
+        seed (`int`): the sampling seed.
+        examples (`int`): examples actually used.
+        sha256 (`str`): sha256 of the preprocessed calibration pixels; replay refuses different data.
+    """
+
+    dataset: str
+    split: str | None = None
+    image_column: str | None = None
+    num_batches: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    examples: int = 0
+    sha256: str = ""
+
+    @property
+    def recorded(self) -> bool:
+        """Whether replay can load the calibration data from the recipe alone."""
+        return self.dataset != IN_MEMORY
+
+    def describe(self) -> str:
+        """One line for cards and messages."""
+        split = f" (split {self.split})" if self.split else ""
+        batches = f"{self.num_batches} batches" if self.num_batches else "all batches"
+        return (f"{self.dataset}{split}: {self.examples} examples, {batches} of {self.batch_size}, seed {self.seed}, "
+                f"pixels sha256 {self.sha256[:12]}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +149,7 @@ class Recipe:
         align_labels (`bool`): classifier rows were permuted to the first ingredient's labels.
         evaluation ([`EvalSpec`], *optional*): the held-out evaluation behind a greedy/learned soup.
         seed (`int`): random seed (learned soups).
+        batchnorm ([`BatchNormCalibration`], *optional*): BatchNorm statistics recomputed after averaging.
         hf_soups_version (`str`): the version that made the soup.
     """
 
@@ -116,6 +162,7 @@ class Recipe:
     evaluation: EvalSpec | None = None
     seed: int = 0
     hf_soups_version: str = field(default_factory=lambda: _version())
+    batchnorm: BatchNormCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -125,6 +172,10 @@ class Recipe:
             data.pop("evaluation")
         else:
             data["evaluation"] = self.evaluation.to_dict()
+        if self.batchnorm is None:
+            data.pop("batchnorm")
+        else:
+            data["batchnorm"] = {f.name: getattr(self.batchnorm, f.name) for f in fields(self.batchnorm)}
         return data
 
     def to_yaml(self) -> str:
@@ -265,14 +316,45 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(v, bool):
                     raise _field_error("evaluation.strict", "expected true or false.")
                 spec[k] = v
-            elif k == "learned_steps":
-                if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1_000_000:
-                    raise _field_error("evaluation.learned_steps", "expected a positive integer.")
+            elif k in ("learned_steps", "max_samples"):
+                if v is None and k == "max_samples":
+                    continue
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= (
+                        1_000_000 if k == "learned_steps" else 1_000_000_000):
+                    raise _field_error(f"evaluation.{k}", "expected a positive integer.")
                 spec[k] = v
             elif v is not None or k == "dataset":
                 spec[k] = _text(f"evaluation.{k}", v)
         out["evaluation"] = EvalSpec(**spec)
+    if data.get("batchnorm") is not None:
+        out["batchnorm"] = _validated_batchnorm(data["batchnorm"])
     return out
+
+
+def _validated_batchnorm(value: Any) -> BatchNormCalibration:
+    if not isinstance(value, dict):
+        raise _field_error("batchnorm", "expected a mapping.")
+    known = {f.name for f in fields(BatchNormCalibration)}
+    bad = sorted(str(k)[:40] for k in value if k not in known)
+    if bad or "dataset" not in value:
+        raise _field_error("batchnorm", f"unknown fields {bad}." if bad else "'dataset' is missing.")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if k in ("num_batches", "batch_size", "seed", "examples"):
+            if v is None and k == "num_batches":
+                continue
+            low = 0 if k in ("seed", "examples") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**63:
+                raise _field_error(f"batchnorm.{k}", "expected a non-negative integer." if low == 0 else
+                                   "expected a positive integer.")
+            out[k] = v
+        elif k == "sha256":
+            if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
+                raise _field_error("batchnorm.sha256", "expected 64 hex digits.")
+            out[k] = v
+        elif v is not None or k == "dataset":
+            out[k] = _text(f"batchnorm.{k}", v)
+    return BatchNormCalibration(**out)
 
 
 def check_replayable(recipe: Recipe, *, allow_local: bool = False) -> list[Any]:
