@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from .checkpoint.companions import copy_companion_files
+from .checkpoint.companions import copy_companion_files, lead_index
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
@@ -29,7 +29,6 @@ from .errors import InvalidArgumentError, SoupError
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
 from .options import resolve_options
-from .processor import lead_index
 from .recipes import EvalSpec, Recipe, get_method
 from .refs import Ingredient, IngredientMeta, IngredientRef
 from .guards import check_ingredient_set
@@ -349,9 +348,11 @@ def soup_from_hub(
             The huggingface_hub cache directory.
         eval_dataset (`datasets.Dataset`, `DatasetDict`, `pandas.DataFrame`, `dict` or `str`, *optional*):
             Held-out data for greedy and learned soups: a `Dataset`, a `DatasetDict` (the split is `eval_spec.split`),
-            a pandas DataFrame, a dict of lists, a csv/json/parquet file, a `save_to_disk` directory or a Hub dataset
-            id (loaded with `eval_spec.split`). Defaults to `eval_spec.dataset`. Its columns, label values and label
-            names are checked against the ingredients' config before any weight is downloaded.
+            an `IterableDataset` (its first `eval_spec.max_samples` examples), a pandas DataFrame, a dict of lists, a
+            csv/json/parquet file, a `save_to_disk` directory, an imagefolder or a Hub dataset id (loaded with
+            `eval_spec.split`); every form [`as_eval_dataset`] reads. Defaults to `eval_spec.dataset`. Its columns,
+            label values and label names are checked against the ingredients' config before any weight is
+            downloaded.
         text_column, label_column (`str`, *optional*):
             Column names of `eval_dataset`; override the `eval_spec`'s.
         metric (`str` or `evaluate.EvaluationModule`, *optional*, defaults to `"accuracy"`):
@@ -450,7 +451,8 @@ def soup_from_hub(
     if eval_dataset is not None or (entry.needs_eval and spec.dataset is not None):  # loaded (not checked) up front
         from .evaluation.data import as_eval_dataset
 
-        eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split)
+        eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
+                                    max_samples=spec.max_samples)
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):

@@ -19,12 +19,12 @@ from . import constants
 from .checkpoint.format import TensorInfo
 from .checkpoint.reader import CheckpointReader
 from .errors import IncompatibleIngredientsError
-from .processor import processor_findings
 from .refs import IngredientMeta
 
 __all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict", "architecture_findings",
            "label_permutations", "init_distance_warnings", "init_distances", "init_outlier_warnings",
-           "normalize_id2label", "label_problems", "remote_code_problems", "SIZE_KEYS"]
+           "normalize_id2label", "label_problems", "remote_code_problems", "processor_findings", "SIZE_KEYS",
+           "PIXEL_FIELDS", "MINOR_FIELDS"]
 
 #: Config fields that fix a model's size; ingredients that differ in one are summarised once ("hidden_size 32 vs 384")
 #: instead of tensor by tensor.
@@ -177,12 +177,76 @@ def _names(items: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+#: Image processor settings (`preprocessor_config.json`) whose difference is a problem: they change the pixels a model
+#: sees enough to change its predictions (resizing, cropping, rescaling, normalisation, padding). Averaged weights are
+#: evaluated and shipped with one processor, so ingredients fine-tuned on differently preprocessed inputs cannot be
+#: souped faithfully.
+PIXEL_FIELDS: tuple[str, ...] = ("do_resize", "size", "do_center_crop", "crop_size", "crop_pct", "do_rescale",
+                                 "rescale_factor", "rescale_offset", "do_normalize", "image_mean", "image_std",
+                                 "include_top", "do_pad", "pad_size")
+#: Image processor settings whose difference is a warning (each ingredient is still scored with its own processor,
+#: and the soup ships its lead ingredient's); so are a different processor class with the same settings (a slow and a
+#: fast class, `ViTImageProcessor` / `ViTImageProcessorFast`, are the same processor) and a processor shipped by only
+#: some ingredients.
+MINOR_FIELDS: tuple[str, ...] = ("resample", "do_convert_rgb")
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canon(v) for k, v in sorted(value.items())}
+    return value
+
+
+def _processor_class(config: Mapping[str, Any]) -> str | None:
+    name = config.get("image_processor_type") or config.get("feature_extractor_type")
+    return str(name).removesuffix("Fast") if name else None
+
+
+def processor_findings(ref: IngredientMeta, meta: IngredientMeta) -> list[Problem]:
+    """Compare `meta`'s image processor settings (its parsed `preprocessor_config.json`) with the reference's, like
+    tokenizers are compared: a [`PIXEL_FIELDS`] difference is a problem, a [`MINOR_FIELDS`] difference, another
+    processor class or a processor shipped by only one of the two is a warning."""
+    if ref.processor is None and meta.processor is None:
+        return []
+    if ref.processor is None or meta.processor is None:
+        who = meta.name if meta.processor is None else ref.name
+        return [Problem(meta.name, "image processor", f"only some ingredients ship an image processor ('{who}' has "
+                        "no preprocessor_config.json); its settings could not be compared.",
+                        "save every ingredient with its image processor (processor.save_pretrained).", "warning")]
+    a_cfg, b_cfg = ref.processor, meta.processor
+    out = []
+    fix = (f"soup only fine-tunes trained on identically preprocessed images: re-save '{meta.name}' with the image "
+           "processor it was fine-tuned with if this file is wrong, or remove it.")
+    for key in PIXEL_FIELDS + MINOR_FIELDS:
+        if key not in a_cfg and key not in b_cfg:
+            continue
+        a, b = a_cfg.get(key), b_cfg.get(key)
+        if _canon(a) == _canon(b):
+            continue
+        error = key in PIXEL_FIELDS and key in a_cfg and key in b_cfg
+        missing = " (unset)" if key not in b_cfg else ""
+        note = "" if error else (" Each ingredient is scored with its own processor; the soup ships its "
+                                 "highest-weight ingredient's.")
+        out.append(Problem(meta.name, f"image processor {key}", f"{b!r}{missing} differs from {a!r} in "
+                           f"'{ref.name}'.{note}", fix if error else "none needed if the difference is intended.",
+                           "error" if error else "warning"))
+    if _processor_class(a_cfg) != _processor_class(b_cfg) and not any(p.severity == "error" for p in out):
+        out.append(Problem(meta.name, "image processor class", f"{_processor_class(b_cfg)} differs from "
+                           f"{_processor_class(a_cfg)} in '{ref.name}' (the compared settings agree).",
+                           "none needed if the difference is intended.", "warning"))
+    return out
+
+
 def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> CompatibilityReport:
     """Compare ingredients against the first one.
 
     Checks `model_type`, `architectures`, tensor names, shapes, dtypes (mixed is a warning), `id2label` (the same
     labels in another order is a problem unless `align_labels=True`), `num_labels`, tokenizer identity, image
-    processor settings (see `hf_soups.processor`) and the declared `base_model`.
+    processor settings (see [`processor_findings`]) and the declared `base_model`.
 
     Args:
         metas (`Sequence[IngredientMeta]`):
@@ -252,8 +316,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             report.add(Problem(meta.name, "tokenizer", "only some ingredients ship tokenizer files; identity "
                                "could not be checked.", "the soup takes the first ingredient's tokenizer.",
                                "warning"))
-        for severity, key, message, fix in processor_findings(ref.name, ref.processor, meta.name, meta.processor):
-            report.add(Problem(meta.name, key, message, fix, severity))  # type: ignore[arg-type]
+        for problem in processor_findings(ref, meta):
+            report.add(problem)
         if ref.base_model and meta.base_model and set(ref.base_model) != set(meta.base_model):
             report.add(Problem(meta.name, "base_model", f"its card declares base_model {list(meta.base_model)}, "
                                f"'{ref.name}' declares {list(ref.base_model)}.",

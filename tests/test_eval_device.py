@@ -10,6 +10,7 @@ from datasets import Dataset
 
 import hf_soups.evaluation.device as device_mod
 import hf_soups.evaluation.distributed as distributed
+import hf_soups.evaluation.evaluator as evaluator_mod
 import hf_soups.evaluation.held_out as held_out
 from hf_soups import EvalSpec, EvaluationError, MergeOptions, soup_from_hub
 from hf_soups.checkpoint.meta import read_config
@@ -99,8 +100,8 @@ def test_greedy_and_evaluate_ask_for_the_resolved_device(family, rank, monkeypat
                 super().__init__(*args, device="cpu", **kwargs)
         return Recording
 
+    monkeypatch.setattr(evaluator_mod, "Evaluator", recording(Evaluator))  # built per image processor there
     for module in (held_out, report_mod):
-        monkeypatch.setattr(module, "Evaluator", recording(Evaluator))
         monkeypatch.setattr(module, "ModelHolder", recording(ModelHolder))
     rank("cuda:1")
     soup = soup_from_hub(family["refs"], "greedy", eval_dataset=family["val"], output_dir=tmp_path / "g",
@@ -137,7 +138,7 @@ def test_candidates_live_on_the_evaluation_device(family, monkeypatch, tmp_path)
 
     monkeypatch.setattr(candidates_mod, "_kernel", candidates_mod.weighted_sum, raising=False)
     monkeypatch.setattr(candidates_mod, "weighted_sum", recording_sum)
-    monkeypatch.setattr(held_out, "Evaluator", MetaEvaluator)
+    monkeypatch.setattr(evaluator_mod, "Evaluator", MetaEvaluator)
     soup = soup_from_hub(family["refs"], "greedy", eval_dataset=family["val"], output_dir=tmp_path / "g",
                          eval_spec=EvalSpec(device="meta"), merge_options=QUIET)
     assert seen == [{"meta"}] * 5 and kernel == {"meta"}

@@ -377,6 +377,10 @@ def test_common_image_dataset_shapes_are_supported(vits, fashion):
     head = _score(vits[0], plain.select(range(64)))
     assert _score(vits[0], plain.to_iterable_dataset(), max_samples=64) == head
     assert _score(vits[0], plain, max_samples=64) == head
+    # the same through soup_from_hub: the streamed set's first 64 examples score every ingredient
+    soup = soup_from_hub(vits[:2], "greedy", eval_dataset=plain.to_iterable_dataset(),
+                         eval_spec=EvalSpec(max_samples=64))
+    assert soup.scores[vits[0]] == head and soup.recipe.evaluation.max_samples == 64
 
 
 def test_unsupported_image_dataset_shapes_end_in_a_soup_error(vits, fashion):
@@ -407,6 +411,17 @@ def test_one_channel_models_get_one_channel_images(fashion, tmp_path):
     soup = soup_from_hub(refs, "greedy", eval_dataset=val, output_dir=tmp_path / "soup")
     for ref in refs:
         assert soup.scores[ref] == pytest.approx(_accuracy(ref, *fashion["val"], mode="L"), abs=1e-12)
+
+
+def test_calibration_flags_without_their_partner_are_usage_errors(tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    refs = [str(tmp_path / "never-read-1"), str(tmp_path / "never-read-2")]  # refused before anything is read
+    assert main(["soup", *refs, "--calibration-dataset", "calib/", "--output", str(tmp_path / "o")]) == 2
+    assert "--recompute-batchnorm" in capsys.readouterr().err
+    assert main(["soup", *refs, "--recompute-batchnorm", "--output", str(tmp_path / "o")]) == 2
+    assert "--calibration-dataset" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_eval_dataset_help_documents_image_forms():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .. import constants
 from .safe_files import check_files_inside, copy_inside
 
-__all__ = ["copy_companion_files"]
+__all__ = ["copy_companion_files", "lead_index"]
 
 
 def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, dtype: str | None = None,
@@ -59,3 +59,14 @@ def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, d
         with open(path, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
     return copied
+
+
+def lead_index(weights: Sequence[float], scores: Sequence[float | None] | None = None) -> int:
+    """The ingredient whose image processor a soup ships (and through which a candidate soup is scored): the highest
+    weight; ties go to the better held-out score, then to the earlier ingredient. Never an ingredient with weight 0
+    when another has more."""
+    def key(i: int) -> tuple[float, float, int]:
+        score = scores[i] if scores is not None and scores[i] is not None else float("-inf")
+        return (round(float(weights[i]), 9), float(score), -i)  # type: ignore[arg-type]
+
+    return max(range(len(weights)), key=key)

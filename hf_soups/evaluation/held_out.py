@@ -16,11 +16,10 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .. import constants
-from ..checkpoint.companions import copy_companion_files
+from ..checkpoint.companions import copy_companion_files, lead_index
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan
-from ..processor import lead_index
 from ..recipes import EvalSpec, get_method
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state

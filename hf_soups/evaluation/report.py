@@ -17,6 +17,7 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from .. import constants
+from ..checkpoint.companions import lead_index
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, open_checkpoint
 from ..errors import EvaluationError
 from ..merge.ops import weighted_sum
@@ -364,12 +365,13 @@ def evaluate_soup(
                     predictions[s][name] = ev.predictions(mean)
         if "uniform_soup" in wanted:
             model = holder.load_plan(plan, readers)  # the uniform soup, exactly as the engine computes it
+            lead = lead_index(plan.weights)  # the ingredient whose image processor the uniform soup ships
             if record is not None:
                 for s in sets:
-                    score(s, f"uniform_soup{suffix}", model, by=0)
-                model = recalibrated(dirs[0])  # a uniform soup ships its first ingredient's processor
+                    score(s, f"uniform_soup{suffix}", model, by=lead)
+                model = recalibrated(dirs[lead])
             for s in sets:
-                score(s, "uniform_soup", model, by=0)
+                score(s, "uniform_soup", model, by=lead)
         soup_state = None
         if label in wanted and label != "uniform_soup" or wise:
             soup_state = checkpoint_float_state(stack.enter_context(open_checkpoint(soup.output_dir,
