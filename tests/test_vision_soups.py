@@ -283,6 +283,21 @@ def test_recalibration_is_recorded_replayed_bit_for_bit_and_compared_like_for_li
     assert "were recalibrated the same way" in card and "is the BatchNorm calibration set" not in card
 
 
+def test_recalibration_keeps_the_soup_dtype_and_its_other_files(resnets, fashion, tmp_path):
+    from hf_soups import MergeOptions
+
+    soup = soup_from_hub(resnets, output_dir=tmp_path / "soup", merge_options=MergeOptions(dtype="bfloat16"))
+    before = state_dict_of(soup.output_dir)
+    soup.recompute_batchnorm(to_dataset(*fashion["test"]), batch_size=32)
+    after = state_dict_of(soup.output_dir)
+    assert {t.dtype for t in after.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert [k for k in before if not torch.equal(before[k], after[k])] and all(
+        torch.equal(before[k], after[k]) for k in before if not k.endswith(("running_mean", "running_var",
+                                                                             "num_batches_tracked")))
+    assert (tmp_path / "soup" / "preprocessor_config.json").is_file()
+    assert "batchnorm:" in (tmp_path / "soup" / "recipe.yaml").read_text()
+
+
 def test_calibrating_on_a_reported_set_is_flagged_and_recorded_paths_replay(resnets, fashion, tmp_path):
     from huggingface_hub import ModelCard
 
@@ -346,6 +361,10 @@ def test_imagefolder_with_class_names_in_another_order_scores_as_the_ordered_set
         score = _score(vits[0], folder_ds)
     assert "mapped by name" in caplog.text
     assert score == _score(vits[0], to_dataset(x, y)) == pytest.approx(_accuracy(vits[0], x, y), abs=1e-12)
+    # a csv listing the image files (paths relative to the csv) with string labels scores the same
+    rows = [f"images/{LABELS[label]}/{k:04d}.png,{LABELS[label]}" for k, label in enumerate(y)]
+    (tmp_path / "images.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    assert _score(vits[0], load_eval_dataset(str(tmp_path / "images.csv"))) == score
     # the same via soup_from_hub with the folder path (greedy scores every ingredient on it)
     soup = soup_from_hub(vits[:2], "greedy", eval_dataset=str(tmp_path / "images"), output_dir=tmp_path / "soup")
     assert soup.scores[vits[0]] == score

@@ -29,7 +29,7 @@ from .data import as_eval_dataset
 from .images import image_batches
 
 __all__ = ["recompute_batchnorm", "replay_batchnorm", "recalibrate_checkpoint", "recalibrate", "calibration_batches",
-           "load_calibration_data", "batchnorm_layers", "batchnorm_state", "is_calibration_set"]
+           "load_calibration_data", "batchnorm_layers", "is_calibration_set"]
 
 
 def batchnorm_layers(model: Any) -> list[torch.nn.Module]:
@@ -221,15 +221,3 @@ def is_calibration_set(dataset: Any, calibration_data: Any, record: BatchNormCal
         return True
     return isinstance(dataset, (str, os.PathLike)) and record.recorded and os.fspath(dataset) == record.dataset
 
-
-def batchnorm_state(model: Any) -> dict[str, torch.Tensor]:
-    """Copies of the floating BatchNorm buffers (running statistics) of `model`, by state-dict name."""
-    names = {id(m) for m in batchnorm_layers(model)}
-    out = {}
-    for prefix, module in model.named_modules():
-        if id(module) in names:
-            for buf in ("running_mean", "running_var"):
-                t = getattr(module, buf, None)
-                if t is not None:
-                    out[f"{prefix}.{buf}" if prefix else buf] = t.detach().clone()
-    return out

@@ -117,12 +117,13 @@ class SoupReport:
             cell += f" (Δ {d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
         return cell
 
-    def to_markdown(self) -> str:
-        """A markdown table: one row per method, one column per set; each cell the score, its confidence interval
-        and its difference to the best individual with the paired interval of that difference."""
+    def to_markdown(self, methods: Sequence[str] | None = None) -> str:
+        """A markdown table: one row per method (those of `methods`, in that order, when given), one column per set;
+        each cell the score, its confidence interval and its difference to the best individual with the paired
+        interval of that difference."""
         sets = list(self.results)
         lines = [f"| method | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
-        for m in self.methods:
+        for m in self.methods if methods is None else methods:
             lines.append(f"| {m} | {' | '.join(self._cell(s, m) for s in sets)} |")
         return "\n".join(lines)
 
