@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-#: Notebooks committed with their outputs (the vision notebook's outputs are to follow).
-WITH_OUTPUTS = {"text_classification_soup.ipynb"}
+#: Notebooks committed with their outputs.
+WITH_OUTPUTS = {"text_classification_soup.ipynb", "vision_soup.ipynb"}
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 
 
