@@ -146,13 +146,12 @@ class Evaluator:
         nbytes = 0
         for b in my_share(range(len(self.batches))):
             idx, inputs = self.batches[b]
-            if device.type == "cpu":
-                yield idx, inputs
-                continue
-            moved = (idx, {k: v.to(device, non_blocking=True) for k, v in inputs.items()})
-            nbytes += sum(v.numel() * v.element_size() for v in inputs.values())
-            kept = kept + [moved] if kept is not None and nbytes <= _DEVICE_CACHE_BYTES else None
-            yield moved
+            if device.type != "cpu":
+                nbytes += sum(v.numel() * v.element_size() for v in inputs.values())
+                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                kept = kept + [(idx, inputs)] if kept is not None and nbytes <= _DEVICE_CACHE_BYTES else None
+            yield idx, inputs
+            del inputs  # the next batch is prepared without this one alive
         if kept is not None and device.type != "cpu":
             self._device_batches, self._device_batch_device = kept, device
 
@@ -175,6 +174,7 @@ class Evaluator:
             for idx, inputs in self._inputs(device):
                 outputs.append(model(**inputs).logits.float())
                 indices.append(idx)
+                del inputs  # (image batches: preprocessed per batch, so only one is alive at a time)
         out = torch.zeros(len(self), int(model.config.num_labels))
         if outputs:
             out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
