@@ -65,7 +65,7 @@ fi
 
 if has startup; then  # whole-process CLI walls, alternating: cold and warm architecture cache, mergekit-yaml
     echo "== CLI start-up ($(left) s left)"
-    timeout 150 python3 benchmarks/startup.py --output "$OUT/startup.json" > "$OUT/startup.log" 2>&1
+    timeout 150 python3 benchmarks/startup.py --rounds 3 --output "$OUT/startup.json" > "$OUT/startup.log" 2>&1
     tail -12 "$OUT/startup.log"
 fi
 
