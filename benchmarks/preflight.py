@@ -31,7 +31,7 @@ def main() -> None:
     from science_text import minilm_dir
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hf_soups import IncompatibleIngredientsError, soup_from_hub
+    from hf_soups import IncompatibleIngredientsError, MergeOptions, soup_from_hub
     from hf_soups.testing.hub import LoopbackHub
 
     work = tempfile.mkdtemp(prefix="hf-soups-preflight-")
@@ -49,8 +49,8 @@ def main() -> None:
             sizes[f"bench/minilm-{labels}-labels"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         hub.reset_counters()
         try:
-            soup_from_hub(["bench/minilm-2-labels", "bench/minilm-3-labels"], progress=False,
-                          cache_dir=os.path.join(work, "cache"))
+            soup_from_hub(["bench/minilm-2-labels", "bench/minilm-3-labels"], cache_dir=os.path.join(work, "cache"),
+                          merge_options=MergeOptions(progress=False))
             raise SystemExit("expected an incompatible verdict")
         except IncompatibleIngredientsError as e:
             verdict = str(e).splitlines()[1].strip()

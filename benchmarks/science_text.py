@@ -125,7 +125,7 @@ def main() -> None:
     t0 = time.time()
     from huggingface_hub import HfApi
 
-    from hf_soups import find_ingredients, soup_from_hub
+    from hf_soups import MergeOptions, find_ingredients, soup_from_hub
     from hf_soups.plots import plot_soup
     from hf_soups.testing.hub import LoopbackHub
 
@@ -160,9 +160,10 @@ def main() -> None:
         out = os.path.join(workdir, "soups")
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(workdir, "hf-cache")
-        kw = dict(eval_dataset=data["val"], cache_dir=cache, progress=False, base_model="sentence-transformers/all-MiniLM-L6-v2")
+        quiet = MergeOptions(progress=False, base_model=MINILM)
+        kw = dict(eval_dataset=data["val"], cache_dir=cache, merge_options=quiet)
         uniform = soup_from_hub(refs, method="uniform", output_dir=os.path.join(out, "uniform"), cache_dir=cache,
-                                progress=False)
+                                merge_options=quiet)
         t = time.time()
         greedy = soup_from_hub(refs, method="greedy", output_dir=os.path.join(out, "greedy"), **kw)
         greedy_seconds = time.time() - t

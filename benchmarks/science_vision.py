@@ -37,7 +37,7 @@ def main() -> None:
     args.n_train = args.n_train or (3000 if efficientnet else 6000)
     args.epochs = args.epochs or (2 if efficientnet else 4)
 
-    from hf_soups import soup_from_hub
+    from hf_soups import MergeOptions, soup_from_hub
     from hf_soups.plots import plot_soup
 
     t0 = time.time()
@@ -56,7 +56,7 @@ def main() -> None:
                               lr=lr, seed=seed, epochs=args.epochs))
         print(f"[{time.time() - t0:5.0f}s] trained {name}", flush=True)
     greedy = soup_from_hub(refs, method="greedy", eval_dataset=sets["val"], output_dir=os.path.join(work, "soup"),
-                           progress=False)
+                           merge_options=MergeOptions(progress=False))
     report = greedy.evaluate(sets, held_out="val")
     ood = [k for k in sets if k.startswith("ood_")]
     os.makedirs(RESULTS, exist_ok=True)
