@@ -124,6 +124,15 @@ def run_process(cmd: list[str], env: dict[str, str], cgroup: str | None = None) 
     return result
 
 
+def contender_env(shard: str, cache: str) -> dict[str, str]:
+    """Every contender's environment: offline, quiet, this checkout's hf_soups first (also under an editable install),
+    and an architecture cache of this run's own, emptied here."""
+    shutil.rmtree(cache, ignore_errors=True)
+    return {**os.environ, "BENCH_SHARD_SIZE": shard, "BENCH_DTYPE": "float32", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_XET": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p), "HF_SOUPS_CACHE": cache}
+
+
 def contender(python: str, name: str, out: str, inputs: list[str], env: dict[str, str],
               cgroup: str | None = None) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
@@ -255,12 +264,7 @@ def main() -> None:
     path = lambda size, dtype, i: ckpt_path(args.workdir, size, dtype, args.shard_size, i)  # noqa: E731
     inputs = [path(args.size, "float32", i) for i in range(args.k)]
     one_model = model_bytes(inputs[0])
-    env = {**os.environ, "BENCH_SHARD_SIZE": args.shard_size, "BENCH_DTYPE": "float32",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "HF_HUB_DISABLE_XET": "1",  # this checkout's hf_soups first, also under an editable install
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
-           "HF_SOUPS_CACHE": os.path.join(args.workdir, "hf_soups-cache")}  # the architecture cache, own to this run
-    shutil.rmtree(env["HF_SOUPS_CACHE"], ignore_errors=True)
+    env = contender_env(args.shard_size, os.path.join(args.workdir, "hf_soups-cache"))
     py = sys.executable
     mergekit_py = os.path.join(MERGEKIT_BIN, "python")
     cuda = subprocess.run([py, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,

@@ -13,12 +13,12 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 
-from merge import BIN, HERE, MERGEKIT_BIN, ROOT, ckpt_path, cli_hf_soups, cli_mergekit, contender, run_process, warm
+from merge import (BIN, HERE, MERGEKIT_BIN, ckpt_path, cli_hf_soups, cli_mergekit, contender, contender_env,
+                   run_process, warm)
 
 
 def main() -> None:
@@ -34,12 +34,7 @@ def main() -> None:
                     args.size, "float32", shard, str(args.k)], check=True, capture_output=True)
     inputs = [ckpt_path(args.workdir, args.size, "float32", shard, i) for i in range(args.k)]
     warm(inputs)
-    cache = os.path.join(args.workdir, "startup-cache")
-    shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "BENCH_SHARD_SIZE": shard, "BENCH_DTYPE": "float32", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_XET": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
-           "HF_SOUPS_CACHE": cache}
+    env = contender_env(shard, os.path.join(args.workdir, "startup-cache"))
     out = os.path.join(args.workdir, "startup-out")
     runners = {
         "work": lambda: contender(sys.executable, "hf_soups", out, inputs, env),
