@@ -10,13 +10,14 @@ where cgroups are not writable). Medians and ratios land in benchmarks/results/m
 the README's performance tables from it.
 
 Usage:
-    python benchmarks/merge.py [--k 4] [--size large] [--shard-size 500MB] [--rounds 3] [--readme]
+    python benchmarks/merge.py [--k 4] [--size large] [--shard-size 500MB] [--rounds 5] [--readme]
     make bench-setup   # once: mergekit 0.1.5 in its own venv (.venv-mergekit), since its pins differ
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -104,6 +105,7 @@ def run_process(cmd: list[str], env: dict[str, str], cgroup: str | None = None) 
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
 
+    os.sync()  # no contender pays for the write-back of an earlier one's output (it throttles writers for seconds)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
                             preexec_fn=enter_cgroup if cgroup else None)
@@ -177,7 +179,24 @@ def compare_outputs(a: str, b: str) -> dict[str, float]:
 
 
 def warm(paths: list[str]) -> None:
-    for p in paths:  # warm the page cache: every contender reads from memory
+    """Put `paths` (checkpoint directories) in the page cache and evict every other checkpoint of the work
+    directory: every contender reads from memory, and the kernel reclaims nothing of `paths` while one writes its
+    output (freshly read pages sit on the inactive list, reclaimed before the other sets' older, active pages).
+    Outputs stay: each contender deletes its own right before it runs."""
+    keep = {os.path.abspath(p) for p in paths}
+    workdir = os.path.dirname(next(iter(keep)))
+    for other in glob.glob(os.path.join(workdir, "ckpt-*")):
+        if os.path.abspath(other) not in keep and os.path.isdir(other):
+            for f in os.listdir(other):
+                if not os.path.isfile(os.path.join(other, f)):
+                    continue
+                fd = os.open(os.path.join(other, f), os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)  # (dirty pages cannot be dropped)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+    for p in paths:
         for f in os.listdir(p):
             with open(os.path.join(p, f), "rb") as fh:
                 while fh.read(64 << 20):
@@ -224,9 +243,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--size", choices=sorted(SIZES), default="large")
     parser.add_argument("--shard-size", default="500MB")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-ks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--sweep", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--memory-size", choices=sorted(SIZES), default="base",
+                        help="model size of the private-memory runs (K=8 BERT-large in fp32 and bf16 is 16 GB more "
+                             "of checkpoints than this machine's disk holds beside the rest)")
     parser.add_argument("--sweep-size", choices=sorted(SIZES), default="base",
                         help="model size of the K sweep (16 BERT-large copies do not fit this machine's page cache)")
     parser.add_argument("--cgroup-size", choices=sorted(SIZES), default="large",
@@ -249,9 +271,10 @@ def main() -> None:
         return
     os.makedirs(args.workdir, exist_ok=True)
     memory_ks = [] if "memory" in args.skip else args.memory_ks  # generate only what the parts run will read
-    sets = {("float32", args.size): max([args.k, *memory_ks])}
+    sets = {("float32", args.size): args.k}
     if memory_ks:
-        sets[("bfloat16", args.size)] = max(memory_ks)
+        sets[("float32", args.memory_size)] = max(sets.get(("float32", args.memory_size), 0), *memory_ks)
+        sets[("bfloat16", args.memory_size)] = max(memory_ks)
     if "sweep" not in args.skip:
         sets[("float32", args.sweep_size)] = max(sets.get(("float32", args.sweep_size), 0), *args.sweep)
     if "cgroup" not in args.skip:
@@ -299,13 +322,19 @@ def main() -> None:
         runners["import_torch"] = lambda: run_process([py, "-c", "import torch"], env)
         runners["import_hf_soups"] = lambda: run_process([py, "-c", "import hf_soups"], env)
         runners["help"] = lambda: run_process([os.path.join(BIN, "hf-soups"), "--help"], env)
-    warm(inputs)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
-    for r in range(args.rounds):
+    # Round 0 is a warm-up, not recorded: from round 1 on, every contender that writes deletes its previous output
+    # right before it runs, so each one writes into just-freed memory (on a VM fresh pages can cost several times
+    # more to fill), and none runs in a first-round condition of its own.
+    for r in range(args.rounds + 1):
         for name, run in runners.items():
+            warm(inputs)  # the inputs stay cached for everyone (naive's GBs of private memory evict page cache)
             res = run()
+            if r == 0:
+                print(f"  warm-up {name:15s} wall {res['wall']:7.2f}s", flush=True)
+                continue
             runs[name].append(res)
-            print(f"  round {r + 1} {name:15s} wall {res['wall']:7.2f}s"
+            print(f"  round {r} {name:15s} wall {res['wall']:7.2f}s"
                   + (f"  work {res['work']:7.2f}s  private growth {res['anon_growth'] / 2**20:8.1f} MiB"
                      if "work" in res else ""), flush=True)
     summary = {}
@@ -320,12 +349,12 @@ def main() -> None:
         if other in runners:
             checks[other] = compare_outputs(f"{work}-hf_soups", f"{work}-{other}")
 
-    # 2. Private memory at several K, fp32 and bf16 (BERT-large).
+    # 2. Private memory at several K, fp32 and bf16 (--memory-size).
     memory: dict[str, dict[str, float]] = {}
     if "memory" not in args.skip:
         for dtype in ("float32", "bfloat16"):
             for k in args.memory_ks:
-                ks = [path(args.size, dtype, i) for i in range(k)]
+                ks = [path(args.memory_size, dtype, i) for i in range(k)]
                 warm(ks)
                 res = contender(py, "hf_soups", f"{work}-mem", ks, {**env, "BENCH_DTYPE": dtype})
                 memory[f"{dtype} K={k}"] = {"work_s": res["work"], "anon_growth_bytes": res["anon_growth"],
@@ -458,17 +487,24 @@ def render_tables(result: dict) -> str:
              f"{result['model_bytes'] / 1e9:.2f} GB each, sharded at {result['args']['shard_size']}, warm page cache; "
              f"median of {result['args']['rounds']} alternating rounds; {m['usable_cpus']} CPUs ({m['cpu_model']}), "
              f"{m['device']}.", "",
-             "| contender | work (s) | × floor | × hf_soups | process wall (s) | peak private (MiB) | private growth (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+             "| contender | work (s) | rounds min-max (s) | × floor | × hf_soups | process wall (s) | peak private (MiB) "
+             "| private growth (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    runs = result.get("runs", {})
     for name, v in s.items():
         if "work_s" in v:
-            lines.append(f"| {name} | {v['work_s']:.2f} | {v['work_s'] / floor:.2f} | {v['work_s'] / hf:.2f} | "
+            spread = [r["work"] for r in runs.get(name, [])]
+            shown = f"{min(spread):.2f}-{max(spread):.2f}" if spread else ""
+            lines.append(f"| {name} | {v['work_s']:.2f} | {shown} | {v['work_s'] / floor:.2f} | {v['work_s'] / hf:.2f} | "
                          f"{v['wall_s']:.2f} | {v['peak_anon_bytes'] / 2**20:.0f} | "
                          f"{v['anon_growth_bytes'] / 2**20:.1f} |")
         else:
-            lines.append(f"| {name} (whole process) | | | | {v['wall_s']:.2f} | {v['peak_anon_bytes'] / 2**20:.0f} | |")
+            spread = [r["wall"] for r in runs.get(name, [])]
+            shown = f"{min(spread):.2f}-{max(spread):.2f} (wall)" if spread else ""
+            lines.append(f"| {name} (whole process) | | {shown} | | | {v['wall_s']:.2f} | "
+                         f"{v['peak_anon_bytes'] / 2**20:.0f} | |")
     for note in result["notes"]:
-        lines.append(f"| {note} | | | | | | |")
+        lines.append(f"| {note} | | | | | | | |")
     lines += ["", "| goal | measured | met |", "|---|---|---|"]
     for g in result["goals"]:
         value = g["measured"]
@@ -481,7 +517,8 @@ def render_tables(result: dict) -> str:
             lines.append(f"| {k} | {v['work_s']:.2f} | {v['work_s'] / int(k):.3f} | "
                          f"{v['anon_growth_bytes'] / 2**20:.1f} |")
     if result["memory"]:
-        lines += ["", f"Private memory growth (BERT-{result['args']['size']}):", "",
+        size = result["args"].get("memory_size", result["args"]["size"])  # (older results: one size for both)
+        lines += ["", f"Private memory growth (BERT-{size}):", "",
                   "| run | work (s) | private growth (MiB) |", "|---|---|---|"]
         for name, v in result["memory"].items():
             lines.append(f"| {name} | {v['work_s']:.2f} | {v['anon_growth_bytes'] / 2**20:.1f} |")

@@ -8,31 +8,48 @@ needs from the skeleton (names, shapes, tied groups, the class's ignore patterns
 transformers version, the class and the config, so it is kept as a small JSON file in
 `$HF_HOME/hf_soups/architectures/` (or `$HF_SOUPS_CACHE/architectures/`), keyed by a hash of those three: the next soup
 of the same architecture skips the import. Set `HF_SOUPS_ARCH_CACHE=0` to turn the cache off.
+
+The first soup of an architecture still needs the build. The CLI starts it in a helper process ([`prefetch`],
+`python -m hf_soups.architecture`) before it imports torch, so that import overlaps the CLI's own start-up and its
+merge on another core; the check then waits for the helper's cache entry (or builds in-process if the helper
+failed). This module imports neither torch nor transformers until a build is needed.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import re
+import signal
+import stat
+import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import constants
-from .checkpoint.format import TensorInfo
-from .compat import Problem
 
-__all__ = ["ExpectedArchitecture", "expected_architecture", "architecture_problems"]
+if TYPE_CHECKING:
+    from .checkpoint.format import TensorInfo
+    from .compat import Problem
+
+__all__ = ["ExpectedArchitecture", "expected_architecture", "architecture_problems", "prefetch"]
 
 logger = logging.getLogger(__name__)
 
 _LEGACY = ((".gamma", ".weight"), (".beta", ".bias"))
 _CACHE_FORMAT = 1
 _MAX_CACHE_FILE = 64 * 1024 * 1024  # a cache entry larger than this is not ours: ignored
+_MAX_CONFIG_FILE = 16 * 1024 * 1024  # (checkpoint.meta's limit for small files)
+_PREFETCH_WAIT_S = 300.0
+_pending: dict[str, subprocess.Popen] = {}  # cache path -> the helper process building it
+_pending_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,10 @@ def expected_architecture(config: Mapping[str, Any]) -> ExpectedArchitecture | N
     cached = _read_cache(path) if path else None
     if cached is not None:
         return cached
+    if path and _wait_for_helper(path):
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
     built = _build(config)
     if built is not None and path:
         _write_cache(path, built)
@@ -186,6 +207,8 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
         `list[Problem]`: errors for tensors the model does not know (e.g. renamed), expected tensors that are missing
         (tied weights stored once are fine) and shape mismatches; a warning when the model cannot be built.
     """
+    from .compat import Problem
+
     arch = expected_architecture(config)
     if arch is None:
         return [Problem(name, "architecture", f"could not instantiate {config.get('architectures')} from its config "
@@ -222,3 +245,106 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
             problems.append(Problem(name, f"tensor {n}", f"shape {list(info.shape)} but the config implies "
                                     f"{list(expected[n])}.", "fix config.json or re-export the checkpoint."))
     return problems
+
+
+def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
+    """Start building, in a helper process, the expected architectures of these `config.json` files that the cache
+    lacks; returns how many configs the helper builds (0: all cached, cache off, or nothing readable).
+
+    Called by the CLI before it imports torch: the helper's imports (transformers' modeling code, seconds) then run
+    beside the CLI's own. [`expected_architecture`] waits for the helper's entry instead of building it again. The
+    files are read like `checkpoint.meta` reads them (regular files, not links, size-capped); anything unusual is
+    skipped here and left to the check's own reading. The helper receives the configs' contents, never a path, and
+    is stopped (its temporary cache file removed) if this process exits first.
+    """
+    todo: dict[str, dict[str, Any]] = {}
+    for config_path in config_paths:
+        config = _read_config_quietly(os.fspath(config_path))
+        if config is None or not config.get("architectures"):
+            continue
+        path = _cache_path(config)
+        if path is None:
+            return 0
+        with _pending_lock:
+            busy = path in _pending
+        if not busy and not os.path.exists(path):
+            todo.setdefault(path, config)
+    if not todo:
+        return 0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "hf_soups.architecture"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(list(todo.values())).encode())
+        proc.stdin.close()
+    except OSError as e:  # no helper: the check builds in-process, as without the CLI
+        logger.debug("architecture prefetch not started: %s", e)
+        return 0
+    with _pending_lock:
+        for path in todo:
+            _pending[path] = proc
+    return len(todo)
+
+
+def _read_config_quietly(path: str) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_CONFIG_FILE:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            config = json.loads(f.read(_MAX_CONFIG_FILE + 1))
+        return config if isinstance(config, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _wait_for_helper(path: str) -> bool:
+    """Wait for the helper building `path`, if any; `True` when one ran to success."""
+    with _pending_lock:
+        proc = _pending.pop(path, None)
+    if proc is None:
+        return False
+    try:
+        return proc.wait(timeout=_PREFETCH_WAIT_S) == 0
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # the helper turns SIGTERM into SystemExit: its temporary cache file is removed
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@atexit.register
+def _stop_helpers() -> None:
+    with _pending_lock:
+        procs = set(_pending.values())
+        _pending.clear()
+    for proc in procs:
+        _stop(proc)
+
+
+def _helper() -> int:
+    """`python -m hf_soups.architecture`: build and cache the expected architecture of each config on stdin."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    configs = json.loads(sys.stdin.buffer.read(_MAX_CONFIG_FILE * 4 + 1))
+    ok = True
+    for config in configs if isinstance(configs, list) else []:
+        if isinstance(config, dict):
+            ok = expected_architecture(config) is not None and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_helper())

@@ -75,8 +75,12 @@ def is_legacy_buffer(name: str) -> bool:
 
 
 def chunk_elements() -> int:
-    """Elements per merge chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 1M: 4 MB of fp32, cache-friendly per thread)."""
-    return int(os.environ.get("HF_SOUPS_CHUNK_ELEMENTS", 1024 * 1024))
+    """Elements per merge chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 256Ki: 1 MiB of fp32).
+
+    A chunk's fp32 accumulator fits a core's L2 cache, so the write that follows the kernel copies it from the cache
+    rather than from memory (4 MiB chunks measured 1.5-2x slower end to end on a 2-core machine).
+    """
+    return max(1, int(os.environ.get("HF_SOUPS_CHUNK_ELEMENTS", 256 * 1024)))
 
 
 def merge_threads() -> int:

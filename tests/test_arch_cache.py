@@ -94,3 +94,77 @@ def test_a_warm_uniform_soup_does_not_import_transformers_modeling(tmp_path):
                for k in soup}
         assert all(torch.equal(soup[k], ref[k]) for k in soup)
     assert seen == ["True", "False"]  # the first soup built the meta model; the second read the cache
+
+
+def _config(directory):
+    with open(os.path.join(directory, "config.json")) as f:
+        return json.load(f)
+
+
+def test_prefetch_builds_in_a_helper_process_and_the_check_waits_for_it(tmp_path, monkeypatch):
+    """The CLI's head start: the helper process writes the entry; this process reads it and never builds."""
+    from hf_soups import architecture
+
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, b = _pair(tmp_path)
+    assert architecture.prefetch([os.path.join(a, "config.json"), os.path.join(b, "config.json")]) == 1  # one arch
+    monkeypatch.setattr(architecture, "_build", lambda config: (_ for _ in ()).throw(AssertionError("built here")))
+    got = expected_architecture(_config(a))
+    assert got is not None and got.shapes == {n: tuple(t.shape) for n, t in
+                                              load_file(os.path.join(a, "model.safetensors")).items()}
+    assert len(_cache_files(tmp_path / "cache")) == 1 and not architecture._pending
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 0  # cached now: no second helper
+
+
+def test_prefetch_skips_links_and_a_failed_helper_falls_back_to_building_here(tmp_path, monkeypatch):
+    from hf_soups import architecture
+
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, _ = _pair(tmp_path)
+    os.symlink(os.path.join(a, "config.json"), tmp_path / "linked.json")
+    assert architecture.prefetch([str(tmp_path / "linked.json"), str(tmp_path / "absent.json")]) == 0
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))  # the helper cannot start
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 0
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # starts, then fails
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 1
+    assert expected_architecture(_config(a)) == _build(_config(a))  # built in this process instead
+    assert len(_cache_files(tmp_path / "cache")) == 1
+
+
+def test_a_helper_still_running_at_exit_is_stopped_and_leaves_no_temporary_file(tmp_path):
+    a, _ = _pair(tmp_path)
+    probe = textwrap.dedent('''
+        import sys, time
+        from hf_soups import architecture
+        assert architecture.prefetch([sys.argv[1]]) == 1
+        (proc,) = set(architecture._pending.values())
+        print(proc.pid, flush=True)
+    ''')  # exits at once: the helper is still importing transformers
+    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    pid = int(out.split()[0])
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    leftovers = [f for f in _cache_files(tmp_path / "cache") if f.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_cli_soup_leaves_the_cold_build_to_the_helper(tmp_path):
+    """`hf-soups soup` on an uncached architecture: the helper builds the expectation, the CLI process itself never
+    imports transformers' modeling code, and the soup is the mean."""
+    a, b = _pair(tmp_path)
+    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
+    cli = textwrap.dedent('''
+        import sys
+        from hf_soups.cli import main
+        code = main(["soup", *sys.argv[1:3], "--output", sys.argv[3]])
+        print("MODELING", "transformers.modeling_utils" in sys.modules, code)
+    ''')
+    out = subprocess.run([sys.executable, "-c", cli, a, b, str(tmp_path / "soup")], env=env, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    assert out.split("MODELING ")[1].split() == ["False", "0"]
+    assert len(_cache_files(tmp_path / "cache")) == 1
+    soup = load_file(os.path.join(tmp_path / "soup", "model.safetensors"))
+    ref = {k: torch.stack([load_file(os.path.join(d, "model.safetensors"))[k] for d in (a, b)]).mean(0)
+           for k in soup}
+    assert all(torch.equal(soup[k], ref[k]) for k in soup)

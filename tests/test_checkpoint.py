@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from hf_soups import CorruptCheckpointError, NoSafetensorsError, UnsafeCheckpointError
 from hf_soups.checkpoint import ShardedSafetensorsWriter, open_checkpoint
@@ -87,6 +87,31 @@ def test_writer_roundtrip_with_safetensors(tmp_path, shard):
     assert set(seen) == set(tensors)
     for k, t in tensors.items():
         assert seen[k].dtype == t.dtype and torch.equal(seen[k], t)
+
+
+@pytest.mark.parametrize("shard", ["1KB", "10GB"])
+def test_writer_places_chunks_from_many_threads_in_any_order(tmp_path, shard):
+    """Chunks written with `start`, shuffled, from eight threads at once (positional writes, no shared file
+    position) land where safetensors' own loader reads them."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {f"t{i}": torch.randn(37 + i, 11, generator=g).to(dtype)
+               for i, dtype in enumerate([torch.float32, torch.bfloat16, torch.float16] * 4)}
+    writer = ShardedSafetensorsWriter(str(tmp_path), [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()],
+                                      max_shard_size=shard)
+    chunks = [(n, s) for n, t in tensors.items() for s in range(0, t.numel(), 13)]
+    random.Random(0).shuffle(chunks)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: writer.write(c[0], tensors[c[0]].reshape(-1)[c[1] : c[1] + 13], start=c[1]), chunks))
+    files = writer.close()
+    seen = {}
+    for file in files:
+        if file.endswith(".safetensors"):
+            seen.update(load_file(tmp_path / file))
+    assert set(seen) == set(tensors)
+    assert all(seen[k].dtype == t.dtype and torch.equal(seen[k], t) for k, t in tensors.items())
 
 
 def test_writer_rejects_out_of_order(tmp_path):

@@ -148,9 +148,7 @@ class ShardedSafetensorsWriter:
         handle = self._handle(index)
         if nbytes:
             data = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
-            with self._locks[index]:
-                handle.seek(offset + begin)
-                _write_all(handle, data)
+            _pwrite_all(handle, data, offset + begin, self._locks[index])
             with self._open_lock:
                 self._written += nbytes
         if start is None:
@@ -194,6 +192,24 @@ def _write_all(handle: io.RawIOBase, data: bytes | memoryview) -> None:
         if not n:
             raise OSError(errno.EIO, "short write")
         view = view[n:]
+
+
+def _pwrite_all(handle: io.RawIOBase, data: memoryview, offset: int, lock: threading.Lock) -> None:
+    """Write `data` at `offset`: a positional `pwrite` needs no lock, so threads write one file concurrently (a
+    shared seek position would serialise them); `seek` + `write` under `lock` where `os.pwrite` does not exist."""
+    view = data.cast("B")
+    if not hasattr(os, "pwrite"):  # pragma: no cover - Windows
+        with lock:
+            handle.seek(offset)
+            _write_all(handle, view)
+        return
+    fd = handle.fileno()
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if not n:
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
+        offset += n
 
 
 class _Planned:

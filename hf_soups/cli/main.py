@@ -254,7 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefetch_architectures(refs: Sequence[str]) -> None:
+    """Before torch is imported: start building the architecture check's expectations for local refs whose
+    architecture is not cached yet, in a helper process that runs beside this one (`architecture.prefetch`)."""
+    from ..architecture import prefetch
+
+    dirs = [os.path.expanduser(r) for r in refs]
+    prefetch([os.path.join(d, "config.json") for d in dirs if os.path.isdir(d)])
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    _prefetch_architectures(args.refs)
     from ..api import check_compatibility
 
     report = check_compatibility(args.refs, revision=args.revision, token=args.token, align_labels=args.align_labels,
@@ -295,6 +305,7 @@ def _print_soup(soup: Any) -> None:
 
 
 def _cmd_soup(args: argparse.Namespace) -> int:
+    _prefetch_architectures(args.refs)
     from ..api import soup_from_hub
     from ..merge.options import MergeOptions
     from ..recipes import EvalSpec
