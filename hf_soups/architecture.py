@@ -6,13 +6,14 @@ does not match its own config (a renamed, missing or reshaped tensor) before any
 Building the skeleton means importing transformers' modeling code, which costs seconds of start-up. What the check
 needs from the skeleton (names, shapes, tied groups, the class's ignore patterns) is a pure function of the
 transformers version, the class and the config, so it is kept as a small JSON file in
-`$HF_HOME/hf_soups/architectures/` (or `$HF_SOUPS_CACHE/architectures/`), keyed by a hash of those three: the next soup
-of the same architecture skips the import. Set `HF_SOUPS_ARCH_CACHE=0` to turn the cache off.
+`$HF_HOME/hf_soups/architectures/` (or `$HF_SOUPS_CACHE/architectures/`), keyed by a hash of those three and
+hf_soups' version: the next soup of the same architecture skips the import. `HF_SOUPS_ARCH_CACHE=0` turns the cache
+off.
 
-The first soup of an architecture still needs the build. The CLI starts it in a helper process ([`prefetch`],
-`python -m hf_soups.architecture`) before it imports torch, so that import overlaps the CLI's own start-up and its
-merge on another core; the check then waits for the helper's cache entry (or builds in-process if the helper
-failed). This module imports neither torch nor transformers until a build is needed.
+The first soup of an architecture still needs the build. The CLI starts it in a helper Python process ([`prefetch`])
+before it imports torch, so that the helper's imports overlap the CLI's own start-up and merge on another core; the
+check then waits for the helper's cache entry (or builds in-process if the helper wrote none). This module imports
+neither torch nor transformers until a build is needed.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def _cache_path(config: Mapping[str, Any]) -> str | None:
         return None
     volatile = {"_name_or_path", "transformers_version", "auto_map"}
     key = json.dumps({"transformers": transformers_version, "format": _CACHE_FORMAT,
+                      "hf_soups": constants.VERSION,  # (the build itself may change between releases)
                       "config": {k: v for k, v in config.items() if k not in volatile}},
                      sort_keys=True, default=str)
     root = os.environ.get("HF_SOUPS_CACHE")
@@ -157,13 +159,15 @@ def _read_cache(path: str) -> ExpectedArchitecture | None:
 def _write_cache(path: str, expected: ExpectedArchitecture) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(expected.to_json(), f)
             os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one
         except BaseException:
-            os.unlink(tmp)
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
             raise
     except OSError as e:  # a read-only or full cache only costs the next run its start-up
         logger.debug("cannot write the architecture cache entry %s: %s", path, e)
@@ -179,7 +183,8 @@ def expected_architecture(config: Mapping[str, Any]) -> ExpectedArchitecture | N
     cached = _read_cache(path) if path else None
     if cached is not None:
         return cached
-    if path and _wait_for_helper(path):
+    if path:
+        _wait_for_helper(path)  # a helper started by `prefetch` may be writing this very entry
         cached = _read_cache(path)
         if cached is not None:
             return cached
@@ -252,11 +257,14 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
     lacks; returns how many configs the helper builds (0: all cached, cache off, or nothing readable).
 
     Called by the CLI before it imports torch: the helper's imports (transformers' modeling code, seconds) then run
-    beside the CLI's own. [`expected_architecture`] waits for the helper's entry instead of building it again. The
-    files are read like `checkpoint.meta` reads them (regular files, not links, size-capped); anything unusual is
-    skipped here and left to the check's own reading. The helper receives the configs' contents, never a path, and
-    is stopped (its temporary cache file removed) if this process exits first.
+    beside the CLI's own. [`expected_architecture`] waits for the helper's entry instead of building it again (and
+    builds it itself if the helper wrote none). The files are read like `checkpoint.meta` reads them (regular files,
+    not links, size-capped); anything unusual is skipped here and left to the check's own reading. The helper
+    receives the configs' contents, never a path, runs without the working directory on its import path, and is
+    stopped if this process exits first.
     """
+    if not sys.executable or getattr(sys, "frozen", False):  # no Python to start (embedded or frozen app)
+        return 0
     todo: dict[str, dict[str, Any]] = {}
     for config_path in config_paths:
         config = _read_config_quietly(os.fspath(config_path))
@@ -265,25 +273,38 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
         path = _cache_path(config)
         if path is None:
             return 0
-        with _pending_lock:
-            busy = path in _pending
-        if not busy and not os.path.exists(path):
+        if not os.path.exists(path):
             todo.setdefault(path, config)
-    if not todo:
-        return 0
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "hf_soups.architecture"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(list(todo.values())).encode())
-        proc.stdin.close()
-    except OSError as e:  # no helper: the check builds in-process, as without the CLI
-        logger.debug("architecture prefetch not started: %s", e)
-        return 0
-    with _pending_lock:
+    with _pending_lock:  # reserve the paths: a concurrent prefetch of the same architecture starts no second helper
+        todo = {path: config for path, config in todo.items() if path not in _pending}
+        if not todo:
+            return 0
+        proc = _start_helper(list(todo.values()))
+        if proc is None:
+            return 0
         for path in todo:
             _pending[path] = proc
     return len(todo)
+
+
+def _start_helper(configs: list[dict[str, Any]]) -> subprocess.Popen | None:
+    command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c",
+               "import sys; sys.path.pop(0); from hf_soups.architecture import _helper; sys.exit(_helper())"]
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True)
+    except (OSError, ValueError, TypeError) as e:  # no helper: the check builds in-process, as without the CLI
+        logger.debug("architecture prefetch not started: %s", e)
+        return None
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(configs).encode())
+        proc.stdin.close()
+    except OSError as e:  # the helper died at once (broken pipe): reap it
+        logger.debug("architecture prefetch failed: %s", e)
+        _stop(proc)
+        return None
+    return proc
 
 
 def _read_config_quietly(path: str) -> dict[str, Any] | None:
@@ -304,26 +325,35 @@ def _read_config_quietly(path: str) -> dict[str, Any] | None:
         os.close(fd)
 
 
-def _wait_for_helper(path: str) -> bool:
-    """Wait for the helper building `path`, if any; `True` when one ran to success."""
+def _wait_for_helper(path: str) -> None:
+    """Wait for the helper building `path`, if any (every thread asking for it waits for the same helper)."""
     with _pending_lock:
-        proc = _pending.pop(path, None)
+        proc = _pending.get(path)
     if proc is None:
-        return False
+        return
     try:
-        return proc.wait(timeout=_PREFETCH_WAIT_S) == 0
+        proc.wait(timeout=_PREFETCH_WAIT_S)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        return False
+    with _pending_lock:
+        if _pending.get(path) is proc:
+            del _pending[path]
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
     if proc.poll() is None:
         proc.terminate()  # the helper turns SIGTERM into SystemExit: its temporary cache file is removed
         try:
             proc.wait(timeout=10)
+            return
         except subprocess.TimeoutExpired:
             proc.kill()
+    proc.wait()
 
 
 @atexit.register
@@ -336,15 +366,9 @@ def _stop_helpers() -> None:
 
 
 def _helper() -> int:
-    """`python -m hf_soups.architecture`: build and cache the expected architecture of each config on stdin."""
+    """The helper process: build and cache the expected architecture of each config read from stdin."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    configs = json.loads(sys.stdin.buffer.read(_MAX_CONFIG_FILE * 4 + 1))
-    ok = True
-    for config in configs if isinstance(configs, list) else []:
-        if isinstance(config, dict):
-            ok = expected_architecture(config) is not None and ok
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_helper())
+    configs = json.loads(sys.stdin.buffer.read())
+    built = [expected_architecture(c) is not None for c in configs if isinstance(c, dict)] \
+        if isinstance(configs, list) else []
+    return 0 if built and all(built) else 1

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -101,6 +102,14 @@ def _config(directory):
         return json.load(f)
 
 
+@pytest.fixture(autouse=True)
+def _no_helper_survives_a_test():
+    yield
+    from hf_soups import architecture
+
+    architecture._stop_helpers()
+
+
 def test_prefetch_builds_in_a_helper_process_and_the_check_waits_for_it(tmp_path, monkeypatch):
     """The CLI's head start: the helper process writes the entry; this process reads it and never builds."""
     from hf_soups import architecture
@@ -125,28 +134,31 @@ def test_prefetch_skips_links_and_a_failed_helper_falls_back_to_building_here(tm
     assert architecture.prefetch([str(tmp_path / "linked.json"), str(tmp_path / "absent.json")]) == 0
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))  # the helper cannot start
     assert architecture.prefetch([os.path.join(a, "config.json")]) == 0
-    monkeypatch.setattr(sys, "executable", "/bin/false")  # starts, then fails
+    failing = tmp_path / "failing-python"  # starts, reads the configs, writes nothing, fails
+    failing.write_text("#!/bin/sh\ncat > /dev/null\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(failing))
     assert architecture.prefetch([os.path.join(a, "config.json")]) == 1
     assert expected_architecture(_config(a)) == _build(_config(a))  # built in this process instead
-    assert len(_cache_files(tmp_path / "cache")) == 1
+    assert len(_cache_files(tmp_path / "cache")) == 1 and not architecture._pending
 
 
-def test_a_helper_still_running_at_exit_is_stopped_and_leaves_no_temporary_file(tmp_path):
+def test_a_helper_still_running_at_exit_is_stopped(tmp_path):
     a, _ = _pair(tmp_path)
     probe = textwrap.dedent('''
-        import sys, time
+        import sys
         from hf_soups import architecture
         assert architecture.prefetch([sys.argv[1]]) == 1
         (proc,) = set(architecture._pending.values())
         print(proc.pid, flush=True)
-    ''')  # exits at once: the helper is still importing transformers
+    ''')  # exits at once, while the helper is still importing transformers (seconds)
     env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout
     pid = int(out.split()[0])
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-    leftovers = [f for f in _cache_files(tmp_path / "cache") if f.startswith(".tmp-")]
-    assert leftovers == []
+    with pytest.raises(ProcessLookupError):  # stopped and reaped by the exiting process, not orphaned
+        os.kill(pid, 0)
+    assert _cache_files(tmp_path / "cache") == []
 
 
 def test_cli_soup_leaves_the_cold_build_to_the_helper(tmp_path):

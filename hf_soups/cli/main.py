@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _prefetch_architectures(refs: Sequence[str]) -> None:
     """Before torch is imported: start building the architecture check's expectations for local refs whose
     architecture is not cached yet, in a helper process that runs beside this one (`architecture.prefetch`)."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # under `accelerate launch`, one helper per machine
+        return
     from ..architecture import prefetch
 
     dirs = [os.path.expanduser(r) for r in refs]
