@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 _LEGACY = ((".gamma", ".weight"), (".beta", ".bias"))
 _CACHE_FORMAT = 1
 _MAX_CACHE_FILE = 64 * 1024 * 1024  # a cache entry larger than this is not ours: ignored
-_MAX_CONFIG_FILE = 16 * 1024 * 1024  # (checkpoint.meta's limit for small files)
+_MAX_CONFIG_FILE = 16 * 1024 * 1024  # larger configs (rare) are left to the check's own reading
 _PREFETCH_WAIT_S = 300.0
 _pending: dict[str, subprocess.Popen] = {}  # cache path -> the helper process building it
 _pending_lock = threading.Lock()
@@ -88,8 +88,8 @@ def _build(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
     from accelerate import init_empty_weights
 
     archs = config.get("architectures") or []
-    cls = getattr(transformers, archs[0], None) if archs else None
-    if cls is None or not hasattr(cls, "config_class"):
+    cls = _model_class(config)
+    if cls is None:
         return None
     try:
         cfg = transformers.AutoConfig.for_model(**{k: v for k, v in config.items() if k != "auto_map"})
@@ -119,6 +119,15 @@ def _build(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
     )
 
 
+def _model_class(config: Mapping[str, Any]) -> Any:
+    """The transformers class `architectures[0]` names, or `None` (never remote code)."""
+    import transformers
+
+    archs = config.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    return cls if cls is not None and hasattr(cls, "config_class") else None
+
+
 def _cache_path(config: Mapping[str, Any]) -> str | None:
     """The cache file for this (transformers version, class, config), or `None` when the cache is off."""
     if os.environ.get("HF_SOUPS_ARCH_CACHE", "1").lower() in {"0", "false", "no", "off"}:
@@ -142,55 +151,69 @@ def _cache_path(config: Mapping[str, Any]) -> str | None:
     return os.path.join(root, "architectures", hashlib.sha256(key.encode()).hexdigest() + ".json")
 
 
-def _read_cache(path: str) -> ExpectedArchitecture | None:
+def _read_cache(path: str) -> tuple[bool, ExpectedArchitecture | None]:
+    """`(found, expectation)`: `(True, None)` is a cached "not a transformers class"; `(False, None)` a miss (also
+    for an entry that is corrupt, foreign, or not a regular file: it is rebuilt and replaced)."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False, None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False, None
+        with os.fdopen(os.dup(fd), "rb") as f:
             raw = f.read(_MAX_CACHE_FILE + 1)
         if len(raw) > _MAX_CACHE_FILE:
-            return None
-        return ExpectedArchitecture.from_json(json.loads(raw))
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # corrupt or foreign: rebuilt and rewritten
+            return False, None
+        data = json.loads(raw)
+        if data.get("format") == _CACHE_FORMAT and data.get("unknown_class"):
+            return True, None
+        return True, ExpectedArchitecture.from_json(data)
+    except Exception as e:
         logger.debug("ignoring the architecture cache entry %s: %s", path, e)
-        return None
+        return False, None
+    finally:
+        os.close(fd)
 
 
-def _write_cache(path: str, expected: ExpectedArchitecture) -> None:
+def _write_cache(path: str, entry: dict[str, Any]) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(expected.to_json(), f)
+                json.dump(entry, f)
             os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one
         except BaseException:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
             raise
     except OSError as e:  # a read-only or full cache only costs the next run its start-up
-        logger.debug("cannot write the architecture cache entry %s: %s", path, e)
+        logger.warning("Cannot write the architecture cache entry %s (%s): every soup of this architecture builds "
+                       "it again. Set HF_SOUPS_CACHE to a writable folder (or HF_SOUPS_ARCH_CACHE=0).", path, e)
 
 
 def expected_architecture(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
     """What the config's model expects, from the cache or built on the meta device.
 
-    Returns `None` when the architecture is not a transformers class (remote code is never imported here) or
-    cannot be built (a failed build is not cached).
+    Returns `None` when the architecture is not a transformers class (remote code is never imported here; cached,
+    as that depends only on the key) or cannot be built (not cached: a missing optional dependency may be installed).
     """
     path = _cache_path(config)
-    cached = _read_cache(path) if path else None
-    if cached is not None:
-        return cached
     if path:
-        _wait_for_helper(path)  # a helper started by `prefetch` may be writing this very entry
-        cached = _read_cache(path)
-        if cached is not None:
+        found, cached = _read_cache(path)
+        if not found:
+            _wait_for_helper(path)  # a helper started by `prefetch` may be writing this very entry
+            found, cached = _read_cache(path)
+        if found:
             return cached
     built = _build(config)
-    if built is not None and path:
-        _write_cache(path, built)
+    if path and built is not None:
+        _write_cache(path, built.to_json())
+    elif path and _model_class(config) is None:
+        unknown = str((config.get("architectures") or ["?"])[0])
+        _write_cache(path, {"format": _CACHE_FORMAT, "unknown_class": unknown})
     return built
 
 
@@ -261,7 +284,8 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
     builds it itself if the helper wrote none). The files are read like `checkpoint.meta` reads them (regular files,
     not links, size-capped); anything unusual is skipped here and left to the check's own reading. The helper
     receives the configs' contents, never a path, runs without the working directory on its import path, and is
-    stopped if this process exits first.
+    stopped if this process exits first (on Linux also when it is killed). No helper starts when the cache folder
+    cannot be written.
     """
     if not sys.executable or getattr(sys, "frozen", False):  # no Python to start (embedded or frozen app)
         return 0
@@ -275,6 +299,8 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
             return 0
         if not os.path.exists(path):
             todo.setdefault(path, config)
+    if todo and not _writable(os.path.dirname(next(iter(todo)))):
+        return 0  # the helper's entry could not be kept: the check builds in-process (and says why)
     with _pending_lock:  # reserve the paths: a concurrent prefetch of the same architecture starts no second helper
         todo = {path: config for path, config in todo.items() if path not in _pending}
         if not todo:
@@ -287,9 +313,20 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
     return len(todo)
 
 
+def _writable(folder: str) -> bool:
+    """Whether `folder` (or the nearest existing folder above it, where it would be created) can be written."""
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def _start_helper(configs: list[dict[str, Any]]) -> subprocess.Popen | None:
     command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c",
-               "import sys; sys.path.pop(0); from hf_soups.architecture import _helper; sys.exit(_helper())"]
+               "import sys; sys.path.pop(0); from hf_soups.architecture import _helper; sys.exit(_helper())",
+               str(os.getpid())]
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, close_fds=True)
@@ -368,6 +405,15 @@ def _stop_helpers() -> None:
 def _helper() -> int:
     """The helper process: build and cache the expected architecture of each config read from stdin."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if sys.platform.startswith("linux"):  # a parent killed outright (SIGKILL, SIGTERM) takes the helper with it
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+        if len(sys.argv) > 1 and sys.argv[1].isdigit() and os.getppid() != int(sys.argv[1]):
+            return 1  # the parent was already gone
     configs = json.loads(sys.stdin.buffer.read())
     built = [expected_architecture(c) is not None for c in configs if isinstance(c, dict)] \
         if isinstance(configs, list) else []

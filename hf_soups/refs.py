@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SoupError
+from .errors import IngredientNotFoundError, SoupError
 
 __all__ = ["IngredientRef", "Ingredient", "IngredientMeta"]
 
@@ -50,7 +50,8 @@ class IngredientRef:
                 A revision applied when the reference does not carry its own `@rev`.
 
         Raises:
-            [`SoupError`]: when the reference is neither an existing directory nor a valid repo id.
+            [`IngredientNotFoundError`]: the reference is neither an existing directory nor a valid repo id.
+            [`SoupError`]: an empty revision after `@`.
         """
         if isinstance(ref, IngredientRef):
             return ref
@@ -62,7 +63,7 @@ class IngredientRef:
             from .validation import mask_secrets
 
             shown = mask_secrets(text)
-            raise SoupError(
+            raise IngredientNotFoundError(
                 f"'{shown}' is neither an existing local directory nor a Hub repo id.",
                 ingredient=shown,
                 fix="pass a repo id like 'user/model', 'user/model@v1', or the path of a saved checkpoint.",

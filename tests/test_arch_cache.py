@@ -180,3 +180,67 @@ def test_cli_soup_leaves_the_cold_build_to_the_helper(tmp_path):
     ref = {k: torch.stack([load_file(os.path.join(d, "model.safetensors"))[k] for d in (a, b)]).mean(0)
            for k in soup}
     assert all(torch.equal(soup[k], ref[k]) for k in soup)
+
+
+def test_an_unknown_class_is_cached_and_starts_no_second_helper(tmp_path, monkeypatch):
+    from hf_soups import architecture
+
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, b = _pair(tmp_path)
+    for d in (a, b):
+        config = _config(d)
+        config["architectures"] = ["FooForBar"]  # no such transformers class (remote code is never imported)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(config, f)
+    report = check_compatibility([a, b])
+    assert report.compatible and "could not instantiate" in " ".join(p.message for p in report.warnings)
+    assert len(_cache_files(tmp_path / "cache")) == 1
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 0  # the answer is cached
+    monkeypatch.setattr(architecture, "_build", lambda config: (_ for _ in ()).throw(AssertionError("built")))
+    assert expected_architecture(_config(a)) is None
+
+
+def test_a_fifo_in_place_of_a_cache_entry_is_replaced_not_waited_on(tmp_path, monkeypatch):
+    from hf_soups import architecture
+
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    a, _ = _pair(tmp_path)
+    path = architecture._cache_path(_config(a))
+    os.makedirs(os.path.dirname(path))
+    os.mkfifo(path)
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 0  # something is there: no helper
+    assert expected_architecture(_config(a)) == _build(_config(a))  # returns: a FIFO is not read
+    assert os.path.isfile(path) and json.load(open(path))["format"] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only")
+def test_a_helper_whose_parent_is_killed_stops_too(tmp_path):
+    a, _ = _pair(tmp_path)
+    probe = textwrap.dedent('''
+        import os, signal, sys, time
+        from hf_soups import architecture
+        assert architecture.prefetch([sys.argv[1]]) == 1
+        (proc,) = set(architecture._pending.values())
+        print(proc.pid, flush=True)
+        time.sleep(0.5)  # the helper is past its start-up checks, importing transformers (seconds)
+        os.kill(os.getpid(), signal.SIGKILL)  # no atexit: only the helper's parent-death signal can stop it
+    ''')
+    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == -9
+    pid = int(run.stdout.split()[0])
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # exited (an orphan's zombie, until its new parent reaps it)
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the helper outlived its killed parent")
+    assert _cache_files(tmp_path / "cache") == []  # stopped while importing, before it could write

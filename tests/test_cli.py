@@ -117,3 +117,11 @@ def test_greedy_from_a_csv_file(hub, tmp_path):
     readme = (out / "README.md").read_text()
     assert "## Greedy trace" in readme and str(csv) in readme
     assert f"{refs[-1]}: weight 0.0000" in proc.stdout
+
+
+def test_a_missing_local_path_is_not_found_and_flag_fixes_read_as_flags(tmp_path):
+    a = make_tiny_bert(tmp_path / "a", seed=0)
+    missing = run("soup", tmp_path / "nope", a, "--output", tmp_path / "x", check_code=3)  # 3: not found
+    assert "neither an existing local directory" in missing.stderr
+    nan = run("soup", a, a, "--weights", "nan", "1", "--allow-single", "--output", tmp_path / "y", check_code=2)
+    assert "e.g. --weights 0.5 0.3 0.2." in nan.stderr and "weights=" not in nan.stderr

@@ -90,6 +90,7 @@ def cli_fix(error: errors.SoupError) -> str | None:
         fix = re.sub(rf"\b{name}=True\b", flag, fix)
         fix = re.sub(rf"\b{name}=['\"]([^'\"]*)['\"]", rf"{flag} \1", fix)
         fix = re.sub(rf"\b{name}=\[\.\.\.\]", f"{flag} W1 W2 ...", fix)
+        fix = re.sub(rf"\b{name}=\[([^\]]*)\]", lambda m, f=flag: f"{f} " + m.group(1).replace(",", ""), fix)
         fix = re.sub(rf"\b{name}=(?=[<\w.])", f"{flag} ", fix)
         fix = re.sub(rf"\b{name}=", flag, fix)
     return fix.replace("output_dir", "--output")
