@@ -143,19 +143,25 @@ def test_prefetch_skips_links_and_a_failed_helper_falls_back_to_building_here(tm
     assert len(_cache_files(tmp_path / "cache")) == 1 and not architecture._pending
 
 
-def test_a_helper_still_running_at_exit_is_stopped(tmp_path):
+def _prefetch_then(tmp_path, ending: str) -> tuple[subprocess.CompletedProcess, int]:
+    """A process that prefetches one architecture, prints its helper's pid, then runs `ending`."""
     a, _ = _pair(tmp_path)
     probe = textwrap.dedent('''
-        import sys
+        import os, signal, sys, time
         from hf_soups import architecture
         assert architecture.prefetch([sys.argv[1]]) == 1
         (proc,) = set(architecture._pending.values())
         print(proc.pid, flush=True)
-    ''')  # exits at once, while the helper is still importing transformers (seconds)
+    ''') + ending
     env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env, check=True,
-                         capture_output=True, text=True, timeout=60).stdout
-    pid = int(out.split()[0])
+    run = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    return run, int(run.stdout.split()[0])
+
+
+def test_a_helper_still_running_at_exit_is_stopped(tmp_path):
+    run, pid = _prefetch_then(tmp_path, "")  # exits at once, while the helper is still importing transformers
+    assert run.returncode == 0, run.stderr
     with pytest.raises(ProcessLookupError):  # stopped and reaped by the exiting process, not orphaned
         os.kill(pid, 0)
     assert _cache_files(tmp_path / "cache") == []
@@ -215,21 +221,11 @@ def test_a_fifo_in_place_of_a_cache_entry_is_replaced_not_waited_on(tmp_path, mo
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only")
 def test_a_helper_whose_parent_is_killed_stops_too(tmp_path):
-    a, _ = _pair(tmp_path)
-    probe = textwrap.dedent('''
-        import os, signal, sys, time
-        from hf_soups import architecture
-        assert architecture.prefetch([sys.argv[1]]) == 1
-        (proc,) = set(architecture._pending.values())
-        print(proc.pid, flush=True)
+    run, pid = _prefetch_then(tmp_path, textwrap.dedent('''
         time.sleep(0.5)  # the helper is past its start-up checks, importing transformers (seconds)
         os.kill(os.getpid(), signal.SIGKILL)  # no atexit: only the helper's parent-death signal can stop it
-    ''')
-    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-c", probe, os.path.join(a, "config.json")], env=env,
-                         capture_output=True, text=True, timeout=60)
+    '''))
     assert run.returncode == -9
-    pid = int(run.stdout.split()[0])
     import time
 
     deadline = time.monotonic() + 20
