@@ -154,24 +154,34 @@ def _cache_path(config: Mapping[str, Any]) -> str | None:
 def _read_cache(path: str) -> tuple[bool, ExpectedArchitecture | None]:
     """`(found, expectation)`: `(True, None)` is a cached "not a transformers class"; `(False, None)` a miss (also
     for an entry that is corrupt, foreign, or not a regular file: it is rebuilt and replaced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+    data = _read_json_object(path, _MAX_CACHE_FILE)
+    if data is None:
         return False, None
+    if data.get("format") == _CACHE_FORMAT and data.get("unknown_class"):
+        return True, None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False, None
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(_MAX_CACHE_FILE + 1)
-        if len(raw) > _MAX_CACHE_FILE:
-            return False, None
-        data = json.loads(raw)
-        if data.get("format") == _CACHE_FORMAT and data.get("unknown_class"):
-            return True, None
         return True, ExpectedArchitecture.from_json(data)
     except Exception as e:
         logger.debug("ignoring the architecture cache entry %s: %s", path, e)
         return False, None
+
+
+def _read_json_object(path: str, limit: int) -> dict[str, Any] | None:
+    """The JSON object in `path`, or `None` when it is absent, a link, not a regular file (a FIFO would block),
+    larger than `limit` bytes, or not a JSON object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(limit + 1)
+        data = json.loads(raw) if len(raw) <= limit else None
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
     finally:
         os.close(fd)
 
@@ -291,7 +301,7 @@ def prefetch(config_paths: Sequence[str | os.PathLike[str]]) -> int:
         return 0
     todo: dict[str, dict[str, Any]] = {}
     for config_path in config_paths:
-        config = _read_config_quietly(os.fspath(config_path))
+        config = _read_json_object(os.fspath(config_path), _MAX_CONFIG_FILE)
         if config is None or not config.get("architectures"):
             continue
         path = _cache_path(config)
@@ -342,24 +352,6 @@ def _start_helper(configs: list[dict[str, Any]]) -> subprocess.Popen | None:
         _stop(proc)
         return None
     return proc
-
-
-def _read_config_quietly(path: str) -> dict[str, Any] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_CONFIG_FILE:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as f:
-            config = json.loads(f.read(_MAX_CONFIG_FILE + 1))
-        return config if isinstance(config, dict) else None
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def _wait_for_helper(path: str) -> None:
