@@ -147,6 +147,13 @@ def cli_hf_soups(out: str, inputs: list[str], shard: str, env: dict[str, str]) -
                        env)
 
 
+def cli_hf_soups_first(out: str, inputs: list[str], shard: str, env: dict[str, str], cache: str) -> dict[str, float]:
+    """`hf-soups soup` as on a user's first soup of an architecture: the architecture cache on (the default) but
+    empty, so the CLI's helper process imports transformers' modeling code and builds the expectation."""
+    shutil.rmtree(cache, ignore_errors=True)
+    return cli_hf_soups(out, inputs, shard, {**env, "HF_SOUPS_CACHE": cache})
+
+
 def cli_mergekit(out: str, inputs: list[str], shard: str, dtype: str, workdir: str,
                  env: dict[str, str]) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
@@ -314,8 +321,8 @@ def main() -> None:
     if "cli" not in args.skip:
         runners["cli_hf_soups"] = lambda: cli_hf_soups(f"{work}-cli_hf_soups", inputs, args.shard_size, env)
         # a first soup of this architecture: the meta-model architecture check imports transformers' modeling code
-        runners["cli_hf_soups_cold"] = lambda: cli_hf_soups(f"{work}-cli_hf_soups", inputs, args.shard_size,
-                                                            {**env, "HF_SOUPS_ARCH_CACHE": "0"})
+        runners["cli_hf_soups_cold"] = lambda: cli_hf_soups_first(f"{work}-cli_hf_soups", inputs, args.shard_size, env,
+                                                                  os.path.join(args.workdir, "hf_soups-cache-cold"))
         if "mergekit" in runners:
             runners["cli_mergekit"] = lambda: cli_mergekit(f"{work}-cli_mergekit", inputs, args.shard_size,
                                                            "float32", args.workdir, env)

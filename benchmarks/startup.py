@@ -1,4 +1,5 @@
-"""Whole-process start-up of the CLI, as a user runs it: `hf-soups soup` with a cold and a warm architecture cache,
+"""Whole-process start-up of the CLI, as a user runs it: `hf-soups soup` with an empty ("cold", a first soup of an
+architecture), a warm and a disabled (`HF_SOUPS_ARCH_CACHE=0`) architecture cache,
 `mergekit-yaml` (when `.venv-mergekit` exists) and `python -c "import torch"`, alternating, medians.
 
 A small soup (K=2 BERT-small-shaped checkpoints) keeps the merge itself short, so the wall is mostly start-up.
@@ -17,8 +18,8 @@ import statistics
 import subprocess
 import sys
 
-from merge import (BIN, HERE, MERGEKIT_BIN, ckpt_path, cli_hf_soups, cli_mergekit, contender, contender_env,
-                   run_process, warm)
+from merge import (BIN, HERE, MERGEKIT_BIN, ckpt_path, cli_hf_soups, cli_hf_soups_first, cli_mergekit, contender,
+                   contender_env, run_process, warm)
 
 
 def main() -> None:
@@ -38,7 +39,8 @@ def main() -> None:
     out = os.path.join(args.workdir, "startup-out")
     runners = {
         "work": lambda: contender(sys.executable, "hf_soups", out, inputs, env),
-        "cli_cold": lambda: cli_hf_soups(out, inputs, shard, {**env, "HF_SOUPS_ARCH_CACHE": "0"}),
+        "cli_cold": lambda: cli_hf_soups_first(out, inputs, shard, env, os.path.join(args.workdir, "startup-cache-cold")),
+        "cli_cache_off": lambda: cli_hf_soups(out, inputs, shard, {**env, "HF_SOUPS_ARCH_CACHE": "0"}),
         "cli_warm": lambda: cli_hf_soups(out, inputs, shard, env),
         "import_torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
         "help": lambda: run_process([os.path.join(BIN, "hf-soups"), "--help"], env),
@@ -57,6 +59,7 @@ def main() -> None:
         "args": vars(args), "k": args.k, "size": args.size, "work_s": work, "median_wall_s": median,
         "startup_cold_s": median["cli_cold"] - work - median["import_torch"],
         "startup_warm_s": median["cli_warm"] - work - median["import_torch"],
+        "startup_cache_off_s": median["cli_cache_off"] - work - median["import_torch"],
         "mergekit_yaml_wall_over_hf_soups_wall_warm": (median["cli_mergekit"] / median["cli_warm"]
                                                        if "cli_mergekit" in median else None),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -67,7 +70,7 @@ def main() -> None:
     for name, wall in median.items():
         print(f"  {name:13s} {wall:6.2f}s")
     print(f"  start-up (wall - work - import torch): cold cache {result['startup_cold_s']:.2f}s, "
-          f"warm {result['startup_warm_s']:.2f}s")
+          f"warm {result['startup_warm_s']:.2f}s, cache off {result['startup_cache_off_s']:.2f}s")
     if result["mergekit_yaml_wall_over_hf_soups_wall_warm"]:
         print(f"  mergekit-yaml wall / hf-soups soup wall (warm): {result['mergekit_yaml_wall_over_hf_soups_wall_warm']:.2f}")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

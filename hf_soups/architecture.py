@@ -335,7 +335,7 @@ def _writable(folder: str) -> bool:
 
 def _start_helper(configs: list[dict[str, Any]]) -> subprocess.Popen | None:
     command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c",
-               "import sys; sys.path.pop(0); from hf_soups.architecture import _helper; sys.exit(_helper())",
+               "import sys; sys.path.pop(0); from hf_soups.architecture import _helper_process; _helper_process()",
                str(os.getpid())]
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -410,3 +410,17 @@ def _helper() -> int:
     built = [expected_architecture(c) is not None for c in configs if isinstance(c, dict)] \
         if isinstance(configs, list) else []
     return 0 if built and all(built) else 1
+
+
+def _helper_process() -> None:
+    """The helper's entry point: [`_helper`], then an immediate `os._exit`.
+
+    The waiting CLI learns the entries are written when this process ends. A normal interpreter exit with torch and
+    transformers' modeling code loaded takes over a second on 2 cores (finalising that import graph), all of it on
+    the soup's critical path. By then the helper holds nothing but its written entries (each already renamed into
+    place), so it skips that teardown. A SIGTERM or an error still exits normally (temporary files are removed).
+    """
+    code = _helper()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

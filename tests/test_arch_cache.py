@@ -167,6 +167,24 @@ def test_a_helper_still_running_at_exit_is_stopped(tmp_path):
     assert _cache_files(tmp_path / "cache") == []
 
 
+def test_the_helper_ends_once_its_entry_is_written_without_interpreter_teardown(tmp_path, monkeypatch):
+    """The CLI waits for the helper's exit: finalising torch and transformers' modeling code (over a second on 2
+    cores) must not be part of that wait. The entry is whole and the exit code is the build's."""
+    a, _ = _pair(tmp_path)
+    probe = ("import atexit, sys; atexit.register(print, 'TEARDOWN', flush=True); "
+             "from hf_soups.architecture import _helper_process; _helper_process()")
+    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", probe, str(os.getpid())], input=json.dumps([_config(a)]), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "TEARDOWN" not in run.stdout, (run.stdout, run.stderr)
+    (entry,) = _cache_files(tmp_path / "cache")
+    assert not entry.startswith(".")  # renamed into place, no temporary file left
+    from hf_soups.architecture import _cache_path, _read_cache
+
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    assert _read_cache(_cache_path(_config(a))) == (True, _build(_config(a)))
+
+
 def test_cli_soup_leaves_the_cold_build_to_the_helper(tmp_path):
     """`hf-soups soup` on an uncached architecture: the helper builds the expectation, the CLI process itself never
     imports transformers' modeling code, and the soup is the mean."""
