@@ -40,7 +40,7 @@ _HALF_CODES = ("BF16", "F16")
 
 
 def chunk_elements() -> int:
-    """Elements per chunk (`HF_SOUPS_CHUNK_ELEMENTS`, default 1M: 4 MB of fp32, cache-friendly per thread)."""
+    """Elements per chunk: [`constants.chunk_elements`] (`HF_SOUPS_CHUNK_ELEMENTS`, default 256Ki, 1 MiB of fp32)."""
     return constants.chunk_elements()
 
 
