@@ -63,9 +63,10 @@ if has profile; then  # where a greedy soup's time goes on the GPU, besides the 
     grep -E "choose_weights|logits|from_pretrained|weighted_sum|_prepare|to\(|cuda|load" "$OUT/greedy_profile.txt" | head -25
 fi
 
-if has startup; then  # whole-process CLI walls, alternating: cold and warm architecture cache, mergekit-yaml
+if has startup; then  # whole-process CLI walls, alternating: first soup (empty architecture cache), warm, mergekit-yaml
     echo "== CLI start-up ($(left) s left)"
-    timeout 150 python3 benchmarks/startup.py --rounds 3 --output "$OUT/startup.json" > "$OUT/startup.log" 2>&1
+    timeout 150 python3 benchmarks/startup.py --rounds 3 --skip cache_off --output "$OUT/startup.json" \
+        > "$OUT/startup.log" 2>&1
     tail -12 "$OUT/startup.log"
 fi
 

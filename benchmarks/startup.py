@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work"))
     parser.add_argument("--output", default=os.path.join(HERE, "results", "startup.json"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["cache_off", "mergekit"],
+                        help="rows to leave out (a short device lease)")
     args = parser.parse_args()
     shard = "500MB"
     subprocess.run([sys.executable, os.path.join(HERE, "merge.py"), "--workdir", args.workdir, "--generate-only",
@@ -39,13 +41,15 @@ def main() -> None:
     out = os.path.join(args.workdir, "startup-out")
     runners = {
         "work": lambda: contender(sys.executable, "hf_soups", out, inputs, env),
-        "cli_cold": lambda: cli_hf_soups_first(out, inputs, shard, env, os.path.join(args.workdir, "startup-cache-cold")),
-        "cli_cache_off": lambda: cli_hf_soups(out, inputs, shard, {**env, "HF_SOUPS_ARCH_CACHE": "0"}),
+        "cli_cold": lambda: cli_hf_soups_first(out, inputs, shard, env,
+                                               os.path.join(args.workdir, "startup-cache-cold")),
         "cli_warm": lambda: cli_hf_soups(out, inputs, shard, env),
         "import_torch": lambda: run_process([sys.executable, "-c", "import torch"], env),
         "help": lambda: run_process([os.path.join(BIN, "hf-soups"), "--help"], env),
     }
-    if os.path.exists(os.path.join(MERGEKIT_BIN, "python")):
+    if "cache_off" not in args.skip:
+        runners["cli_cache_off"] = lambda: cli_hf_soups(out, inputs, shard, {**env, "HF_SOUPS_ARCH_CACHE": "0"})
+    if "mergekit" not in args.skip and os.path.exists(os.path.join(MERGEKIT_BIN, "python")):
         runners["cli_mergekit"] = lambda: cli_mergekit(out + "-mk", inputs, shard, "float32", args.workdir, env)
     cli_hf_soups(out, inputs, shard, env)  # fills the architecture cache: "warm" is every later soup
     runs: dict[str, list[dict]] = {name: [] for name in runners}
@@ -59,7 +63,8 @@ def main() -> None:
         "args": vars(args), "k": args.k, "size": args.size, "work_s": work, "median_wall_s": median,
         "startup_cold_s": median["cli_cold"] - work - median["import_torch"],
         "startup_warm_s": median["cli_warm"] - work - median["import_torch"],
-        "startup_cache_off_s": median["cli_cache_off"] - work - median["import_torch"],
+        "startup_cache_off_s": (median["cli_cache_off"] - work - median["import_torch"]
+                                if "cli_cache_off" in median else None),
         "mergekit_yaml_wall_over_hf_soups_wall_warm": (median["cli_mergekit"] / median["cli_warm"]
                                                        if "cli_mergekit" in median else None),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -69,8 +74,9 @@ def main() -> None:
     print(f"K={args.k} BERT-{args.size}: work {work:.2f}s; medians of {args.rounds} alternating rounds:")
     for name, wall in median.items():
         print(f"  {name:13s} {wall:6.2f}s")
+    off = result["startup_cache_off_s"]
     print(f"  start-up (wall - work - import torch): cold cache {result['startup_cold_s']:.2f}s, "
-          f"warm {result['startup_warm_s']:.2f}s, cache off {result['startup_cache_off_s']:.2f}s")
+          f"warm {result['startup_warm_s']:.2f}s" + (f", cache off {off:.2f}s" if off is not None else ""))
     if result["mergekit_yaml_wall_over_hf_soups_wall_warm"]:
         print(f"  mergekit-yaml wall / hf-soups soup wall (warm): {result['mergekit_yaml_wall_over_hf_soups_wall_warm']:.2f}")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -169,20 +169,29 @@ def test_a_helper_still_running_at_exit_is_stopped(tmp_path):
 
 def test_the_helper_ends_once_its_entry_is_written_without_interpreter_teardown(tmp_path, monkeypatch):
     """The CLI waits for the helper's exit: finalising torch and transformers' modeling code (over a second on 2
-    cores) must not be part of that wait. The entry is whole and the exit code is the build's."""
+    cores) must not be part of that wait. The helper, started as `prefetch` starts it, runs a `sitecustomize` that
+    marks its start and registers an exit hook: the hook never runs, and the entry is whole."""
+    from hf_soups import architecture
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent(f'''
+        import atexit
+        open({str(tmp_path / "started")!r}, "w").close()
+        atexit.register(lambda: open({str(tmp_path / "teardown")!r}, "w").close())
+    '''))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_SOUPS_ARCH_CACHE", raising=False)
     a, _ = _pair(tmp_path)
-    probe = ("import atexit, sys; atexit.register(print, 'TEARDOWN', flush=True); "
-             "from hf_soups.architecture import _helper_process; _helper_process()")
-    env = {**os.environ, "HF_SOUPS_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-c", probe, str(os.getpid())], input=json.dumps([_config(a)]), env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "TEARDOWN" not in run.stdout, (run.stdout, run.stderr)
+    assert architecture.prefetch([os.path.join(a, "config.json")]) == 1
+    (proc,) = set(architecture._pending.values())
+    assert proc.wait(timeout=120) == 0
+    assert (tmp_path / "started").exists()  # the hooks were loaded: the next line can fail
+    assert not (tmp_path / "teardown").exists()
     (entry,) = _cache_files(tmp_path / "cache")
     assert not entry.startswith(".")  # renamed into place, no temporary file left
-    from hf_soups.architecture import _cache_path, _read_cache
-
-    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
-    assert _read_cache(_cache_path(_config(a))) == (True, _build(_config(a)))
+    assert architecture._read_cache(architecture._cache_path(_config(a))) == (True, _build(_config(a)))
 
 
 def test_cli_soup_leaves_the_cold_build_to_the_helper(tmp_path):
