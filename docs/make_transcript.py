@@ -164,11 +164,11 @@ def generate() -> str:
 
 def normalise(text: str) -> str:
     """Mask what legitimately differs between runs: commit shas, the port, temporary paths, timings."""
+    text = re.sub(r"/tmp/[\w.\-/]+", "<tmp>", text)  # first: a random folder name may itself look like a short sha
     text = re.sub(r"\b[0-9a-f]{40}\b", "<sha>", text)
     text = re.sub(r"\b[0-9a-f]{7,12}\b", "<short>", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "<date>", text)
-    text = re.sub(r"/tmp/[\w.\-/]+", "<tmp>", text)
     return re.sub(r"\d+(\.\d+)?s\b", "<time>", text)
 
 
