@@ -14,9 +14,9 @@ import time
 SHARD = os.environ.get("BENCH_SHARD_SIZE", "500MB")
 
 
-def rss_anon() -> int:
-    """This process's private anonymous memory in bytes (RssAnon in /proc/self/status)."""
-    with open("/proc/self/status") as f:
+def rss_anon(pid: int | str = "self") -> int:
+    """A process's private anonymous memory in bytes (RssAnon in /proc/<pid>/status; this process by default)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024

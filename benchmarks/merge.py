@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 
+from _contenders import rss_anon
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SIZES = {  # hidden, layers, heads, intermediate
@@ -89,13 +91,9 @@ class AnonSampler(threading.Thread):
     @staticmethod
     def _anon(pid: int) -> int:
         try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            pass
-        return 0
+            return rss_anon(pid)
+        except (OSError, ValueError):  # exited meanwhile
+            return 0
 
     @staticmethod
     def _descendants(pid: int) -> list[int]:
