@@ -81,7 +81,8 @@ def escape_markdown(text: Any, *, code: bool = False) -> str:
     table row, a link or emphasis.
 
     The text is put on one line ([`one_line`]); `&`, `<`, `>` become entities; markdown punctuation
-    (`` \\ ` * ~ # | [ ] $ ! { } ``) is backslash-escaped, and so is a leading list, quote or underline marker.
+    (`` \\ ` * ~ # | [ ] $ ! { } ``) is backslash-escaped, and so is a leading list, quote or underline marker;
+    leading and trailing blanks are dropped (they would indent a code block), and blank text shows as `–`.
 
     Args:
         text (`Any`): the outside text (`str()` of anything else).
@@ -91,8 +92,10 @@ def escape_markdown(text: Any, *, code: bool = False) -> str:
     Returns:
         `str`: markdown that renders as `text` and nothing else.
     """
-    line = one_line(text)
-    if code and _CODE_SAFE.fullmatch(line) and line.strip() == line:
+    line = one_line(text).strip()  # leading blanks would indent a code block inside a list item or quote
+    if not line:  # blank text would leave an empty list item, quote or heading: say it is empty
+        return "–"
+    if code and _CODE_SAFE.fullmatch(line):
         return f"`{line}`"
     line = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), line)
     line = "".join(_HTML.get(c, c) for c in line)
@@ -471,7 +474,7 @@ def recipe_from_card(card: ModelCard) -> Recipe:
     digest = _DIGEST_LINE.match(lines[-1])
     body = "\n".join(lines[:-1] if digest else lines) + "\n"
     keys = set(safe_yaml(body))
-    if keys != {_RECIPE_KEY} or _DIGEST_KEY in body:
+    if keys != {_RECIPE_KEY}:
         raise RecipeError(f"this model card's recipe block holds {sorted(map(str, keys - {_RECIPE_KEY}))[:5]} besides "
                           f"'{_RECIPE_KEY}', which hf_soups never writes there.", fix=_CARD_FIX)
     if digest and digest.group(1) != recipe_digest(body):

@@ -22,6 +22,7 @@ from hf_soups.card import _PIPELINES, build_card, escape_markdown, recipe_from_c
 from hf_soups.compat import Problem
 from hf_soups.errors import EvaluationError
 from hf_soups.evaluation.metrics import UserCallableMetric, resolve_metric
+from hf_soups.hub.discovery import Candidate, CandidateSet, DiscoveryQuery
 from hf_soups.recipes import Recipe
 from hf_soups.recipes.recipe import BatchNormCalibration, EvalSpec
 from hf_soups.refs import Ingredient
@@ -52,14 +53,21 @@ def render_card(s: str, recipe: Recipe | None = None, *, architectures: tuple[st
         method="uniform", ingredients=ings, config={"architectures": list(architectures)},
         recipe=recipe or make_recipe(), base_model=s, repo_id=f"alice/{s}",
         trace=[{"ingredient": s, "score": 0.5, "accepted": True, "soup_size": 1}], results=results, metric=s,
-        discovery={"query": {"search": s, "collection": s}, "date": s, "command": f"hf-soups find --search {s}",
-                   "found": 2, "rejected": [{"repo": s, "sha": s, "reason": f"labels differ: {s}"}]},
+        discovery=found(s).discovery,
         intervals={s: {"uniform_soup": (0.4, 0.6)}}, differences={s: {"uniform_soup": (0.25, 0.1, 0.3)}},
         warnings=[s, f"- {s}"], notes=[s], datasets={s: {"id": s, "config": s, "split": s, "name": s}},
         compat_warnings=[Problem(ingredient=s, field="id2label", message=f"label names differ: {s!r} vs {s}",
                                  fix="", severity="warning")],
         inherited={"license": s, "datasets": [s], "language": [s]},
     )
+
+
+def found(s: str) -> CandidateSet:
+    """Discovery records (as a listing or a collection gives them) holding `s` in every string."""
+    query = DiscoveryQuery(base_model=s, author=s, task=s, search=s, collection=s, limit=3, date=s)
+    return CandidateSet(ingredients=(Candidate(repo_id=s, sha=SHA),),
+                        rejected=(Candidate(repo_id=s, sha=s, verdict="rejected", reason=f"labels differ: {s}"),
+                                  Candidate(repo_id=f"{s}/x", sha=None, verdict="rejected", reason=s)), query=query)
 
 
 def _structure(text: str) -> list[tuple[str, str, str]]:
@@ -74,16 +82,22 @@ def _structure(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def assert_card_exact(card: ModelCard, recipe: Recipe) -> None:
-    """The rendered card parses back to what was written: recipe, front matter, and the block structure of a card
-    with plain text (no fence, heading, HTML block, list or table row added or broken by the outside text)."""
+@functools.cache
+def _plain_structure(plain: str) -> list[tuple[str, str, str]]:
+    return _structure(render_card(plain, make_recipe("plain")).text)
+
+
+def assert_card_exact(card: ModelCard, recipe: Recipe, plain: str = "plain") -> None:
+    """The rendered card parses back to what was written: recipe, front matter, and the block structure of the card
+    with `plain` text (no fence, heading, HTML block, list or table row added or broken by the outside text; an
+    empty text leaves out what an empty value leaves out, e.g. an evaluation set's empty dataset id)."""
     text = str(card)
     parsed = ModelCard(text)
     assert recipe_from_card(parsed) == recipe
     assert len(re.findall(r"^\s*hf_soups_recipe\s*:", parsed.text, re.M)) == 1
     front = text.split("\n---\n", 1)[0].removeprefix("---\n")
     assert yaml.safe_load(front) == card.data.to_dict() == parsed.data.to_dict()
-    assert _structure(parsed.text) == _structure(render_card("plain", make_recipe("plain")).text)
+    assert _structure(parsed.text) == _plain_structure(plain)
     tokens = _MD.parse(parsed.text)
     assert not [t for t in tokens if t.type == "html_block"]
     fences = [t for t in tokens if t.type == "fence"]
@@ -115,6 +129,11 @@ def test_forged_item_in_a_card_file_is_not_the_recipe(tmp_path):
     (tmp_path / "README.md").write_text(str(render_card(FORGED, recipe)), encoding="utf-8")
     assert load_recipe(tmp_path / "README.md") == recipe
     assert load_recipe(tmp_path) == recipe  # a folder without recipe.yaml reads its card
+
+
+def test_discovery_table_keeps_one_row_per_candidate():
+    table = found(FORGED + "\x1b[2J").to_table()  # and a terminal escape sequence
+    assert len(table.splitlines()) == 1 + 1 + 3 and "\x1b" not in table
 
 
 def test_escape_markdown_is_one_line_and_literal():
