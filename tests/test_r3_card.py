@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import unicodedata
 
 import pytest
 import yaml
@@ -100,6 +101,8 @@ def assert_card_exact(card: ModelCard, recipe: Recipe, plain: str = "plain") -> 
     assert _structure(parsed.text) == _plain_structure(plain)
     tokens = _MD.parse(parsed.text)
     assert not [t for t in tokens if t.type == "html_block"]
+    hidden = [c for c in parsed.text if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cn")]
+    assert not hidden  # no other line break, and nothing that hides or reorders text (bidi overrides)
     fences = [t for t in tokens if t.type == "fence"]
     assert [t.info for t in fences] == ["yaml", "python"] and fences[0].content.startswith("hf_soups_recipe:\n")
 
