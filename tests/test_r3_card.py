@@ -15,6 +15,7 @@ import unicodedata
 
 import pytest
 import yaml
+from conftest import publish
 from huggingface_hub import ModelCard
 from markdown_it import MarkdownIt
 
@@ -139,6 +140,27 @@ def test_discovery_table_keeps_one_row_per_candidate():
     assert len(table.splitlines()) == 1 + 1 + 3 and "\x1b" not in table
 
 
+def test_forged_item_on_the_hub_and_a_doubled_card_on_the_cli(hub, api, tmp_path, capsys, monkeypatch):
+    """The issue's route: `load_recipe(repo)` reads the pushed card; `hf-soups recipe` refuses a card with two
+    recipes in one line (exit 10, a SoupError, never 1), before anything is downloaded."""
+    from hf_soups import load_recipe
+    from hf_soups.cli.main import main
+
+    recipe = make_recipe()
+    (tmp_path / "pushed").mkdir()
+    (tmp_path / "pushed" / "README.md").write_text(str(render_card(FORGED, recipe)), encoding="utf-8")
+    publish(api, tmp_path / "pushed", "alice/r3-forged-card")
+    assert load_recipe("alice/r3-forged-card", endpoint=hub.url) == recipe
+    text = _card_with_blocks(recipe)
+    block = _block_of(text)
+    (tmp_path / "README.md").write_text(text.replace("## Ingredients", block + "\n## Ingredients"), encoding="utf-8")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    assert main(["recipe", str(tmp_path / "README.md"), "--output", str(tmp_path / "out")]) == 10
+    err = capsys.readouterr().err
+    assert err.startswith("hf-soups: error: this model card holds 2 hf_soups recipes") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_escape_markdown_is_one_line_and_literal():
     for s in (FORGED, "|", "`", "~~~", "<b>", "#", "---", "& &amp;"):
         out = escape_markdown(s)
@@ -153,10 +175,16 @@ def _card_with_blocks(recipe: Recipe) -> str:
     return str(render_card("plain", recipe))
 
 
+def _block_of(text: str) -> str:
+    """The fenced recipe block of a card's text, fences included."""
+    start = text.index("```yaml\n")
+    return text[start : text.index("```\n", start + 8) + 4]
+
+
 def test_two_recipe_blocks_are_refused():
     recipe = make_recipe()
     text = _card_with_blocks(recipe)
-    block = text[text.index("```yaml\n"): text.index("```\n", text.index("```yaml\n") + 8) + 4]
+    block = _block_of(text)
     for doubled in (text + "\n" + block, text.replace("## Recipe", block + "\n## Recipe")):
         with pytest.raises(RecipeError, match="2 hf_soups recipes"):
             recipe_from_card(ModelCard(doubled))
