@@ -161,6 +161,17 @@ def test_forged_item_on_the_hub_and_a_doubled_card_on_the_cli(hub, api, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_report_tables_keep_their_rows():
+    """`SoupReport.to_markdown` (set and ingredient names are the user's) and `to_table` keep one row per method."""
+    from hf_soups.evaluation.report import SoupReport
+
+    report = SoupReport({FORGED: {"uniform_soup": 0.5, f"ingredient:{FORGED}": 0.25}}, metric=FORGED)
+    tokens = _MD.parse(report.to_markdown())
+    assert [t.type for t in tokens].count("tr_open") == 3 and [t.type for t in tokens].count("td_open") == 4
+    assert not [t for t in tokens if t.type in ("fence", "html_block", "heading_open")]
+    assert len(report.to_table().splitlines()) == 1 + 1 + 2  # the settings line, the header, two methods
+
+
 def test_escape_markdown_is_one_line_and_literal():
     for s in (FORGED, "|", "`", "~~~", "<b>", "#", "---", "& &amp;"):
         out = escape_markdown(s)
