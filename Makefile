@@ -58,11 +58,12 @@ test-min:
 		--deselect $(VISION_FLOOR_TEST); \
 		status=$$?; rm -rf $(MIN_VENV); exit $$status
 
-# Every fuzz target (safetensors header, index JSON, config JSON, recipe YAML) with a bigger budget.
+# Every fuzz target (safetensors header, index JSON, config JSON, recipe YAML, tests/test_fuzz_*.py: card strings...)
+# with a bigger budget.
 FUZZ_EXAMPLES ?= 60000
 fuzz: $(STAMP)
 	HF_SOUPS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_HUB_DISABLE_XET=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_fuzz.py
+		tests/test_fuzz.py tests/test_fuzz_*.py
 
 # mergekit lives in its own venv: its pins differ from ours. `make bench` skips it with a clear line when absent.
 bench-setup: $(STAMP)

@@ -546,7 +546,8 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
-                    metric=spec.metric_name, trust_remote_code=trust_remote_code, discovery=discovery,
+                    metric=spec.metric_name, metric_fn=None if spec.metric_replayable else spec.metric,
+                    trust_remote_code=trust_remote_code, discovery=discovery,
                     warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
@@ -724,4 +725,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration)
     soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
+    if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
+        soup.metric = recipe.evaluation.metric_name
+        soup.metric_fn = None if recipe.evaluation.metric_replayable else recipe.evaluation.metric
     return soup

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,34 +15,121 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 
-__all__ = ["build_card", "pipeline_tag_for", "recipe_from_card", "retarget_card", "usage_lines", "INHERITED_FIELDS"]
+__all__ = ["build_card", "escape_markdown", "one_line", "pipeline_tag_for", "recipe_from_card", "retarget_card",
+           "usage_lines", "INHERITED_FIELDS"]
 
 _TAGS = ["merge", "model-soup", "hf-soups"]
 
 #: Card metadata a soup inherits from its ingredients' cards when they all agree.
 INHERITED_FIELDS: tuple[str, ...] = ("license", "language", "datasets")
 
+#: `config.architectures` suffix -> (the Hub's pipeline tag, the transformers Auto class for that head, the pipeline
+#: class that serves the tag in transformers: the snippet names the pipeline only where the installed one has it).
 _PIPELINES = (
-    ("ForSequenceClassification", "text-classification"),
-    ("ForImageClassification", "image-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForCausalLM", "text-generation"),
-    ("ForMaskedLM", "fill-mask"),
-    ("ForConditionalGeneration", "text2text-generation"),
-    ("ForAudioClassification", "audio-classification"),
+    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification",
+     "TextClassificationPipeline"),
+    ("ForImageClassification", "image-classification", "AutoModelForImageClassification",
+     "ImageClassificationPipeline"),
+    ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification",
+     "TokenClassificationPipeline"),
+    ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering", "QuestionAnsweringPipeline"),
+    ("ForCausalLM", "text-generation", "AutoModelForCausalLM", "TextGenerationPipeline"),
+    ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM", "FillMaskPipeline"),
+    ("ForConditionalGeneration", "text2text-generation", "AutoModelForSeq2SeqLM", "Text2TextGenerationPipeline"),
+    ("ForAudioClassification", "audio-classification", "AutoModelForAudioClassification",
+     "AudioClassificationPipeline"),
 )
 
 _USAGE_HEADING = "## How to use"
+#: The fenced recipe block's opening line starts with a fence and `yaml`; its first YAML line is this key.
+_RECIPE_KEY = "hf_soups_recipe"
+#: The YAML key, after the recipe in the card's block, holding sha256 of the recipe's YAML (`Recipe.to_yaml()`).
+_DIGEST_KEY = "hf_soups_recipe_sha256"
+#: Characters outside text may not bring into the card's markdown as they are (see `escape_markdown`).
+_MD_SPECIAL = re.compile(r"[\\`*~#|\[\]$!{}]")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+#: A leading marker that would start a list, a quote, a setext underline or a thematic break.
+_MD_LEADING = re.compile(r"^(?:[-+=]|\d+[.)])")
+#: What a code span may show as it is: no backtick, no table pipe, no control character (checked by `one_line`).
+_CODE_SAFE = re.compile(r"[^`|]+")
+
+
+def one_line(text: Any) -> str:
+    """Outside text as one line of plain text: every line break, control, format (bidi), private-use or unassigned
+    character becomes U+FFFD (tabs and line breaks a space), so it can neither start a new line nor hide text.
+
+    Args:
+        text (`Any`): a repo id, label, dataset or metric name, reason... (`str()` of anything else).
+
+    Returns:
+        `str`: the same text on one line.
+    """
+    out = []
+    for c in str(text):
+        if c in "\t\n\r" or c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+            out.append(" ")
+        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append("\ufffd")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def escape_markdown(text: Any, *, code: bool = False) -> str:
+    """The one way outside text (repo ids, collection items, label/dataset/metric/column names, reasons, queries)
+    enters a card's markdown: it can never open a code fence, a heading, an HTML block or front matter, nor break a
+    table row, a link or emphasis.
+
+    The text is put on one line ([`one_line`]); `&`, `<`, `>` become entities; markdown punctuation
+    (`` \\ ` * ~ # | [ ] $ ! { } ``) is backslash-escaped, and so is a leading list, quote or underline marker;
+    leading and trailing blanks are dropped (they would indent a code block), and blank text shows as `–`.
+
+    Args:
+        text (`Any`): the outside text (`str()` of anything else).
+        code (`bool`, *optional*, defaults to `False`): show it as a code span, when it holds no backtick and no
+            `|` (a code span cannot escape them); otherwise as escaped text.
+
+    Returns:
+        `str`: markdown that renders as `text` and nothing else.
+    """
+    line = one_line(text).strip()  # leading blanks would indent a code block inside a list item or quote
+    if not line:  # blank text would leave an empty list item, quote or heading: say it is empty
+        return "–"
+    if code and _CODE_SAFE.fullmatch(line):
+        return f"`{line}`"
+    line = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), line)
+    line = "".join(_HTML.get(c, c) for c in line)
+    return _MD_LEADING.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], line)
+
+
+def _code(text: Any) -> str:
+    return escape_markdown(text, code=True)
 
 
 def pipeline_tag_for(architectures: Sequence[str] | None) -> str | None:
     """Infer the pipeline tag from `config.architectures` (`BertForSequenceClassification` -> `text-classification`)."""
+    head = _head_for(architectures)
+    return head[1] if head else None
+
+
+def _head_for(architectures: Sequence[str] | None) -> tuple[str, str, str, str] | None:
     for arch in architectures or []:
-        for suffix, tag in _PIPELINES:
-            if arch.endswith(suffix):
-                return tag
+        for entry in _PIPELINES:
+            if isinstance(arch, str) and arch.endswith(entry[0]):
+                return entry
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _has_class(name: str) -> bool:
+    """Whether the installed transformers exports `name`, without importing it (transformers 5 dropped some
+    pipelines, e.g. `question-answering`, that the Hub still uses as pipeline tags)."""
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    exported = getattr(transformers, "_class_to_module", None)  # the lazy module's table: no import of pipelines
+    return name in exported if isinstance(exported, dict) else name in dir(transformers)
 
 
 def _describe(method: str) -> str:
@@ -55,10 +146,6 @@ def _fmt_ci(x: float | None, ci: Sequence[float] | None) -> str:
     return _fmt(x) if x is None or not ci else f"{x:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "/").replace("\n", " ")
-
-
 def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
     """The "How to use" section: the model class named in `config.architectures`, and the matching pipeline.
 
@@ -67,17 +154,25 @@ def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
         model_path (`str`): the repo id (or local directory) the snippet loads.
     """
     arch = next(iter(config.get("architectures") or []), None)
+    if not (isinstance(arch, str) and arch.isidentifier()):  # a config's text never becomes code
+        arch = None
     auto_map = config.get("auto_map") or {}
-    task = pipeline_tag_for(config.get("architectures"))
+    head = _head_for(config.get("architectures"))
+    task = head[1] if head and _has_class(head[3]) else None
+    path = json.dumps(str(model_path))  # a Python string literal on one line, whatever the path holds
     lines = [_USAGE_HEADING, "", "```python"]
     if arch and not auto_map:
         lines += [f"from transformers import {arch}" + (", pipeline" if task else ""), "",
-                  f'model = {arch}.from_pretrained("{model_path}")']
+                  f"model = {arch}.from_pretrained({path})"]
+    elif head and not task:  # custom code and no pipeline for this head: its Auto class resolves it
+        lines += [f"from transformers import {head[2]}", "",
+                  f"model = {head[2]}.from_pretrained({path}, trust_remote_code=True)"]
     else:  # custom code: the Auto class resolves it (and needs trust_remote_code)
         lines += ["from transformers import AutoModel" + (", pipeline" if task else ""), "",
-                  f'model = AutoModel.from_pretrained("{model_path}", trust_remote_code=True)']
+                  f"model = AutoModel.from_pretrained({path}, trust_remote_code=True)"]
     if task:
-        lines.append(f'pipe = pipeline("{task}", model="{model_path}")')
+        lines.append(f'pipe = pipeline("{task}", model={path}' + (", trust_remote_code=True" if auto_map else "")
+                     + ")")
     lines += ["```", ""]
     return lines
 
@@ -90,11 +185,12 @@ def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient]) -> list[
         only = kept[0]
         return [f"A **{method} model soup** made with {link}, which kept 1 of {n} fine-tuned checkpoints. "
                 + _describe(method), "",
-                f"**This soup is one ingredient:** selection kept only `{only.repo_id or only.ref}`, so its weights "
-                f"are those of that checkpoint (revision `{only.revision or 'local'}`); no averaging took place."]
+                f"**This soup is one ingredient:** selection kept only {_code(only.repo_id or only.ref)}, so its "
+                f"weights are those of that checkpoint (revision {_code(only.revision or 'local')}); no averaging "
+                "took place."]
     if n == 1:
         return [f"A single-ingredient **{method} model soup** made with {link} (allowed for testing): its weights are "
-                f"those of `{kept[0].repo_id or kept[0].ref}`."]
+                f"those of {_code(kept[0].repo_id or kept[0].ref)}."]
     kept_text = f"kept {k} of {n}" if k < n else f"averages all {n}"
     return [f"A **{method} model soup** made with {link} that {kept_text} fine-tuned checkpoints. " + _describe(method)]
 
@@ -174,7 +270,7 @@ def build_card(
     if base_model and base_model not in bases:
         bases.append(base_model)
     pipeline_tag = pipeline_tag_for(config.get("architectures"))
-    name = repo_id.split("/")[-1] if repo_id else "model-soup"
+    name = str(repo_id).split("/")[-1] if repo_id else "model-soup"
     model_path = repo_id or local_path or "path/to/soup"
     eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})
     extra = {k: v for k, v in (inherited or {}).items() if k in INHERITED_FIELDS and v}
@@ -188,7 +284,7 @@ def build_card(
         base_model_relation="merge",
         **extra,
     )
-    lines = [f"# {name}", "", *_soup_size_sentence(method, ingredients), "",
+    lines = [f"# {escape_markdown(name)}", "", *_soup_size_sentence(method, ingredients), "",
              "Model soups average the weights of models fine-tuned from one pretrained checkpoint "
              "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "
              "inference cost, often better accuracy, above all under distribution shift.",
@@ -196,69 +292,89 @@ def build_card(
              "| # | ingredient | revision | weight | in the soup | held-out score |", "|---|---|---|---|---|---|"]
     for k, ing in enumerate(ingredients, 1):
         inside = "yes" if ing.weight is None or ing.weight > 0 else "no"
-        lines.append(f"| {k} | {ing.repo_id or ing.ref} | `{ing.revision or 'local'}` | "
+        lines.append(f"| {k} | {escape_markdown(ing.repo_id or ing.ref)} | {_code(ing.revision or 'local')} | "
                      f"{_fmt(ing.weight)} | {inside} | {_fmt(ing.score)} |")
     if base_model:
-        lines += ["", f"Pretrained base: `{base_model}`."]
+        lines += ["", f"Pretrained base: {_code(base_model)}."]
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:
         lines += ["", "## Greedy trace", "", "| step | candidate | soup score | decision | soup size |",
                   "|---|---|---|---|---|"]
         for k, step in enumerate(trace, 1):
-            lines.append(f"| {k} | {step['ingredient']} | {_fmt(step['score'])} | "
+            lines.append(f"| {k} | {escape_markdown(step['ingredient'])} | {_fmt(step['score'])} | "
                          f"{'accepted' if step['accepted'] else 'rejected'} | {step['soup_size']} |")
     if warnings:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+        lines += ["", "## Warnings", ""] + [f"- {escape_markdown(w)}" for w in warnings]
     if results:
         methods = sorted({m for scores in results.values() for m in scores})
-        lines += ["", f"## Results ({metric})", "", "| method | " + " | ".join(results) + " |",
-                  "|---|" + "---|" * len(results)]
+        header = "| method | " + " | ".join(escape_markdown(s) for s in results) + " |"
+        lines += ["", f"## Results ({escape_markdown(metric)})", "", header, "|---|" + "---|" * len(results)]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(_fmt_ci(results[s].get(m), (intervals or {}).get(s, {}).get(m))
-                                                   for s in results) + " |")
+            scored = (_fmt_ci(results[s].get(m), (intervals or {}).get(s, {}).get(m)) for s in results)
+            lines.append(f"| {escape_markdown(m)} | " + " | ".join(scored) + " |")
         if intervals:
             lines += ["", "Brackets: paired bootstrap confidence intervals (every method resampled on the same "
                       "examples)."]
         if differences and any(differences.values()):
-            lines += ["", "### Difference to the best individual", "",
-                      "| method | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+            lines += ["", "### Difference to the best individual", "", header, "|---|" + "---|" * len(results)]
             for m in methods:
                 if m == "best_individual":
                     continue
                 cells = [(differences.get(s) or {}).get(m) for s in results]
-                lines.append(f"| {m} | " + " | ".join(f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" if d else "–"
-                                                       for d in cells) + " |")
-        lines += [""] + [f"> {note}" for note in notes] if notes else []
+                lines.append(f"| {escape_markdown(m)} | " + " | ".join(
+                    f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" if d else "–" for d in cells) + " |")
+        lines += [""] + [f"> {escape_markdown(note)}" for note in notes] if notes else []
         lines += _described_datasets(results, datasets or {})
     if plot_file:
-        lines += ["", f"![{metric} of every method on every evaluation set]({plot_file})"]
+        lines += ["", f"![{escape_markdown(metric)} of every method on every evaluation set]({plot_file})"]
     if compat_warnings:
         lines += ["", "## Compatibility warnings", "",
                   "The compatibility verdict passed with these warnings:", ""]
-        lines += [f"- **{_cell(w.ingredient)}** ({_cell(w.field)}): {_cell(w.message)}" for w in compat_warnings]
+        lines += [f"- **{escape_markdown(w.ingredient)}** ({escape_markdown(w.field)}): {escape_markdown(w.message)}"
+                  for w in compat_warnings]
     lines += [
         "", "## Recipe", "",
         _replay_statement(recipe), "",
-        "```yaml", recipe.to_yaml().rstrip(), "```", "",
-        "Re-create it with `hf-soups recipe recipe.yaml --output soup/`"
-        + (f" (or `hf-soups recipe {repo_id} --output soup/`)." if repo_id else "."),
+        *recipe_block(recipe), "",
+        _replay_command(repo_id),
         "",
         *usage_lines(config, model_path),
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def _replay_command(repo_id: str | None) -> str:
+    return ("Re-create it with `hf-soups recipe recipe.yaml --output soup/`"
+            + (f" (or {_code(f'hf-soups recipe {repo_id} --output soup/')})." if repo_id else "."))
+
+
+def recipe_digest(recipe_yaml: str) -> str:
+    """sha256 of a recipe's YAML text (`Recipe.to_yaml()`), as the card's recipe block records it."""
+    return hashlib.sha256(recipe_yaml.encode("utf-8")).hexdigest()
+
+
+def recipe_block(recipe: Recipe) -> list[str]:
+    """The card's fenced recipe block: the recipe's YAML, then `hf_soups_recipe_sha256: <sha256 of that YAML>`.
+
+    The fence is longer than any run of backticks in the YAML, so no recorded string can close it.
+    """
+    text = recipe.to_yaml()
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return [f"{fence}yaml", text.rstrip("\n"), f"{_DIGEST_KEY}: {recipe_digest(text)}", fence]
+
+
 def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
-    query = ", ".join(f"{k}=`{v}`" for k, v in (discovery.get("query") or {}).items())
+    query = ", ".join(f"{escape_markdown(k)}={_code(v)}" for k, v in (discovery.get("query") or {}).items())
     lines = ["", "## How the ingredients were found", "",
-             f"Found on the Hub on {discovery.get('date')} with `{discovery.get('command')}` ({query}): "
-             f"{discovery.get('found')} compatible fine-tunes, pinned to the revisions above."]
+             f"Found on the Hub on {escape_markdown(discovery.get('date'))} with {_code(discovery.get('command'))} "
+             f"({query}): {escape_markdown(discovery.get('found'))} compatible fine-tunes, pinned to the revisions "
+             "above."]
     rejected = discovery.get("rejected") or []
     if rejected:
         lines += ["", "| rejected | revision | reason |", "|---|---|---|"]
-        lines += [f"| {r['repo']} | `{r.get('sha') or '-'}` | {str(r.get('reason') or '').replace('|', '/')} |"
-                  for r in rejected]
+        lines += [f"| {escape_markdown(r.get('repo'))} | {_code(r.get('sha') or '-')} | "
+                  f"{escape_markdown(r.get('reason') or '')} |" for r in rejected]
     return lines
 
 
@@ -268,8 +384,8 @@ def _described_datasets(results: Mapping[str, Mapping[str, float]],
     described = [(s, datasets[s]) for s in results if datasets.get(s, {}).get("id")]
     if not described:
         return []
-    return [""] + [f"- `{s}`: `{d['id']}`" + (f" ({d['config']})" if d.get("config") else "")
-                   + (f", split `{d['split']}`" if d.get("split") else "") for s, d in described]
+    return [""] + [f"- {_code(s)}: {_code(d['id'])}" + (f" ({escape_markdown(d['config'])})" if d.get("config") else "")
+                   + (f", split {_code(d['split'])}" if d.get("split") else "") for s, d in described]
 
 
 def retarget_card(card: ModelCard, repo_id: str, config: Mapping[str, Any]) -> ModelCard:
@@ -279,10 +395,9 @@ def retarget_card(card: ModelCard, repo_id: str, config: Mapping[str, Any]) -> M
     """
     text = card.text
     name = repo_id.split("/")[-1]
-    text = re.sub(r"\A(\s*)# [^\n]*", lambda m: f"{m.group(1)}# {name}", text, count=1)
+    text = re.sub(r"\A(\s*)# [^\n]*", lambda m: f"{m.group(1)}# {escape_markdown(name)}", text, count=1)
     text = re.sub(r"Re-create it with `hf-soups recipe recipe\.yaml --output soup/`[^\n]*",
-                  f"Re-create it with `hf-soups recipe recipe.yaml --output soup/` (or `hf-soups recipe {repo_id} "
-                  "--output soup/`).", text, count=1)
+                  lambda m: _replay_command(repo_id), text, count=1)
     start = text.find(_USAGE_HEADING)
     if start >= 0:
         end = text.find("\n## ", start + len(_USAGE_HEADING))
@@ -310,29 +425,60 @@ def _replay_statement(recipe: Recipe) -> str:
         flag = (" **The calibration data is the held-out data that chose the weights**, so held-out scores of this "
                 "soup are not independent of its BatchNorm statistics.")
     if bn.recorded:
-        return (f"After averaging, the BatchNorm statistics were recomputed on `{bn.describe()}`.{flag} {where} "
+        return (f"After averaging, the BatchNorm statistics were recomputed on {_code(bn.describe())}.{flag} {where} "
                 "re-creates the soup bit for bit (with the same torch version and hardware): replay re-loads that "
                 "calibration data, checks its sha256 and recomputes the statistics:")
     return (f"After averaging, the BatchNorm statistics were recomputed on an in-memory calibration set "
-            f"(`{bn.describe()}`) that a recipe cannot hold.{flag} {where} re-creates the averaged weights bit for "
-            "bit; the BatchNorm statistics are re-created only when the same data is passed "
+            f"({_code(bn.describe())}) that a recipe cannot hold.{flag} {where} re-creates the averaged weights bit "
+            "for bit; the BatchNorm statistics are re-created only when the same data is passed "
             "(`replay_recipe(recipe, calibration_dataset=...)`, `hf-soups recipe ... --calibration-dataset`), and "
             "replay refuses data with another sha256:")
 
 
+#: A line of a card that starts a recipe mapping (wherever it is: a second one is refused).
+_RECIPE_LINE = re.compile(r"^[ \t]*[\"']?hf_soups_recipe[\"']?[ \t]*:", re.M)
+#: The recipe block: a backtick fence (3 or more) with `yaml`, the recipe, and the same fence on its own line.
+_RECIPE_BLOCK = re.compile(r"^(`{3,})yaml[ \t]*\n(hf_soups_recipe:.*?\n)\1[ \t]*$", re.M | re.S)
+_DIGEST_LINE = re.compile(r"^hf_soups_recipe_sha256:[ \t]*([0-9a-f]{64})[ \t]*$")
+_CARD_FIX = "pass a soup made by hf_soups (its repo id, directory or README.md), or a recipe YAML file."
+
+
 def recipe_from_card(card: ModelCard) -> Recipe:
-    """Extract the recipe block from a soup's card.
+    """Extract the recipe block from a soup's card, checked against the sha256 the block records.
+
+    A card holds exactly one recipe block. Cards written before hf_soups recorded the digest (one block, no
+    `hf_soups_recipe_sha256` line) are still read.
 
     Raises:
-        [`RecipeError`]: the card holds no recipe (it is not a soup's card).
+        [`RecipeError`]: the card holds no recipe (it is not a soup's card), more than one recipe, a recipe block
+            that is not the one hf_soups writes, or a recipe that does not match its sha256 (edited after hf_soups
+            wrote it).
     """
     from .errors import RecipeError
+    from .recipes.recipe import safe_yaml
 
-    text = card.text
-    start = text.find("```yaml\nhf_soups_recipe:")
-    if start < 0:
+    text = card.text.replace("\r\n", "\n")
+    starts = len(_RECIPE_LINE.findall(text))
+    if starts == 0:
         raise RecipeError("this model card holds no hf_soups recipe: it is not the card of a soup made with hf_soups.",
-                          fix="pass a soup made by hf_soups (its repo id, directory or README.md), or a recipe "
-                              "YAML file.")
-    end = text.find("```", start + 7)
-    return Recipe.from_yaml(text[start + len("```yaml\n") : end])
+                          fix=_CARD_FIX)
+    if starts > 1:
+        raise RecipeError(f"this model card holds {starts} hf_soups recipes where a soup's card holds one; the card "
+                          "was edited or holds someone else's text, so none of them is taken.",
+                          fix="use the soup's recipe.yaml, or re-write the card with hf_soups (Soup.write_card).")
+    blocks = _RECIPE_BLOCK.findall(text)
+    if len(blocks) != 1:
+        raise RecipeError("this model card's hf_soups recipe is not in the fenced ```yaml block hf_soups writes.",
+                          fix=_CARD_FIX)
+    lines = blocks[0][1].rstrip("\n").split("\n")
+    digest = _DIGEST_LINE.match(lines[-1])
+    body = "\n".join(lines[:-1] if digest else lines) + "\n"
+    keys = set(safe_yaml(body))
+    if keys != {_RECIPE_KEY}:
+        raise RecipeError(f"this model card's recipe block holds {sorted(map(str, keys - {_RECIPE_KEY}))[:5]} besides "
+                          f"'{_RECIPE_KEY}', which hf_soups never writes there.", fix=_CARD_FIX)
+    if digest and digest.group(1) != recipe_digest(body):
+        raise RecipeError("this model card's recipe does not match the sha256 recorded under it: it was changed after "
+                          "hf_soups wrote it.",
+                          fix="use the soup's recipe.yaml, or re-write the card with hf_soups (Soup.write_card).")
+    return Recipe.from_yaml(body)

@@ -61,7 +61,10 @@ class Soup:
         evaluation_warnings (`list[str]`): the same for the sets of the last [`Soup.evaluate`].
         base_model (`str`, *optional*): the shared pretrained checkpoint, when known (`MergeOptions(base_model=...)`,
             or the one every ingredient's card declares).
-        metric (`str`): the metric name of the held-out scores and results.
+        metric (`str`): the metric name of the held-out scores and results (a callable's qualified name).
+        metric_fn (*optional*): the metric itself when its name cannot re-load it: the user's callable (reused by
+            [`Soup.evaluate`]), or, for a replayed soup, the recipe's [`UserCallableMetric`], which asks for the
+            callable again.
         trust_remote_code (`bool`): whether `.model` may run the repository's code.
         plot_file (`str`, *optional*): the figure embedded in the card, relative to `output_dir`; [`Soup.evaluate`]
             draws it (`soup_plot.png`) whenever matplotlib is installed.
@@ -89,6 +92,7 @@ class Soup:
     evaluation_warnings: list[str] = field(default_factory=list)
     base_model: str | None = None
     metric: str = "accuracy"
+    metric_fn: Any = field(default=None, repr=False, compare=False)
     trust_remote_code: bool = False
     plot_file: str | None = None
     discovery: dict[str, Any] | None = None

@@ -6,6 +6,7 @@ definition: the fraction of exact matches), so offline runs work; every other na
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,18 +16,74 @@ import numpy as np
 
 from ..errors import EvaluationError
 
-__all__ = ["Metric", "resolve_metric"]
+__all__ = ["Metric", "UserCallableMetric", "callable_name", "metric_record", "resolve_metric"]
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A named scoring function `(predictions, references) -> float`."""
+    """A named scoring function `(predictions, references) -> float`.
+
+    Attributes:
+        name (`str`): what tables and cards call it.
+        compute (`Callable`): the scoring function.
+        source (`str`, *optional*): the metric name or path that re-loads it ([`resolve_metric`]); `None` for a
+            user callable, which a recipe cannot replay.
+    """
 
     name: str
     compute: Callable[[Sequence[int], Sequence[int]], float]
+    source: str | None = None
 
     def __call__(self, predictions: Sequence[int], references: Sequence[int]) -> float:
         return float(self.compute(predictions, references))
+
+
+@dataclass(frozen=True)
+class UserCallableMetric:
+    """A recipe's record of a metric that was a user callable: its name only, since code cannot be recorded.
+
+    [`resolve_metric`] refuses it with an [`EvaluationError`] asking for the callable again.
+
+    Attributes:
+        name (`str`): the callable's qualified name (`module.function`, `functools.partial(module.function)`).
+    """
+
+    name: str
+
+
+def callable_name(fn: Any) -> str:
+    """A user callable's qualified name: `module.qualname` of a function or lambda, of a callable object's class,
+    and `functools.partial(...)` around the wrapped function's."""
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({callable_name(fn.func)})"
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):  # a callable object: its class names it
+        qualname = type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) and module not in ("builtins", "__main__") else qualname
+
+
+def metric_record(metric: Any) -> tuple[str | None, str]:
+    """What a recipe can record of a metric: the name that re-loads it (`None` for a user callable), and the name
+    cards and tables show.
+
+    Args:
+        metric (`str`, `evaluate.EvaluationModule`, [`Metric`], [`UserCallableMetric`] or callable): as
+            [`resolve_metric`] takes it.
+
+    Returns:
+        `tuple[str | None, str]`: `(replayable name or None, display name)`.
+    """
+    if isinstance(metric, str):
+        return metric, metric
+    if isinstance(metric, UserCallableMetric):
+        return None, metric.name
+    if isinstance(metric, Metric):
+        return metric.source, metric.name
+    name = getattr(metric, "name", None)
+    if isinstance(name, str) and name and callable(getattr(metric, "compute", None)):  # an EvaluationModule
+        return name, name
+    return None, callable_name(metric)
 
 
 def _native_accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
@@ -34,7 +91,7 @@ def _native_accuracy(predictions: Sequence[int], references: Sequence[int]) -> f
     return float((p == r).mean()) if len(r) else 0.0
 
 
-def _from_module(module: Any) -> Metric:
+def _from_module(module: Any, source: str | None = None) -> Metric:
     name = getattr(module, "name", None) or "metric"
 
     def compute(predictions: Sequence[int], references: Sequence[int]) -> float:
@@ -49,7 +106,7 @@ def _from_module(module: Any) -> Metric:
             return float(values[0])
         return float(result)
 
-    return Metric(name, compute)
+    return Metric(name, compute, source or name)
 
 
 def resolve_metric(metric: Any = "accuracy") -> Metric:
@@ -65,6 +122,12 @@ def resolve_metric(metric: Any = "accuracy") -> Metric:
     """
     if isinstance(metric, Metric):
         return metric
+    if isinstance(metric, UserCallableMetric):
+        raise EvaluationError(
+            f"the metric was the user callable '{metric.name}', which a recipe records by name only and cannot "
+            "replay.",
+            fix="pass the callable again: metric=<the function> (soup.evaluate(..., metric=f), "
+                "soup_from_hub(..., metric=f)), or use a metric name evaluate.load can load.")
     try:
         import evaluate
     except ImportError:  # pragma: no cover - evaluate is a dependency
@@ -73,14 +136,14 @@ def resolve_metric(metric: Any = "accuracy") -> Metric:
         return _from_module(metric)
     if isinstance(metric, str):
         if metric == "accuracy" and not os.path.exists(metric):
-            return Metric("accuracy", _native_accuracy)
+            return Metric("accuracy", _native_accuracy, "accuracy")
         try:
-            return _from_module(evaluate.load(metric))
+            return _from_module(evaluate.load(metric), metric)
         except Exception as e:
             raise EvaluationError(
                 f"cannot load metric '{metric}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                 fix="pass an evaluate.EvaluationModule instance, a local metric script directory, or 'accuracy'.",
             ) from None
     if callable(metric):
-        return Metric(getattr(metric, "__name__", "metric"), metric)
+        return Metric(callable_name(metric), metric)
     raise EvaluationError(f"unsupported metric {metric!r}.", fix="pass a metric name or an EvaluationModule.")

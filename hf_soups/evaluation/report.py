@@ -121,20 +121,25 @@ class SoupReport:
         """A markdown table: one row per method (those of `methods`, in that order, when given), one column per set;
         each cell the score, its confidence interval and its difference to the best individual with the paired
         interval of that difference."""
+        from ..card import escape_markdown  # set and method names are the user's (ingredient names, set names)
+
         sets = list(self.results)
-        lines = [f"| method | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+        lines = [f"| method | {' | '.join(escape_markdown(s) for s in sets)} |", "|---|" + "---|" * len(sets)]
         for m in self.methods if methods is None else methods:
-            lines.append(f"| {m} | {' | '.join(self._cell(s, m) for s in sets)} |")
+            lines.append(f"| {escape_markdown(m)} | {' | '.join(self._cell(s, m) for s in sets)} |")
         return "\n".join(lines)
 
     def to_table(self) -> str:
         """A plain-text table for terminals and logs: the metric, the interval settings, the table and warnings."""
+        from ..card import one_line  # names from outside never break the terminal table
+
         b = self.bootstrap
-        sizes = ", ".join(f"{s}: {n}" for s, n in self.sizes.items())
-        lines = [f"{self.metric} with {b.confidence:.0%} paired bootstrap intervals ({b.resamples} resamples, "
-                 f"seed {b.seed}); Δ = difference to {BASELINE}" + (f"; examples {sizes}" if sizes else "")]
+        sizes = ", ".join(f"{one_line(s)}: {n}" for s, n in self.sizes.items())
+        lines = [f"{one_line(self.metric)} with {b.confidence:.0%} paired bootstrap intervals ({b.resamples} "
+                 f"resamples, seed {b.seed}); Δ = difference to {BASELINE}" + (f"; examples {sizes}" if sizes else "")]
         sets = list(self.results)
-        rows = [["method", *sets]] + [[m, *(self._cell(s, m) for s in sets)] for m in self.methods]
+        rows = [["method", *map(one_line, sets)]] + [[one_line(m), *(self._cell(s, m) for s in sets)]
+                                                     for m in self.methods]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"note: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
@@ -245,7 +250,7 @@ def evaluate_soup(
         [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, unusable data, or
             a recalibrated soup whose calibration data is not available.
     """
-    metric = metric or soup.metric
+    metric = metric or (soup.metric_fn if soup.metric_fn is not None else soup.metric)
     ingredients = soup.ingredients
     names = [i.name for i in ingredients]
     config = soup.config

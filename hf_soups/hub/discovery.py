@@ -149,11 +149,14 @@ class CandidateSet:
 
     def to_table(self) -> str:
         """A plain-text table (repo, sha, verdict, reason), compatible ingredients first."""
+        from ..card import one_line  # listing and collection content never breaks the table (nor the terminal)
+
         rows = [("repo", "sha", "verdict", "reason")]
-        rows += [(c.repo_id, (c.sha or "-")[:12], c.verdict, c.reason or "") for c in self.ingredients + self.rejected]
+        rows += [(one_line(c.repo_id), one_line(c.sha or "-")[:12], c.verdict, one_line(c.reason or ""))
+                 for c in self.ingredients + self.rejected]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"Found {len(self.ingredients)} compatible of {len(self.ingredients) + len(self.rejected)} "
-                 f"candidates ({self.query})"]
+                 f"candidates ({one_line(self.query)})"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
         return "\n".join(line.rstrip() for line in lines)
 

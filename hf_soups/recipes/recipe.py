@@ -40,7 +40,10 @@ class EvalSpec:
         text_column, label_column, image_column (`str`, *optional*):
             Column names (defaults: `text`/`sentence`, `label`, `image`/`img`).
         metric (`str`, *optional*, defaults to `"accuracy"`):
-            An `evaluate` metric name, or a local metric script directory.
+            An `evaluate` metric name, or a local metric script directory (recorded, and replayed, as it is); an
+            `evaluate.EvaluationModule` (recorded by its name); or a callable `(predictions, references) -> float`,
+            which a recipe cannot hold: it records `metric: null` and `metric_callable: <module.qualname>`, and
+            reads back a [`UserCallableMetric`] that asks for the callable again.
         strict (`bool`, *optional*, defaults to `False`):
             Greedy accepts only strict improvements (`>`), instead of the paper's `>=`.
         batch_size (`int`, *optional*):
@@ -81,13 +84,29 @@ class EvalSpec:
 
     @property
     def metric_name(self) -> str:
-        """The metric's name (a metric object's `.name`)."""
-        return self.metric if isinstance(self.metric, str) else getattr(self.metric, "name", "metric")
+        """The metric's name: the name it is loaded by, a metric object's `.name`, or a callable's qualified name."""
+        from ..evaluation.metrics import metric_record
+
+        return metric_record(self.metric)[1]
+
+    @property
+    def metric_replayable(self) -> bool:
+        """Whether the recipe can re-load the metric by its name (`False` for a user callable)."""
+        from ..evaluation.metrics import metric_record
+
+        return metric_record(self.metric)[0] is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields that decide the result, as recorded in a recipe (runtime settings left out)."""
+        """The fields that decide the result, as recorded in a recipe (runtime settings left out).
+
+        A metric a name cannot re-load (a user callable) is recorded as `metric: null` with `metric_callable:
+        <its qualified name>`."""
+        from ..evaluation.metrics import metric_record
+
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
-        data["metric"] = self.metric_name
+        data["metric"], name = metric_record(self.metric)
+        if data["metric"] is None:
+            data["metric_callable"] = name
         data["dataset"] = self.dataset if self.dataset is not None else IN_MEMORY
         for key in ("dtype", "max_samples"):  # at their defaults (exact fp32, all examples): recipes stay as they were
             if getattr(self, key) is None:
@@ -306,12 +325,21 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
     if evaluation is not None:
         if not isinstance(evaluation, dict):
             raise _field_error("evaluation", "expected a mapping.")
-        spec_fields = {f.name for f in fields(EvalSpec) if not f.metadata.get("runtime")}
+        spec_fields = {f.name for f in fields(EvalSpec) if not f.metadata.get("runtime")} | {"metric_callable"}
         bad = sorted(str(k)[:40] for k in evaluation if k not in spec_fields)
         if bad or "dataset" not in evaluation:
             raise _field_error("evaluation", f"unknown fields {bad}." if bad else "'dataset' is missing.")
         spec: dict[str, Any] = {}
+        if "metric_callable" in evaluation or ("metric" in evaluation and evaluation["metric"] is None):
+            from ..evaluation.metrics import UserCallableMetric
+
+            if evaluation.get("metric") is not None:
+                raise _field_error("evaluation.metric_callable", "a recipe records either a metric name or a user "
+                                   "callable, not both.")
+            spec["metric"] = UserCallableMetric(_text("evaluation.metric_callable", evaluation.get("metric_callable")))
         for k, v in evaluation.items():
+            if k in ("metric", "metric_callable") and "metric" in spec:
+                continue
             if k == "strict":
                 if not isinstance(v, bool):
                     raise _field_error("evaluation.strict", "expected true or false.")
