@@ -24,9 +24,23 @@ _DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluat
 def task_of(config: Mapping[str, Any]) -> str:
     """`"text"` for `*ForSequenceClassification`, `"image"` for `*ForImageClassification`.
 
+    Only single-label classification is evaluated: a config whose `problem_type` is `"regression"` or
+    `"multi_label_classification"`, or with one label (transformers treats `num_labels == 1` as regression), is
+    refused rather than scored as if it were single-label.
+
     Raises:
-        [`EvaluationError`]: another architecture.
+        [`EvaluationError`]: another architecture, or a regression or multi-label model.
     """
+    problem = config.get("problem_type")
+    id2label = config.get("id2label")
+    num_labels = len(id2label) if isinstance(id2label, Mapping) and id2label else config.get("num_labels", 2)
+    if problem in ("regression", "multi_label_classification") or num_labels == 1:
+        what = f"problem_type '{problem}'" if problem in ("regression", "multi_label_classification") else \
+            "one label (num_labels == 1, which transformers treats as regression)"
+        raise EvaluationError(f"cannot evaluate a model with {what}: held-out evaluation supports single-label "
+                              "classification only (problem_type 'single_label_classification' or unset, with "
+                              "num_labels >= 2) for now.",
+                              fix="use method='uniform' or 'weighted' (no evaluation), or a single-label classifier.")
     for arch in config.get("architectures") or []:
         if arch.endswith("ForSequenceClassification"):
             return "text"
