@@ -207,7 +207,8 @@ def build_card(
                   "|---|---|---|---|---|"]
         for k, step in enumerate(trace, 1):
             lines.append(f"| {k} | {step['ingredient']} | {_fmt(step['score'])} | "
-                         f"{'accepted' if step['accepted'] else 'rejected'} | {step['soup_size']} |")
+                         f"{'accepted' if step['accepted'] else 'rejected'}"
+                         f"{': ' + _cell(step['reason']) if step.get('reason') else ''} | {step['soup_size']} |")
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     if results:

@@ -233,3 +233,100 @@ def test_good_image_files_score_as_before(vit, tmp_path):
         expected = ViTForImageClassification.from_pretrained(vit).eval()(pixel_values=pixels).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
+
+
+# ---------------------------------------------------------------------------------------- item 10: degenerate logits
+
+
+def _with_head(src, dst, weight, bias):
+    """A copy of checkpoint `src` whose classifier weight and bias are filled with `weight` and `bias`."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(os.path.join(dst, "model.safetensors"))
+    tensors["classifier.weight"] = torch.full_like(tensors["classifier.weight"], weight)
+    tensors["classifier.bias"] = torch.tensor(bias, dtype=torch.float32)
+    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def degenerate_family(tmp_path_factory):
+    """Two tiny 2-label BERTs and degenerate variants of the first: classifier weights ~1e38 (inf or huge logits),
+    and a zero classifier with a bias for class 0 (the same logits for every example)."""
+    from hf_soups.testing import make_tiny_bert, perturb_checkpoint, sentiment_examples
+
+    root = tmp_path_factory.mktemp("degenerate")
+    base = make_tiny_bert(root / "base", seed=0, num_labels=2)
+    good = [perturb_checkpoint(base, root / f"g{i}", seed=i, scale=0.05) for i in (1, 2)]
+    huge = _with_head(good[0], root / "huge", 1e38, [0.0, 0.0])
+    constant = _with_head(good[0], root / "constant", 0.0, [3.0, 0.0])
+    data = sentiment_examples(40, seed=5)
+    data["label"] = [0] * 36 + [1] * 4  # predicting class 0 everywhere scores 0.9: a constant model would win
+    return {"good": good, "huge": huge, "constant": constant, "val": Dataset.from_dict(data)}
+
+
+def test_logit_problem_flags_nan_inf_huge_and_collapsed_logits(monkeypatch):
+    from hf_soups.evaluation.evaluator import logit_problem
+
+    fine = torch.tensor([[0.1, 2.0], [1.5, -0.3]])
+    assert logit_problem(fine) is None
+    assert "non-finite" in logit_problem(torch.tensor([[float("nan"), 0.0], [1.0, 2.0]]))
+    assert "non-finite" in logit_problem(torch.tensor([[float("-inf"), 0.0], [1.0, 2.0]]))
+    assert "beyond the bound" in logit_problem(torch.tensor([[3e4, 0.0], [1.0, 2.0]]))
+    assert "same logits for all 3" in logit_problem(torch.tensor([[1.0, 2.0]] * 3))
+    assert logit_problem(torch.tensor([[1.0, 2.0]] * 3), inputs_vary=False) is None  # identical inputs are fine
+    monkeypatch.setenv("HF_SOUPS_MAX_ABS_LOGIT", "1e5")
+    assert logit_problem(torch.tensor([[3e4, 0.0], [1.0, 2.0]])) is None
+
+
+def test_greedy_rejects_a_degenerate_trial_even_on_a_tie():
+    from hf_soups.recipes.greedy import Trial, greedy_select
+
+    def score_with(members, candidate):  # every trial ties; the one with 'c' collapses
+        return Trial(0.9, "collapsed logits" if candidate == 2 else None)
+
+    accepted, trace = greedy_select(["a", "b", "c"], [0.9, 0.8, 0.7], score_with)
+    assert accepted == [0, 1]
+    assert trace[2] == {"ingredient": "c", "score": 0.9, "accepted": False, "soup_size": 2,
+                        "reason": "the soup with it gives collapsed logits"}
+
+
+def test_greedy_never_seeds_with_a_degenerate_ingredient_and_refuses_when_all_are():
+    from hf_soups.recipes.greedy import greedy_select
+
+    accepted, trace = greedy_select(["a", "b"], [0.95, 0.5], lambda m, c: 0.5, problems=["non-finite logits", None])
+    assert accepted == [1] and trace[0]["ingredient"] == "b"
+    assert trace[1]["reason"] == "the ingredient alone gives non-finite logits" and not trace[1]["accepted"]
+    with pytest.raises(EvaluationError, match="every ingredient"):
+        greedy_select(["a"], [0.9], lambda m, c: 0.9, problems=["collapsed"])
+
+
+@pytest.mark.parametrize("bad, why", [("huge", r"non-finite logits|beyond the bound"), ("constant", "same logits")])
+def test_greedy_soup_rejects_an_ingredient_with_degenerate_logits_with_the_reason_in_trace_and_card(
+        degenerate_family, tmp_path, bad, why):
+    from hf_soups import soup_from_hub
+
+    fam = degenerate_family
+    refs = [*fam["good"], fam[bad]]
+    soup = soup_from_hub(refs, method="greedy", eval_dataset=fam["val"], output_dir=tmp_path / "soup")
+    weights = {i.name: i.weight for i in soup.ingredients}
+    assert weights[str(fam[bad])] == 0.0 and weights[str(fam["good"][0])] > 0
+    step = next(s for s in soup.trace if s["ingredient"] == str(fam[bad]))
+    assert not step["accepted"] and __import__("re").search(why, step["reason"])
+    card = str(soup.card)
+    assert "rejected: the ingredient alone gives" in card and "## Warnings" in card
+    assert f"candidate '{fam[bad]}' was rejected whatever its score" in card
+
+
+def test_evaluation_flags_rows_with_degenerate_logits(degenerate_family, tmp_path):
+    from hf_soups import soup_from_hub
+
+    fam = degenerate_family
+    soup = soup_from_hub([*fam["good"], fam["constant"]], method="uniform", output_dir=tmp_path / "soup")
+    report = soup.evaluate({"val": fam["val"]}, bootstrap=100, progress=False)
+    flagged = [w for w in report.warnings if f"'ingredient:{fam['constant']}' on 'val'" in w]
+    assert flagged and "same logits for all 40 examples" in flagged[0]
+    assert not any(f"'ingredient:{fam['good'][0]}'" in w for w in report.warnings)
