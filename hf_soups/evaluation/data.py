@@ -382,8 +382,15 @@ def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], m
         [`LabelMismatchError`]: names differ, a label name is unknown, or ids are out of range.
     """
     import datasets
+    import pyarrow
 
-    labels = list(dataset[label_column])
+    try:
+        labels = list(dataset[label_column])
+    except (TypeError, ValueError, pyarrow.ArrowException) as e:  # e.g. structs with duplicate field names
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise EvaluationError(f"the label column '{label_column}' cannot be read ({type(e).__name__}: {first}).",
+                              ingredient=model_name, param="label_column",
+                              fix="labels must be integer ids or label names, one per row.") from None
     feature = dataset.features.get(label_column)
     fix = "re-map the dataset's labels to the model's id2label (dataset.align_labels_with_mapping(label2id, column))."
     to_model: list[int] | None = None
