@@ -330,3 +330,19 @@ def test_evaluation_flags_rows_with_degenerate_logits(degenerate_family, tmp_pat
     flagged = [w for w in report.warnings if f"'ingredient:{fam['constant']}' on 'val'" in w]
     assert flagged and "same logits for all 40 examples" in flagged[0]
     assert not any(f"'ingredient:{fam['good'][0]}'" in w for w in report.warnings)
+
+
+def test_greedy_ensemble_baseline_skips_a_member_with_degenerate_logits():
+    from hf_soups.evaluation.evaluator import logit_problem
+    from hf_soups.recipes.greedy import greedy_ensemble
+
+    labels = torch.tensor([0, 0, 0, 1])
+    good = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.0, 3.0]])  # 3 of 4 right
+    constant = torch.tensor([[9.0, 0.0]] * 4)  # also 3 of 4 right, whatever the input
+
+    def accuracy(lg):
+        return float((lg.argmax(-1) == labels).float().mean())
+
+    assert greedy_ensemble([good, constant], [0.75, 0.75], accuracy) == [0, 1]  # without the check: kept on a tie
+    assert greedy_ensemble([good, constant], [0.75, 0.75], accuracy, problem=logit_problem) == [0]
+    assert greedy_ensemble([constant, good], [0.75, 0.75], accuracy, problem=logit_problem) == [1]

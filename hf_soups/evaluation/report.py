@@ -360,7 +360,7 @@ def evaluate_soup(
         if "greedy_ensemble" in wanted:
             members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
                                       [ingredient_scores[sel_set][n] for n in names],
-                                      evaluators[sel_set][-1].score_logits)
+                                      evaluators[sel_set][-1].score_logits, problem=evaluators[sel_set][-1].problem)
         for s, evs in evaluators.items():
             ev = evs[-1]
             for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):

@@ -113,10 +113,19 @@ def degenerate_steps(trace: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
-                    score_logits: Callable[[torch.Tensor], float], strict: bool = False) -> list[int]:
+                    score_logits: Callable[[torch.Tensor], float], strict: bool = False,
+                    problem: Callable[[torch.Tensor], str | None] | None = None) -> list[int]:
     """The greedy ensemble baseline: [`greedy_select`] over averaged logits instead of averaged weights.
 
     The logits of each trial ensemble are averaged by the merge kernel ([`weighted_sum`]), in ingredient order.
+
+    Args:
+        logits (`Sequence[torch.Tensor]`): each ingredient's logits on the selection set.
+        scores (`Sequence[float]`): each ingredient's score.
+        score_logits (`Callable[[torch.Tensor], float]`): the metric of averaged logits.
+        strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
+        problem (`Callable[[torch.Tensor], str | None]`, *optional*): why logits are degenerate (e.g.
+            `Evaluator.problem`); degenerate members and trial ensembles are rejected as in [`greedy_select`].
 
     Returns:
         `list[int]`: the chosen members, sorted.
@@ -124,9 +133,14 @@ def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
 
     from ..merge.ops import weighted_sum
 
-    def score_with(members: list[int], candidate: int) -> float:
+    def score_with(members: list[int], candidate: int) -> Trial:
         chosen = sorted([*members, candidate])
-        return score_logits(weighted_sum((logits[i] for i in chosen), [1.0] * len(chosen)))
+        mean = weighted_sum((logits[i] for i in chosen), [1.0] * len(chosen))
+        return Trial(score_logits(mean), problem(mean) if problem is not None else None)
 
-    accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict)
+    problems = [problem(lg) for lg in logits] if problem is not None else None
+    if problems is not None and all(p is not None for p in problems):
+        problems = None  # a baseline row: every member is degenerate (each row is flagged), keep the plain recipe
+    accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict,
+                                problems=problems)
     return accepted
