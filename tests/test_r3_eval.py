@@ -235,6 +235,26 @@ def test_good_image_files_score_as_before(vit, tmp_path):
 
 
 
+@pytest.mark.parametrize("kind", ["fifo"])  # the other kinds are covered through the API above
+def test_cli_with_a_bad_image_path_in_a_csv_exits_with_one_line_and_never_hangs(vit, tmp_path, kind):
+    import subprocess
+    import sys
+
+    from hf_soups.testing import perturb_checkpoint
+
+    other = perturb_checkpoint(vit, tmp_path / "vit2", seed=1, scale=0.05)
+    _png(tmp_path / "good.png")
+    bad = _bad_image(tmp_path, kind)
+    data = tmp_path / "eval.csv"
+    data.write_text(f"image,label\ngood.png,0\n{bad.name},1\n")  # paths relative to the csv
+    run = subprocess.run([sys.executable, "-m", "hf_soups", "soup", vit, other, "--method", "greedy",
+                          "--eval-dataset", str(data), "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 8, run.stderr  # EvaluationError's code, never 1 ("incompatible")
+    assert "Traceback" not in run.stderr and "row 1 of image column 'image'" in run.stderr and bad.name in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------- item 10: degenerate logits
 
 
