@@ -86,12 +86,15 @@ def _decode(data: bytes, mode: str, row: int | None, column: str | None, path: s
     import io
     import warnings
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.getexif().get(Image.ExifTags.Base.Orientation) is not None:  # as `datasets.Image` decodes
+                    return ImageOps.exif_transpose(im).convert(mode)
                 return im.convert(mode)
     except Exception as e:  # decoding untrusted bytes: PIL raises OSError, SyntaxError, ValueError, EOFError, ...
         first = (str(e).splitlines() or [""])[0][:200]

@@ -97,7 +97,7 @@ def greedy_select(
             best_score = score
             if accept:
                 accept(i)
-        entry = {"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)}
+        entry: dict[str, Any] = {"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)}
         if problem is not None:
             entry["reason"] = problem
         trace.append(entry)
