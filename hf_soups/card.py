@@ -302,8 +302,9 @@ def build_card(
         lines += ["", "## Greedy trace", "", "| step | candidate | soup score | decision | soup size |",
                   "|---|---|---|---|---|"]
         for k, step in enumerate(trace, 1):
+            reason = f": {escape_markdown(step['reason'])}" if step.get("reason") else ""
             lines.append(f"| {k} | {escape_markdown(step['ingredient'])} | {_fmt(step['score'])} | "
-                         f"{'accepted' if step['accepted'] else 'rejected'} | {step['soup_size']} |")
+                         f"{'accepted' if step['accepted'] else 'rejected'}{reason} | {step['soup_size']} |")
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {escape_markdown(w)}" for w in warnings]
     if results:

@@ -100,6 +100,20 @@ def eval_cache_bytes() -> int:
     return int(float(os.environ.get("HF_SOUPS_EVAL_CACHE_MB", "64")) * 1024 * 1024)
 
 
+def max_image_bytes() -> int:
+    """Largest image file an evaluation set may name, in bytes (`HF_SOUPS_MAX_IMAGE_MB`, default 100); a larger file
+    is refused before it is read. Decoded size is bounded by PIL's `Image.MAX_IMAGE_PIXELS` (a decompression bomb is
+    refused, its warning included)."""
+    return int(float(os.environ.get("HF_SOUPS_MAX_IMAGE_MB", "100")) * 1024 * 1024)
+
+
+def max_abs_logit() -> float:
+    """Largest logit magnitude a scored model may produce (`HF_SOUPS_MAX_ABS_LOGIT`, default 1e4): trained classifiers
+    stay within tens; beyond the bound (or NaN/inf, or the same logits for every example) a greedy candidate is
+    rejected and an evaluation row is flagged as degenerate."""
+    return float(os.environ.get("HF_SOUPS_MAX_ABS_LOGIT", "1e4"))
+
+
 def fsync_enabled() -> bool:
     """Whether the soup's files are fsynced before the atomic rename (`HF_SOUPS_FSYNC=1`)."""
     return os.environ.get("HF_SOUPS_FSYNC", "0").lower() in {"1", "true", "yes"}

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from ..errors import CorruptCheckpointError, IngredientNotFoundError, UnsafeCheckpointError
 
 __all__ = ["allowed_roots", "is_inside", "resolve_inside", "open_inside", "read_inside", "copy_inside",
-           "check_files_inside"]
+           "check_files_inside", "open_regular"]
 
 _HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
@@ -205,3 +206,43 @@ def check_files_inside(directory: str | os.PathLike[str], names: tuple[str, ...]
         if real is not None:
             present[name] = real
     return present
+
+
+def open_regular(path: str | os.PathLike[str], refuse: Callable[[str], Exception]) -> int:
+    """Open a user's file (e.g. an image named by evaluation data) read-only, only if it is a regular file.
+
+    Unlike [`open_inside`] the file may lie anywhere and symlinks are followed (they are the user's own), but what
+    they lead to must be a regular file: FIFOs, sockets, devices (a link to `/dev/zero`) and directories are refused
+    before they are opened, the open uses `O_NONBLOCK` (a FIFO swapped in cannot block) and the descriptor is
+    checked again. Returns a blocking file descriptor (the caller closes it).
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        refuse (`Callable[[str], Exception]`): builds the caller's error from the reason (`"does not exist"`,
+            `"is a FIFO (named pipe), not a regular file"`, ...).
+
+    Raises:
+        What `refuse` builds.
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise refuse("does not exist") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise refuse(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(f"is {_kind(st.st_mode)}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise refuse(f"cannot be opened ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"is {_kind(st.st_mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

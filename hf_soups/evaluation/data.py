@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EvalSet", "as_eval_dataset", "register_eval_data_form", "check_eval_data", "model_id2label",
            "is_transformed", "untransformed",
-           "load_eval_dataset", "find_column", "check_labels", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
+           "load_eval_dataset", "find_column", "check_labels", "label_id", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
@@ -163,20 +163,34 @@ def _as_dataset(data: Any, split: str | None, parameter: str) -> Any:
                                                   and all(isinstance(v, datasets.Dataset) for v in data.values())):
         return _pick_split(data, split, parameter)
     if _is_dataframe(data):
-        return datasets.Dataset.from_pandas(data, preserve_index=False)
+        return _converted(lambda: datasets.Dataset.from_pandas(data, preserve_index=False), parameter)
     if isinstance(data, Mapping):
         lengths = {k: len(v) for k, v in data.items() if isinstance(v, Sequence) and not isinstance(v, str)}
         if not data or len(lengths) != len(data) or len(set(lengths.values())) != 1:
             raise EvaluationError(f"{parameter} is a dict, but not of equal-length lists ({lengths or 'empty'}).",
                                   fix="pass {'text': [...], 'label': [...]} with one entry per example.",
                                   param=parameter)
-        return datasets.Dataset.from_dict(dict(data))
+        return _converted(lambda: datasets.Dataset.from_dict(dict(data)), parameter)
     if isinstance(data, Sequence) and data and all(isinstance(r, Mapping) for r in data):
-        return datasets.Dataset.from_list(list(data))
+        return _converted(lambda: datasets.Dataset.from_list(list(data)), parameter)
     raise EvaluationError(
         f"{parameter} of type {type(data).__name__} is not a form of evaluation data hf_soups reads.",
         fix="pass a datasets.Dataset, a DatasetDict with split=..., a pandas DataFrame, a dict of lists, a "
             "csv/json/parquet path or a Hub dataset id.", param=parameter)
+
+
+def _converted(build: Callable[[], Any], parameter: str) -> Any:
+    """`build()`, a `datasets.Dataset` made from in-memory columns; Arrow's refusal of a column whose values have no
+    common type (`[1, None, "x", [2]]`) becomes an [`EvaluationError`]."""
+    import pyarrow
+
+    try:
+        return build()
+    except (TypeError, ValueError, ArithmeticError, pyarrow.ArrowException) as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise EvaluationError(f"{parameter} cannot be converted to a dataset: a column mixes values of different "
+                              f"types ({type(e).__name__}: {first}).",
+                              fix="give each column one type (e.g. int labels, str texts).", param=parameter) from None
 
 
 def _is_dataframe(data: Any) -> bool:
@@ -312,25 +326,74 @@ def _is_generic(id2label: Mapping[int, str]) -> bool:
     return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
+def _shown(value: Any) -> str:
+    """A label value as an error shows it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def label_id(value: Any) -> int | None:
+    """The label id an integral `value` stands for: an `int` or numpy integer, or a finite float that is exactly an
+    integer (`2.0`); `None` for anything else (bools, fractional or non-finite floats, strings, lists, `None`).
+
+    The id is not range-checked here (see [`check_labels`]).
+    """
+    import math
+    import numbers
+
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # True is not a class id
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        as_float = float(value)
+        if math.isfinite(as_float) and as_float.is_integer():
+            return int(as_float)
+    return None
+
+
+def _bad_label(row: int, column: str, value: Any, id2label: Mapping[int, str], model_name: str,
+               count: int) -> EvaluationError:
+    names = [id2label[i] for i in sorted(id2label)]
+    more = f" ({count - 1} more rows are invalid too)" if count > 1 else ""
+    return EvaluationError(
+        f"row {row} of label column '{column}' holds {_shown(value)} ({type(value).__name__}), which is not a label of "
+        f"a single-label classifier{more}. Labels must be integer ids in [0, {len(id2label)}) (ints, or floats that "
+        f"are exactly integers) or the label names {names[:10]}{'...' if len(names) > 10 else ''}.",
+        ingredient=model_name, param="label_column",
+        fix="clean the label column (drop or fix the rows without a label; cast it to int) before evaluating.")
+
+
 def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], model_name: str) -> list[int]:
     """Map the dataset's labels to the model's label ids, refusing any mismatch.
 
     `ClassLabel` names must match the model's `id2label` names (case-insensitive); when the same names carry other
     ids (an imagefolder numbers its class folders alphabetically), the labels are mapped by name, as
     `datasets.Dataset.align_labels_with_mapping` and `evaluate`'s `label_mapping` do, and a note is logged. String
-    labels are mapped through `label2id`; integer labels must lie in `[0, num_labels)`.
+    labels are mapped through `label2id` (case-insensitive); integer labels (ints, numpy integers, floats that are
+    exactly integers such as `2.0`) must lie in `[0, num_labels)`. Every other value (`None`, NaN, inf, `2.9`, `-0.4`,
+    bools, lists, dicts) is refused, never truncated: an accepted value maps to exactly one valid id.
 
     Returns:
         `list[int]`: the reference label ids.
 
     Raises:
-        [`LabelMismatchError`]: names differ, a label is unknown, or ids are out of range.
+        [`EvaluationError`]: a value is not a label at all (the first such row, its column and value are named).
+        [`LabelMismatchError`]: names differ, a label name is unknown, or ids are out of range.
     """
     import datasets
+    import pyarrow
 
-    labels = list(dataset[label_column])
+    try:
+        labels = list(dataset[label_column])
+    except (TypeError, ValueError, pyarrow.ArrowException) as e:  # e.g. structs with duplicate field names
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise EvaluationError(f"the label column '{label_column}' cannot be read ({type(e).__name__}: {first}).",
+                              ingredient=model_name, param="label_column",
+                              fix="labels must be integer ids or label names, one per row.") from None
     feature = dataset.features.get(label_column)
     fix = "re-map the dataset's labels to the model's id2label (dataset.align_labels_with_mapping(label2id, column))."
+    to_model: list[int] | None = None
     if isinstance(feature, datasets.ClassLabel) and not _is_generic(id2label):
         names = feature.names
         model_names = [id2label.get(i) for i in range(len(id2label))]
@@ -343,17 +406,40 @@ def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], m
             to_model = [model_lowered.index(n) for n in lowered]
             logger.warning("the dataset's class ids differ from the model's id2label (%s vs %s); labels are mapped "
                            "by name.", names, model_names)
-            return [to_model[int(x)] for x in labels]
-    if labels and isinstance(labels[0], str):
-        label2id = {str(v).lower(): int(k) for k, v in id2label.items()}
-        unknown = sorted({x for x in labels if x.lower() not in label2id})
-        if unknown:
-            raise LabelMismatchError(f"dataset labels {unknown[:5]} are not in the model's label2id "
-                                     f"{sorted(label2id)}.", ingredient=model_name, fix=fix)
-        return [label2id[x.lower()] for x in labels]
-    ids = [int(x) for x in labels]
-    bad = sorted({i for i in ids if not 0 <= i < len(id2label)})
-    if bad:
-        raise LabelMismatchError(f"dataset label ids {bad[:5]} are outside the model's {len(id2label)} labels "
-                                 f"{dict(id2label)}.", ingredient=model_name, fix=fix)
+    label2id = {str(v).lower(): int(k) for k, v in id2label.items()}
+    ids: list[int] = []
+    invalid: list[tuple[int, Any]] = []
+    unknown: dict[str, None] = {}
+    out_of_range: dict[int, None] = {}
+    for row, value in enumerate(labels):
+        if isinstance(value, str):
+            mapped = label2id.get(value.lower())
+            if mapped is None:
+                unknown.setdefault(value, None)
+            ids.append(-1 if mapped is None else mapped)
+            continue
+        i = label_id(value)
+        if i is None:
+            invalid.append((row, value))
+        elif not 0 <= i < (len(to_model) if to_model is not None else len(id2label)):
+            out_of_range.setdefault(i, None)
+        else:
+            ids.append(to_model[i] if to_model is not None else i)
+            continue
+        ids.append(-1)
+    if invalid:
+        row, value = invalid[0]
+        raise _bad_label(row, label_column, value, id2label, model_name, len(invalid))
+    if unknown:
+        raise LabelMismatchError(f"dataset labels {', '.join(_shown(u) for u in list(unknown)[:5])} in column "
+                                 f"'{label_column}' (first at row {labels.index(next(iter(unknown)))}) are not in the "
+                                 f"model's label2id {sorted(label2id)}.", ingredient=model_name, fix=fix)
+    if out_of_range:
+        bad = sorted(out_of_range)
+        first = next(r for r, v in enumerate(labels) if not isinstance(v, str) and label_id(v) in out_of_range)
+        unlabeled = " (-1 marks an unlabeled example, as in a test split without labels)" if -1 in out_of_range else ""
+        raise LabelMismatchError(f"dataset label ids {', '.join(_shown(b) for b in bad[:5])} in column "
+                                 f"'{label_column}' (first at row {first}) are outside the model's {len(id2label)} "
+                                 f"labels {_shown(dict(id2label))}{unlabeled}.",
+                                 ingredient=model_name, fix=fix)
     return ids

@@ -16,7 +16,7 @@ from .device import autocast, default_batch_size, input_device, resolve_eval_dev
 from .images import image_batches
 from .metrics import Metric, resolve_metric
 
-__all__ = ["Evaluator", "task_of", "evaluate_checkpoint", "evaluators_by_processor"]
+__all__ = ["Evaluator", "task_of", "evaluate_checkpoint", "evaluators_by_processor", "logit_problem"]
 
 _DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluation device across candidates
 
@@ -24,9 +24,23 @@ _DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluat
 def task_of(config: Mapping[str, Any]) -> str:
     """`"text"` for `*ForSequenceClassification`, `"image"` for `*ForImageClassification`.
 
+    Only single-label classification is evaluated: a config whose `problem_type` is `"regression"` or
+    `"multi_label_classification"`, or with one label (transformers treats `num_labels == 1` as regression), is
+    refused rather than scored as if it were single-label.
+
     Raises:
-        [`EvaluationError`]: another architecture.
+        [`EvaluationError`]: another architecture, or a regression or multi-label model.
     """
+    problem = config.get("problem_type")
+    id2label = config.get("id2label")
+    num_labels = len(id2label) if isinstance(id2label, Mapping) and id2label else config.get("num_labels", 2)
+    if problem in ("regression", "multi_label_classification") or num_labels == 1:
+        what = f"problem_type '{problem}'" if problem in ("regression", "multi_label_classification") else \
+            "one label (num_labels == 1, which transformers treats as regression)"
+        raise EvaluationError(f"cannot evaluate a model with {what}: held-out evaluation supports single-label "
+                              "classification only (problem_type 'single_label_classification' or unset, with "
+                              "num_labels >= 2) for now.",
+                              fix="use method='uniform' or 'weighted' (no evaluation), or a single-label classifier.")
     for arch in config.get("architectures") or []:
         if arch.endswith("ForSequenceClassification"):
             return "text"
@@ -34,6 +48,37 @@ def task_of(config: Mapping[str, Any]) -> str:
             return "image"
     raise EvaluationError(f"cannot evaluate architectures {config.get('architectures')}: only *ForSequenceClassification "
                           "and *ForImageClassification are supported.", fix="use method='uniform' or 'weighted'.")
+
+
+def logit_problem(logits: torch.Tensor, *, inputs_vary: bool = True) -> str | None:
+    """Why `logits` (examples x labels) are degenerate, or `None`: NaN or inf values, a magnitude beyond
+    `HF_SOUPS_MAX_ABS_LOGIT` (trained classifiers stay within tens), or the same logits for every example (the
+    output no longer depends on the input) when `inputs_vary` (some model gave different logits on these inputs).
+
+    Such logits can still tie the best accuracy by chance (argmax of NaN or of a constant row picks one class), so
+    greedy rejects a candidate that produces them and evaluation flags the row.
+    """
+    from .. import constants
+
+    if not logits.numel():
+        return None
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        return f"non-finite logits ({bad} of {logits.numel()} values are NaN or inf)"
+    bound = constants.max_abs_logit()
+    peak = float(logits.abs().max())
+    if peak > bound:
+        return f"logits up to {peak:.3g} in magnitude, beyond the bound {bound:.3g} (HF_SOUPS_MAX_ABS_LOGIT)"
+    if inputs_vary and logits.shape[0] > 1 and _collapsed(logits):
+        return f"the same logits for all {logits.shape[0]} examples (collapsed: the output ignores the input)"
+    return None
+
+
+def _collapsed(logits: torch.Tensor) -> bool:
+    """Whether every row of `logits` equals the first, up to float32 rounding of their scale."""
+    spread = float((logits - logits[0]).abs().max())
+    return spread <= 1e-6 * (1.0 + float(logits.abs().max()))
 
 
 class Evaluator:
@@ -91,6 +136,7 @@ class Evaluator:
         self.dtype = resolve_eval_dtype(dtype)
         self.batch_size = default_batch_size(self.device, batch_size)
         self.evaluations = 0
+        self.inputs_vary = False  # set once a model gives different logits on different examples of this set
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
         raw = untransformed(dataset)  # labels and columns as stored, not through a transform
@@ -180,7 +226,15 @@ class Evaluator:
             out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
         self.forward_seconds += time.perf_counter() - start
         self.evaluations += 1
-        return sum_across(out)
+        out = sum_across(out)
+        if not self.inputs_vary and len(out) > 1 and bool(torch.isfinite(out).all()) and not _collapsed(out):
+            self.inputs_vary = True
+        return out
+
+    def problem(self, logits: torch.Tensor) -> str | None:
+        """Why `logits` from this evaluator are degenerate, or `None` (see [`logit_problem`]); collapse counts only
+        once some model gave different logits on these examples (a set of identical inputs is not flagged)."""
+        return logit_problem(logits, inputs_vary=self.inputs_vary)
 
     def score_logits(self, logits: torch.Tensor) -> float:
         """The metric of argmax predictions against the references."""

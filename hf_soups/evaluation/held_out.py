@@ -21,6 +21,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan
 from ..recipes import EvalSpec, get_method
+from ..recipes.greedy import Trial, degenerate_steps
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state
 from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
@@ -56,8 +57,9 @@ class OffloadedCandidates:
     def score_ingredient(self, i: int) -> tuple[float, torch.Tensor]:
         return self._score_members({i})
 
-    def score_with(self, members: list[int], candidate: int) -> float:
-        return self._score_members(set(members) | {candidate})[0]
+    def score_with(self, members: list[int], candidate: int) -> Trial:
+        score, logits = self._score_members(set(members) | {candidate})
+        return Trial(score, self.evaluator.problem(logits))
 
     def _score_members(self, chosen: set[int]) -> tuple[float, torch.Tensor]:
         import shutil
@@ -148,6 +150,7 @@ def choose_weights(
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
     scores: list[float] = []
+    own_logits: list[torch.Tensor] = []
     predictions: dict[str, torch.Tensor] = {}
 
     def onehot(members: Sequence[int]) -> list[float]:
@@ -155,6 +158,7 @@ def choose_weights(
 
     def individual(i: int, result: tuple[float, torch.Tensor]) -> None:
         scores.append(result[0])
+        own_logits.append(result[1])
         predictions[names[i]] = evaluators[i].predictions(result[1])
         bar.update()
 
@@ -182,8 +186,9 @@ def choose_weights(
                 for i in range(len(readers)):
                     individual(i, score(onehot([i]), evaluators[i]))
 
-                def score_with(members: list[int], candidate: int) -> float:
-                    return score(onehot([*members, candidate]), evaluator)[0]
+                def score_with(members: list[int], candidate: int) -> Trial:
+                    value, logits = score(onehot([*members, candidate]), evaluator)
+                    return Trial(value, evaluator.problem(logits))
             else:
                 states = _learned_states(plan, readers, holder)
                 for i in range(len(readers)):
@@ -195,13 +200,18 @@ def choose_weights(
         best = max(names, key=lambda n: score_map[n])
         intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
         warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
+        warnings = [warning] if warning else []
         if method == "greedy":
-            accepted, trace = select(names, scores, score_with, strict=spec.strict, progress=bar.update)
+            # judged after every ingredient was scored: a collapse counts once some model's logits varied
+            problems = [evaluators[i].problem(own_logits[i]) for i in range(len(readers))]
+            accepted, trace = select(names, scores, score_with, strict=spec.strict, progress=bar.update,
+                                     problems=problems)
             weights = onehot(accepted)
+            warnings += degenerate_steps(trace)
         else:
             weights, trace = select(
                 holder.model, states, evaluator.batches, evaluator.references,
                 lambda ws: evaluators[lead_index(ws, scores)].score(holder.load_combination(states, ws))[0],
                 steps=spec.learned_steps, seed=seed,
             )
-    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, [warning] if warning else [])
+    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, warnings)

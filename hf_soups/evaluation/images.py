@@ -57,18 +57,67 @@ def _refuse_array(data: Any, split: str | None) -> Any:
 register_eval_data_form(_is_array, _refuse_array)
 
 
-def _to_image(value: Any, mode: str) -> Any:
+def _image_error(row: int | None, column: str | None, path: str | None, why: str) -> EvaluationError:
+    where = f"row {row} of image column '{column}'" if row is not None else "an image"
+    return EvaluationError(f"{where}: {why}.", file=path, param="image_column",
+                           fix="fix or drop that row (each image must be a readable image file or bytes within "
+                               "HF_SOUPS_MAX_IMAGE_MB and PIL.Image.MAX_IMAGE_PIXELS).")
+
+
+def _read_image_file(path: str, row: int | None, column: str | None) -> bytes:
+    """The bytes of the image file `path`: a regular file (never a FIFO, socket, device or directory), opened without
+    blocking, at most `HF_SOUPS_MAX_IMAGE_MB`."""
+    from ..checkpoint.safe_files import open_regular
+
+    if "://" in path or "::" in path:
+        raise _image_error(row, column, path, "is a URL or remote path; only local image files are read")
+    limit = constants.max_image_bytes()
+    fd = open_regular(path, lambda why: _image_error(row, column, path, f"the image file {why}"))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _image_error(row, column, path, f"the image file is larger than {limit} bytes (HF_SOUPS_MAX_IMAGE_MB)")
+    return data
+
+
+def _decode(data: bytes, mode: str, row: int | None, column: str | None, path: str | None) -> Any:
+    """Decode image bytes to a PIL image in `mode`; every PIL failure (not an image, truncated, a decompression bomb,
+    whose warning is promoted to an error) becomes an [`EvaluationError`] naming the row and the file."""
+    import io
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.getexif().get(Image.ExifTags.Base.Orientation) is not None:  # as `datasets.Image` decodes
+                    return ImageOps.exif_transpose(im).convert(mode)
+                return im.convert(mode)
+    except Exception as e:  # decoding untrusted bytes: PIL raises OSError, SyntaxError, ValueError, EOFError, ...
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise _image_error(row, column, path, f"cannot be decoded as an image ({type(e).__name__}: {first})") \
+            from None
+
+
+def _to_image(value: Any, mode: str, row: int | None = None, column: str | None = None) -> Any:
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return value if value.mode == mode else value.convert(mode)
     if isinstance(value, (str, os.PathLike)):
-        with Image.open(value) as im:
-            return im.convert(mode)
+        path = os.fspath(value)
+        return _decode(_read_image_file(path, row, column), mode, row, column, path)
+    if isinstance(value, (bytes, bytearray)):
+        return _decode(bytes(value), mode, row, column, None)
     if isinstance(value, Mapping) and ("bytes" in value or "path" in value):  # an undecoded datasets Image
-        import datasets
-
-        return _to_image(datasets.Image().decode_example(dict(value)), mode)
+        if value.get("bytes") is not None:
+            return _to_image(value["bytes"], mode, row, column)
+        if value.get("path") is not None:
+            return _to_image(value["path"], mode, row, column)
+        raise _image_error(row, column, None, "holds neither image bytes nor a path")
     import numpy as np
 
     arr = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -151,7 +200,9 @@ class ImageBatches(Sequence):
                                       f"the model takes {self.num_channels} channels (C, H, W).",
                                       fix="preprocess with the model's image processor, or pass the raw images.")
         else:
-            pixels = self.processor([_to_image(v, self.mode) for v in values], return_tensors="pt")["pixel_values"]
+            rows_of = idx.tolist()
+            pixels = self.processor([_to_image(v, self.mode, rows_of[k], self.column) for k, v in enumerate(values)],
+                                    return_tensors="pt")["pixel_values"]
         batch = (idx, {PIXEL_COLUMN: pixels})
         nbytes = pixels.element_size() * pixels.nelement()
         if self._cached_bytes + nbytes <= self._budget:
@@ -162,6 +213,17 @@ class ImageBatches(Sequence):
     def __iter__(self):  # type: ignore[override]
         for i in range(len(self)):
             yield self[i]
+
+
+def _undecoded(dataset: Any, column: str) -> Any:
+    """`dataset` with its `Image` column left undecoded (`{"bytes", "path"}`): hf_soups reads and decodes each image
+    itself, with the checks of [`_read_image_file`] and [`_decode`], instead of `datasets` opening any path."""
+    import datasets
+
+    feature = dataset.features.get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
 
 
 def image_batches(dataset: Any, processor_dir: str, config: Mapping[str, Any], *, image_column: str | None,
@@ -185,6 +247,7 @@ def image_batches(dataset: Any, processor_dir: str, config: Mapping[str, Any], *
         else:
             column = find_column(columns, image_column, IMAGE_COLUMNS, "image")
         preprocessed = column == PIXEL_COLUMN
+        dataset = _undecoded(dataset, column)
     processor = None
     if preprocessed:
         logging.getLogger(__name__).info("the dataset holds preprocessed pixel_values: they are used as they are for "

@@ -315,10 +315,14 @@ def evaluate_soup(
         ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in sets}
         results: dict[str, dict[str, float]] = {s: {} for s in sets}
         predictions: dict[str, dict[str, torch.Tensor]] = {s: {} for s in sets}
+        degenerate: list[str] = []  # rows whose logits are non-finite, absurdly large or collapsed
 
         def score(s: str, name: str, model: Any, by: int = -1) -> torch.Tensor:
             ev = evaluators[s][by]
             value, lg = ev.score(model)
+            problem = ev.problem(lg)
+            if problem is not None:
+                degenerate.append(f"'{name}' on '{s}' gives {problem}: its score ({value:.4f}) is not meaningful.")
             results[s][name] = value
             predictions[s][name] = ev.predictions(lg)
             bar.update()
@@ -361,7 +365,7 @@ def evaluate_soup(
         if "greedy_ensemble" in wanted:
             members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
                                       [ingredient_scores[sel_set][n] for n in names],
-                                      evaluators[sel_set][-1].score_logits)
+                                      evaluators[sel_set][-1].score_logits, problem=evaluators[sel_set][-1].problem)
         for s, evs in evaluators.items():
             ev = evs[-1]
             for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
@@ -422,6 +426,7 @@ def evaluate_soup(
                             f"the same way (rows '{suffix.strip()}' keep their own or averaged statistics).")
         report.warnings += [f"'{s}' is the BatchNorm calibration set: scores on it are not held-out scores."
                             for s in sets if is_calibration_set(datasets[s], calibration, record)]
+    report.warnings += degenerate
     report.members = {}
     if "greedy_ensemble" in wanted:
         report.members["greedy_ensemble"] = [names[m] for m in members]

@@ -8,14 +8,25 @@ caller scores each trial soup (in memory or offloaded, always through the merge 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import EvaluationError
 from .registry import register_method
 
 if TYPE_CHECKING:  # torch is imported by the code that runs a greedy soup, not by the registry (CLI --help)
     import torch
 
-__all__ = ["greedy_select", "greedy_ensemble"]
+__all__ = ["greedy_select", "greedy_ensemble", "degenerate_steps", "Trial"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The outcome of scoring one trial soup: its held-out score and, when its outputs are degenerate (non-finite,
+    absurdly large, or the same for every example), why; such a trial is rejected whatever its score."""
+
+    score: float
+    problem: str | None = None
 
 
 @register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
@@ -24,29 +35,47 @@ __all__ = ["greedy_select", "greedy_ensemble"]
 def greedy_select(
     names: Sequence[str],
     scores: Sequence[float],
-    score_with: Callable[[list[int], int], float],
+    score_with: Callable[[list[int], int], float | Trial],
     *,
     accept: Callable[[int], None] | None = None,
     strict: bool = False,
     progress: Callable[[], None] | None = None,
+    problems: Sequence[str | None] | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run the greedy recipe.
+
+    A candidate is accepted when the trial soup's score does not drop and the trial is not degenerate: a
+    [`Trial`] with a `problem` (e.g. NaN or collapsed logits, whose accuracy can tie by chance) is rejected, and the
+    reason is recorded in its trace entry. An ingredient whose own outputs are degenerate (`problems[i]`) never
+    seeds the soup and is rejected without a trial.
 
     Args:
         names (`Sequence[str]`): ingredient names, for the trace.
         scores (`Sequence[float]`): individual held-out scores.
-        score_with (`Callable[[list[int], int], float]`): the held-out score of the uniform soup of the accepted
-            ingredients plus one candidate.
+        score_with (`Callable[[list[int], int], float | Trial]`): the held-out score (or [`Trial`]) of the uniform
+            soup of the accepted ingredients plus one candidate.
         accept (`Callable[[int], None]`, *optional*): called when a candidate joins the soup (e.g. to keep a
             candidate).
         strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
+        progress (`Callable[[], None]`, *optional*): called once per ingredient.
+        problems (`Sequence[str | None]`, *optional*): why each ingredient's own outputs are degenerate (`None` when
+            they are not).
 
     Returns:
         `tuple[list[int], list[dict]]`: accepted ingredient indices, and the trace (one entry per candidate with
-        `ingredient`, `score`, `accepted`, `soup_size`).
+        `ingredient`, `score`, `accepted`, `soup_size`, and `reason` when it was rejected as degenerate).
+
+    Raises:
+        [`EvaluationError`]: every ingredient's outputs are degenerate.
     """
-    order = sorted(range(len(names)), key=lambda i: -scores[i])  # stable: ties keep input order
+    problems = list(problems) if problems is not None else [None] * len(names)
+    # stable: ties keep input order; degenerate ingredients go last and never seed the soup
+    order = sorted(range(len(names)), key=lambda i: (problems[i] is not None, -scores[i]))
     best = order[0]
+    if problems[best] is not None:
+        raise EvaluationError("every ingredient's outputs on the held-out set are degenerate: "
+                              + "; ".join(f"'{names[i]}': {problems[i]}" for i in order) + ".",
+                              fix="check the ingredients (their classifier weights) and the held-out set.")
     accepted = [best]
     best_score = scores[best]
     trace = [{"ingredient": names[best], "score": best_score, "accepted": True, "soup_size": 1}]
@@ -55,24 +84,48 @@ def greedy_select(
     if progress:
         progress()
     for i in order[1:]:
-        score = score_with(list(accepted), i)
-        ok = score > best_score if strict else score >= best_score
+        if problems[i] is not None:
+            score: float = scores[i]
+            problem: str | None = f"the ingredient alone gives {problems[i]}"
+        else:
+            result = score_with(list(accepted), i)
+            score, problem = (result.score, result.problem) if isinstance(result, Trial) else (result, None)
+            problem = f"the soup with it gives {problem}" if problem is not None else None
+        ok = problem is None and (score > best_score if strict else score >= best_score)
         if ok:
             accepted.append(i)
             best_score = score
             if accept:
                 accept(i)
-        trace.append({"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)})
+        entry: dict[str, Any] = {"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)}
+        if problem is not None:
+            entry["reason"] = problem
+        trace.append(entry)
         if progress:
             progress()
     return sorted(accepted), trace
 
 
+def degenerate_steps(trace: Sequence[dict[str, Any]]) -> list[str]:
+    """One warning per greedy step rejected as degenerate (for the model card's warnings)."""
+    return [f"greedy: candidate '{step['ingredient']}' was rejected whatever its score ({step['score']:.4f}): "
+            f"{step['reason']}." for step in trace if step.get("reason")]
+
+
 def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
-                    score_logits: Callable[[torch.Tensor], float], strict: bool = False) -> list[int]:
+                    score_logits: Callable[[torch.Tensor], float], strict: bool = False,
+                    problem: Callable[[torch.Tensor], str | None] | None = None) -> list[int]:
     """The greedy ensemble baseline: [`greedy_select`] over averaged logits instead of averaged weights.
 
     The logits of each trial ensemble are averaged by the merge kernel ([`weighted_sum`]), in ingredient order.
+
+    Args:
+        logits (`Sequence[torch.Tensor]`): each ingredient's logits on the selection set.
+        scores (`Sequence[float]`): each ingredient's score.
+        score_logits (`Callable[[torch.Tensor], float]`): the metric of averaged logits.
+        strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
+        problem (`Callable[[torch.Tensor], str | None]`, *optional*): why logits are degenerate (e.g.
+            `Evaluator.problem`); degenerate members and trial ensembles are rejected as in [`greedy_select`].
 
     Returns:
         `list[int]`: the chosen members, sorted.
@@ -80,9 +133,14 @@ def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
 
     from ..merge.ops import weighted_sum
 
-    def score_with(members: list[int], candidate: int) -> float:
+    def score_with(members: list[int], candidate: int) -> Trial:
         chosen = sorted([*members, candidate])
-        return score_logits(weighted_sum((logits[i] for i in chosen), [1.0] * len(chosen)))
+        mean = weighted_sum((logits[i] for i in chosen), [1.0] * len(chosen))
+        return Trial(score_logits(mean), problem(mean) if problem is not None else None)
 
-    accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict)
+    problems = [problem(lg) for lg in logits] if problem is not None else None
+    if problems is not None and all(p is not None for p in problems):
+        problems = None  # a baseline row: every member is degenerate (each row is flagged), keep the plain recipe
+    accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict,
+                                problems=problems)
     return accepted
