@@ -1,0 +1,161 @@
+"""Issue 24, items 3, 11 and 12: nothing read from the architecture cache loosens the verdict; a mixed-dtype soup's
+config.json names the dtype written; a tensor-name mismatch blames the odd one out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from hf_soups import check_compatibility
+from hf_soups import architecture
+from hf_soups.testing import make_tiny_bert, perturb_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _private_key_home(tmp_path, monkeypatch):
+    """Each test has its own per-user key folder (the key is read once per path and process)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HF_SOUPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_SOUPS_ARCH_CACHE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def renamed_pair(tmp_path_factory):
+    """Two fine-tunes whose classifier weight was renamed: from_pretrained would initialise it randomly."""
+    root = tmp_path_factory.mktemp("renamed")
+    base = make_tiny_bert(root / "base", seed=0)
+    pair = [perturb_checkpoint(base, root / f"ft{i}", seed=i) for i in (1, 2)]
+    for d in pair:
+        t = load_file(os.path.join(d, "model.safetensors"))
+        t["classifier.kernel"] = t.pop("classifier.weight")
+        save_file(t, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    return pair
+
+
+def _config(directory):
+    with open(os.path.join(directory, "config.json")) as f:
+        return json.load(f)
+
+
+def _refused(report) -> bool:
+    text = " ".join(p.message for p in report.problems if p.field == "architecture")
+    return not report.compatible and "'classifier.kernel'" in text
+
+
+def _valid_entry(path):
+    """The entry on disk checks out under this user's key (it was rebuilt and rewritten)."""
+    return architecture._read_cache(path)[0]
+
+
+def _sign(entry, path, secret=None):
+    return {**entry, "mac": architecture._mac(secret or architecture._secret(), path, entry)}
+
+
+def _plant(path, text, mode=0o600):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+PERMISSIVE = {"ignore_unexpected": [".*"], "ignore_missing": [".*"]}
+
+
+def _planted_variants(path, honest):
+    """name -> the text an attacker (or a broken disk) leaves at the entry's path, and its mode."""
+    loose = {**honest, **PERMISSIVE}
+    other_user = architecture._mac(b"\x01" * 32, path, loose)
+    return {
+        "ignore_everything_unsigned": (json.dumps(loose), 0o600),
+        "unknown_class_unsigned": (json.dumps({"format": 1, "unknown_class": "FooForBar"}), 0o600),
+        "bad_regex_unsigned": (json.dumps({**honest, "ignore_unexpected": ["("]}), 0o600),
+        "bad_regex_signed": (json.dumps(_sign({**honest, "ignore_unexpected": ["("]}, path)), 0o600),
+        "wrong_types_signed": (json.dumps(_sign({**honest, "has_position_ids": "false",
+                                                 "shapes": {"classifier.weight": ["3", "32"]}}, path)), 0o600),
+        "ignore_list_is_a_string_signed": (json.dumps(_sign({**honest, "ignore_unexpected": ".*"}, path)), 0o600),
+        "another_users_cache": (json.dumps({**loose, "mac": other_user}), 0o600),
+        "entry_of_another_key": (json.dumps(_sign(loose, path + ".other")), 0o600),
+        "truncated": (json.dumps(_sign(loose, path))[:-40], 0o600),
+        "signed_but_group_writable": (json.dumps(_sign(loose, path)), 0o664),
+        "a_list_not_an_object": ("[1, 2]", 0o600),
+    }
+
+
+def test_a_planted_cache_entry_never_makes_a_refused_set_pass(renamed_pair, tmp_path):
+    """Every kind of planted or broken entry is a miss: the set stays refused, nothing raises, the entry is rebuilt."""
+    a, b = renamed_pair
+    assert _refused(check_compatibility([a, b]))  # a fresh cache: refused, and the honest entry written
+    path = architecture._cache_path(_config(a))
+    with open(path) as f:
+        honest = json.load(f)
+    honest.pop("mac")
+    variants = _planted_variants(path, honest)
+    for name, (text, mode) in variants.items():
+        _plant(path, text, mode)
+        report = check_compatibility([a, b])
+        assert _refused(report), name
+        assert _valid_entry(path) and os.stat(path).st_mode & 0o077 == 0, name  # rebuilt and replaced
+        with open(path) as f:
+            assert json.load(f)["ignore_unexpected"] == honest["ignore_unexpected"], name
+
+
+def test_the_check_is_what_decides_a_correctly_signed_private_entry_is_used(renamed_pair):
+    """The control of the test above: the same permissive entry, signed with this user's key and private, is read
+    back (so the refusals above come from the checks, not from the cache being ignored)."""
+    a, b = renamed_pair
+    check_compatibility([a, b])
+    path = architecture._cache_path(_config(a))
+    with open(path) as f:
+        honest = json.load(f)
+    honest.pop("mac")
+    _plant(path, json.dumps(_sign({**honest, **PERMISSIVE}, path)))
+    assert check_compatibility([a, b]).compatible
+
+
+@pytest.mark.parametrize("fault", ["key_readable_by_others", "key_folder_writable_by_others", "key_is_a_link",
+                                   "key_not_hex"])
+def test_an_untrustworthy_key_turns_the_cache_off_and_the_verdict_is_built(renamed_pair, tmp_path, fault, caplog):
+    a, b = renamed_pair
+    folder = tmp_path / "config" / "hf_soups"
+    folder.mkdir(parents=True, mode=0o700)
+    key = folder / "architecture-cache.key"
+    key.write_text("ab" * 32)
+    key.chmod(0o600)
+    if fault == "key_readable_by_others":
+        key.chmod(0o644)
+    elif fault == "key_folder_writable_by_others":
+        folder.chmod(0o777)
+    elif fault == "key_is_a_link":
+        (tmp_path / "elsewhere.key").write_text("ab" * 32)
+        key.unlink()
+        key.symlink_to(tmp_path / "elsewhere.key")
+    else:
+        key.write_text("not a key")
+    config = _config(a)
+    architecture._secrets[architecture._key_path()] = bytes.fromhex("ab" * 32)  # as if the key were trusted:
+    path = architecture._cache_path(config)  # a permissive entry signed with it waits where the cache would look
+    honest = architecture._build(config).to_json()
+    _plant(path, json.dumps(_sign({**honest, **PERMISSIVE}, path)))
+    architecture._secrets.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_soups.architecture"):
+        assert architecture._cache_path(config) is None
+        assert _refused(check_compatibility([a, b]))
+    assert "architecture cache is off" in caplog.text
+    with open(path) as f:
+        assert json.load(f)["ignore_unexpected"] == [".*"]  # neither read nor rewritten
+    architecture._secrets.clear()
+
+
+def test_the_key_is_created_private_and_kept(tmp_path):
+    architecture._secrets.clear()
+    secret = architecture._secret()
+    key = tmp_path / "config" / "hf_soups" / "architecture-cache.key"
+    assert secret is not None and len(secret) == 32 and key.read_text() == secret.hex()
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
+    architecture._secrets.clear()
+    assert architecture._secret() == secret  # read back, not replaced
