@@ -159,3 +159,50 @@ def test_the_key_is_created_private_and_kept(tmp_path):
     assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
     architecture._secrets.clear()
     assert architecture._secret() == secret  # read back, not replaced
+
+
+# --- item 11: the soup's config.json names the dtype written ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dtypes_family(tmp_path_factory):
+    import torch
+
+    root = tmp_path_factory.mktemp("dtypes")
+    base = make_tiny_bert(root / "base", seed=0)
+    return {name: perturb_checkpoint(base, root / name, seed=i, dtype=dtype) for i, (name, dtype) in
+            enumerate([("fp32", torch.float32), ("fp32b", torch.float32), ("fp16", torch.float16),
+                       ("bf16", torch.bfloat16)], start=1)}
+
+
+def _written(directory):
+    """(the float dtype of the tensors on disk, read by safetensors itself; the dtype config.json names)."""
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    kinds = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
+    config = _config(directory)
+    named = {config[k] for k in ("dtype", "torch_dtype") if k in config}
+    return kinds, named
+
+
+@pytest.mark.parametrize("names,dtype", [(("fp16", "bf16"), None), (("bf16", "fp16"), None),
+                                         (("bf16", "fp32"), None), (("fp32", "bf16"), None),
+                                         (("fp32", "fp16", "bf16"), None), (("fp16", "bf16"), "bfloat16"),
+                                         (("bf16", "fp16"), "float16")])
+def test_the_soup_config_names_the_dtype_written_whatever_the_order(dtypes_family, tmp_path, names, dtype):
+    from hf_soups import MergeOptions, soup_from_hub
+
+    out = tmp_path / "soup"
+    soup_from_hub([dtypes_family[n] for n in names], output_dir=out,
+                  merge_options=MergeOptions(progress=False, dtype=dtype))
+    kinds, named = _written(out)
+    assert len(kinds) == 1 and named == kinds, (names, dtype, kinds, named)
+    assert kinds == {dtype or "float32"}  # fp16 + bf16 -> fp32; anything + fp32 -> fp32
+
+
+def test_a_uniform_soup_copies_the_config_byte_for_byte(dtypes_family, tmp_path):
+    from hf_soups import MergeOptions, soup_from_hub
+
+    soup_from_hub([dtypes_family["fp32"], dtypes_family["fp32b"]], output_dir=tmp_path / "soup",
+                  merge_options=MergeOptions(progress=False))
+    with open(os.path.join(dtypes_family["fp32"], "config.json"), "rb") as f, \
+            open(tmp_path / "soup" / "config.json", "rb") as g:
+        assert f.read() == g.read()
