@@ -23,6 +23,7 @@ from .compat import (
     normalize_id2label,
     remote_code_problems,
     sample_tensor_names,
+    tied_extras,
     verdict,
 )
 from .errors import InvalidArgumentError, SoupError
@@ -511,6 +512,9 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         ingredients, readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
                                              cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
         tensor_maps = [r.tensors for r in readers]
+        tied = tied_extras(metas)  # stored by some only, re-tied on load: left out of the soup
+        if tied:
+            tensor_maps = [{n: i for n, i in m.items() if n not in tied} for m in tensor_maps]
         if len(readers) > 1:
             warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
                                                  sample_tensor_names(tensor_maps[0]))

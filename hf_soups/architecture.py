@@ -361,7 +361,8 @@ def _ignored(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
 
 
-def _normalise(name: str) -> str:
+def modern_name(name: str) -> str:
+    """The name transformers loads an old-layout LayerNorm tensor as (`...gamma` -> `...weight`, `beta` -> `bias`)."""
     for old, new in _LEGACY:
         if name.endswith(old):
             return name[: -len(old)] + new
@@ -387,7 +388,7 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
                            if p != constants.LEGACY_POSITION_IDS or arch.has_position_ids)
     skip_unexpected = _ignored(tuple(sorted(set(arch.ignore_unexpected) | set(legacy_buffers))))
     skip_missing = _ignored(arch.ignore_missing)
-    have = {_normalise(n): info for n, info in tensors.items()}
+    have = {modern_name(n): info for n, info in tensors.items()}
     prefix = ""
     if expected and not (set(have) & set(expected)):
         # a base-model checkpoint (no prefix) or the reverse: align on the shared suffix
