@@ -437,7 +437,7 @@ def _tensor_findings(metas: Sequence[IngredientMeta], report: CompatibilityRepor
                                "leaves it out.", "none needed.", "warning"))
 
     def signature(meta: IngredientMeta) -> frozenset[tuple[str, tuple[int, ...]]]:
-        return frozenset((modern_name(n), tuple(i.shape)) for n, i in (meta.tensors or {}).items()
+        return frozenset((n, tuple(i.shape)) for n, i in (meta.tensors or {}).items()
                          if n not in tied and not constants.is_legacy_buffer(n))
 
     signatures = [signature(m) for m in metas]
@@ -465,18 +465,19 @@ def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: Compatib
                            "none needed.", "warning"))
         missing = [n for n in missing if n not in legacy]
         extra = [n for n in extra if n not in legacy]
-    renamed = [n for n in extra if modern_name(n) != n and modern_name(n) in missing] + \
-              [n for n in missing if modern_name(n) != n and modern_name(n) in extra]
-    if renamed:
-        old_here = any(n in extra for n in renamed)
-        layouts = ("old (gamma/beta)", "modern (weight/bias)") if old_here else ("modern (weight/bias)",
-                                                                                 "old (gamma/beta)")
-        report.add(Problem(meta.name, "tensors", f"names {len(renamed)} LayerNorm tensor(s) in the "
-                           f"{layouts[0]} layout where {label} use{'s' if ' and ' not in label else ''} the "
-                           f"{layouts[1]} one: {_names(renamed)}. transformers renames gamma/beta on load, but one "
-                           "soup cannot mix the two layouts.", "re-save every ingredient with save_pretrained "
-                           "(which writes weight/bias), then soup them."))
-        gone = {modern_name(n) for n in renamed} | set(renamed)
+    old_here = [n for n in extra if modern_name(n) != n and modern_name(n) in missing]  # meta: gamma, ref: weight
+    new_here = [modern_name(n) for n in missing if modern_name(n) != n and modern_name(n) in extra]  # the reverse
+    if old_here or new_here:
+        layouts = ["old (gamma/beta)", "modern (weight/bias)"]
+        if not old_here:
+            layouts.reverse()
+        renamed = old_here + new_here
+        report.add(Problem(meta.name, "tensors", f"names {len(renamed)} LayerNorm tensor(s) in the {layouts[0]} "
+                           f"layout where {label} use{'' if ' and ' in label else 's'} the {layouts[1]} one: "
+                           f"{_names(renamed)}. transformers renames gamma/beta on load, but one soup cannot mix "
+                           "the two layouts.", "re-save every ingredient with save_pretrained (which writes "
+                           "weight/bias), then soup them."))
+        gone = set(renamed) | {modern_name(n) for n in old_here} | {n for n in missing if modern_name(n) in new_here}
         missing = [n for n in missing if n not in gone]
         extra = [n for n in extra if n not in gone]
     if missing:

@@ -206,3 +206,127 @@ def test_a_uniform_soup_copies_the_config_byte_for_byte(dtypes_family, tmp_path)
     with open(os.path.join(dtypes_family["fp32"], "config.json"), "rb") as f, \
             open(tmp_path / "soup" / "config.json", "rb") as g:
         assert f.read() == g.read()
+
+
+# --- item 12: tensor-name mismatches blame the odd one out -----------------------------------------------------------
+
+def _rewrite(directory, change):
+    path = os.path.join(directory, "model.safetensors")
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A base classifier and a factory of fine-tunes of it."""
+    root = tmp_path_factory.mktemp("trio")
+    base = make_tiny_bert(root / "base", seed=0)
+    counter = iter(range(1, 100))
+
+    def fine_tune(change=None, head="sequence"):
+        n = next(counter)
+        src = base if head == "sequence" else make_tiny_bert(root / f"mlm-base{n}", seed=0, head="mlm")
+        d = perturb_checkpoint(src, root / f"ft{n}", seed=n)
+        return _rewrite(d, change) if change else d
+
+    return fine_tune
+
+
+def _renamed(tensors):
+    tensors["classifier.kernel"] = tensors.pop("classifier.weight")
+
+
+def _reshaped(tensors):
+    tensors["bert.embeddings.position_embeddings.weight"] = tensors["bert.embeddings.position_embeddings.weight"][:32]
+
+
+def _old_layout(tensors):
+    for name in [n for n in tensors if n.endswith("LayerNorm.weight") or n.endswith("LayerNorm.bias")]:
+        tensors[name.rsplit(".", 1)[0] + (".gamma" if name.endswith("weight") else ".beta")] = tensors.pop(name)
+
+
+@pytest.mark.parametrize("change", [_renamed, _reshaped], ids=["renamed", "reshaped"])
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_a_mismatch_blames_the_odd_one_out_wherever_it_is_listed(trio, change, position):
+    good = [trio(), trio()]
+    odd = trio(change)
+    refs = good[:position] + [odd] + good[position:]
+    report = check_compatibility(refs)
+    assert not report.compatible
+    assert {p.ingredient for p in report.problems} == {odd}, report.to_table()
+    headers_only = check_compatibility(refs, arch_check=False, weight_check=False)  # the tensor comparison alone
+    assert headers_only.problems and {p.ingredient for p in headers_only.problems} == {odd}
+    assert all(f"'{good[0]}' and 1 other ingredient" in p.message for p in headers_only.problems)
+
+
+def test_a_tie_between_two_keeps_the_first_as_reference(trio):
+    a, odd = trio(), trio(_renamed)
+    report = check_compatibility([a, odd], arch_check=False, weight_check=False)
+    assert [p.ingredient for p in report.problems] == [odd, odd]  # missing classifier.weight, extra .kernel
+    assert all(f"'{a}' " in p.message and "other ingredient" not in p.message for p in report.problems)
+
+
+def test_a_stored_tied_decoder_is_normalised_not_refused(trio, tmp_path):
+    """BERT's MLM decoder is tied to the word embeddings: one ingredient storing it too is souped without it."""
+    from hf_soups import MergeOptions, soup_from_hub
+
+    def store_tied(tensors):
+        tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"].clone()
+
+    plain = [trio(head="mlm"), trio(head="mlm")]
+    holder = trio(store_tied, head="mlm")
+    refs = [holder, *plain]
+    report = check_compatibility(refs)
+    assert report.compatible, report.to_table()
+    assert [p.ingredient for p in report.warnings if "cls.predictions.decoder.weight" in p.message] == [holder]
+    soup_from_hub(refs, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
+    soup = load_file(tmp_path / "soup" / "model.safetensors")
+    ours = [load_file(os.path.join(d, "model.safetensors")) for d in refs]
+    assert set(soup) == set(ours[1])  # the layout the others (and save_pretrained) write
+    import torch
+
+    for name, tensor in soup.items():  # the plain mean, independent of hf_soups
+        assert torch.allclose(tensor, torch.stack([t[name] for t in ours]).mean(0), atol=1e-6), name
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "soup")
+    assert torch.equal(model.cls.predictions.decoder.weight, soup["bert.embeddings.word_embeddings.weight"])
+
+
+def test_an_untied_extra_output_embedding_is_still_refused():
+    """`lm_head.weight` (the issue's own case) is normalised only when the config ties it and it matches the input
+    embedding's shape."""
+    from hf_soups.checkpoint.format import TensorInfo
+    from hf_soups.compat import IngredientMeta, compare
+
+    def meta(name, config, names):
+        shapes = {"model.embed_tokens.weight": (50, 8), "lm_head.weight": (50, 8), "model.norm.weight": (8,)}
+        return IngredientMeta(name, config, {n: TensorInfo(n, "F32", shapes[n], "model.safetensors", 0, 4)
+                                             for n in names})
+
+    modern = ["model.embed_tokens.weight", "model.norm.weight"]
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    tied = compare([meta("h", cfg, modern + ["lm_head.weight"]), meta("a", cfg, modern), meta("b", cfg, modern)])
+    assert tied.compatible and [w.ingredient for w in tied.warnings] == ["h"]
+    untied = {**cfg, "tie_word_embeddings": False}
+    report = compare([meta("h", untied, modern + ["lm_head.weight"]), meta("a", untied, modern),
+                      meta("b", untied, modern)])
+    assert [p.ingredient for p in report.problems] == ["h"] and "lm_head.weight" in report.problems[0].message
+
+
+@pytest.mark.parametrize("layouts", [("old", "new", "new"), ("new", "new", "old"), ("old", "old", "new")])
+def test_old_layernorm_names_mixed_with_modern_ones_are_refused_with_that_reason(trio, layouts):
+    refs = [trio(_old_layout if kind == "old" else None) for kind in layouts]
+    minority = "old" if layouts.count("old") == 1 else "new"
+    odd = refs[layouts.index(minority)]
+    report = check_compatibility(refs)
+    assert not report.compatible
+    assert {p.ingredient for p in report.problems} == {odd}, report.to_table()
+    (problem,) = report.problems
+    assert "gamma/beta" in problem.message and "layout" in problem.message
+
+
+def test_an_all_old_layout_set_is_still_accepted(trio):
+    assert check_compatibility([trio(_old_layout), trio(_old_layout)]).compatible
