@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from .checkpoint.companions import copy_companion_files, lead_index
+from .checkpoint.companions import config_dtype, copy_companion_files, lead_index
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
@@ -23,6 +23,7 @@ from .compat import (
     normalize_id2label,
     remote_code_problems,
     sample_tensor_names,
+    tied_extras,
     verdict,
 )
 from .errors import InvalidArgumentError, SoupError
@@ -511,6 +512,9 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         ingredients, readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
                                              cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
         tensor_maps = [r.tensors for r in readers]
+        tied = tied_extras(metas)  # stored by some only, re-tied on load: left out of the soup
+        if tied:
+            tensor_maps = [{n: i for n, i in m.items() if n not in tied} for m in tensor_maps]
         if len(readers) > 1:
             warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
                                                  sample_tensor_names(tensor_maps[0]))
@@ -559,8 +563,11 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
                 assert ingredients[0].local_dir is not None
                 lead = ingredients[lead_index(plan.weights, [i.score for i in ingredients])]
-                copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name,
-                                     dtype=options.dtype_name, processor_source=(lead.local_dir, lead.name))
+                averaged = [t for t in plan.tensors if t.average]
+                dtype = config_dtype(options.dtype_name, [t.dtype for t in averaged],
+                                     [tensor_maps[0][t.name].dtype for t in averaged])
+                copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name, dtype=dtype,
+                                     processor_source=(lead.local_dir, lead.name))
                 if recipe.batchnorm is not None:  # a replay: the recorded recalibration, inside the same commit
                     from .evaluation.batchnorm import replay_batchnorm
 

@@ -10,6 +10,15 @@ transformers version, the class and the config, so it is kept as a small JSON fi
 hf_soups' version: the next soup of the same architecture skips the import. `HF_SOUPS_ARCH_CACHE=0` turns the cache
 off.
 
+The cache folder may be shared (a group-writable `HF_HOME` on a cluster) and its keys are computable from public
+data, so nothing read from it is trusted for what it says: an entry is used only when it is a regular file owned by
+this user, writable by no one else, well-formed, and carries an HMAC-SHA256 (over its key and contents) under a
+per-user secret, `$XDG_CONFIG_HOME/hf_soups/architecture-cache.key` (default `~/.config/hf_soups/`; created 0600 in
+a 0700 folder, refused when it or its folder is owned by someone else or open to group or others: the cache is then
+off). Any other entry (planted, copied from another user's cache, edited, truncated, of the wrong types) is a miss:
+the architecture is built and the entry replaced. A cached expectation can thus never make the verdict more
+permissive than building the model would.
+
 The first soup of an architecture still needs the build. The CLI starts it in a helper Python process ([`prefetch`])
 before it imports torch, so that the helper's imports overlap the CLI's own start-up and merge on another core; the
 check then waits for the helper's cache entry (or builds in-process if the helper wrote none). This module imports
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -49,6 +59,8 @@ _CACHE_FORMAT = 1
 _MAX_CACHE_FILE = 64 * 1024 * 1024  # a cache entry larger than this is not ours: ignored
 _MAX_CONFIG_FILE = 16 * 1024 * 1024  # larger configs (rare) are left to the check's own reading
 _PREFETCH_WAIT_S = 300.0
+_KEY_FILE = "architecture-cache.key"
+_secrets: dict[str, bytes | None] = {}  # key file -> its secret (None: refused), read once per process
 _pending: dict[str, subprocess.Popen] = {}  # cache path -> the helper process building it
 _pending_lock = threading.Lock()
 
@@ -72,14 +84,40 @@ class ExpectedArchitecture:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExpectedArchitecture:
+        """Parse a cache entry, strictly: every field of its exact type, every pattern a valid regex.
+
+        Raises:
+            `ValueError`: another cache format, a missing field, a field of another type, or a pattern that does not
+                compile (the caller treats the entry as absent).
+        """
         if data.get("format") != _CACHE_FORMAT:
             raise ValueError("other cache format")
-        return cls(shapes={str(n): tuple(int(d) for d in s) for n, s in data["shapes"].items()},
-                   tied=tuple(frozenset(map(str, g)) for g in data["tied"]),
-                   model_names=frozenset(map(str, data["model_names"])),
-                   has_position_ids=bool(data["has_position_ids"]),
-                   ignore_unexpected=tuple(map(str, data["ignore_unexpected"])),
-                   ignore_missing=tuple(map(str, data["ignore_missing"])))
+        shapes, tied = data.get("shapes"), data.get("tied")
+        if not isinstance(shapes, dict) or not all(_int_list(s) for s in shapes.values()):
+            raise ValueError("shapes must map names to lists of non-negative integers")
+        if not isinstance(tied, list) or not all(_str_list(g) for g in tied):
+            raise ValueError("tied must be a list of lists of names")
+        fields = {k: data.get(k) for k in ("model_names", "ignore_unexpected", "ignore_missing")}
+        if not all(_str_list(v) for v in fields.values()) or not isinstance(data.get("has_position_ids"), bool):
+            raise ValueError("model_names and the ignore patterns must be lists of strings, has_position_ids a bool")
+        for pattern in fields["ignore_unexpected"] + fields["ignore_missing"]:  # type: ignore[operator]
+            try:
+                re.compile(pattern)
+            except (re.error, RecursionError, OverflowError) as e:
+                raise ValueError(f"ignore pattern {pattern[:40]!r} is not a regular expression: {e}") from None
+        return cls(shapes={n: tuple(s) for n, s in shapes.items()}, tied=tuple(frozenset(g) for g in tied),
+                   model_names=frozenset(fields["model_names"]),  # type: ignore[arg-type]
+                   has_position_ids=data["has_position_ids"],
+                   ignore_unexpected=tuple(fields["ignore_unexpected"]),  # type: ignore[arg-type]
+                   ignore_missing=tuple(fields["ignore_missing"]))  # type: ignore[arg-type]
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(type(d) is int and d >= 0 for d in value)
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _build(config: Mapping[str, Any]) -> ExpectedArchitecture | None:
@@ -132,6 +170,8 @@ def _cache_path(config: Mapping[str, Any]) -> str | None:
     """The cache file for this (transformers version, class, config), or `None` when the cache is off."""
     if os.environ.get("HF_SOUPS_ARCH_CACHE", "1").lower() in {"0", "false", "no", "off"}:
         return None
+    if _secret() is None:  # no trustworthy per-user secret: entries could not be authenticated
+        return None
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -153,12 +193,18 @@ def _cache_path(config: Mapping[str, Any]) -> str | None:
 
 def _read_cache(path: str) -> tuple[bool, ExpectedArchitecture | None]:
     """`(found, expectation)`: `(True, None)` is a cached "not a transformers class"; `(False, None)` a miss (also
-    for an entry that is corrupt, foreign, or not a regular file: it is rebuilt and replaced)."""
-    data = _read_json_object(path, _MAX_CACHE_FILE)
-    if data is None:
+    for an entry that is corrupt, malformed, unauthenticated, foreign, writable by others or not a regular file: it
+    is rebuilt and replaced)."""
+    data = _read_json_object(path, _MAX_CACHE_FILE, private=True)
+    secret = _secret()
+    if data is None or secret is None:
         return False, None
-    if data.get("format") == _CACHE_FORMAT and data.get("unknown_class"):
-        return True, None
+    mac = data.pop("mac", None)
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(secret, path, data)):
+        logger.debug("ignoring the architecture cache entry %s: not written by this user's hf_soups", path)
+        return False, None
+    if data.get("format") == _CACHE_FORMAT and "unknown_class" in data:
+        return (True, None) if isinstance(data["unknown_class"], str) and len(data) == 2 else (False, None)
     try:
         return True, ExpectedArchitecture.from_json(data)
     except Exception as e:
@@ -166,15 +212,95 @@ def _read_cache(path: str) -> tuple[bool, ExpectedArchitecture | None]:
         return False, None
 
 
-def _read_json_object(path: str, limit: int) -> dict[str, Any] | None:
+def _mac(secret: bytes, path: str, entry: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of an entry under this user's secret, bound to its key (the file name): an entry cannot be
+    forged, edited, or moved to another architecture's key."""
+    body = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    message = os.path.basename(path).encode() + b"\0" + body.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def _key_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "hf_soups", _KEY_FILE)
+
+
+def _private(st: os.stat_result, mask: int) -> bool:
+    """Owned by this user and without the `mask` permission bits (always true where there are no uids)."""
+    if not hasattr(os, "getuid"):
+        return True
+    return st.st_uid == os.getuid() and not st.st_mode & mask
+
+
+def _secret() -> bytes | None:
+    """This user's cache secret (32 random bytes), created on first use; `None` (the cache is off) when its file or
+    folder is a link, owned by someone else, or open to group or others, or cannot be created."""
+    path = _key_path()
+    if path in _secrets:
+        return _secrets[path]
+    folder = os.path.dirname(path)
+    secret, why = None, ""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or not _private(st, 0o022):
+            why = "its folder is a link, owned by someone else, or writable by group or others"
+        else:
+            if not os.path.lexists(path):
+                _create_secret(path)
+            secret, why = _load_secret(path)
+    except OSError as e:
+        why = str(e)
+    if secret is None:
+        logger.warning("The architecture cache is off: its per-user key %s cannot be used (%s). Remove it (hf_soups "
+                       "creates a new one, mode 0600) or set XDG_CONFIG_HOME to a private folder.", path, why)
+    _secrets[path] = secret
+    return secret
+
+
+def _create_secret(path: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(os.urandom(32).hex())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # never replaces: a concurrent first use keeps the key the other process wrote
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def _load_secret(path: str) -> tuple[bytes | None, str]:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        return None, str(e)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _private(st, 0o077):
+            return None, "it is not a regular file owned by this user and closed to group and others"
+        raw = os.read(fd, 129).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not re.fullmatch(r"[0-9a-f]{64}", raw):
+        return None, "it is not 64 hexadecimal digits"
+    return bytes.fromhex(raw), ""
+
+
+def _read_json_object(path: str, limit: int, *, private: bool = False) -> dict[str, Any] | None:
     """The JSON object in `path`, or `None` when it is absent, a link, not a regular file (a FIFO would block),
-    larger than `limit` bytes, or not a JSON object."""
+    larger than `limit` bytes, or not a JSON object; with `private`, also when it is owned by another user or
+    writable by group or others."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (private and not _private(st, 0o022)):
             return None
         with os.fdopen(os.dup(fd), "rb") as f:
             raw = f.read(limit + 1)
@@ -187,6 +313,10 @@ def _read_json_object(path: str, limit: int) -> dict[str, Any] | None:
 
 
 def _write_cache(path: str, entry: dict[str, Any]) -> None:
+    secret = _secret()
+    if secret is None:
+        return
+    entry = {**entry, "mac": _mac(secret, path, entry)}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = None
@@ -231,7 +361,8 @@ def _ignored(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
 
 
-def _normalise(name: str) -> str:
+def modern_name(name: str) -> str:
+    """The name transformers loads an old-layout LayerNorm tensor as (`...gamma` -> `...weight`, `beta` -> `bias`)."""
     for old, new in _LEGACY:
         if name.endswith(old):
             return name[: -len(old)] + new
@@ -257,7 +388,7 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
                            if p != constants.LEGACY_POSITION_IDS or arch.has_position_ids)
     skip_unexpected = _ignored(tuple(sorted(set(arch.ignore_unexpected) | set(legacy_buffers))))
     skip_missing = _ignored(arch.ignore_missing)
-    have = {_normalise(n): info for n, info in tensors.items()}
+    have = {modern_name(n): info for n, info in tensors.items()}
     prefix = ""
     if expected and not (set(have) & set(expected)):
         # a base-model checkpoint (no prefix) or the reverse: align on the shared suffix

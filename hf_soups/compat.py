@@ -7,6 +7,7 @@ tensors, through readers handed to it.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from . import constants
+from .architecture import modern_name
 from .checkpoint.format import TensorInfo
 from .checkpoint.reader import CheckpointReader
 from .errors import IncompatibleIngredientsError
@@ -24,7 +26,7 @@ from .refs import IngredientMeta
 __all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict", "architecture_findings",
            "label_permutations", "init_distance_warnings", "init_distances", "init_outlier_warnings",
            "normalize_id2label", "label_problems", "remote_code_problems", "processor_findings", "SIZE_KEYS",
-           "PIXEL_FIELDS", "MINOR_FIELDS"]
+           "PIXEL_FIELDS", "MINOR_FIELDS", "tied_extras"]
 
 #: Config fields that fix a model's size; ingredients that differ in one are summarised once ("hidden_size 32 vs 384")
 #: instead of tensor by tensor.
@@ -34,6 +36,12 @@ SIZE_KEYS: tuple[str, ...] = ("hidden_size", "num_hidden_layers", "num_attention
                               "patch_size", "num_channels")
 
 _HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialised per fine-tune: not init signal
+
+#: Output embeddings that transformers ties to the input embeddings when `tie_word_embeddings` is on (the default):
+#: `from_pretrained` re-ties them after loading, so a stored copy is never used.
+_OUTPUT_EMBEDDING = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|cls\.predictions\.decoder|vocab_projector|"
+                               r"generator_lm_head|pred_layer\.proj|lm_loss)\.weight$")
+_INPUT_EMBEDDING = re.compile(r"(^|\.)(word_embeddings|embed_tokens|wte|shared|word_emb)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -288,8 +296,6 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
         elif sizes:
             report.add(Problem(meta.name, "size", f"a different model size: {sizes} in '{ref.name}'.",
                                "soup only fine-tunes of the same base checkpoint (same size); remove this one."))
-        elif ref.tensors is not None and meta.tensors is not None:
-            _compare_tensors(ref, meta, report)
         n = _num_labels(meta.config)
         if n != ref_n:
             report.add(Problem(meta.name, "num_labels", f"{n} differs from {ref_n} in '{ref.name}'.",
@@ -322,6 +328,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             report.add(Problem(meta.name, "base_model", f"its card declares base_model {list(meta.base_model)}, "
                                f"'{ref.name}' declares {list(ref.base_model)}.",
                                "soup only fine-tunes of the same pretrained checkpoint."))
+    same_size = [m for m in metas if m.tensors is not None and not _size_differences(ref.config, m.config)]
+    _tensor_findings(same_size, report)
     _dtype_warnings(metas, report)
     return report
 
@@ -387,10 +395,69 @@ def label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None
     return perms
 
 
-def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: CompatibilityReport) -> None:
-    assert ref.tensors is not None and meta.tensors is not None
-    missing = [n for n in ref.tensors if n not in meta.tensors]
-    extra = [n for n in meta.tensors if n not in ref.tensors]
+def tied_extras(metas: Sequence[IngredientMeta]) -> dict[str, list[str]]:
+    """The tied output embeddings (`lm_head.weight`, `cls.predictions.decoder.weight`, ...) that only some
+    ingredients store, per name the ingredients storing them.
+
+    A name counts when every ingredient storing it declares tied word embeddings (`tie_word_embeddings`, true by
+    default) and also stores an input embedding of the same shape: `from_pretrained` re-ties the output embedding to
+    it after loading, so the stored copy is never used. The soup leaves such a name out (normalised, not refused).
+    """
+    stored: dict[str, list[IngredientMeta]] = {}
+    for meta in metas:
+        for name in meta.tensors or {}:
+            if _OUTPUT_EMBEDDING.search(name):
+                stored.setdefault(name, []).append(meta)
+    out = {}
+    for name, holders in stored.items():
+        if len(holders) == len(metas):
+            continue
+        if all(m.config.get("tie_word_embeddings", True) is True and _has_input_embedding(m, name) for m in holders):
+            out[name] = [m.name for m in holders]
+    return out
+
+
+def _has_input_embedding(meta: IngredientMeta, name: str) -> bool:
+    tensors = meta.tensors or {}
+    shape = tuple(tensors[name].shape)
+    return any(_INPUT_EMBEDDING.search(n) and tuple(i.shape) == shape for n, i in tensors.items())
+
+
+def _tensor_findings(metas: Sequence[IngredientMeta], report: CompatibilityReport) -> None:
+    """Compare tensor names and shapes by majority: the largest group of ingredients that agree (ties: the earliest)
+    is the reference, and only the others are blamed. Tied output embeddings stored by some are normalised
+    ([`tied_extras`]); legacy buffers saved by some are a warning."""
+    if len(metas) < 2:
+        return
+    tied = tied_extras(metas)
+    for name, holders in tied.items():
+        for holder in holders:
+            report.add(Problem(holder, "tensors", f"also stores '{name}', which its config ties to the input "
+                               "embeddings (tie_word_embeddings); from_pretrained re-ties it on load, so the soup "
+                               "leaves it out.", "none needed.", "warning"))
+
+    def signature(meta: IngredientMeta) -> frozenset[tuple[str, tuple[int, ...]]]:
+        return frozenset((n, tuple(i.shape)) for n, i in (meta.tensors or {}).items()
+                         if n not in tied and not constants.is_legacy_buffer(n))
+
+    signatures = [signature(m) for m in metas]
+    sizes = Counter(signatures)
+    best = max(sizes, key=lambda sig: (sizes[sig], -signatures.index(sig)))
+    ref = metas[signatures.index(best)]
+    others = sizes[best] - 1
+    label = f"'{ref.name}'" + (f" and {others} other ingredient{'s' if others > 1 else ''}" if others else "")
+    for meta in metas:
+        if meta is not ref:
+            _compare_tensors(ref, meta, report, label, skip=tied)
+
+
+def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: CompatibilityReport, label: str,
+                     skip: Mapping[str, Any]) -> None:
+    """Blame `meta` for each difference from `ref` (the majority, described by `label`)."""
+    if ref.tensors is None or meta.tensors is None:
+        return
+    missing = [n for n in ref.tensors if n not in meta.tensors and n not in skip]
+    extra = [n for n in meta.tensors if n not in ref.tensors and n not in skip]
     legacy = [n for n in missing + extra if constants.is_legacy_buffer(n)]
     if legacy:
         report.add(Problem(meta.name, "tensors", f"legacy buffer(s) {_names(legacy)} saved by only some "
@@ -398,22 +465,39 @@ def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: Compatib
                            "none needed.", "warning"))
         missing = [n for n in missing if n not in legacy]
         extra = [n for n in extra if n not in legacy]
+    old_here = [n for n in extra if modern_name(n) != n and modern_name(n) in missing]  # meta: gamma, ref: weight
+    new_here = [modern_name(n) for n in missing if modern_name(n) != n and modern_name(n) in extra]  # the reverse
+    if old_here or new_here:
+        layouts = ["old (gamma/beta)", "modern (weight/bias)"]
+        if not old_here:
+            layouts.reverse()
+        renamed = old_here + new_here
+        report.add(Problem(meta.name, "tensors", f"names {len(renamed)} LayerNorm tensor(s) in the {layouts[0]} "
+                           f"layout where {label} use{'' if ' and ' in label else 's'} the {layouts[1]} one: "
+                           f"{_names(renamed)}. transformers renames gamma/beta on load, but one soup cannot mix "
+                           "the two layouts.", "re-save every ingredient with save_pretrained (which writes "
+                           "weight/bias), then soup them."))
+        gone = set(renamed) | {modern_name(n) for n in old_here} | {n for n in missing if modern_name(n) in new_here}
+        missing = [n for n in missing if n not in gone]
+        extra = [n for n in extra if n not in gone]
     if missing:
-        report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that '{ref.name}' has: "
-                           f"{_names(missing)}.", "re-export it with the same architecture and config."))
+        report.add(Problem(meta.name, "tensors", f"missing {len(missing)} tensor(s) that {label} "
+                           f"{'have' if ' and ' in label else 'has'}: {_names(missing)}.",
+                           "re-export it with the same architecture and config."))
     if extra:
-        report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that '{ref.name}' lacks: "
-                           f"{_names(extra)}.", "re-export it with the same architecture and config."))
+        report.add(Problem(meta.name, "tensors", f"has {len(extra)} extra tensor(s) that {label} "
+                           f"{'lack' if ' and ' in label else 'lacks'}: {_names(extra)}.",
+                           "re-export it with the same architecture and config."))
     differ = [(name, info, meta.tensors[name]) for name, info in ref.tensors.items()
               if name in meta.tensors and meta.tensors[name].shape != info.shape]
     if len(differ) > 3:  # summarised: one problem, the first few named
         shown = "; ".join(f"'{n}' {list(o.shape)} vs {list(i.shape)}" for n, i, o in differ[:3])
-        report.add(Problem(meta.name, "tensor shapes", f"{len(differ)} tensors differ in shape from '{ref.name}' "
+        report.add(Problem(meta.name, "tensor shapes", f"{len(differ)} tensors differ in shape from {label} "
                            f"({shown}; ...).", "soup only checkpoints of the same size (same config and num_labels)."))
         return
     for name, info, other in differ:
         report.add(Problem(meta.name, f"tensor {name}", f"shape {list(other.shape)} differs from "
-                           f"{list(info.shape)} in '{ref.name}'.",
+                           f"{list(info.shape)} in {label}.",
                            "soup only checkpoints of the same size (same config and num_labels)."))
 
 

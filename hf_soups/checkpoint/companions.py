@@ -5,12 +5,36 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 
 from .. import constants
+from .format import DTYPES
 from .safe_files import check_files_inside, copy_inside
 
-__all__ = ["copy_companion_files", "lead_index"]
+__all__ = ["copy_companion_files", "lead_index", "config_dtype"]
+
+
+def config_dtype(explicit: str | None, written: Sequence[str], first: Sequence[str]) -> str | None:
+    """The dtype the soup's `config.json` must name, so that `from_pretrained` loads it as written.
+
+    Args:
+        explicit (`str`, *optional*): the output dtype the caller chose (`"bfloat16"`), which wins.
+        written (`Sequence[str]`): the safetensors dtype codes of the averaged (floating) tensors written.
+        first (`Sequence[str]`): the codes of the same tensors in the first ingredient, whose config is copied.
+
+    Returns:
+        `str | None`: the dtype name to write (`"float32"` for fp16 + bf16 ingredients, whatever their order), or
+        `None` when the first ingredient's config already describes what is written (it is then copied unchanged).
+    """
+    if explicit is not None:
+        return explicit
+    if not written:
+        return None
+    dominant = Counter(written).most_common(1)[0][0]
+    if first and Counter(first).most_common(1)[0][0] == dominant:
+        return None
+    return str(DTYPES[dominant]).removeprefix("torch.")
 
 
 def copy_companion_files(source_dir: str, target_dir: str, *, ingredient: str, dtype: str | None = None,
