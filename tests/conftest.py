@@ -18,6 +18,8 @@ os.environ.update({
     "HF_ENDPOINT": f"http://127.0.0.1:{HUB_PORT}",
     "HF_HUB_DISABLE_XET": "1",
     "HF_HOME": _HF_HOME,
+    # The architecture cache's per-user HMAC key lives under XDG_CONFIG_HOME: keep the suite's own out of ~/.config.
+    "XDG_CONFIG_HOME": os.path.join(_HF_HOME, "xdg-config"),
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
