@@ -250,6 +250,8 @@ def build_card(
 
 
 def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
+    if "run" in discovery:  # checkpoints of one training run (`run_checkpoints`): its own sentence, escaped
+        return ["", "## How the ingredients were found", "", _cell(discovery.get("description", ""))]
     query = ", ".join(f"{k}=`{v}`" for k, v in (discovery.get("query") or {}).items())
     lines = ["", "## How the ingredients were found", "",
              f"Found on the Hub on {discovery.get('date')} with `{discovery.get('command')}` ({query}): "
