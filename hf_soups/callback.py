@@ -65,7 +65,7 @@ class SoupCallback(TrainerCallback):
             Keep a running uniform average of the checkpoints saved from `since_step` on (SWA-style), updated at each
             save, instead of reading them back at the end; `last`/`top` do not apply.
         push_to_hub (`str`, *optional*):
-            A repo id to push the soup to, with its card.
+            A repo id to push the soup to, with its card (with the `TrainingArguments`' `hub_token`).
         soup_kwargs (`dict`, *optional*):
             Further keyword arguments for [`soup_from_hub`].
 
@@ -171,12 +171,13 @@ class SoupCallback(TrainerCallback):
         if self.trainer is not None:
             self.metrics = self._evaluate(target)
         if self.push_to_hub and is_main_process():
+            token = getattr(args, "hub_token", None)
             if self.soup is not None:
-                self.soup.push_to_hub(self.push_to_hub)
+                self.soup.push_to_hub(self.push_to_hub, token=token)
             else:
                 from huggingface_hub import HfApi
 
-                api = HfApi()
+                api = HfApi(token=token)
                 api.create_repo(self.push_to_hub, exist_ok=True)
                 api.upload_folder(folder_path=target, repo_id=self.push_to_hub, commit_message="Upload soup")
 
@@ -197,7 +198,7 @@ class SoupCallback(TrainerCallback):
         from safetensors.torch import load_file
 
         model = self.trainer.model
-        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trained = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         soup = load_file(os.path.join(target, "model.safetensors")) if os.path.isfile(
             os.path.join(target, "model.safetensors")) else self._sharded(target)
         try:

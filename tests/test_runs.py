@@ -23,8 +23,14 @@ STEPS = [4, 8, 12]
 NEVER_CARRIED = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json"}
 
 
+ONE_HOT_CALLS = []  # compute_metrics calls whose predictions are one-hot: greedy's, through SoupCallback
+
+
 def _accuracy(pred):
-    return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
+    p = np.asarray(pred.predictions)
+    if set(np.unique(p)) <= {0.0, 1.0} and (p.sum(-1) == 1).all():
+        ONE_HOT_CALLS.append(len(p))
+    return {"accuracy": float((np.argmax(p, -1) == pred.label_ids).mean())}
 
 
 def _dataset(tokenizer, n, seed):
@@ -36,7 +42,7 @@ def _dataset(tokenizer, n, seed):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, hub):
     """One real Trainer run (12 steps, saving and evaluating every 4), with two SoupCallbacks attached (uniform over
     the last 3, greedy on the eval set with compute_metrics) and an every_save running average."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
@@ -51,10 +57,10 @@ def run(tmp_path_factory):
     args = TrainingArguments(output_dir=str(out), max_steps=12, save_steps=4, eval_steps=4, eval_strategy="steps",
                              logging_steps=4, per_device_train_batch_size=8, per_device_eval_batch_size=16,
                              learning_rate=5e-3, report_to=[], use_cpu=True, seed=0, save_only_model=False,
-                             dataloader_num_workers=0, disable_tqdm=True)
+                             dataloader_num_workers=0, disable_tqdm=True, hub_token=WRITE_TOKEN)
     trainer = Trainer(model=model, args=args, train_dataset=_dataset(tok, 96, 1), eval_dataset=_dataset(tok, 32, 2),
                       compute_metrics=_accuracy, processing_class=tok)
-    uniform = SoupCallback(trainer, last=3)
+    uniform = SoupCallback(trainer, last=3, push_to_hub="alice/run-soup")
     greedy = SoupCallback(trainer, top=3, method="greedy", selection_metric="accuracy", soup_dir=str(root / "greedy"))
     running = SoupCallback(every_save=True, since_step=8, soup_dir=str(root / "swa"))
     for cb in (uniform, greedy, running):
@@ -313,10 +319,19 @@ def test_callback_greedy_with_compute_metrics(run):
     kept = [i for i in soup.ingredients if i.weight > 0]
     steps = [int(i.name.split("-")[1]) for i in kept]
     assert_soup_is_mean(soup.output_dir, [ckpt(run, s) for s in steps])
-    # greedy scored each candidate with compute_metrics' accuracy, on the trainer's eval set
+    # greedy scored each candidate with compute_metrics' accuracy, on the trainer's eval set (32 examples)
+    assert ONE_HOT_CALLS and set(ONE_HOT_CALLS) == {32}
     assert all(0.0 <= i.score <= 1.0 for i in soup.ingredients)
     assert "soup_accuracy" in run["greedy"].metrics
     assert_clean(soup.output_dir)
+
+
+def test_callback_pushes_the_soup_with_its_card(run, hub):
+    from huggingface_hub import hf_hub_download
+
+    card = open(hf_hub_download("alice/run-soup", "README.md", token=WRITE_TOKEN)).read()
+    assert "Checkpoint soup of one run: steps 4, 8, 12 of `out`" in card
+    assert str(run["root"]) not in card.split("## How to use")[0]
 
 
 def test_callback_every_save_running_average(run):
