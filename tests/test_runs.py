@@ -398,3 +398,18 @@ def test_hub_all_checkpoints_run(run, hub, api, tmp_path):
     assert str(tmp_path / "cache") not in card and "hf-soups-runs" not in card  # the download folder is not named
     assert f"of `{repo}` at `{sha[:12]}`" in card
     assert_clean(soup.output_dir)
+
+
+def test_hub_every_save_step_from_trainer_state_when_the_message_names_none(run, hub, api, tmp_path, caplog):
+    repo = "alice/run-every-save-end"
+    api.create_repo(repo, exist_ok=True)
+    first = _upload(api, repo, ckpt(run, 4), "Training in progress, step 4", ignore=("*.pt", "*.pth", "*.bin",
+                                                                                     "trainer_state.json"))
+    end = _upload(api, repo, ckpt(run, 12), "End of training", ignore=("*.pt", "*.pth", "*.bin"))
+    api.upload_file(path_or_fileobj=os.path.join(ckpt(run, 8), "model.safetensors"), path_in_repo="model.safetensors",
+                    repo_id=repo, commit_message="Upload model")  # weights changed, no step anywhere: left out
+    with caplog.at_level(logging.WARNING, logger="hf_soups.hub.runs"):
+        found = run_checkpoints(repo, endpoint=hub.url, token=WRITE_TOKEN)
+    assert found.steps == [4, 12]  # 12: the global_step of that commit's trainer_state.json
+    assert found.refs == (f"{repo}@{first}", f"{repo}@{end}")
+    assert "names no step" in caplog.text

@@ -89,20 +89,23 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
     commits = list(reversed(api.list_repo_commits(repo_id, revision=sha, token=token)))
     wanted = [*_WEIGHT_FILES, "trainer_state.json"]
     previous: tuple[tuple[str, str], ...] = ()
+    previous_state: str | None = None
     by_step: dict[int, RunCheckpoint] = {}
-    head_state = None
+    head_state = False
     for commit in commits:
         infos = api.get_paths_info(repo_id, wanted, revision=commit.commit_id, token=token)
         blobs = {i.path: (i.lfs.sha256 if getattr(i, "lfs", None) else getattr(i, "blob_id", "")) for i in infos
                  if hasattr(i, "size")}
         weights = tuple(sorted((p, b or "") for p, b in blobs.items() if p in _WEIGHT_FILES))
         head_state = "trainer_state.json" in blobs
+        state_changed = head_state and blobs["trainer_state.json"] != previous_state
+        previous_state = blobs.get("trainer_state.json")
         if not weights or weights == previous:
             continue
         previous = weights
         m = _STEP_IN_MESSAGE.search(f"{commit.title}\n{commit.message}")
         step = int(m.group(1)) if m else None
-        if step is None and head_state:
+        if step is None and state_changed:  # a trainer state carried over from an older commit names no step here
             from ..runs import _global_step
 
             found = _global_step(_download(repo_id, commit.commit_id, "trainer_state.json", token, endpoint,
