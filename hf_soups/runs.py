@@ -152,7 +152,7 @@ def lower_is_better(metric: str, greater_is_better: bool | None) -> bool:
     return metric.endswith("loss")
 
 
-def read_log_history(path: str, *, source: str) -> list[dict[str, Any]]:
+def read_log_history(path: str, source: str) -> list[dict[str, Any]]:
     """The `log_history` of a `trainer_state.json` (parsed as JSON; never executed or copied).
 
     Raises:
@@ -167,7 +167,7 @@ def read_log_history(path: str, *, source: str) -> list[dict[str, Any]]:
         history = state.get("log_history", [])
         if not isinstance(history, list):
             raise TypeError
-    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):  # untrusted JSON
         raise SoupError("trainer_state.json is not a Trainer state (no log_history list).", file=source,
                         fix="pass last= instead of top=, or restore the file the Trainer wrote.") from None
     return [e for e in history if isinstance(e, dict)]
@@ -177,8 +177,8 @@ def _global_step(path: str) -> int:
     try:
         with open(path, encoding="utf-8") as f:
             step = json.load(f).get("global_step", -1)
-        return step if isinstance(step, int) else -1
-    except (OSError, ValueError, AttributeError):
+        return step if type(step) is int else -1
+    except (OSError, ValueError, AttributeError, RecursionError):
         return -1
 
 
@@ -190,8 +190,7 @@ def metric_at_steps(history: Sequence[Mapping[str, Any]], metric: str) -> tuple[
         values = {}
         for entry in history:
             value, step = entry.get(key), entry.get("step")
-            if isinstance(step, int) and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
+            if type(step) is int and type(value) in (int, float) and math.isfinite(value):  # bools are not steps
                 values[step] = float(value)
         if values:
             return key, values
@@ -289,13 +288,21 @@ def run_checkpoints(
                                    param="since_step")
     text = os.path.expanduser(os.fspath(run))
     if os.path.isdir(text):
-        listed, history, name, sha = _local_run(text), None, os.path.basename(os.path.abspath(text)), None
-        history = _local_history(text, listed)
+        listed, name, sha = _local_run(text), os.path.basename(os.path.abspath(text)), None
+        state = _local_state(text, listed)
     else:
         from .hub.runs import hub_run
 
-        name, sha, listed, history, fetch = hub_run(text, revision=revision, token=token, endpoint=endpoint,
-                                                    cache_dir=cache_dir)
+        name, sha, listed, state, fetch = hub_run(text, revision=revision, token=token, endpoint=endpoint,
+                                                  cache_dir=cache_dir)
+    history = None
+    if state is not None:
+        try:
+            history = read_log_history(*state)
+        except SoupError as e:
+            if top is not None:
+                raise
+            logger.warning("%s; its metrics are not shown.", e)
     if since_step is not None:
         listed = [c for c in listed if c.step >= since_step]
     if not listed:
@@ -363,14 +370,13 @@ def _local_run(path: str) -> list[RunCheckpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def _local_history(path: str, listed: Sequence[RunCheckpoint]) -> list[dict[str, Any]] | None:
-    """The log history of the newest `trainer_state.json` (by `global_step`) of the run: the newest checkpoint's, or
-    the output_dir's own (`trainer.save_state()`)."""
+def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] | None:
+    """The newest `trainer_state.json` (by `global_step`) of the run, the newest checkpoint's or the output_dir's own
+    (`trainer.save_state()`), with its name relative to the run."""
     states = [os.path.join(c.local_dir, "trainer_state.json") for c in listed[-1:] if c.local_dir]
     states.append(os.path.join(path, "trainer_state.json"))
     states = [s for s in states if os.path.isfile(s)]
     if not states:
         return None
     newest = max(states, key=_global_step)
-    return read_log_history(newest, source=os.path.relpath(newest, path))
-
+    return newest, os.path.relpath(newest, path)

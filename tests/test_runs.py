@@ -413,3 +413,25 @@ def test_hub_every_save_step_from_trainer_state_when_the_message_names_none(run,
     assert found.steps == [4, 12]  # 12: the global_step of that commit's trainer_state.json
     assert found.refs == (f"{repo}@{first}", f"{repo}@{end}")
     assert "names no step" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{not json", "[1, 2]", '{"log_history": 7}',
+                                  '{"log_history": [{"step": true, "eval_loss": 0.1}]}'])
+def test_a_malformed_trainer_state_is_a_soup_error(run, tmp_path, text):
+    copied = copy_run(run, tmp_path / "r")
+    with open(os.path.join(copied, "checkpoint-12", "trainer_state.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(SoupError, match="trainer_state.json|logged no eval_loss"):
+        run_checkpoints(copied, top=2)
+    assert run_checkpoints(copied, last=2).steps == [8, 12]  # last= does not need the metrics
+
+
+@pytest.mark.parametrize("sha", ["../../../../tmp/escape", "main", None])
+def test_a_hub_sha_that_is_not_a_sha_is_refused_before_any_path_is_built(hub, monkeypatch, sha):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "repo_info", lambda *a, **k: SimpleNamespace(sha=sha, siblings=[]))
+    with pytest.raises(SoupError, match="not 40 hex digits"):
+        run_checkpoints("alice/whatever", endpoint=hub.url)

@@ -4,6 +4,7 @@ commit per save (`hub_strategy="every_save"`). Used by [`hf_soups.runs.run_check
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from ..errors import SoupError
 from ..refs import IngredientRef
 from ..runs import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
-                    consolidation_problem, read_log_history)
+                    consolidation_problem)
 from ._errors import hub_errors
 
 __all__ = ["hub_run"]
@@ -21,11 +22,11 @@ Fetch = Callable[[list[RunCheckpoint]], list[RunCheckpoint]]
 
 
 def hub_run(run: str, *, revision: str | None, token: Any, endpoint: str | None, cache_dir: str | None
-            ) -> tuple[str, str, list[RunCheckpoint], list[dict[str, Any]] | None, Fetch]:
+            ) -> tuple[str, str, list[RunCheckpoint], tuple[str, str] | None, Fetch]:
     """List a Hub run's checkpoints at one pinned commit.
 
     Returns:
-        `(repo_id, sha, checkpoints, log_history or None, fetch)`: `fetch(chosen)` downloads the chosen folders'
+        `(repo_id, sha, checkpoints, (newest trainer_state.json path, its name) or None, fetch)`: `fetch(chosen)` downloads the chosen folders'
         model files (all_checkpoints; never the optimizer, scheduler, RNG or training-argument files) and returns
         them with their local directories; for every_save runs it returns them as they are (pinned `repo@sha`).
 
@@ -37,7 +38,7 @@ def hub_run(run: str, *, revision: str | None, token: Any, endpoint: str | None,
     api = HfApi(endpoint=endpoint)
     with hub_errors(ref.ref, token_given=bool(token), revision=ref.revision, token=token, endpoint=endpoint):
         info = api.repo_info(repo_id, revision=ref.revision, token=token)
-        sha = info.sha
+        sha = _pinned(info.sha, repo_id)
         files = [s.rfilename for s in info.siblings or []]
         folders: dict[int, list[str]] = {}
         for f in files:
@@ -51,19 +52,30 @@ def hub_run(run: str, *, revision: str | None, token: Any, endpoint: str | None,
     return repo_id, sha, listed, history, lambda chosen: chosen
 
 
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _pinned(sha: Any, repo_id: str) -> str:
+    """A commit sha from the Hub's answer, checked before it names a ref or a local folder."""
+    if not isinstance(sha, str) or not _SHA.match(sha):
+        raise SoupError(f"the Hub answered {str(sha)[:60]!r} as a commit sha, not 40 hex digits.", ingredient=repo_id,
+                        fix="check the endpoint (HF_ENDPOINT) is a Hugging Face Hub.")
+    return sha
+
+
 def _download(repo_id: str, sha: str, path: str, token: Any, endpoint: str | None, cache_dir: str | None) -> str:
     return hf_hub_download(repo_id, path, revision=sha, token=token, endpoint=endpoint, cache_dir=cache_dir)
 
 
 def _all_checkpoints(repo_id: str, sha: str, folders: dict[int, list[str]], token: Any, endpoint: str | None,
-                     cache_dir: str | None) -> tuple[list[RunCheckpoint], list[dict[str, Any]] | None, Fetch]:
+                     cache_dir: str | None) -> tuple[list[RunCheckpoint], tuple[str, str] | None, Fetch]:
     listed = [RunCheckpoint(step, f"{repo_id}@{sha}/checkpoint-{step}", repo_id=repo_id, sha=sha)
               for step in sorted(folders)]
     newest = listed[-1].step
     history = None
     if "trainer_state.json" in folders[newest]:
         path = _download(repo_id, sha, f"checkpoint-{newest}/trainer_state.json", token, endpoint, cache_dir)
-        history = read_log_history(path, source=f"{repo_id}@{sha}/checkpoint-{newest}/trainer_state.json")
+        history = (path, f"{repo_id}@{sha}/checkpoint-{newest}/trainer_state.json")
 
     def fetch(chosen: list[RunCheckpoint]) -> list[RunCheckpoint]:
         for c in chosen:  # before any download: a folder of shards gets the consolidation command
@@ -84,7 +96,7 @@ def _all_checkpoints(repo_id: str, sha: str, folders: dict[int, list[str]], toke
 
 
 def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | None, cache_dir: str | None
-                ) -> tuple[list[RunCheckpoint], list[dict[str, Any]] | None]:
+                ) -> tuple[list[RunCheckpoint], tuple[str, str] | None]:
     """Each commit that changed the weights (oldest first), named by the step in its message or its trainer state."""
     commits = list(reversed(api.list_repo_commits(repo_id, revision=sha, token=token)))
     wanted = [*_WEIGHT_FILES, "trainer_state.json"]
@@ -93,6 +105,7 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
     by_step: dict[int, RunCheckpoint] = {}
     head_state = False
     for commit in commits:
+        _pinned(commit.commit_id, repo_id)
         infos = api.get_paths_info(repo_id, wanted, revision=commit.commit_id, token=token)
         blobs = {i.path: (i.lfs.sha256 if getattr(i, "lfs", None) else getattr(i, "blob_id", "")) for i in infos
                  if hasattr(i, "size")}
@@ -124,5 +137,5 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
     history = None
     if head_state:
         path = _download(repo_id, sha, "trainer_state.json", token, endpoint, cache_dir)
-        history = read_log_history(path, source=f"{repo_id}@{sha}/trainer_state.json")
+        history = (path, f"{repo_id}@{sha}/trainer_state.json")
     return sorted(by_step.values(), key=lambda c: c.step), history
