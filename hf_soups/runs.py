@@ -160,7 +160,7 @@ def read_log_history(path: str, source: str) -> list[dict[str, Any]]:
     """
     if os.path.getsize(path) > _STATE_LIMIT:
         raise SoupError("trainer_state.json is larger than 64 MB.", file=source,
-                        fix="pass last= instead of top= (the metrics are read from trainer_state.json).")
+                        fix="pass last=N instead of top=N (the metrics are read from trainer_state.json).")
     try:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
@@ -169,12 +169,15 @@ def read_log_history(path: str, source: str) -> list[dict[str, Any]]:
             raise TypeError
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):  # untrusted JSON
         raise SoupError("trainer_state.json is not a Trainer state (no log_history list).", file=source,
-                        fix="pass last= instead of top=, or restore the file the Trainer wrote.") from None
+                        fix="pass last=N instead of top=N, or restore the file the Trainer wrote.") from None
     return [e for e in history if isinstance(e, dict)]
 
 
 def _global_step(path: str) -> int:
+    """The `global_step` of a `trainer_state.json`, -1 when it names none (or is larger than 64 MB: never read)."""
     try:
+        if os.path.getsize(path) > _STATE_LIMIT:
+            return -1
         with open(path, encoding="utf-8") as f:
             step = json.load(f).get("global_step", -1)
         return step if type(step) is int else -1
@@ -224,7 +227,7 @@ def consolidation_problem(entries: Sequence[str], name: str) -> None:
         raise SoupError("holds a PEFT adapter only, not full weights.", ingredient=name,
                         fix="merge each checkpoint's adapter into the base (peft's merge_and_unload()) and save it.")
     raise SoupError("holds no model weights (model.safetensors).", ingredient=name,
-                    fix="pass a Trainer output_dir whose checkpoint-* folders hold model.safetensors.")
+                    fix="pass a Trainer run folder whose checkpoint-* folders hold model.safetensors.")
 
 
 def run_checkpoints(
@@ -307,7 +310,7 @@ def run_checkpoints(
         listed = [c for c in listed if c.step >= since_step]
     if not listed:
         raise SoupError("the run has no checkpoint" + (f" at step {since_step} or later." if since_step else "."),
-                        ingredient=name, fix="pass a Trainer output_dir with checkpoint-<step> folders (save_strategy "
+                        ingredient=name, fix="pass the folder the Trainer saved checkpoint-<step> folders in (save_strategy "
                         "'steps' or 'epoch'), or a Hub repo pushed with hub_strategy 'every_save' or "
                         "'all_checkpoints'" + (", or a smaller since_step." if since_step else "."))
     key, values = metric_at_steps(history or [], metric)
@@ -342,14 +345,14 @@ def _choose(listed: list[RunCheckpoint], *, last: int | None, top: int | None, k
         return listed, [], rule
     if history is None:
         raise SoupError("the run has no trainer_state.json, so its checkpoints cannot be ranked.", ingredient=run,
-                        fix="pass last= instead of top=.")
+                        fix="pass last=N instead of top=N.")
     skipped = [c for c in listed if c.value is None]
     ranked = [c for c in listed if c.value is not None]
     if not ranked:
         logged = _metric_names(history)
         raise SoupError(f"the run logged no {key} at any checkpoint's step (logged: {', '.join(logged) or 'none'}).",
                         ingredient=run, fix="pass metric= one of the logged metrics, evaluate at every save "
-                        "(eval_strategy with eval_steps = save_steps), or pass last= instead of top=.")
+                        "(eval_strategy with eval_steps = save_steps), or pass last=N instead of top=N.")
     for c in skipped:
         logger.warning("%s (step %d) is skipped: the run logged no %s at its step.", c.name, c.step, key)
     lower = lower_is_better(key, greater_is_better)
@@ -362,10 +365,28 @@ def _choose(listed: list[RunCheckpoint], *, last: int | None, top: int | None, k
 
 
 def _local_run(path: str) -> list[RunCheckpoint]:
+    """The run's `checkpoint-<step>` folders, in step order.
+
+    Raises:
+        [`SoupError`]: a checkpoint folder is a link that leads outside the run (the Trainer writes none: its
+            weights would be souped and named as the run's own), or `path` is itself one checkpoint.
+    """
     found = []
+    root = os.path.realpath(path)
+    if CHECKPOINT_RE.match(os.path.basename(root)) and not any(CHECKPOINT_RE.match(e) for e in os.listdir(path)):
+        parent = os.path.dirname(os.path.normpath(os.fspath(path))) or "."
+        raise SoupError("is one checkpoint of a run, not a run.", ingredient=os.path.basename(root),
+                        fix=f"pass its run folder {parent!r} (the Trainer's output folder, holding the checkpoint-* "
+                            "folders).")
     for entry in os.listdir(path):
         m = CHECKPOINT_RE.match(entry)
         if m and os.path.isdir(os.path.join(path, entry)):
+            if os.path.islink(os.path.join(path, entry)) or os.path.dirname(
+                    os.path.realpath(os.path.join(path, entry))) != root:
+                raise SoupError("is a link to another folder (the Trainer writes none): its weights would be souped "
+                                "under this checkpoint's name.", ingredient=entry,
+                                fix=f"replace the link {entry} by a copy of the checkpoint folder, or pass "
+                                    "the checkpoints as separate REFs.")
             found.append(RunCheckpoint(int(m.group(1)), entry, local_dir=os.path.abspath(os.path.join(path, entry))))
     return sorted(found, key=lambda c: c.step)
 

@@ -435,3 +435,63 @@ def test_a_hub_sha_that_is_not_a_sha_is_refused_before_any_path_is_built(hub, mo
     monkeypatch.setattr(HfApi, "repo_info", lambda *a, **k: SimpleNamespace(sha=sha, siblings=[]))
     with pytest.raises(SoupError, match="not 40 hex digits"):
         run_checkpoints("alice/whatever", endpoint=hub.url)
+
+
+# -- untrusted run folders ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_a_checkpoint_folder_that_is_a_link_is_refused(run, tmp_path, target):
+    copied = copy_run(run, tmp_path / "r", steps=[4, 8])
+    elsewhere = ckpt(run, 12) if target == "outside" else os.path.join(copied, "checkpoint-8")
+    os.symlink(elsewhere, os.path.join(copied, "checkpoint-16"))  # outside the run, or a second name for step 8
+    with pytest.raises(SoupError, match="checkpoint-16.*link"):
+        run_checkpoints(copied, last=2)
+    r = _cli("soup", copied, "--last", "3", "--output", str(tmp_path / "s"))
+    assert r.returncode == 10 and "checkpoint-16" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_a_single_checkpoint_is_not_a_run_and_the_fix_names_its_run(run, tmp_path):
+    r = _cli("soup", ckpt(run, 8), "--last", "2", "--output", str(tmp_path / "s"))
+    assert r.returncode == 10 and "Traceback" not in r.stderr, r.stderr
+    assert "one checkpoint of a run" in r.stderr and repr(run["out"]) in r.stderr, r.stderr
+    r = _cli("soup", str(tmp_path), "--last", "2", "--output", str(tmp_path / "s"))  # an empty folder
+    assert r.returncode == 10 and "no checkpoint" in r.stderr and "--output" not in r.stderr, r.stderr
+
+
+def test_training_files_that_would_hang_on_read_are_never_opened(run, tmp_path):
+    """optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin and an older trainer_state.json as FIFOs: opening
+    any of them blocks forever, so the soup finishing proves none is read (the newest trainer_state.json is)."""
+    copied = copy_run(run, tmp_path / "r")
+    for step in STEPS:
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin") + (
+                ("trainer_state.json",) if step != 12 else ()):
+            os.remove(os.path.join(copied, f"checkpoint-{step}", name))
+            os.mkfifo(os.path.join(copied, f"checkpoint-{step}", name))
+    r = subprocess.run([sys.executable, "-m", "hf_soups", "soup", copied, "--top", "2", "--output",
+                        str(tmp_path / "s")], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert r.returncode == 0, r.stderr
+    assert_clean(tmp_path / "s")
+
+
+def test_a_trainer_state_that_is_a_fifo_or_huge_is_never_read(run, tmp_path, monkeypatch):
+    import builtins
+
+    import hf_soups.runs as runs_module
+
+    copied = copy_run(run, tmp_path / "r")
+    huge = os.path.join(copied, "trainer_state.json")  # the output_dir's own (trainer.save_state()), 65 MB, sparse
+    with open(huge, "wb") as f:
+        f.truncate(65 << 20)
+    opened = []
+    monkeypatch.setattr(runs_module, "open", lambda p, *a, **k: opened.append(p) or builtins.open(p, *a, **k),
+                        raising=False)
+    assert run_checkpoints(copied, last=2).steps == [8, 12]
+    assert huge not in opened
+    os.remove(os.path.join(copied, "checkpoint-12", "trainer_state.json"))
+    os.mkfifo(os.path.join(copied, "checkpoint-12", "trainer_state.json"))
+    os.remove(huge)
+    with pytest.raises(SoupError, match="no trainer_state.json") as e:
+        run_checkpoints(copied, top=2)
+    assert "last=N instead of top=N" in str(e.value)
