@@ -495,3 +495,32 @@ def test_a_trainer_state_that_is_a_fifo_or_huge_is_never_read(run, tmp_path, mon
     with pytest.raises(SoupError, match="no trainer_state.json") as e:
         run_checkpoints(copied, top=2)
     assert "last=N instead of top=N" in str(e.value)
+
+
+def test_a_hub_run_folder_soup_replays_from_its_recipe(run, hub, api, tmp_path):
+    """The recipe of an all_checkpoints soup names `user/run@<sha>/checkpoint-N`: replay downloads those folders
+    (model files only) at that sha and re-creates the soup bit for bit; a folder the run lacks is not found."""
+    from hf_soups import IngredientNotFoundError, Recipe, replay_recipe
+
+    repo = "alice/run-replay"
+    api.create_repo(repo, exist_ok=True)
+    sha = api.upload_folder(folder_path=run["out"], repo_id=repo, allow_patterns=["checkpoint-*/*", "*.json"],
+                            commit_message="all checkpoints").oid
+    api.upload_file(path_or_fileobj=os.path.join(ckpt(run, 4), "model.safetensors"),  # a root model: never used
+                    path_in_repo="model.safetensors", repo_id=repo, commit_message="final model")
+    found = run_checkpoints(f"{repo}@{sha}", last=2, endpoint=hub.url, token=WRITE_TOKEN,
+                            cache_dir=str(tmp_path / "c1"))
+    soup_from_hub(found, output_dir=tmp_path / "soup")
+    recipe = Recipe.load(tmp_path / "soup" / "recipe.yaml")
+    assert list(recipe.ingredients) == [f"{repo}@{sha}/checkpoint-{s}" for s in (8, 12)]
+    replay_recipe(recipe, tmp_path / "again", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c2"))
+    a, b = tensors(tmp_path / "soup"), tensors(tmp_path / "again")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_soup_is_mean(tmp_path / "again", [ckpt(run, 8), ckpt(run, 12)])
+    assert not set(os.listdir(tmp_path / "c2" / "hf-soups-runs" / "alice--run-replay" / sha / "checkpoint-8")) \
+        & NEVER_CARRIED
+    missing = Recipe.from_dict({**recipe.to_dict(), "ingredients": [f"{repo}@{sha}/checkpoint-8",
+                                                                    f"{repo}@{sha}/checkpoint-99"]})
+    with pytest.raises(IngredientNotFoundError, match="checkpoint-99"):
+        replay_recipe(missing, tmp_path / "never", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c3"))
+    assert not os.path.exists(tmp_path / "never")

@@ -80,19 +80,56 @@ def _all_checkpoints(repo_id: str, sha: str, folders: dict[int, list[str]], toke
     def fetch(chosen: list[RunCheckpoint]) -> list[RunCheckpoint]:
         for c in chosen:  # before any download: a folder of shards gets the consolidation command
             consolidation_problem(sorted({f.split("/")[0] for f in folders[c.step]}), c.name)
-        subs = [f"checkpoint-{c.step}" for c in chosen]
-        from huggingface_hub import constants
-
-        # real files in a folder of their own (a cache snapshot's links point outside a checkpoint subfolder)
-        local = os.path.join(cache_dir or constants.HF_HUB_CACHE, "hf-soups-runs", repo_id.replace("/", "--"), sha)
-        with hub_errors(f"{repo_id}@{sha}", token_given=bool(token), token=token, endpoint=endpoint):
-            root = snapshot_download(repo_id, revision=sha, token=token, endpoint=endpoint, local_dir=local,
-                                     allow_patterns=[f"{s}/*" for s in subs],
-                                     ignore_patterns=[f"*/{p}" for p in TRAINING_STATE_PATTERNS] + ["*/*/*"])
+        root = download_checkpoint_folders(repo_id, sha, [c.step for c in chosen], token, endpoint, cache_dir)
         return [RunCheckpoint(c.step, c.name, os.path.join(root, f"checkpoint-{c.step}"), c.repo_id, c.sha, c.value)
                 for c in chosen]
 
     return listed, history, fetch
+
+
+def download_checkpoint_folders(repo_id: str, sha: str, steps: list[int], token: Any, endpoint: str | None,
+                                cache_dir: str | None) -> str:
+    """Download the model files of `checkpoint-<step>/` folders of a Hub run at a pinned sha (never the optimizer,
+    scheduler, RNG or training-argument files) into a folder of their own; returns that folder."""
+    from huggingface_hub import constants
+
+    # real files in a folder of their own (a cache snapshot's links point outside a checkpoint subfolder)
+    local = os.path.join(cache_dir or constants.HF_HUB_CACHE, "hf-soups-runs", repo_id.replace("/", "--"),
+                         _pinned(sha, repo_id))
+    with hub_errors(f"{repo_id}@{sha}", token_given=bool(token), token=token, endpoint=endpoint):
+        return snapshot_download(repo_id, revision=sha, token=token, endpoint=endpoint, local_dir=local,
+                                 allow_patterns=[f"checkpoint-{s}/*" for s in steps],
+                                 ignore_patterns=[f"*/{p}" for p in TRAINING_STATE_PATTERNS] + ["*/*/*"])
+
+
+#: How a soup of a Hub run's `checkpoint-<step>/` folder names it: `user/run@<40-hex sha>/checkpoint-<step>`.
+RUN_FOLDER_RE = re.compile(r"^(?P<repo>[^@]+)@(?P<sha>[0-9a-f]{40})/checkpoint-(?P<step>\d+)$")
+
+
+def fetch_run_folders(refs: list[Any], token: Any, endpoint: str | None, cache_dir: str | None) -> list[Any]:
+    """Replay: each `user/run@<sha>/checkpoint-<step>` ref downloaded (model files only) and kept under that name.
+
+    Raises:
+        [`IngredientNotFoundError`]: the run has no such folder at that sha.
+        [`SoupError`]: the folder holds no consolidated weights (the fix names the consolidation command).
+    """
+    from ..errors import IngredientNotFoundError
+
+    out = []
+    for ref in refs:
+        m = RUN_FOLDER_RE.match(getattr(ref, "ref", "")) if getattr(ref, "local_dir", None) is None else None
+        if m is None:
+            out.append(ref)
+            continue
+        folder = os.path.join(download_checkpoint_folders(m["repo"], m["sha"], [int(m["step"])], token, endpoint,
+                                                          cache_dir), f"checkpoint-{m['step']}")
+        if not os.path.isdir(folder):
+            raise IngredientNotFoundError(f"{m['repo']} has no folder checkpoint-{m['step']} at that commit.",
+                                          ingredient=ref.ref, fix="check the recipe's ingredient names the run's "
+                                          "checkpoint folder as its soup's card does.")
+        consolidation_problem(os.listdir(folder), ref.ref)
+        out.append(IngredientRef(ref=ref.ref, local_dir=folder))
+    return out
 
 
 def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | None, cache_dir: str | None
