@@ -63,7 +63,9 @@ class SoupCallback(TrainerCallback):
             Where to write the soup (default `<output_dir>/soup`); a soup hf_soups wrote there is replaced.
         every_save (`bool`, *optional*, defaults to `False`):
             Keep a running uniform average of the checkpoints saved from `since_step` on (SWA-style), updated at each
-            save, instead of reading them back at the end; `last`/`top` do not apply.
+            save; `last`/`top` do not apply. At the end, when all those checkpoints are still on disk the soup is an
+            ordinary uniform soup of them (card and `recipe.yaml`); when some were deleted (`save_total_limit`), it
+            is the running average, with a card that says no recipe can re-create it.
         push_to_hub (`str`, *optional*):
             A repo id to push the soup to, with its card (with the `TrainingArguments`' `hub_token`).
         soup_kwargs (`dict`, *optional*):
@@ -130,6 +132,20 @@ class SoupCallback(TrainerCallback):
         self._first = os.path.dirname(path)
         self._averaged_steps.append(state.global_step)
 
+    def _kept_checkpoints(self, args: Any) -> Any:
+        """every_save: the averaged checkpoints as a [`RunCheckpoints`] when all of them are still on disk (then the
+        soup is an ordinary uniform soup, with a recipe that re-creates it), else `None`."""
+        import dataclasses
+
+        try:
+            found = run_checkpoints(args.output_dir, since_step=self.since_step)
+        except SoupError:
+            return None
+        if not self._averaged_steps or found.steps != self._averaged_steps:
+            return None
+        since = f" from step {self.since_step}" if self.since_step else ""
+        return dataclasses.replace(found, rule=f"every save{since} (SoupCallback(every_save=True), SWA-style)")
+
     def _write_running_average(self, args: Any, target: str) -> None:
         from safetensors.torch import save_file
 
@@ -148,20 +164,22 @@ class SoupCallback(TrainerCallback):
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
                 f.write("---\nlibrary_name: transformers\ntags: [merge, model-soup, hf-soups]\n---\n\n"
                         f"# soup\n\nRunning uniform average (SWA-style) of the checkpoints of one run at steps "
-                        f"{steps}, made with hf_soups' SoupCallback(every_save=True).\n")
+                        f"{steps}, made with hf_soups' SoupCallback(every_save=True). Some of these checkpoints "
+                        "were deleted during training (save_total_limit), so no recipe can re-create this soup.\n")
 
     # -- the end of training -----------------------------------------------------------------------------------------
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         target = self.soup_dir or os.path.join(args.output_dir, "soup")
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
-        if self.every_save:
+        chosen = self._kept_checkpoints(args) if self.every_save else run_checkpoints(
+            args.output_dir, last=self.last, top=self.top, metric=self.metric,
+            greater_is_better=self.greater_is_better, since_step=self.since_step)
+        if chosen is None:  # every_save, and some averaged checkpoints are gone (save_total_limit): the running mean
             if is_main_process():
                 self._write_running_average(args, target)
             wait_for_everyone()
-        else:
-            chosen = run_checkpoints(args.output_dir, last=self.last, top=self.top, metric=self.metric,
-                                     greater_is_better=self.greater_is_better, since_step=self.since_step)
+        else:  # an ordinary soup of the checkpoints, with its card and recipe
             from .api import soup_from_hub
 
             kwargs_ = {"overwrite": True, "allow_single": True, **self.soup_kwargs}

@@ -338,6 +338,31 @@ def test_callback_every_save_running_average(run):
     assert run["running"]._averaged_steps == [8, 12]
     assert_soup_is_mean(run["root"] / "swa", [ckpt(run, 8), ckpt(run, 12)])
     assert_clean(run["root"] / "swa")
+    # both checkpoints are kept: an ordinary soup, whose card says what it is and whose recipe names them
+    from hf_soups import Recipe
+
+    assert list(Recipe.load(run["root"] / "swa" / "recipe.yaml").ingredients) == ["checkpoint-8", "checkpoint-12"]
+    card = open(run["root"] / "swa" / "README.md").read()
+    assert "steps 8, 12 of `out`" in card and "every save from step 8" in card
+
+
+def test_callback_every_save_after_checkpoints_were_deleted_keeps_the_running_mean(run, tmp_path):
+    """save_total_limit deleted a checkpoint the running mean holds: the soup is that mean (not a soup of what is
+    left), and its card says no recipe re-creates it (no recipe.yaml naming a folder that is gone)."""
+    from types import SimpleNamespace
+
+    from hf_soups import SoupCallback
+
+    copied = copy_run(run, tmp_path / "r")
+    cb = SoupCallback(every_save=True, soup_dir=str(tmp_path / "swa"))
+    args = SimpleNamespace(output_dir=copied)
+    for step in STEPS:
+        cb.on_save(args, SimpleNamespace(global_step=step), None)
+    shutil.rmtree(os.path.join(copied, "checkpoint-4"))
+    cb.on_train_end(args, SimpleNamespace(global_step=12), None)
+    assert_soup_is_mean(tmp_path / "swa", [ckpt(run, s) for s in STEPS])
+    assert not os.path.exists(tmp_path / "swa" / "recipe.yaml")
+    assert "no recipe can re-create" in open(tmp_path / "swa" / "README.md").read()
 
 
 def test_callback_greedy_needs_the_trainer():
