@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,6 +58,16 @@ def _fmt_ci(x: float | None, ci: Sequence[float] | None) -> str:
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _shown_path(path: str | os.PathLike[str]) -> str:
+    """A local soup directory as a card may show it: relative to the working directory when it lies under it, else
+    its folder name (an absolute local path never enters a card, which may be uploaded as it is)."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    rel = os.path.relpath(text)
+    return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(text))
 
 
 def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
@@ -175,7 +186,7 @@ def build_card(
         bases.append(base_model)
     pipeline_tag = pipeline_tag_for(config.get("architectures"))
     name = repo_id.split("/")[-1] if repo_id else "model-soup"
-    model_path = repo_id or local_path or "path/to/soup"
+    model_path = repo_id or (_shown_path(local_path) if local_path else "path/to/soup")
     eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})
     extra = {k: v for k, v in (inherited or {}).items() if k in INHERITED_FIELDS and v}
     data = ModelCardData(

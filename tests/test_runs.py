@@ -246,6 +246,13 @@ def test_card_and_recipe_name_the_run_without_absolute_paths(run, tmp_path, monk
         assert os.path.realpath(run["out"]) not in text
     assert "checkpoint-4" in recipe
     assert soup.discovery["steps"] == STEPS
+    # an absolute output_dir (outside the working directory) does not enter the card's How-to-use snippet either
+    monkeypatch.chdir(run["root"])
+    soup_from_hub(found, output_dir=tmp_path / "abs-soup")
+    card = open(tmp_path / "abs-soup" / "README.md").read()
+    assert str(tmp_path) not in card and 'from_pretrained("abs-soup")' in card
+    callback_card = open(os.path.join(run["out"], "soup", "README.md")).read()  # output_dir=<absolute>/out
+    assert str(run["root"]) not in callback_card
 
 
 def test_check_compatibility_takes_a_run(run):
