@@ -478,17 +478,29 @@ def test_a_checkpoint_folder_that_is_a_link_is_refused(run, tmp_path, target):
     os.symlink(elsewhere, os.path.join(copied, "checkpoint-16"))  # outside the run, or a second name for step 8
     with pytest.raises(SoupError, match="checkpoint-16.*link"):
         run_checkpoints(copied, last=2)
-    r = _cli("soup", copied, "--last", "3", "--output", str(tmp_path / "s"))
-    assert r.returncode == 10 and "checkpoint-16" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    code, err = _cli_in_process("soup", copied, "--last", "3", "--output", str(tmp_path / "s"))
+    assert code == 10 and "checkpoint-16" in err, err
     assert not os.path.exists(tmp_path / "s")
 
 
+def _cli_in_process(*argv):
+    """The CLI's exit code and stderr, in this process (a traceback would raise here)."""
+    import contextlib
+    import io
+
+    from hf_soups.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
 def test_a_single_checkpoint_is_not_a_run_and_the_fix_names_its_run(run, tmp_path):
-    r = _cli("soup", ckpt(run, 8), "--last", "2", "--output", str(tmp_path / "s"))
-    assert r.returncode == 10 and "Traceback" not in r.stderr, r.stderr
-    assert "one checkpoint of a run" in r.stderr and repr(run["out"]) in r.stderr, r.stderr
-    r = _cli("soup", str(tmp_path), "--last", "2", "--output", str(tmp_path / "s"))  # an empty folder
-    assert r.returncode == 10 and "no checkpoint" in r.stderr and "--output" not in r.stderr, r.stderr
+    code, err = _cli_in_process("soup", ckpt(run, 8), "--last", "2", "--output", str(tmp_path / "s"))
+    assert code == 10 and "one checkpoint of a run" in err and repr(run["out"]) in err, err
+    code, err = _cli_in_process("check", str(tmp_path), "--top", "2")  # an empty folder
+    assert code == 10 and "no checkpoint" in err and "--output" not in err, err
 
 
 def test_training_files_that_would_hang_on_read_are_never_opened(run, tmp_path):

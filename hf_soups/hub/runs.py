@@ -102,8 +102,6 @@ def download_checkpoint_folders(repo_id: str, sha: str, steps: list[int], token:
                                  ignore_patterns=[f"*/{p}" for p in TRAINING_STATE_PATTERNS] + ["*/*/*"])
 
 
-#: How a soup of a Hub run's `checkpoint-<step>/` folder names it: `user/run@<40-hex sha>/checkpoint-<step>`.
-RUN_FOLDER_RE = re.compile(r"^(?P<repo>[^@]+)@(?P<sha>[0-9a-f]{40})/checkpoint-(?P<step>\d+)$")
 
 
 def fetch_run_folders(refs: list[Any], token: Any, endpoint: str | None, cache_dir: str | None) -> list[Any]:
@@ -114,6 +112,7 @@ def fetch_run_folders(refs: list[Any], token: Any, endpoint: str | None, cache_d
         [`SoupError`]: the folder holds no consolidated weights (the fix names the consolidation command).
     """
     from ..errors import IngredientNotFoundError
+    from ..recipes.recipe import RUN_FOLDER_RE
 
     out = []
     for ref in refs:
