@@ -119,7 +119,7 @@ class SoupCallback(TrainerCallback):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", "model.safetensors")
         if not os.path.isfile(path):
             raise SoupError("every_save=True reads model.safetensors of each checkpoint; none was saved.",
-                            file=path, fix="train with save_safetensors=True and without sharded FSDP/DeepSpeed "
+                            file=path, fix="train with TrainingArguments(save_safetensors=True) and without sharded FSDP/DeepSpeed "
                             "state, or pass every_save=False.")
         tensors = load_file(path)
         n = len(self._averaged_steps)
@@ -203,7 +203,7 @@ class SoupCallback(TrainerCallback):
         trainer = self.trainer
         if trainer.eval_dataset is None or trainer.compute_metrics is None:
             raise InvalidArgumentError(f"method={self.method!r} needs the trainer's eval_dataset and compute_metrics.",
-                                       fix="pass eval_dataset= and compute_metrics= to the Trainer, or "
+                                       fix="pass Trainer(eval_dataset=..., compute_metrics=...), or "
                                            "method='uniform'.", param="method")
         key = self.selection_metric or self.metric.removeprefix("eval_")
         num_labels = int(getattr((model or trainer.model).config, "num_labels", 2))
