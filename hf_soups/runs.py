@@ -388,7 +388,12 @@ def _local_run(path: str) -> list[RunCheckpoint]:
                                 fix=f"replace the link {entry} by a copy of the checkpoint folder, or pass "
                                     "the checkpoints as separate REFs.")
             found.append(RunCheckpoint(int(m.group(1)), entry, local_dir=os.path.abspath(os.path.join(path, entry))))
-    return sorted(found, key=lambda c: c.step)
+    found.sort(key=lambda c: (c.step, c.name))
+    for a, b in zip(found, found[1:]):
+        if a.step == b.step:  # checkpoint-8 and checkpoint-008: one step souped twice (the Trainer writes no zeros)
+            raise SoupError(f"{a.name} and {b.name} are both step {a.step}.", ingredient=b.name,
+                            fix=f"remove or rename one of them (the Trainer names it checkpoint-{a.step}).")
+    return found
 
 
 def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] | None:

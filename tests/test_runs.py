@@ -483,6 +483,14 @@ def test_a_checkpoint_folder_that_is_a_link_is_refused(run, tmp_path, target):
     assert not os.path.exists(tmp_path / "s")
 
 
+@pytest.mark.parametrize("alias", ["checkpoint-008", "checkpoint-0000000000000000000008"])
+def test_two_folders_of_one_step_are_refused(run, tmp_path, alias):
+    copied = copy_run(run, tmp_path / "r")
+    shutil.copytree(os.path.join(copied, "checkpoint-8"), os.path.join(copied, alias))
+    with pytest.raises(SoupError, match=f"checkpoint-8 and {alias}|{alias} and checkpoint-8"):
+        run_checkpoints(copied, last=3)
+
+
 def _cli_in_process(*argv):
     """The CLI's exit code and stderr, in this process (a traceback would raise here)."""
     import contextlib
