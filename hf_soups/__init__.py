@@ -23,6 +23,9 @@ _LAZY = {
     "replay_recipe": ".api",
     "find_ingredients": ".hub.discovery",
     "CandidateSet": ".hub.discovery",
+    "run_checkpoints": ".runs",
+    "RunCheckpoints": ".runs",
+    "SoupCallback": ".callback",
     "Soup": ".soup",
     "Ingredient": ".refs",
     "IngredientRef": ".refs",
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
     from .api import check_compatibility, load_recipe, replay_recipe, soup_from_hub
     from .compat import CompatibilityReport, Problem
     from .evaluation.data import EvalSet
+    from .callback import SoupCallback
     from .hub.discovery import CandidateSet, find_ingredients
+    from .runs import RunCheckpoints, run_checkpoints
     from .merge.options import MergeOptions
     from .recipes import EvalSpec, Recipe
     from .refs import Ingredient, IngredientRef
@@ -52,6 +57,9 @@ __all__ = [
     "replay_recipe",
     "find_ingredients",
     "CandidateSet",
+    "run_checkpoints",
+    "RunCheckpoints",
+    "SoupCallback",
     "Soup",
     "Ingredient",
     "IngredientRef",

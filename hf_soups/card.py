@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -146,6 +147,16 @@ def _fmt_ci(x: float | None, ci: Sequence[float] | None) -> str:
     return _fmt(x) if x is None or not ci else f"{x:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _shown_path(path: str | os.PathLike[str]) -> str:
+    """A local soup directory as a card may show it: relative to the working directory when it lies under it, else
+    its folder name (an absolute local path never enters a card, which may be uploaded as it is)."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    rel = os.path.relpath(text)
+    return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(text))
+
+
 def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
     """The "How to use" section: the model class named in `config.architectures`, and the matching pipeline.
 
@@ -271,7 +282,7 @@ def build_card(
         bases.append(base_model)
     pipeline_tag = pipeline_tag_for(config.get("architectures"))
     name = str(repo_id).split("/")[-1] if repo_id else "model-soup"
-    model_path = repo_id or local_path or "path/to/soup"
+    model_path = repo_id or (_shown_path(local_path) if local_path else "path/to/soup")
     eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})
     extra = {k: v for k, v in (inherited or {}).items() if k in INHERITED_FIELDS and v}
     data = ModelCardData(
@@ -366,6 +377,8 @@ def recipe_block(recipe: Recipe) -> list[str]:
 
 
 def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
+    if "run" in discovery:  # checkpoints of one training run (`run_checkpoints`): its own sentence, escaped
+        return ["", "## How the ingredients were found", "", escape_markdown(discovery.get("description", ""))]
     query = ", ".join(f"{escape_markdown(k)}={_code(v)}" for k, v in (discovery.get("query") or {}).items())
     lines = ["", "## How the ingredients were found", "",
              f"Found on the Hub on {escape_markdown(discovery.get('date'))} with {_code(discovery.get('command'))} "

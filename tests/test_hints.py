@@ -13,7 +13,8 @@ import os
 import re
 
 import hf_soups
-from hf_soups import EvalSpec, MergeOptions, check_compatibility, find_ingredients, soup_from_hub
+from hf_soups import (EvalSpec, MergeOptions, check_compatibility, find_ingredients, run_checkpoints,
+                      soup_from_hub)
 from hf_soups.api import replay_recipe
 from hf_soups.cli.main import build_parser
 from hf_soups.evaluation.report import evaluate_soup
@@ -23,7 +24,9 @@ ERRORS = set(hf_soups.errors.__all__)
 _KEYWORD = re.compile(r"(?<![\w.\-{}])([A-Za-z_{}][\w{}]*)=(?!=)")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 _CALL = re.compile(r"([A-Za-z_][\w.]*)\(([^()]*)\)")
-OURS = {"soup_from_hub", "check_compatibility", "replay_recipe", "find_ingredients", "EvalSpec", "MergeOptions"}
+OURS = {"soup_from_hub", "check_compatibility", "replay_recipe", "find_ingredients", "EvalSpec", "MergeOptions",
+        "run_checkpoints", "SoupCallback"}
+_OTHER_COMMAND = re.compile(r"`(?!hf-soups )[^`]*`")  # `python zero_to_fp32.py ... --safe_serialization`: not ours
 
 
 def _keywords(text: str) -> list[str]:
@@ -34,7 +37,10 @@ def _keywords(text: str) -> list[str]:
 
 def _valid_keywords() -> set[str]:
     names = set()
-    for fn in (soup_from_hub, check_compatibility, replay_recipe, find_ingredients, evaluate_soup):
+    from hf_soups.callback import SoupCallback
+
+    for fn in (soup_from_hub, check_compatibility, replay_recipe, find_ingredients, evaluate_soup, run_checkpoints,
+               SoupCallback.__init__):
         names |= set(inspect.signature(fn).parameters)
     names |= {f.name for f in dataclasses.fields(EvalSpec)} | {f.name for f in dataclasses.fields(MergeOptions)}
     return names - {"deprecated"}
@@ -105,8 +111,8 @@ def test_every_keyword_in_a_hint_exists():
 
 def test_every_flag_in_a_hint_exists():
     flags = _cli_flags()
-    bad = [f"{where}: '{flag}' in {text!r}" for where, text in _hints() for flag in _FLAG.findall(text)
-           if flag not in flags]
+    bad = [f"{where}: '{flag}' in {text!r}" for where, text in _hints()
+           for flag in _FLAG.findall(_OTHER_COMMAND.sub("", text)) if flag not in flags]
     assert not bad, "hints name CLI flags that do not exist:\n" + "\n".join(bad)
 
 

@@ -56,7 +56,8 @@ FLAGS: dict[str, str] = {
     "align_labels": "--align-labels", "allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code",
     "dtype": "--dtype", "int_rule": "--int-rule", "max_shard_size": "--max-shard-size", "output_dir": "--output",
     "strict": "--strict", "stream": "--stream", "max_samples": "--max-eval-samples",
-    "calibration_dataset": "--calibration-dataset",
+    "calibration_dataset": "--calibration-dataset", "last": "--last", "top": "--top",
+    "greater_is_better": "--greater-is-better", "since_step": "--since-step",
 }
 
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
@@ -126,6 +127,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """`REF` is one Trainer run (an output_dir or a Hub repo) whose checkpoints are chosen by these flags."""
+    p.add_argument("--last", type=int, default=None, metavar="N",
+                   help="REF is a Trainer run (output_dir or Hub repo): its last N checkpoints, in step order")
+    p.add_argument("--top", type=int, default=None, metavar="N",
+                   help="REF is a Trainer run: its N best checkpoints by --metric (default eval_loss) from "
+                        "trainer_state.json")
+    p.add_argument("--greater-is-better", action="store_true", default=None,
+                   help="with --top: a larger --metric is better (default: lower for *loss, else higher)")
+    p.add_argument("--since-step", type=int, default=None, metavar="STEP",
+                   help="with --last/--top: only checkpoints saved at STEP or later")
+
+
+def _run_refs(args: argparse.Namespace) -> Any:
+    """With --last/--top: the one RUN's chosen checkpoints (a `RunCheckpoints`); else the refs as given."""
+    if args.last is None and args.top is None:
+        if args.since_step is not None or args.greater_is_better:
+            raise errors.InvalidArgumentError("--since-step and --greater-is-better choose checkpoints of a run.",
+                                              fix="add --last N or --top N with one RUN.")
+        return args.refs
+    if len(args.refs) != 1:
+        raise errors.InvalidArgumentError(f"--last/--top take one RUN (a Trainer output_dir or Hub repo), got "
+                                          f"{len(args.refs)} REFs.", fix="pass one RUN, or drop --last/--top.")
+    from ..runs import run_checkpoints
+
+    chosen = run_checkpoints(args.refs[0], last=args.last, top=args.top, metric=args.metric or "eval_loss",
+                             greater_is_better=args.greater_is_better, since_step=args.since_step,
+                             revision=args.revision, token=args.token)
+    print(chosen.to_table(), file=sys.stderr)
+    return chosen
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..recipes import METHODS, method_names
 
@@ -143,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("refs", nargs="+", metavar="REF",
                        help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--metric", default=None, help="with --top: the logged metric to rank by (default eval_loss)")
+    _add_run_flags(check)
     _add_common(check)
 
     soup = sub.add_parser("soup", help="make a soup from two or more fine-tunes",
@@ -164,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--text-column", default=None, help="text column (default: text or sentence)")
     soup.add_argument("--label-column", default=None, help="label column (default: label)")
     soup.add_argument("--image-column", default=None, help="image column (default: image or img)")
-    soup.add_argument("--metric", default="accuracy",
-                      help="an evaluate metric name or local metric script directory (default: accuracy)")
+    _add_run_flags(soup)
+    soup.add_argument("--metric", default=None,
+                      help="an evaluate metric name or local metric script directory (default: accuracy); with "
+                           "--top, also the logged metric to rank the run's checkpoints by (default: eval_loss)")
     soup.add_argument("--strict", action="store_true", help="greedy accepts only strict improvements (>)")
     soup.add_argument("--eval-device", default=None, metavar="DEVICE",
                       help="where held-out evaluations run, e.g. cuda:1 or cpu (default: the accelerate launch rank's "
@@ -267,10 +304,11 @@ def _prefetch_architectures(refs: Sequence[str]) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _prefetch_architectures(args.refs)
+    refs = _run_refs(args)
+    _prefetch_architectures([getattr(r, "local_dir", r) for r in refs])
     from ..api import check_compatibility
 
-    report = check_compatibility(args.refs, revision=args.revision, token=args.token, align_labels=args.align_labels,
+    report = check_compatibility(refs, revision=args.revision, token=args.token, align_labels=args.align_labels,
                                  allow_pickle=args.allow_pickle)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     return 0 if report.compatible else 1
@@ -308,13 +346,14 @@ def _print_soup(soup: Any) -> None:
 
 
 def _cmd_soup(args: argparse.Namespace) -> int:
-    _prefetch_architectures(args.refs)
+    refs = _run_refs(args)
+    _prefetch_architectures([getattr(r, "local_dir", r) for r in refs])
     from ..api import soup_from_hub
     from ..merge.options import MergeOptions
     from ..recipes import EvalSpec
 
     eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
-    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric, text_column=args.text_column,
+    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric or "accuracy", text_column=args.text_column,
                     label_column=args.label_column, image_column=args.image_column, strict=args.strict,
                     device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples)
     calibration = _calibration_source(args)  # flag errors before any download
@@ -322,7 +361,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
                            max_shard_size=args.max_shard_size, stream=args.stream)
     soup = soup_from_hub(
-        args.refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
+        refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
         revision=args.revision, eval_dataset=eval_dataset, eval_spec=spec, merge_options=options,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
         allow_single=args.allow_single,

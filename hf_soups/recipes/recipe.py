@@ -18,6 +18,8 @@ __all__ = ["Recipe", "EvalSpec", "BatchNormCalibration", "IN_MEMORY", "check_rep
 MAX_RECIPE_BYTES = 64 * 1024
 _MAX_DEPTH = 8
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+#: A checkpoint folder of a Hub run, as a soup of its checkpoints names it: `user/run@<40-hex sha>/checkpoint-<step>`.
+RUN_FOLDER_RE = re.compile(r"^(?P<repo>[^@]+)@(?P<sha>[0-9a-f]{40})/checkpoint-(?P<step>\d+)$")
 _FIX = "start from the recipe block of a soup's model card."
 #: How a recipe names data that was passed as an in-memory object (it cannot be re-loaded from the recipe).
 IN_MEMORY = "<in-memory dataset>"
@@ -393,7 +395,9 @@ def check_replayable(recipe: Recipe, *, allow_local: bool = False) -> list[Any]:
     bit-for-bit replay, which only a pinned sha can keep.
 
     Returns:
-        `list[IngredientRef]`: Hub references never interpreted as local paths (and, with `allow_local`, the local
+        `list[IngredientRef]`: Hub references never interpreted as local paths (a Hub run's checkpoint folder,
+        `user/run@<sha>/checkpoint-<step>`, keeps that name as `ref`: `replay_recipe` downloads the folder) (and,
+        with `allow_local`, the local
         directories as they are).
 
     Raises:
@@ -409,6 +413,13 @@ def check_replayable(recipe: Recipe, *, allow_local: bool = False) -> list[Any]:
                 and IngredientRef.parse(f"{repo_id}@{rev}").repo_id == repo_id and not os.path.isdir(text) else None
         except Exception:
             hub_ref = None
+        folder = RUN_FOLDER_RE.match(text)
+        if hub_ref is None and folder is not None and not os.path.isdir(text):
+            try:  # a checkpoint folder of a Hub run: downloaded by replay_recipe, at its pinned sha
+                if IngredientRef.parse(f"{folder['repo']}@{folder['sha']}").repo_id == folder["repo"]:
+                    hub_ref = IngredientRef(ref=text, repo_id=folder["repo"], revision=folder["sha"])
+            except Exception:
+                hub_ref = None
         if hub_ref is not None:
             refs.append(hub_ref)
         elif allow_local:

@@ -363,6 +363,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                     "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()],
                     "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": s} for t, s in repo.tags.items()],
                     "converts": [], "pullRequests": []})
+            if method == "GET" and action == "commits":
+                return self._send(200, _commit_history(repo, hub._resolve(repo, arg or "main")))
             if method == "POST" and action == "paths-info":
                 return self._paths_info(repo, arg)
             if method == "POST" and action == "preupload":
@@ -781,6 +783,16 @@ _EXPANDABLE = {"author", "baseModels", "cardData", "config", "createdAt", "disab
 _PIPELINES = (("ForSequenceClassification", "text-classification"), ("ForImageClassification", "image-classification"),
               ("ForTokenClassification", "token-classification"), ("ForQuestionAnswering", "question-answering"),
               ("ForCausalLM", "text-generation"), ("ForMaskedLM", "fill-mask"))
+
+
+def _commit_history(repo: _Repo, head: _Commit) -> list[dict[str, Any]]:
+    """`GET /api/models/<repo>/commits/<rev>`: the commits reachable from `head`, newest first (one page)."""
+    out, commit = [], head
+    while commit is not None:
+        title, _, body = commit.message.partition("\n")
+        out.append({"id": commit.sha, "title": title, "message": body, "authors": [], "date": _iso(commit.date)})
+        commit = repo.commits.get(commit.parent) if commit.parent else None
+    return out
 
 
 def _iso(t: float) -> str:
