@@ -378,7 +378,9 @@ def recipe_block(recipe: Recipe) -> list[str]:
 
 def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
     if "run" in discovery:  # checkpoints of one training run (`run_checkpoints`): its own sentence, escaped
-        return ["", "## How the ingredients were found", "", escape_markdown(discovery.get("description", ""))]
+        from .runs import run_sentence
+
+        return ["", "## How the ingredients were found", "", run_sentence(discovery, code=_code, text=escape_markdown)]
     query = ", ".join(f"{escape_markdown(k)}={_code(v)}" for k, v in (discovery.get("query") or {}).items())
     lines = ["", "## How the ingredients were found", "",
              f"Found on the Hub on {escape_markdown(discovery.get('date'))} with {_code(discovery.get('command'))} "

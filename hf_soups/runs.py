@@ -113,23 +113,14 @@ class RunCheckpoints(CandidateSet):
     def description(self) -> str:
         """One sentence for the card: "Checkpoint soup of one run: steps 800, 900, 1000 of `user/run` (eval_loss
         0.41, 0.40, 0.40); chosen: last 3"."""
-        at = f" at `{self.revision[:12]}`" if self.revision else ""
-        values = [c.value for c in self.checkpoints]
-        shown = (f" ({self.metric} " + ", ".join("–" if v is None else f"{v:.4g}" for v in values) + ")"
-                 if any(v is not None for v in values) else "")
-        text = (f"Checkpoint soup of one run: steps {', '.join(str(s) for s in self.steps)} of `{self.run}`{at}"
-                f"{shown}; chosen: {self.rule}.")
-        if self.skipped:
-            text += (" Left out (no evaluation at their step): steps "
-                     + ", ".join(str(c.step) for c in self.skipped) + ".")
-        return text
+        return run_sentence(self.discovery)
 
     @property
     def discovery(self) -> dict[str, Any]:
         """What the soup's card records: the run, the rule and the chosen steps (never an absolute local path)."""
         return {"run": self.run, "revision": self.revision, "rule": self.rule, "metric": self.metric,
                 "steps": self.steps, "values": [c.value for c in self.checkpoints], "date": self.query.date,
-                "description": self.description}
+                "skipped": [c.step for c in self.skipped]}
 
     def to_table(self) -> str:
         """A plain-text table of the chosen checkpoints (step, name, metric)."""
@@ -406,3 +397,35 @@ def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] 
         return None
     newest = max(states, key=_global_step)
     return newest, os.path.relpath(newest, path)
+
+
+def _backticks(text: Any) -> str:
+    return f"`{text}`"
+
+
+def run_sentence(discovery: Mapping[str, Any], *, code: Any = _backticks, text: Any = str) -> str:
+    """The sentence that says what a checkpoint soup of one run is, from [`RunCheckpoints.discovery`].
+
+    Args:
+        discovery (`Mapping[str, Any]`): the run's record (`run`, `revision`, `rule`, `metric`, `steps`, `values`,
+            `skipped`).
+        code (`Callable[[Any], str]`, *optional*): how a name is shown as code (the card passes its escaping).
+        text (`Callable[[Any], str]`, *optional*): how other outside text is shown (likewise).
+
+    Returns:
+        `str`: e.g. "Checkpoint soup of one run: steps 800, 900, 1000 of `user/run` (eval_loss 0.41, 0.40, 0.40);
+        chosen: last 3."
+    """
+    steps = ", ".join(str(int(s)) for s in discovery.get("steps") or ())
+    revision = discovery.get("revision")
+    at = f" at {code(str(revision)[:12])}" if revision else ""
+    values = list(discovery.get("values") or ())
+    shown = (f" ({text(discovery.get('metric'))} "
+             + ", ".join("–" if v is None else f"{float(v):.4g}" for v in values) + ")"
+             if any(v is not None for v in values) else "")
+    sentence = (f"Checkpoint soup of one run: steps {steps} of {code(discovery.get('run'))}{at}{shown}; "
+                f"chosen: {text(discovery.get('rule'))}.")
+    skipped = discovery.get("skipped") or ()
+    if skipped:
+        sentence += " Left out (no evaluation at their step): steps " + ", ".join(str(int(s)) for s in skipped) + "."
+    return sentence
