@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from ..errors import CorruptCheckpointError, IngredientNotFoundError, UnsafeCheckpointError
 
 __all__ = ["allowed_roots", "is_inside", "resolve_inside", "open_inside", "read_inside", "copy_inside",
-           "check_files_inside"]
+           "check_files_inside", "read_regular_file"]
 
 _HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
@@ -205,3 +206,54 @@ def check_files_inside(directory: str | os.PathLike[str], names: tuple[str, ...]
         if real is not None:
             present[name] = real
     return present
+
+
+def read_regular_file(path: str | os.PathLike[str], *, limit: int, refuse: Callable[[str], BaseException]) -> bytes:
+    """The bytes of a file the user named (symlinks followed), read only if it is a regular file of <= `limit` bytes.
+
+    The kind is checked with `stat` before the open (a FIFO is never opened, a device never read), the open uses
+    `O_NONBLOCK` (a FIFO swapped in meanwhile cannot block) and the descriptor is checked again; at most `limit + 1`
+    bytes are ever read, so a file whose size the system misreports (`/proc`, a growing file) is refused too.
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        limit (`int`): the largest size accepted, in bytes.
+        refuse (`Callable[[str], BaseException]`): builds the error raised, from a reason such as
+            "is a FIFO (named pipe), not a regular file" (phrased to follow the file's name).
+
+    Returns:
+        `bytes`: the whole file.
+
+    Raises:
+        `FileNotFoundError`: the file does not exist (the caller names it in its own terms).
+        Whatever `refuse` builds: the file is not a regular file, is larger than `limit`, or cannot be read.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except OSError as e:
+        raise refuse(f"cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(f"is {_kind(st.st_mode)}, not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(path) from None
+    except OSError as e:
+        raise refuse(f"cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"is {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise refuse(f"is larger than {limit} bytes ({st.st_size} bytes)")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise refuse(f"cannot be read ({e.strerror})") from None
+    if len(data) > limit:
+        raise refuse(f"is larger than {limit} bytes")
+    return data
