@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ..errors import CorruptCheckpointError, IngredientNotFoundError, UnsafeCheckpointError
 
 __all__ = ["allowed_roots", "is_inside", "resolve_inside", "open_inside", "read_inside", "copy_inside",
-           "check_files_inside", "open_regular"]
+           "check_files_inside", "open_regular", "read_regular_file"]
 
 _HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
@@ -246,3 +246,43 @@ def open_regular(path: str | os.PathLike[str], refuse: Callable[[str], Exception
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_regular_file(path: str | os.PathLike[str], *, limit: int, refuse: Callable[[str], BaseException]) -> bytes:
+    """The bytes of a file the user named (symlinks followed), read only if it is a regular file of <= `limit` bytes.
+
+    Opened with [`open_regular`] (the kind checked before the open and on the descriptor, `O_NONBLOCK`); at most
+    `limit + 1` bytes are ever read, so a file whose size the system misreports (`/proc`, a growing file) is refused
+    too.
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        limit (`int`): the largest size accepted, in bytes.
+        refuse (`Callable[[str], BaseException]`): builds the error raised, from a reason such as
+            "is a FIFO (named pipe), not a regular file" (phrased to follow the file's name).
+
+    Returns:
+        `bytes`: the whole file.
+
+    Raises:
+        `FileNotFoundError`: the file does not exist (the caller names it in its own terms).
+        Whatever `refuse` builds: the file is not a regular file, is larger than `limit`, or cannot be read.
+    """
+    path = os.fspath(path)
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except (OSError, ValueError):
+        pass  # open_regular says why it cannot be read
+    with os.fdopen(open_regular(path, refuse), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise refuse(f"is larger than {limit} bytes ({size} bytes)")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise refuse(f"cannot be read ({e.strerror})") from None
+    if len(data) > limit:
+        raise refuse(f"is larger than {limit} bytes")
+    return data

@@ -20,11 +20,15 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 from .. import errors
 from ..constants import VERSION as __version__
@@ -319,23 +323,65 @@ def _cmd_find(args: argparse.Namespace) -> int:
 
     if not any((args.base_model, args.author, args.task, args.search, args.collection)):
         args.find_parser.error("say what to look for: --base, --collection, --author, --task or --search.")
+    if args.write_refs:
+        _check_write_refs(args.write_refs)  # before any request: a bad path fails now, not after the listing
     found = find_ingredients(args.base_model, author=args.author, task=args.task, search=args.search,
                              collection=args.collection, limit=args.limit, align_labels=args.align_labels,
                              token=args.token, max_workers=args.max_workers)
     print(json.dumps(found.to_dict(), indent=2) if args.json else found.to_table())
     if args.write_refs:
-        found.write_refs(args.write_refs)
+        try:
+            args.progress.watch(args.write_refs, "the refs")
+            found.write_refs(args.write_refs)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # write_refs writes PATH.tmp-<pid>, then renames it onto PATH
+                os.unlink(f"{args.write_refs}.tmp-{os.getpid()}")
+            raise errors.OutputNotWritableError(f"cannot write the refs file ({e.strerror}).", file=args.write_refs,
+                                                fix="pass --write-refs with a writable file path.") from None
         print(f"Wrote {len(found.refs)} refs to {args.write_refs}", file=sys.stderr)
     return 0 if len(found.ingredients) >= 2 else 1
 
 
 def _expand_ref_files(refs: Sequence[str]) -> list[str]:
-    """`@FILE` stands for the refs listed in FILE (one per line, `#` comments), as `find --write-refs` writes."""
+    """`@FILE` stands for the refs listed in FILE (one per line, `#` comments), as `find --write-refs` writes.
+
+    FILE must be a regular UTF-8 text file of at most `read_refs`'s size cap; it cannot name other `@FILE`s.
+    """
     if not any(r.startswith("@") for r in refs):
         return list(refs)
     from ..hub.discovery import read_refs
 
-    return [x for r in refs for x in (read_refs(r[1:]) if r.startswith("@") else [r])]
+    expanded = []
+    for ref in refs:
+        if not ref.startswith("@"):
+            expanded.append(ref)
+            continue
+        if not ref[1:].strip():
+            raise errors.InvalidArgumentError(f"'{ref}' names no refs file.",
+                                              fix="write @FILE, FILE being a text file with one ref per line.")
+        expanded.extend(read_refs(os.path.expanduser(ref[1:])))
+    return expanded
+
+
+def _check_write_refs(path: str) -> None:
+    """Refuse a `--write-refs` path that cannot become a regular file, before any listing is made."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise errors.InvalidArgumentError(f"--write-refs: the folder '{parent}' does not exist.", file=path,
+                                              fix="create the folder first, or pass another --write-refs FILE.")
+        return
+    except OSError as e:
+        raise errors.InvalidArgumentError(f"--write-refs cannot be checked ({e.strerror}).", file=path,
+                                          fix="pass --write-refs with a file path you can write.") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise errors.InvalidArgumentError(f"--write-refs names {what}.", file=path,
+                                          fix="pass --write-refs with a file path, such as refs.txt.")
 
 
 def _print_soup(soup: Any) -> None:
@@ -370,16 +416,28 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
     if not is_main_process():  # under `accelerate launch`, the main process reports and pushes
         return 0
+    progress: _Progress = args.progress
     if calibration is not None:
+        progress.recomputing = progress.identity(args.output)
         layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.split,
                                           num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
                                           image_column=args.image_column)
+        progress.recomputing = None
         print(f"Recomputed the statistics of {layers} BatchNorm layers on {calibration}")
     _print_soup(soup)
-    if args.push_to:
-        info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
-        print(f"Pushed to {args.push_to}: {info.commit_url}")
+    _push_soup(soup, args)
     return 0
+
+
+def _push_soup(soup: Any, args: argparse.Namespace) -> None:
+    """`--push-to`: push the soup just written, recording the push's progress for an interruption's message."""
+    if not args.push_to:
+        return
+    progress: _Progress = args.progress
+    progress.push = "started"
+    info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
+    progress.push = "done"
+    print(f"Pushed to {args.push_to}: {info.commit_url}")
 
 
 def _calibration_source(args: argparse.Namespace) -> str | None:
@@ -406,8 +464,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
         raise errors.IngredientNotFoundError("not a soup directory (no config.json).", file=args.directory,
                                              fix="pass the --output directory of `hf-soups soup`.")
     _retarget_card(args.directory, args.repo_id)
+    args.progress.push = "started"
     info = push_folder(args.directory, args.repo_id, token=args.token, private=args.private or None,
                        commit_message=args.commit_message, revision=args.branch)
+    args.progress.push = "done"
     print(f"Pushed {args.directory} to {args.repo_id}: {info.commit_url}")
     return 0
 
@@ -443,19 +503,139 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite,
                          allow_local=args.allow_local_ingredients, calibration_dataset=calibration)
     _print_soup(soup)
-    if args.push_to:
-        info = soup.push_to_hub(args.push_to, private=args.private or None, token=args.token)
-        print(f"Pushed to {args.push_to}: {info.commit_url}")
+    _push_soup(soup, args)
     return 0
 
 
 _COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `hf-soups` and `python -m hf_soups`; returns the exit code."""
+class _Progress:
+    """What a run has committed so far: an interruption reports it in one line.
+
+    Each path the command may write (the soup's `--output`, `--write-refs`) is watched by its identity (device,
+    inode) at the start: hf_soups replaces them only by a rename, so a new identity means the write was committed.
+    """
+
+    def __init__(self) -> None:
+        self.watched: list[tuple[str, str, tuple[int, int] | None]] = []  # (path, what, identity at the start)
+        self.push_to: str | None = None
+        self.push_source: str | None = None
+        self.push: str | None = None  # None (not started), "started" or "done"
+        self.recomputing: tuple[int, int] | None = None  # the soup's identity while BatchNorm is recomputed
+
+    @staticmethod
+    def identity(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def watch(self, path: str, what: str) -> None:
+        if all(p != path for p, _, _ in self.watched):
+            self.watched.append((path, what, self.identity(path)))
+
+    def line(self) -> str:
+        """The one line an interruption prints: what was committed, and what was not."""
+        done, notes = [], []
+        for path, what, before in self.watched:
+            now = self.identity(path)
+            if now is not None and now != before:
+                done.append(f"{what} {'was' if what.startswith('the soup') else 'were'} written to {path}")
+                if what.startswith("the soup") and self.recomputing is not None and now == self.recomputing:
+                    notes.append("its BatchNorm statistics were not recomputed")
+            elif now is None and before is not None:
+                notes.append(f"the previous {what.removeprefix('the ')} at {path} was left beside it as a hidden "
+                             f"'.hf-soups-old-' folder, which the next run with the same --output puts back")
+        if self.push_to is not None:
+            where = f"{self.push_source} to {self.push_to}" if self.push_source else self.push_to
+            if self.push == "done":
+                done.append(f"pushed to {self.push_to}")
+            elif self.push == "started":
+                notes.append(f"the push of {where} was cut short, so the Hub repo may lack this commit; run "
+                             f"`hf-soups push {self.push_source or '<output>'} {self.push_to}` to push it again")
+            else:
+                notes.append("nothing was pushed")
+        if done:
+            return "; ".join([f"interrupted after {' and '.join(done)}", *notes])
+        if notes == ["nothing was pushed"]:
+            return "interrupted: nothing was " + ("written" if self.watched else "pushed")
+        if self.watched or not notes:
+            return "; ".join(["interrupted: nothing was written", *notes])
+        return "interrupted: " + "; ".join(notes)
+
+
+class _Interrupts:
+    """SIGINT during one CLI run: the first one raises `KeyboardInterrupt` (`main` prints what was committed and
+    returns 130); when `hf-soups` is the process (`main()` without `argv`), a second one while the first unwinds,
+    and any one after `main` has returned (threads joined and exit hooks run at interpreter exit), print that line
+    and end the process at once with 130, never a traceback, never exit 0. A SIGINT the parent set to be ignored
+    stays ignored."""
+
+    def __init__(self, progress: _Progress, own_process: bool) -> None:
+        self.progress = progress
+        self.own_process = own_process
+        self.previous: Any = None
+        self.installed = False
+        self.count = 0
+        self.reported = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is signal.SIG_IGN:
+            return
+        signal.signal(signal.SIGINT, self._during)
+        self.installed = True
+
+    def _during(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count > 1 and self.own_process:
+            self._exit_now()
+        raise KeyboardInterrupt
+
+    def _after(self, signum: int, frame: FrameType | None) -> None:
+        self._exit_now()
+
+    def report(self) -> None:
+        """Print the line once (a further SIGINT meanwhile is ignored)."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not self.reported:
+            self.reported = True
+            try:
+                line = self.progress.line()
+            except Exception:  # the report must never raise
+                line = "interrupted"
+            with contextlib.suppress(Exception):
+                print(f"hf-soups: {line}", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """The command is over: own process, a SIGINT from now to exit ends it with the line; else restore."""
+        if not self.installed:
+            return
+        signal.signal(signal.SIGINT, self._after if self.own_process else self.previous)
+
+    def _exit_now(self) -> NoReturn:
+        self.report()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+
+
+def _run(argv: Sequence[str] | None, progress: _Progress) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.progress = progress
+    if args.command in ("soup", "recipe"):
+        progress.watch(args.output, "the soup")
+    push_to = args.repo_id if args.command == "push" else getattr(args, "push_to", None)
+    if push_to:
+        progress.push_to = push_to
+        progress.push_source = args.directory if args.command == "push" else args.output
     try:
         if getattr(args, "refs", None):
             args.refs = _expand_ref_files(args.refs)
@@ -474,9 +654,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hf-soups: error: {e}", file=sys.stderr)
         return 10
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `hf-soups` and `python -m hf_soups`; returns the exit code.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments; `None` (the console script) reads `sys.argv` and also
+            makes this process's interpreter exit interruptible only with exit code 130 and one line.
+
+    Returns:
+        `int`: the exit code (see the module's docstring); 130 when interrupted (SIGINT), with one line on stderr
+        saying what was written or pushed before the interruption.
+    """
+    progress = _Progress()
+    interrupts = _Interrupts(progress, own_process=argv is None)
+    interrupts.install()
+    try:
+        code = _run(argv, progress)
+        interrupts.finish()
+        return code
     except KeyboardInterrupt:
-        print("hf-soups: interrupted", file=sys.stderr)
+        interrupts.report()
+        interrupts.finish()
         return 130
+    except BaseException:  # SystemExit from argparse (usage, --help), or an error shown with --debug
+        interrupts.finish()
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

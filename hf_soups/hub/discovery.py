@@ -30,7 +30,7 @@ from huggingface_hub.utils import tqdm
 
 from .. import constants
 from ..compat import CompatibilityReport, IngredientMeta, Problem, compare, normalize_id2label
-from ..errors import IngredientNotFoundError, SoupError
+from ..errors import IngredientNotFoundError, InvalidArgumentError, SoupError
 from ..refs import Ingredient, IngredientRef
 from ._errors import hub_errors
 from .client import fetch_meta, resolve
@@ -175,24 +175,56 @@ class CandidateSet:
         return path
 
 
+#: The largest refs file `read_refs` reads (a refs file holds one short line per ingredient).
+REFS_FILE_MAX_BYTES = 1 << 20
+
+
 def read_refs(path: str | os.PathLike[str]) -> list[str]:
     """Read refs from a file: one per line; blank lines and `#` comments are ignored.
 
+    Only a regular UTF-8 text file of at most `REFS_FILE_MAX_BYTES` is read (checked before it is opened: a FIFO,
+    a device or a directory is refused, never read). A line naming another refs file (`@FILE`) is refused: refs
+    files do not nest.
+
+    Args:
+        path (`str` or `os.PathLike`): the refs file, as `CandidateSet.write_refs` writes it.
+
+    Returns:
+        `list[str]`: the refs, in file order.
+
     Raises:
         [`IngredientNotFoundError`]: the file does not exist.
-        [`SoupError`]: it holds no ref.
+        [`InvalidArgumentError`]: it is not a regular file, is too large, is not UTF-8 text, names another refs
+            file, or holds no ref.
     """
+    from ..checkpoint.safe_files import read_regular_file
+
     path = os.fspath(path)
+    fix = "pass a text file with one repo id (or repo@sha) per line, as `hf-soups find --write-refs FILE` writes."
+
+    def refuse(why: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"the refs file {why}.", file=path, fix=fix)
+
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        data = read_regular_file(path, limit=REFS_FILE_MAX_BYTES, refuse=refuse)
     except FileNotFoundError:
         raise IngredientNotFoundError("the refs file does not exist.", file=path,
                                       fix="write one with `hf-soups find ... --write-refs FILE`.") from None
-    refs = [line.split("#", 1)[0].strip() for line in lines]
-    refs = [r for r in refs if r]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise refuse(f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    if "\x00" in text:
+        raise refuse(f"is not a text file (it holds a NUL byte at offset {text.index(chr(0))})")
+    refs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        ref = line.split("#", 1)[0].strip()
+        if ref.startswith("@"):
+            raise refuse(f"names another refs file on line {number} ({ref[:80]!r}); refs files do not nest")
+        if ref:
+            refs.append(ref)
     if not refs:
-        raise SoupError("the refs file lists no ingredient.", file=path, fix="put one repo id (or repo@sha) per line.")
+        raise refuse("lists no ingredient")
     return refs
 
 
