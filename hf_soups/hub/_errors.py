@@ -60,9 +60,15 @@ def _similar_repos(repo_id: str, token: Any, endpoint: str | None) -> list[str]:
             owners.append(user)
     except Exception:  # noqa: BLE001 - suggestions are optional
         pass
-    for owner in owners:
+    from ._http import paged_json
+
+    for owner in owners:  # paged on the endpoint's origin only, bounded in pages and time
         try:
-            candidates += [m.id for m in api.list_models(author=owner, limit=500, token=token)]
+            for page in paged_json(f"{api.endpoint.rstrip('/')}/api/models", params={"author": owner, "limit": 500},
+                                   token=token, endpoint=endpoint, what=f"models of {owner}"):
+                candidates += [m["id"] for m in page if isinstance(m, dict) and isinstance(m.get("id"), str)]
+                if len(candidates) >= 500:
+                    break
         except Exception:  # noqa: BLE001 - a Hub (or mirror) without listing
             continue
     candidates = [c for c in dict.fromkeys(candidates) if c != repo_id]
