@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from hf_soups import HubConnectionError, find_ingredients
+from hf_soups import HubConnectionError, IngredientNotFoundError, SoupError, find_ingredients
 from hf_soups.hub import _http
 from hf_soups.hub.stream import HttpRangeSource
 
@@ -82,6 +82,15 @@ def send(handler: BaseHTTPRequestHandler, status: int, body: Any = None, headers
 
 def not_found(handler: BaseHTTPRequestHandler) -> None:
     send(handler, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+
+
+@pytest.fixture(autouse=True)
+def _bounded():
+    """Every test here fails (rather than hangs) past 30 s, also on code without the limits under test."""
+    from test_fuzz import _time_limit
+
+    with _time_limit(30):
+        yield
 
 
 @pytest.fixture
@@ -210,6 +219,20 @@ def test_a_range_read_redirect_loop_ends(fast_limits):
         with pytest.raises(HubConnectionError, match="redirected more than"):
             source.read(0, 5)
     assert len(home.requests) == _http.MAX_REDIRECTS + 1
+
+
+@pytest.mark.parametrize("body", [b"null", b"[1, 2]", b"\xff\xfe", b'{"error": 3}'])
+def test_a_malformed_error_answer_is_a_typed_error(fast_limits, body):
+    """huggingface_hub reads an error body of `null` as a dict: the AttributeError must not escape."""
+    from hf_soups.hub.client import resolve
+    from hf_soups.refs import IngredientRef
+
+    with Hostile(lambda h, s: send(h, 404, body)) as home:
+        with pytest.raises(SoupError):
+            resolve(IngredientRef.hub("org/ft"), token=False, endpoint=home.url)
+        with pytest.raises(IngredientNotFoundError, match="collection does not exist"):
+            _find(home.url, collection="user/sweep-0123", base_model=None)
+    assert len(home.requests) == 2
 
 
 # -- items 4 and 5: listed items are Hub ids, validated -------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..validation import mask_secrets
 from ._errors import TransportError
 
 __all__ = ["endpoint_url", "origin_of", "same_origin", "foreign_origin_error", "api_get_json", "paged_json",
-           "Deadline", "MAX_REDIRECTS", "shown_url"]
+           "Deadline", "MAX_REDIRECTS", "shown_url", "raise_for_status"]
 
 _RETRY_STATUS = (429, 500, 502, 503, 504)
 MAX_REDIRECTS = 5
@@ -183,7 +183,7 @@ def api_get_json(url: str, *, params: Any = None, token: str | bool | None, endp
                 url, params, attempt = target, None, 0
                 continue
             if response.status_code not in _RETRY_STATUS or attempt >= tries:
-                hf_raise_for_status(response)
+                raise_for_status(response)
                 try:
                     data = json.loads(response.content)
                 except (ValueError, UnicodeDecodeError):
@@ -191,6 +191,20 @@ def api_get_json(url: str, *, params: Any = None, token: str | bool | None, endp
                 return data, _next_link(response, what, endpoint)
         time.sleep(min(wait, deadline.remaining()))
         wait = min(wait * 2, 8.0)
+
+
+def raise_for_status(response: Any) -> None:
+    """huggingface_hub's `hf_raise_for_status`, also when the error body is malformed (it reads `null` as a dict):
+    an error answer always raises an `HfHubHTTPError` carrying the status, never an `AttributeError`."""
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        hf_raise_for_status(response)
+    except hf_errors.HfHubHTTPError:
+        raise
+    except Exception:  # noqa: BLE001 - a malformed error body: keep the status, drop the body
+        raise hf_errors.HfHubHTTPError(f"HTTP {response.status_code} (the error body could not be read)",
+                                       response=response) from None
 
 
 def _next_link(response: Any, what: str, endpoint: str | None) -> str | None:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers, get_session
 
 from .. import constants
 from ..checkpoint.format import TensorInfo, parse_header
@@ -17,7 +17,7 @@ from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import TransportError, hub_errors
-from ._http import MAX_REDIRECTS, origin_of, shown_url
+from ._http import MAX_REDIRECTS, origin_of, raise_for_status, shown_url
 
 __all__ = ["HttpRangeSource", "open_streaming_reader", "read_remote_header"]
 
@@ -75,7 +75,7 @@ class HttpRangeSource:
                     why = f"HTTP {response.status_code}"
                 elif response.status_code not in (200, 206):
                     with hub_errors(self.ingredient or self.name, token_given=self._token_given):
-                        hf_raise_for_status(response)
+                        raise_for_status(response)
                     why = f"unexpected HTTP {response.status_code}"
                     break
                 else:
