@@ -110,10 +110,8 @@ def servers():
 def quick(monkeypatch):
     from hf_soups import constants
 
-    monkeypatch.setattr(constants, "HUB_TIMEOUT", 2.0)
-    monkeypatch.setattr(constants, "LISTING_DEADLINE", 5.0)
-    monkeypatch.setattr(constants, "LISTING_MAX_PAGES", 5)
-    monkeypatch.setattr(constants, "HTTP_RETRIES", 0)
+    for name, value in (("HUB_TIMEOUT", 2.0), ("LISTING_DEADLINE", 5.0), ("LISTING_MAX_PAGES", 5), ("HTTP_RETRIES", 0)):
+        monkeypatch.setattr(constants, name, value, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
