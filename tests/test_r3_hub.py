@@ -105,6 +105,20 @@ def fast_limits(monkeypatch):
     return constants
 
 
+def _resolve(endpoint: str) -> Any:
+    from hf_soups.hub.client import resolve
+    from hf_soups.refs import IngredientRef
+
+    return resolve(IngredientRef.hub("org/ft"), token=TOKEN, endpoint=endpoint)
+
+
+def _call(route: str, endpoint: str) -> Any:
+    """Discovery by listing or collection, or pinning one repo (model info)."""
+    if route == "model-info":
+        return _resolve(endpoint)
+    return _find(endpoint, **({"collection": "user/sweep-0123", "base_model": None} if route == "collection" else {}))
+
+
 def _find(endpoint: str, **kw: Any):
     kw.setdefault("base_model", "org/base")
     return find_ingredients(endpoint=endpoint, token=TOKEN, progress=False, arch_check=False, **kw)
@@ -155,7 +169,7 @@ def test_origin_is_scheme_host_and_port():
     assert not _http.same_origin("file:///etc/passwd", "https://huggingface.co")
 
 
-@pytest.mark.parametrize("route", ["listing", "collection", "listing-second-page"])
+@pytest.mark.parametrize("route", ["listing", "collection", "listing-second-page", "model-info"])
 def test_a_redirect_to_another_origin_is_refused_and_gets_nothing(fast_limits, route):
     with Hostile(lambda h, s: send(h, 200, {"items": []} if "collections" in h.path else [])) as foreign:
         def answer(h: BaseHTTPRequestHandler, s: Hostile) -> None:
@@ -165,9 +179,8 @@ def test_a_redirect_to_another_origin_is_refused_and_gets_nothing(fast_limits, r
                 send(h, 302, b"", {"Location": f"{foreign.url}{h.path}"})
 
         with Hostile(answer) as home:
-            kw = {"collection": "user/sweep-0123", "base_model": None} if route == "collection" else {}
             with pytest.raises(HubConnectionError, match="redirect to another origin") as err:
-                _find(home.url, **kw)
+                _call(route, home.url)
         assert foreign.url in str(err.value)
         assert foreign.requests == []
         assert len(home.requests) == (2 if route == "listing-second-page" else 1)
@@ -222,12 +235,9 @@ def test_a_range_read_redirect_loop_ends(fast_limits):
 @pytest.mark.parametrize("body", [b"null", b"[1, 2]", b"\xff\xfe", b'{"error": 3}'])
 def test_a_malformed_error_answer_is_a_typed_error(fast_limits, body):
     """huggingface_hub reads an error body of `null` as a dict: the AttributeError must not escape."""
-    from hf_soups.hub.client import resolve
-    from hf_soups.refs import IngredientRef
-
     with Hostile(lambda h, s: send(h, 404, body)) as home:
         with pytest.raises(SoupError):
-            resolve(IngredientRef.hub("org/ft"), token=False, endpoint=home.url)
+            _resolve(home.url)
         with pytest.raises(IngredientNotFoundError, match="collection does not exist"):
             _find(home.url, collection="user/sweep-0123", base_model=None)
     assert len(home.requests) == 2
@@ -354,13 +364,12 @@ def _trickle_body(h: BaseHTTPRequestHandler, s: Hostile) -> None:
 
 @pytest.mark.parametrize("answer", [_silent, _trickle_headers, _trickle_body], ids=["silent", "trickle-headers",
                                                                                      "trickle-body"])
-@pytest.mark.parametrize("route", ["listing", "collection"])
+@pytest.mark.parametrize("route", ["listing", "collection", "model-info"])
 def test_a_silent_or_trickling_endpoint_ends_in_time(fast_limits, answer, route):
     with Hostile(answer) as home:
-        kw = {"collection": "user/sweep-0123", "base_model": None} if route == "collection" else {}
         start = time.monotonic()
         with pytest.raises(HubConnectionError) as err:
-            _find(home.url, **kw)
+            _call(route, home.url)
         took = time.monotonic() - start
     assert home.url in str(err.value)
     assert took < fast_limits.HUB_TIMEOUT * (fast_limits.HTTP_RETRIES + 1) + 2

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
@@ -19,14 +19,11 @@ from ..errors import CorruptCheckpointError, HubConnectionError, NoSafetensorsEr
 from ..refs import Ingredient, IngredientMeta, IngredientRef
 from ..validation import mask_secrets
 from ._errors import hub_errors
+from ._http import Deadline, api_get_json, endpoint_url
 
 _SHA = re.compile(r"[0-9a-f]{40}")
 
 __all__ = ["resolve", "fetch_meta", "download", "needed_patterns"]
-
-
-def _api(endpoint: str | None = None) -> HfApi:
-    return HfApi(endpoint=endpoint)
 
 
 def _offline() -> bool:
@@ -52,7 +49,7 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
             files = tuple(sorted(_walk(path)))
             return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=os.path.basename(path), files=files,
                               local_dir=path, requested_revision=ref.revision)
-        info = _api(endpoint).model_info(ref.repo_id, revision=revision, token=token, files_metadata=True)
+        info = _model_info(ref.repo_id, revision, token=token, endpoint=endpoint, what=mask_secrets(ref.ref) or ref.ref)
     if not isinstance(info.sha, str) or not _SHA.fullmatch(info.sha):
         raise HubConnectionError(f"the endpoint pinned it to {str(info.sha)[:60]!r}, not a 40-hex commit sha.",
                                  ingredient=mask_secrets(ref.ref) or ref.ref,
@@ -62,6 +59,22 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
     return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
                       sizes=sizes, requested_revision=ref.revision)
+
+
+def _model_info(repo_id: str, revision: str, *, token: str | bool | None, endpoint: str | None, what: str) -> Any:
+    """`HfApi.model_info(..., files_metadata=True)` through [`api_get_json`]: a redirect off the endpoint's origin is
+    refused, and a silent or trickling endpoint ends after `HF_SOUPS_HUB_TIMEOUT` a try."""
+    from urllib.parse import quote
+
+    from huggingface_hub.hf_api import ModelInfo
+
+    url = f"{endpoint_url(endpoint)}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
+    data, _ = api_get_json(url, params={"blobs": True}, token=token, endpoint=endpoint, what=f"model info of {what}",
+                           deadline=Deadline(constants.LISTING_DEADLINE, f"model info of {what}", endpoint))
+    if not isinstance(data, dict):
+        raise HubConnectionError(f"the endpoint answered with a {type(data).__name__}, not the repo's info.",
+                                 ingredient=what, fix="check the endpoint (HF_ENDPOINT / endpoint=).")
+    return ModelInfo(**{"siblings": None, **data})
 
 
 def _walk(root: str) -> list[str]:
