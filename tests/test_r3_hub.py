@@ -284,9 +284,12 @@ def test_invalid_listed_ids_are_rejected_rows_and_discovery_goes_on(fast_limits)
     with Hostile(answer) as home:
         found = _find(home.url)
     by_id = {c.repo_id: c for c in found.rejected}
-    assert set(by_id) == set(BAD_IDS) | {"org/ft-1"}
-    for bad in BAD_IDS:
-        assert "not a valid Hub repo id" in by_id[bad].reason
+    assert len(by_id) == len(BAD_IDS) + 1 and not found.ingredients
+    bad_rows = [c for c in found.rejected if c.repo_id != "org/ft-1"]
+    for row in bad_rows:  # a rejected row shows the id printable and short: it can open no fence or line in a card
+        assert "not a valid Hub repo id" in row.reason
+        assert row.repo_id.isprintable() and len(row.repo_id) <= 200 and row.sha == SHA
+    assert "bért/model" in by_id and "a/b/c" in by_id and "user/model?" in by_id
     assert by_id["org/ft-1"].sha is None  # a listed sha that is not a commit sha is never used
     asked = [p for _, p, _ in home.requests if not p.startswith(("/api/models?", "/api/whoami"))]  # not suggestions
     assert asked and all(p.startswith("/api/models/org/ft-1/") for p in asked)  # only the valid id was asked for

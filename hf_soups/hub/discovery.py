@@ -294,7 +294,7 @@ def find_ingredients(
         raise SoupError(f"limit={limit}: no candidate would be listed.",
                         fix="pass limit >= 1, or None for every candidate.")
     if base_model is not None and (problem := repo_id_problem(base_model)) is not None:
-        raise IngredientNotFoundError(f"base_model is not a valid Hub repo id ({problem}).", param="base_model",
+        raise IngredientNotFoundError(f"the base model is not a valid Hub repo id ({problem}).", param="base_model",
                                       ingredient=_shown_id(base_model), fix="pass the base model's repo id, "
                                       "e.g. 'google-bert/bert-base-uncased'.")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -350,22 +350,28 @@ def _from_listing(api: HfApi, base_model: str | None, *, author: str | None, tas
     with hub_errors(what, token_given=bool(token)):
         for page in paged_json(f"{api.endpoint.rstrip('/')}/api/models", params=params, token=token,
                                endpoint=api.endpoint, what=what):
-            out += [_listed_model(entry, what) for entry in page]
+            out += [_listed_model(entry) for entry in page]
             if limit is not None and len(out) >= limit:
                 return out[:limit]
     return out
 
 
-def _listed_model(entry: Any, what: str) -> _Listed:
-    """One entry of a listing page. A Hub id that is not valid is kept (as a rejected row); a non-hex sha is dropped
-    (the repo is then pinned by its own request); an entry that names no repo at all ends the listing."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("id", entry.get("modelId")), str):
-        raise HubConnectionError(f"{what}: the endpoint listed an entry without a repo id ({str(entry)[:100]!r}).",
-                                 fix="check the endpoint (HF_ENDPOINT / endpoint=).")
-    sha = entry.get("sha")
-    tags = entry.get("tags")
-    return _Listed(entry.get("id", entry.get("modelId")), sha if isinstance(sha, str) and _SHA.fullmatch(sha) else None,
+def _listed_model(entry: Any) -> _Listed:
+    """One entry of a listing page. A sha that is not 40-hex is dropped (the repo is then pinned by its own request);
+    tags that are not strings are ignored; the id is kept as [`_listed_id`] shows it."""
+    entry = entry if isinstance(entry, dict) else {"id": entry}
+    sha, tags = entry.get("sha"), entry.get("tags")
+    return _Listed(_listed_id(entry.get("id", entry.get("modelId"))),
+                   sha if isinstance(sha, str) and _SHA.fullmatch(sha) else None,
                    tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ())
+
+
+def _listed_id(value: Any) -> str:
+    """A listed repo id as discovery keeps it: a valid id unchanged; anything else printable and short (it is only
+    ever shown, in a rejected row: newlines and control characters become '?', a long one is cut), never valid."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    return value if repo_id_problem(value) is None else _shown_id(value)
 
 
 def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str | None, limit: int | None,
@@ -397,7 +403,7 @@ def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str |
     models = [(i.get("position"), k, i.get("id", i.get("item_id"))) for k, i in enumerate(items)
               if isinstance(i, dict) and i.get("type", i.get("item_type")) == "model"]
     models.sort(key=lambda m: (m[0] if type(m[0]) is int else float("inf"), m[1]))
-    out = [_Listed(item_id if isinstance(item_id, str) else f"<{type(item_id).__name__}>", tags=None)
+    out = [_Listed(_listed_id(item_id), tags=None)
            for _, _, item_id in models
            if (author is None or str(item_id).split("/")[0] == author)
            and (search is None or search.casefold() in str(item_id).casefold())]
