@@ -80,7 +80,8 @@ class _Server:
         if link is not None and k + 1 < len(self.pages):
             headers["Link"] = link if page["link"] == "garbage" else f'<{link}>; rel="next"'
         if page["status"] in (301, 302, 307):
-            headers["Location"] = (self.other if page["redirect_foreign"] else self.url) + nxt
+            headers["Location"] = {"same": self.url + nxt, "foreign": self.other + nxt,
+                                   "garbage": page["garbage"]}[page["redirect"]]
         self._send(h, page["status"], page["body"], headers)
 
     @staticmethod
@@ -132,9 +133,11 @@ _json = st.one_of(st.lists(_entry, max_size=4),
 _page = st.fixed_dictionaries({
     "body": st.one_of(_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=40)),
     "status": st.sampled_from([200, 200, 200, 200, 302, 307, 404, 429, 500]),
-    "redirect_foreign": st.booleans(),
+    "redirect": st.sampled_from(["same", "foreign", "garbage"]),
     "link": st.sampled_from(["none", "same", "relative", "foreign", "garbage"]),
-    "garbage": st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    "garbage": st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+                         st.sampled_from(["http://[::1", "file:///etc/passwd", "//evil.example/x", "http://:0/",
+                                          "javascript:alert(1)"])),
 })
 
 

@@ -243,6 +243,15 @@ def test_a_malformed_error_answer_is_a_typed_error(fast_limits, body):
     assert len(home.requests) == 2
 
 
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "http://[::1", "ftp://127.0.0.1/x"])
+def test_a_range_read_redirect_to_a_non_http_url_is_refused(fast_limits, location):
+    with Hostile(lambda h, s: send(h, 302, b"", {"Location": location})) as home:
+        source = HttpRangeSource(f"{home.url}/f", 10, "model.safetensors", token=TOKEN, window=1, ingredient="org/ft")
+        with pytest.raises(HubConnectionError, match="not an http"):
+            source.read(0, 5)
+    assert len(home.requests) == 1
+
+
 # -- items 4 and 5: listed items are Hub ids, validated -------------------------------------------------------------
 
 BAD_IDS = ["bért/model", "x" * 3000, "user/model\n", "a/b/c", "user/mo del", "user/../etc", "user/model.git", ""]

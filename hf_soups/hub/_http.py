@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from .. import constants
@@ -29,7 +30,7 @@ from ..validation import mask_secrets
 from ._errors import TransportError
 
 __all__ = ["endpoint_url", "origin_of", "same_origin", "foreign_origin_error", "api_get_json", "paged_json",
-           "Deadline", "MAX_REDIRECTS", "shown_url", "raise_for_status"]
+           "Deadline", "MAX_REDIRECTS", "shown_url", "raise_for_status", "join_url"]
 
 _RETRY_STATUS = (429, 500, 502, 503, 504)
 MAX_REDIRECTS = 5
@@ -168,13 +169,16 @@ def api_get_json(url: str, *, params: Any = None, token: str | bool | None, endp
         attempt += 1
         try:
             response = _get_once(url, params, headers, limit, deadline)
+        except hf_errors.OfflineModeIsEnabled:
+            raise HubConnectionError(f"{what}: HF_HUB_OFFLINE is set, so the endpoint cannot be asked.",
+                                     fix="unset HF_HUB_OFFLINE to search the Hub.") from None
         except (TransportError, TimeoutError) as e:
             if attempt >= tries:
                 raise deadline.expired(f"did not answer ({type(e).__name__}: {str(e)[:200]}) after {attempt} "
                                        "tries") from None
         else:
             if response.is_redirect and response.headers.get("location") is not None:
-                target = str(response.url.join(response.headers["location"]))
+                target = join_url(response, response.headers["location"])
                 if not same_origin(target, endpoint):
                     raise foreign_origin_error(what, "redirect", target, endpoint)
                 redirects += 1
@@ -193,11 +197,18 @@ def api_get_json(url: str, *, params: Any = None, token: str | bool | None, endp
         wait = min(wait * 2, 8.0)
 
 
+def join_url(response: Any, location: str) -> str:
+    """`location` (a redirect's or a next page's) made absolute against the answer's URL; an unparsable one is
+    returned as written (it then has no origin, so it is refused)."""
+    try:
+        return str(response.url.join(location))
+    except Exception:  # noqa: BLE001 - httpx's InvalidURL and friends
+        return str(location)
+
+
 def raise_for_status(response: Any) -> None:
     """huggingface_hub's `hf_raise_for_status`, also when the error body is malformed (it reads `null` as a dict):
     an error answer always raises an `HfHubHTTPError` carrying the status, never an `AttributeError`."""
-    from huggingface_hub import errors as hf_errors
-
     try:
         hf_raise_for_status(response)
     except hf_errors.HfHubHTTPError:
@@ -215,10 +226,7 @@ def _next_link(response: Any, what: str, endpoint: str | None) -> str | None:
         return None
     if not link:
         return None
-    try:
-        target = str(response.url.join(link))
-    except Exception:  # noqa: BLE001 - an unparsable URL cannot be the same origin
-        target = str(link)
+    target = join_url(response, link)
     if not same_origin(target, endpoint):
         raise foreign_origin_error(what, "next page", target, endpoint)
     return target

@@ -17,7 +17,7 @@ from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import TransportError, hub_errors
-from ._http import MAX_REDIRECTS, origin_of, raise_for_status, shown_url
+from ._http import MAX_REDIRECTS, join_url, origin_of, raise_for_status, shown_url
 
 __all__ = ["HttpRangeSource", "open_streaming_reader", "read_remote_header"]
 
@@ -109,7 +109,7 @@ class HttpRangeSource:
             response = get_session().get(url, headers=headers, follow_redirects=False, timeout=constants.HTTP_TIMEOUT)
             if not (response.is_redirect and response.headers.get("location")):
                 return response
-            url = str(response.url.join(response.headers["location"]))
+            url = join_url(response, response.headers["location"])
             where = origin_of(url)
             if where is None:
                 raise HubConnectionError(f"a range read was redirected to {shown_url(url)}, not an http(s) URL.",
