@@ -50,6 +50,14 @@ Method = str
 RefLike = str | os.PathLike | IngredientRef
 
 
+
+def _local_dir(ing: Ingredient) -> str:
+    """Where an ingredient's files are on disk; one that has none here is a bug, reported as a typed error."""
+    if ing.local_dir is None:
+        raise SoupError("the ingredient's files are not on disk at this step.", ingredient=ing.name,
+                        fix="report this bug.")
+    return ing.local_dir
+
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
                  endpoint: str | None, cache_dir: str | None) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
@@ -89,8 +97,7 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
     metas = []
     for ing in ingredients:
         if ing.repo_id is None:
-            assert ing.local_dir is not None
-            metas.append(local_meta(ing.local_dir, ing.name, allow_pickle=allow_pickle))
+            metas.append(local_meta(_local_dir(ing), ing.name, allow_pickle=allow_pickle))
         else:
             from . import hub
 
@@ -160,8 +167,7 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
             else:
                 reader = open_checkpoint(local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
         else:
-            assert ing.local_dir is not None
-            reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
+            reader = open_checkpoint(_local_dir(ing), ingredient=ing.name, allow_pickle=allow_pickle)
         opened.append(ing)
         readers.append(stack.enter_context(reader))
     return opened, readers
@@ -255,9 +261,9 @@ def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[Ing
     if any(m.tensors is None for m in metas):
         return "skipped (pickled weights cannot be sampled before they are downloaded)."
     on_hub = [i for i in ingredients if i.local_dir is None]
-    assert metas[0].tensors is not None
-    sample = (sample_tensor_names(metas[0].tensors, k=_HUB_SAMPLE_TENSORS, max_numel=_HUB_SAMPLE_NUMEL) if on_hub
-              else sample_tensor_names(metas[0].tensors))
+    lead_tensors = metas[0].tensors or {}  # not None: checked just above
+    sample = (sample_tensor_names(lead_tensors, k=_HUB_SAMPLE_TENSORS, max_numel=_HUB_SAMPLE_NUMEL) if on_hub
+              else sample_tensor_names(lead_tensors))
     if not sample:
         return "skipped (no weight matrix small enough to sample)."
     with contextlib.ExitStack() as stack:
@@ -490,7 +496,8 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
         from .evaluation.data import check_eval_data
 
-        assert spec is not None
+        if spec is None:
+            raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")
         check_eval_data(eval_data, metas[0].config, text_column=spec.text_column, label_column=spec.label_column,
                         image_column=spec.image_column, name=metas[0].name)
     return metas, report, arch
@@ -561,12 +568,11 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                                    progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
-                assert ingredients[0].local_dir is not None
                 lead = ingredients[lead_index(plan.weights, [i.score for i in ingredients])]
                 averaged = [t for t in plan.tensors if t.average]
                 dtype = config_dtype(options.dtype_name, [t.dtype for t in averaged],
                                      [tensor_maps[0][t.name].dtype for t in averaged])
-                copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name, dtype=dtype,
+                copy_companion_files(_local_dir(ingredients[0]), tmp, ingredient=ingredients[0].name, dtype=dtype,
                                      processor_source=(lead.local_dir, lead.name))
                 if recipe.batchnorm is not None:  # a replay: the recorded recalibration, inside the same commit
                     from .evaluation.batchnorm import replay_batchnorm

@@ -475,7 +475,8 @@ def _start_helper(configs: list[dict[str, Any]]) -> subprocess.Popen | None:
         logger.debug("architecture prefetch not started: %s", e)
         return None
     try:
-        assert proc.stdin is not None
+        if proc.stdin is None:  # started with stdin=PIPE: never None
+            raise OSError("the architecture helper has no stdin")
         proc.stdin.write(json.dumps(configs).encode())
         proc.stdin.close()
     except OSError as e:  # the helper died at once (broken pipe): reap it

@@ -454,7 +454,7 @@ def _tensor_findings(metas: Sequence[IngredientMeta], report: CompatibilityRepor
 def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: CompatibilityReport, label: str,
                      skip: Mapping[str, Any]) -> None:
     """Blame `meta` for each difference from `ref` (the majority, described by `label`)."""
-    if ref.tensors is None or meta.tensors is None:
+    if ref.tensors is None or meta.tensors is None:  # pickled weights: names unknown before the download
         return
     missing = [n for n in ref.tensors if n not in meta.tensors and n not in skip]
     extra = [n for n in meta.tensors if n not in ref.tensors and n not in skip]

@@ -22,6 +22,20 @@ HTTP_BACKOFF: float = float(os.environ.get("HF_SOUPS_HTTP_BACKOFF", 1.0))
 #: Timeout of one HTTP range read (connect and each read), in seconds.
 HTTP_TIMEOUT: float = float(os.environ.get("HF_SOUPS_HTTP_TIMEOUT", 30.0))
 
+#: Time limit of one request to the Hub's API that hf_soups makes itself (a listing page, a collection), from
+#: connecting to the last byte, in seconds (`HF_SOUPS_HUB_TIMEOUT`): a silent or trickling server ends there.
+HUB_TIMEOUT: float = float(os.environ.get("HF_SOUPS_HUB_TIMEOUT", 30.0))
+
+#: Total time allowed for one listing (every page, retries included), in seconds (`HF_SOUPS_LISTING_DEADLINE`).
+LISTING_DEADLINE: float = float(os.environ.get("HF_SOUPS_LISTING_DEADLINE", 300.0))
+
+#: Most pages of one listing followed before giving up (`HF_SOUPS_LISTING_MAX_PAGES`); the Hub serves up to 1000
+#: models a page, so the default allows 200,000 candidates.
+LISTING_MAX_PAGES: int = int(os.environ.get("HF_SOUPS_LISTING_MAX_PAGES", 200))
+
+#: Largest answer accepted for one listing page or collection, in bytes (`HF_SOUPS_LISTING_MAX_BYTES`).
+LISTING_MAX_BYTES: int = int(os.environ.get("HF_SOUPS_LISTING_MAX_BYTES", 64 * 1024 * 1024))
+
 #: Size of the byte window fetched in one HTTP range request while streaming from the Hub.
 STREAM_CHUNK_SIZE: int = int(os.environ.get("HF_SOUPS_STREAM_CHUNK_SIZE", 32 * 1024 * 1024))
 

@@ -28,6 +28,7 @@ __all__ = [
     "RecipeError",
     "InvalidArgumentError",
     "HubConnectionError",
+    "HubError",
 ]
 
 
@@ -163,5 +164,12 @@ class InvalidArgumentError(SoupError, ValueError):
     """An argument (weights, dtype, max_shard_size, ...) is invalid; raised before anything is read or downloaded."""
 
 
-class HubConnectionError(SoupError, ConnectionError):
-    """The Hub could not be reached or answered with a server error, after retries; nothing partial is left."""
+class HubError(SoupError):
+    """The Hub endpoint (or a mirror standing for it) answered in a way hf_soups refuses: a next page or redirect to
+    another origin (which would carry the token there), a listing past its page, size or time limits, an answer that
+    is not what the Hub's API returns. The base class of [`HubConnectionError`]."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub could not be reached, answered with a server error after retries, ran past its time limits, or sent the
+    request to another origin; nothing partial is left."""

@@ -101,10 +101,9 @@ def _scatter_panel(ax: Any, report: Any, in_domain: str, ood: Sequence[str]) -> 
         ax.scatter(*zip(*pts), c="#9e9e9e", s=30, label="fine-tuned ingredients", zorder=2)
     from matplotlib.transforms import offset_copy
 
-    present = [(m, point(m)) for m in _STYLES if point(m) is not None]
+    present = [(m, p) for m in _STYLES if (p := point(m)) is not None]
     groups: dict[tuple[float, float], list[str]] = {}
     for method, p in present:  # methods at the same point (greedy soup = best individual, often)
-        assert p is not None
         groups.setdefault((round(p[0], 4), round(p[1], 4)), []).append(method)
     for (x, y), methods in groups.items():
         for k, method in enumerate(methods):

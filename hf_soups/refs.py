@@ -10,9 +10,37 @@ from typing import Any
 
 from .errors import IngredientNotFoundError, SoupError
 
-__all__ = ["IngredientRef", "Ingredient", "IngredientMeta"]
+__all__ = ["IngredientRef", "Ingredient", "IngredientMeta", "repo_id_problem"]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", re.ASCII)
+_BAD_ID_FIX = "pass a repo id like 'user/model' or 'user/model@v1' (ASCII letters, digits, '-', '_', '.'; at most 96)."
+
+
+def repo_id_problem(repo_id: object) -> str | None:
+    """Why `repo_id` is not a valid Hub model id, by huggingface_hub's rules (`validate_repo_id`), or `None`.
+
+    Stricter than the Hub only where the Hub is ambiguous: ASCII only, and no trailing newline (Python's `$`).
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        return "a repo id must be a non-empty string"
+    if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
+        return "a repo id is 'name' or 'namespace/name' of ASCII letters, digits, '-', '_' and '.'"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        return str(e).strip().splitlines()[0][:200]
+    return None
+
+
+def _shown_id(text: str) -> str:
+    from .validation import mask_secrets
+
+    shown = mask_secrets(text) or text
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= 120 else f"{shown[:120]}... ({len(shown)} characters)"
 
 
 @dataclass(frozen=True)
@@ -56,17 +84,37 @@ class IngredientRef:
         if isinstance(ref, IngredientRef):
             return ref
         text = os.fspath(ref)
-        if os.path.isdir(os.path.expanduser(text)):  # "~/ckpt" is a local path, as in a shell
+        try:
+            is_dir = os.path.isdir(os.path.expanduser(text))
+        except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+            is_dir = False
+        if is_dir:  # "~/ckpt" is a local path, as in a shell
             return cls(ref=text, local_dir=os.path.abspath(os.path.expanduser(text)))
-        repo_id, _, rev = text.partition("@")
-        if not _REPO_ID.match(repo_id) or repo_id.startswith((".", "/")) or ".." in repo_id:
-            from .validation import mask_secrets
+        return cls.hub(text, revision, local_hint=True)
 
-            shown = mask_secrets(text)
+    @classmethod
+    def hub(cls, ref: str, revision: str | None = None, *, local_hint: bool = False) -> IngredientRef:
+        """Parse `user/name` or `user/name@rev` as a Hub repo, never as a local path (items of a listing or a
+        collection: a folder of the same name in the working directory is not looked at).
+
+        Args:
+            ref (`str`): the reference.
+            revision (`str`, *optional*): a revision applied when the reference does not carry its own `@rev`.
+            local_hint (`bool`, *optional*): say in the error that a local directory was also accepted.
+
+        Raises:
+            [`IngredientNotFoundError`]: not a valid Hub repo id (huggingface_hub's rules).
+            [`SoupError`]: an empty revision after `@`.
+        """
+        text = ref if isinstance(ref, str) else repr(ref)
+        repo_id, _, rev = text.partition("@")
+        problem = repo_id_problem(repo_id)
+        if problem is not None:
+            shown = _shown_id(text)
             raise IngredientNotFoundError(
-                f"'{shown}' is neither an existing local directory nor a Hub repo id.",
-                ingredient=shown,
-                fix="pass a repo id like 'user/model', 'user/model@v1', or the path of a saved checkpoint.",
+                (f"'{shown}' is neither an existing local directory nor a valid Hub repo id ({problem})." if local_hint
+                 else f"'{shown}' is not a valid Hub repo id ({problem})."),
+                ingredient=shown, fix=_BAD_ID_FIX + (" Or pass the path of a saved checkpoint." if local_hint else ""),
             )
         if "@" in text and not rev:
             raise SoupError("empty revision after '@'.", ingredient=text, fix="write 'user/model@<branch|tag|sha>'.")

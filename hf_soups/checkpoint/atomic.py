@@ -376,7 +376,7 @@ class AtomicDirectory:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self.tmp_dir is not None
+        self._started()
         try:
             if exc_type is None:
                 try:
@@ -426,8 +426,14 @@ class AtomicDirectory:
         return os.path.join(self.parent, f".{self.name}{_LOCK}{token}")
 
     # ------------------------------------------------------------------ commit
+    def _started(self, *, locked: bool = False) -> None:
+        """Raise unless the writer was entered (it has a temporary directory, and a lock when `locked`)."""
+        if self.tmp_dir is None or (locked and self._token is None):
+            raise SoupError("the output writer was used outside its `with` block.", file=self.output_dir,
+                            fix="report this bug.")
+
     def _write_marker(self) -> str:
-        assert self.tmp_dir is not None
+        self._started()
         marker_id = uuid.uuid4().hex
         files = sorted(n for n in os.listdir(self.tmp_dir) if n != MARKER)
         with open(os.path.join(self.tmp_dir, MARKER), "w", encoding="utf-8") as f:
@@ -437,7 +443,7 @@ class AtomicDirectory:
         return marker_id
 
     def _commit(self) -> None:
-        assert self.tmp_dir is not None
+        self._started()
         self._write_marker()
         if constants.fsync_enabled():
             for name in os.listdir(self.tmp_dir):
@@ -454,7 +460,7 @@ class AtomicDirectory:
 
     def _place(self) -> None:
         """Rename onto an absent or empty directory: the kernel refuses anything else, atomically."""
-        assert self.tmp_dir is not None
+        self._started()
         try:
             os.rename(self.tmp_dir, self.output_dir)
         except OSError as e:
@@ -475,7 +481,7 @@ class AtomicDirectory:
             return False
 
     def _replace_soup(self) -> None:
-        assert self.tmp_dir is not None and self._token is not None
+        self._started(locked=True)
         if not os.path.lexists(self.output_dir):  # removed meanwhile: nothing to replace
             return self._place()
         if not self._unchanged(self.output_dir):
@@ -510,7 +516,7 @@ class AtomicDirectory:
         return None
 
     def _keep_and_refuse(self) -> None:
-        assert self.tmp_dir is not None
+        self._started()
         kept = _free_name(f"{self.output_dir}{_NEW}")
         os.rename(self.tmp_dir, kept)
         self.tmp_dir = None

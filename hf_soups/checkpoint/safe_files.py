@@ -142,7 +142,8 @@ def open_inside(directory: str | os.PathLike[str], relative: str, *, ingredient:
         Everything [`resolve_inside`] raises.
     """
     real = resolve_inside(directory, relative, ingredient=ingredient, file=file)
-    assert real is not None
+    if real is None:  # must_exist=True: a missing file raised already
+        raise IngredientNotFoundError("the file does not exist.", ingredient=ingredient, file=file or relative)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)

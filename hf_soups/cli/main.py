@@ -61,7 +61,8 @@ FLAGS: dict[str, str] = {
     "dtype": "--dtype", "int_rule": "--int-rule", "max_shard_size": "--max-shard-size", "output_dir": "--output",
     "strict": "--strict", "stream": "--stream", "max_samples": "--max-eval-samples",
     "calibration_dataset": "--calibration-dataset", "last": "--last", "top": "--top",
-    "greater_is_better": "--greater-is-better", "since_step": "--since-step",
+    "greater_is_better": "--greater-is-better", "since_step": "--since-step", "base_model": "--base",
+    "collection": "--collection",
 }
 
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).

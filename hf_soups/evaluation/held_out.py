@@ -135,7 +135,9 @@ def choose_weights(
     """
     names = [i.name for i in ingredients]
     reference_dir = ingredients[0].local_dir
-    assert reference_dir is not None
+    if reference_dir is None:
+        raise EvaluationError("the first ingredient's files are not on disk; it cannot be evaluated.",
+                              ingredient=names[0], fix="report this bug.")
     select = get_method(method).fn
     eval_device = resolve_eval_device(device if device is not None else spec.device)
     # a learned soup optimises on these batches: its default batch size does not depend on the device

@@ -330,7 +330,8 @@ def evaluate_soup(
 
         def recalibrated(processor_dir: str) -> Any:
             """The loaded model with BatchNorm statistics recomputed as the soup's were (its own processor)."""
-            assert record is not None
+            if record is None:
+                raise EvaluationError("no recalibration record to replay.", fix="report this bug.")
             recalibrate(holder.model, calibration_batches(
                 calibration, processor_dir, config, batch_size=record.batch_size, num_batches=record.num_batches,
                 seed=record.seed, image_column=record.image_column))
@@ -404,7 +405,9 @@ def evaluate_soup(
         if base is not None and wise and wanted & set(wise):
             base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
             base_state = {k: v.to(holder.device) for k, v in checkpoint_float_state(base_reader).items()}
-            assert soup_state is not None
+            if soup_state is None:
+                raise EvaluationError("the soup's weights were not loaded before the WiSE points.",
+                                      fix="report this bug.")
             for alpha, name in zip(alphas, wise):
                 if name in wanted:
                     model = holder.load_combination([base_state, soup_state], [1 - alpha, alpha])

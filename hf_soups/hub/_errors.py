@@ -60,9 +60,15 @@ def _similar_repos(repo_id: str, token: Any, endpoint: str | None) -> list[str]:
             owners.append(user)
     except Exception:  # noqa: BLE001 - suggestions are optional
         pass
-    for owner in owners:
+    from ._http import paged_json
+
+    for owner in owners:  # paged on the endpoint's origin only, bounded in pages and time
         try:
-            candidates += [m.id for m in api.list_models(author=owner, limit=500, token=token)]
+            for page in paged_json(f"{api.endpoint.rstrip('/')}/api/models", params={"author": owner, "limit": 500},
+                                   token=token, endpoint=endpoint, what=f"models of {owner}"):
+                candidates += [m["id"] for m in page if isinstance(m, dict) and isinstance(m.get("id"), str)]
+                if len(candidates) >= 500:
+                    break
         except Exception:  # noqa: BLE001 - a Hub (or mirror) without listing
             continue
     candidates = [c for c in dict.fromkeys(candidates) if c != repo_id]
@@ -165,11 +171,33 @@ def _hub_errors(ingredient: str, *, token_given: bool, revision: str | None = No
         cls = PushError if push else HubConnectionError
         raise cls(f"the connection to the Hub failed ({type(e).__name__}: {_first_line(e)}).", ingredient=ingredient,
                   fix="retry; the local files are intact." if push else "check the network and retry.") from None
+    except hf_errors.HFValidationError as e:  # an id or revision huggingface_hub refuses before any request
+        raise IngredientNotFoundError(f"not a valid Hub repo id or revision ({_first_line(e)}).",
+                                      ingredient=ingredient, fix="pass a repo id like 'user/model' or 'user/model@v1'.",
+                                      param="refs") from None
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+        if not _raised_by_hf_client(e):
+            raise
+        cls = PushError if push else HubConnectionError
+        raise cls(f"the Hub's answer could not be read ({type(e).__name__}: {_first_line(e)}).",
+                  ingredient=ingredient, fix="check the endpoint (HF_ENDPOINT / endpoint=) and retry.") from None
     except (OSError, RuntimeError) as e:
         if push:
             raise PushError(f"the upload failed: {type(e).__name__}: {_first_line(e)}", ingredient=ingredient,
                             fix="retry; the local soup is intact.") from None
         raise
+
+
+def _raised_by_hf_client(e: BaseException) -> bool:
+    """Whether `e` was raised inside huggingface_hub or its HTTP client while reading an answer (a malformed answer
+    from the endpoint), rather than by hf_soups' own code."""
+    import os
+
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return last is not None and any(f"{os.sep}{pkg}{os.sep}" in last for pkg in ("huggingface_hub", "httpx2", "httpx"))
 
 
 def _for_push(e: SoupError, repo_id: str) -> SoupError:

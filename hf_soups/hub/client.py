@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
-from ..errors import CorruptCheckpointError, NoSafetensorsError
+from ..errors import CorruptCheckpointError, HubConnectionError, NoSafetensorsError, SoupError
 from ..refs import Ingredient, IngredientMeta, IngredientRef
 from ..validation import mask_secrets
 from ._errors import hub_errors
+from ._http import Deadline, api_get_json, endpoint_url
+
+_SHA = re.compile(r"[0-9a-f]{40}")
 
 __all__ = ["resolve", "fetch_meta", "download", "needed_patterns"]
-
-
-def _api(endpoint: str | None = None) -> HfApi:
-    return HfApi(endpoint=endpoint)
 
 
 def _offline() -> bool:
@@ -37,9 +37,8 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     Raises:
         [`IngredientNotFoundError`], [`RevisionNotFoundError`], [`AuthenticationError`].
     """
-    if ref.is_local:
+    if ref.is_local or ref.repo_id is None:
         return Ingredient(ref=ref.ref, local_dir=ref.local_dir)
-    assert ref.repo_id is not None
     # `None` is resolved as "main" explicitly: some Hub-compatible servers only route /revision/<rev>
     revision = ref.revision or hf_constants.DEFAULT_REVISION
     with hub_errors(mask_secrets(ref.ref) or ref.ref, token_given=bool(token), revision=mask_secrets(revision),
@@ -50,12 +49,32 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
             files = tuple(sorted(_walk(path)))
             return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=os.path.basename(path), files=files,
                               local_dir=path, requested_revision=ref.revision)
-        info = _api(endpoint).model_info(ref.repo_id, revision=revision, token=token, files_metadata=True)
+        info = _model_info(ref.repo_id, revision, token=token, endpoint=endpoint, what=mask_secrets(ref.ref) or ref.ref)
+    if not isinstance(info.sha, str) or not _SHA.fullmatch(info.sha):
+        raise HubConnectionError(f"the endpoint pinned it to {str(info.sha)[:60]!r}, not a 40-hex commit sha.",
+                                 ingredient=mask_secrets(ref.ref) or ref.ref,
+                                 fix="check the endpoint (HF_ENDPOINT / endpoint=).")
     files = tuple(s.rfilename for s in info.siblings or [])
     blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
     sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
     return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
                       sizes=sizes, requested_revision=ref.revision)
+
+
+def _model_info(repo_id: str, revision: str, *, token: str | bool | None, endpoint: str | None, what: str) -> Any:
+    """`HfApi.model_info(..., files_metadata=True)` through [`api_get_json`]: a redirect off the endpoint's origin is
+    refused, and a silent or trickling endpoint ends after `HF_SOUPS_HUB_TIMEOUT` a try."""
+    from urllib.parse import quote
+
+    from huggingface_hub.hf_api import ModelInfo
+
+    url = f"{endpoint_url(endpoint)}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
+    data, _ = api_get_json(url, params={"blobs": True}, token=token, endpoint=endpoint, what=f"model info of {what}",
+                           deadline=Deadline(constants.LISTING_DEADLINE, f"model info of {what}", endpoint))
+    if not isinstance(data, dict):
+        raise HubConnectionError(f"the endpoint answered with a {type(data).__name__}, not the repo's info.",
+                                 ingredient=what, fix="check the endpoint (HF_ENDPOINT / endpoint=).")
+    return ModelInfo(**{"siblings": None, **data})
 
 
 def _walk(root: str) -> list[str]:
@@ -78,12 +97,20 @@ def needed_patterns(files: Sequence[str], *, weights: bool = True, allow_pickle:
     return sorted(set(patterns))
 
 
+def _hub_id(ing: Ingredient) -> str:
+    """The ingredient's Hub repo id; a local ingredient reaching a Hub-only step is a bug reported as such."""
+    if ing.repo_id is None:
+        raise SoupError("a local ingredient reached a step that reads from the Hub.", ingredient=ing.name,
+                        fix="report this bug; pass the ingredient as a Hub repo id or as a local folder only.")
+    return ing.repo_id
+
+
 def _download_small(ing: Ingredient, filename: str, token: Any, cache_dir: str | None, endpoint: str | None) -> str | None:
     if filename not in ing.files:
         return None
-    assert ing.repo_id is not None
+    repo_id = _hub_id(ing)
     with hub_errors(ing.ref, token_given=bool(token), token=token):
-        return hf_hub_download(ing.repo_id, filename, revision=ing.revision, token=token, cache_dir=cache_dir,
+        return hf_hub_download(repo_id, filename, revision=ing.revision, token=token, cache_dir=cache_dir,
                                endpoint=endpoint)
 
 
@@ -96,12 +123,12 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
         [`UnsafeCheckpointError`]: the index names files outside the repo.
         [`CorruptCheckpointError`]: a header cannot be parsed.
     """
-    assert ing.repo_id is not None
     name = ing.name
     if ing.local_dir is not None:  # offline: everything comes from the cache snapshot
         from ..checkpoint.local import local_meta
 
         return local_meta(ing.local_dir, name)
+    _hub_id(ing)
     config = read_config(_download_small(ing, "config.json", token, cache_dir, endpoint) or "", name)
     base_model = card_base_model(_download_small(ing, "README.md", token, cache_dir, endpoint))
     processor = read_processor_config(_download_small(ing, "preprocessor_config.json", token, cache_dir, endpoint), name)
@@ -109,7 +136,8 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
     tensors: dict[str, TensorInfo] = {}
     if SAFETENSORS_INDEX in ing.files:
         index_path = _download_small(ing, SAFETENSORS_INDEX, token, cache_dir, endpoint)
-        assert index_path is not None  # shard names are refused ('../', absolute) before any request for them
+        if index_path is None:  # listed in its files, so downloaded or an error was raised
+            raise CorruptCheckpointError("the shard index could not be read.", ingredient=name, file=SAFETENSORS_INDEX)
         weight_map, shards = read_shard_index(os.path.dirname(index_path), name)
     elif SAFETENSORS_SINGLE in ing.files:
         weight_map, shards = None, [SAFETENSORS_SINGLE]
@@ -191,12 +219,12 @@ def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
 def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,
              endpoint: str | None = None, weights: bool = True, allow_pickle: bool = False) -> str:
     """Download what a soup needs of one ingredient at its pinned sha; returns the snapshot directory."""
-    assert ing.repo_id is not None
     if ing.local_dir is not None and not weights:
         return ing.local_dir
+    repo_id = _hub_id(ing)
     patterns = needed_patterns(ing.files, weights=weights, allow_pickle=allow_pickle)
     with hub_errors(ing.ref, token_given=bool(token), revision=ing.revision):
-        path = snapshot_download(ing.repo_id, revision=ing.revision, allow_patterns=patterns, token=token,
+        path = snapshot_download(repo_id, revision=ing.revision, allow_patterns=patterns, token=token,
                                  cache_dir=cache_dir, endpoint=endpoint, local_files_only=_offline())
     if not _offline():
         _remember_revision(ing, cache_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -30,12 +31,16 @@ from huggingface_hub.utils import tqdm
 
 from .. import constants
 from ..compat import CompatibilityReport, IngredientMeta, Problem, compare, normalize_id2label
-from ..errors import IngredientNotFoundError, InvalidArgumentError, SoupError
-from ..refs import Ingredient, IngredientRef
+from ..errors import HubConnectionError, IngredientNotFoundError, InvalidArgumentError, SoupError
+from ..refs import Ingredient, IngredientRef, _shown_id, repo_id_problem
 from ._errors import hub_errors
+from ._http import Deadline, api_get_json, paged_json
 from .client import fetch_meta, resolve
 
 __all__ = ["find_ingredients", "CandidateSet", "Candidate", "DiscoveryQuery", "read_refs"]
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+_SLUG = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", re.ASCII)
 
 _RELATION_REASONS = {
     "adapter": ("a PEFT adapter of '{base}', not a full fine-tune.",
@@ -323,6 +328,10 @@ def find_ingredients(
     if limit is not None and limit < 1:
         raise SoupError(f"limit={limit}: no candidate would be listed.",
                         fix="pass limit >= 1, or None for every candidate.")
+    if base_model is not None and (problem := repo_id_problem(base_model)) is not None:
+        raise IngredientNotFoundError(f"the base model is not a valid Hub repo id ({problem}).", param="base_model",
+                                      ingredient=_shown_id(base_model), fix="pass the base model's repo id, "
+                                      "e.g. 'google-bert/bert-base-uncased'.")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     query = DiscoveryQuery(base_model, author, task, search, collection, limit, date)
     api = HfApi(endpoint=endpoint)
@@ -336,7 +345,9 @@ def find_ingredients(
     checked: list[_Checked] = []
     to_inspect: list[_Listed] = []
     for item in order:
-        rejection = _relation_rejection(item, base_model)
+        problem = repo_id_problem(item.repo_id)
+        rejection = ((f"not a valid Hub repo id ({problem}).", "remove it from the collection, or list only valid "
+                      "repo ids.") if problem is not None else _relation_rejection(item, base_model))
         if rejection is not None:
             checked.append(_Checked(item, reason=rejection[0], fix=rejection[1]))
         else:
@@ -362,19 +373,57 @@ def find_ingredients(
 
 def _from_listing(api: HfApi, base_model: str | None, *, author: str | None, task: str | None, search: str | None,
                   limit: int | None, token: Any) -> list[_Listed]:
-    """Every page of the Hub's listing (huggingface_hub follows the `Link` header), with sha and tags."""
-    with hub_errors(f"models listing ({base_model or author or search or task})", token_given=bool(token)):
-        models = api.list_models(filter=f"base_model:{base_model}" if base_model else None, author=author,
-                                 pipeline_tag=task, search=search, limit=limit, expand=["sha", "tags"], token=token)
-        return [_Listed(m.id, m.sha, tuple(m.tags or ())) for m in models]
+    """Every page of the Hub's listing, with sha and tags, paged by [`paged_json`]: the `Link` next page and any
+    redirect stay on the endpoint's origin, and the listing is bounded in pages and time."""
+    what = f"models listing ({base_model or author or search or task})"
+    params: dict[str, Any] = {"expand": ["sha", "tags"]}
+    for key, value in (("filter", f"base_model:{base_model}" if base_model else None), ("author", author),
+                       ("pipeline_tag", task), ("search", search), ("limit", limit)):
+        if value is not None:
+            params[key] = value
+    out: list[_Listed] = []
+    with hub_errors(what, token_given=bool(token)):
+        for page in paged_json(f"{api.endpoint.rstrip('/')}/api/models", params=params, token=token,
+                               endpoint=api.endpoint, what=what):
+            out += [_listed_model(entry) for entry in page]
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+    return out
+
+
+def _listed_model(entry: Any) -> _Listed:
+    """One entry of a listing page. A sha that is not 40-hex is dropped (the repo is then pinned by its own request);
+    tags that are not strings are ignored; the id is kept as [`_listed_id`] shows it."""
+    entry = entry if isinstance(entry, dict) else {"id": entry}
+    sha, tags = entry.get("sha"), entry.get("tags")
+    return _Listed(_listed_id(entry.get("id", entry.get("modelId"))),
+                   sha if isinstance(sha, str) and _SHA.fullmatch(sha) else None,
+                   tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ())
+
+
+def _listed_id(value: Any) -> str:
+    """A listed repo id as discovery keeps it: a valid id unchanged; anything else printable and short (it is only
+    ever shown, in a rejected row: newlines and control characters become '?', a long one is cut), never valid."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    return value if repo_id_problem(value) is None else _shown_id(value)
 
 
 def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str | None, limit: int | None,
                      token: Any) -> list[_Listed]:
-    """The collection's models, in its order, narrowed by `author` and `search`; `task` is checked per repo later."""
-    with hub_errors(f"collection {slug}", token_given=bool(token)):
+    """The collection's models, in its order, narrowed by `author` and `search`; `task` is checked per repo later.
+
+    Items are Hub ids, never local paths; one that is not a valid id becomes a rejected row."""
+    what = f"collection {slug}"
+    if not _SLUG.fullmatch(slug):
+        raise IngredientNotFoundError(
+            "not a collection slug.", file=slug, param="collection",
+            fix="pass the slug from the collection's URL (`user/title-<id>`).")
+    deadline = Deadline(constants.LISTING_DEADLINE, what, api.endpoint)
+    with hub_errors(what, token_given=bool(token)):
         try:
-            coll = api.get_collection(slug, token=token)
+            data, _ = api_get_json(f"{api.endpoint.rstrip('/')}/api/collections/{slug}", token=token,
+                                   endpoint=api.endpoint, what=what, deadline=deadline)
         except hf_errors.HfHubHTTPError as e:
             if getattr(e.response, "status_code", None) not in (401, 403, 404):
                 raise
@@ -382,10 +431,17 @@ def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str |
                 "the collection does not exist, or it is private and no valid token was given.", file=slug,
                 fix="pass the slug from the collection's URL (`user/title-<id>`), and token= for a private one.",
             ) from None
-    items = sorted((i for i in coll.items if i.item_type == "model"), key=lambda i: i.position)
-    out = [_Listed(i.item_id) for i in items
-           if (author is None or i.item_id.split("/")[0] == author)
-           and (search is None or search.casefold() in i.item_id.casefold())]
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise HubConnectionError(f"{what}: the endpoint's answer holds no list of items.",
+                                 fix="check the slug and the endpoint (HF_ENDPOINT / endpoint=).")
+    models = [(i.get("position"), k, i.get("id", i.get("item_id"))) for k, i in enumerate(items)
+              if isinstance(i, dict) and i.get("type", i.get("item_type")) == "model"]
+    models.sort(key=lambda m: (m[0] if type(m[0]) is int else float("inf"), m[1]))
+    out = [_Listed(_listed_id(item_id), tags=None)
+           for _, _, item_id in models
+           if (author is None or str(item_id).split("/")[0] == author)
+           and (search is None or search.casefold() in str(item_id).casefold())]
     return out[:limit] if limit is not None else out
 
 
@@ -419,7 +475,7 @@ def _inspect(item: _Listed, token: Any, endpoint: str | None, cache_dir: str | N
     """Pin one repo (the listing's sha when known) and gather its verdict inputs from small files and headers."""
     checked = _Checked(item)
     try:
-        ref = IngredientRef.parse(f"{item.repo_id}@{item.sha}" if item.sha else item.repo_id)
+        ref = IngredientRef.hub(item.repo_id, item.sha)  # a Hub id, never a folder of the working directory
         checked.ingredient = resolve(ref, token=token, endpoint=endpoint, cache_dir=cache_dir)
         files = checked.ingredient.files
         if "adapter_config.json" in files and "config.json" not in files:
@@ -434,7 +490,8 @@ def _inspect(item: _Listed, token: Any, endpoint: str | None, cache_dir: str | N
 
 def _declaration_problem(c: _Checked, base_model: str | None, task: str | None) -> tuple[str | None, str | None]:
     """What the card declares, against the query: the base (collections) and the task."""
-    assert c.meta is not None
+    if c.meta is None:  # nothing was read: nothing to compare with the query
+        return None, None
     declared = c.meta.base_model
     if base_model is not None:
         if not declared:
@@ -485,8 +542,7 @@ def _majority_verdict(group: list[_Checked], *, align_labels: bool, arch_check: 
 
         seen: dict[str, list[Problem]] = {}
         for meta in metas:
-            assert meta is not None
-            if meta.name in problems:
+            if meta is None or meta.name in problems:
                 continue
             key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
             if key not in seen:

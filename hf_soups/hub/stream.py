@@ -6,9 +6,10 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers, get_session
 
 from .. import constants
 from ..checkpoint.format import TensorInfo, parse_header
@@ -16,6 +17,7 @@ from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import TransportError, hub_errors
+from ._http import MAX_REDIRECTS, join_url, origin_of, raise_for_status, shown_url
 
 __all__ = ["HttpRangeSource", "open_streaming_reader", "read_remote_header"]
 
@@ -65,8 +67,7 @@ class HttpRangeSource:
         why = ""
         for attempt in range(1, tries + 1):
             try:
-                response = get_session().get(self.url, headers={**self._headers, "Range": f"bytes={offset}-{end}"},
-                                             follow_redirects=True, timeout=constants.HTTP_TIMEOUT)
+                response = self._get({**self._headers, "Range": f"bytes={offset}-{end}"})
             except TransportError as e:  # refused, reset, closed mid-body, timed out
                 why = f"{type(e).__name__}: {str(e)[:200]}"
             else:
@@ -74,7 +75,7 @@ class HttpRangeSource:
                     why = f"HTTP {response.status_code}"
                 elif response.status_code not in (200, 206):
                     with hub_errors(self.ingredient or self.name, token_given=self._token_given):
-                        hf_raise_for_status(response)
+                        raise_for_status(response)
                     why = f"unexpected HTTP {response.status_code}"
                     break
                 else:
@@ -95,6 +96,30 @@ class HttpRangeSource:
             ingredient=self.ingredient, file=self.name,
             fix="check the network and the Hub's status, then run again (HF_SOUPS_HTTP_RETRIES sets the retries).",
         )
+
+    def _get(self, headers: dict[str, str]) -> Any:
+        """One GET of the file, redirects followed by hand: the token (and cookies) go to the file URL's origin only;
+        once a redirect leaves it (the Hub's CDN), the rest of the chain goes without them.
+
+        Raises:
+            [`HubConnectionError`]: more than 5 redirects, or one to a URL that is not http(s).
+        """
+        url, home = self.url, origin_of(self.url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = get_session().get(url, headers=headers, follow_redirects=False, timeout=constants.HTTP_TIMEOUT)
+            if not (response.is_redirect and response.headers.get("location")):
+                return response
+            url = join_url(response, response.headers["location"])
+            where = origin_of(url)
+            if where is None:
+                raise HubConnectionError(f"a range read was redirected to {shown_url(url)}, not an http(s) URL.",
+                                         ingredient=self.ingredient, file=self.name,
+                                         fix="check the endpoint (HF_ENDPOINT / endpoint=).")
+            if where != home:
+                headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+        raise HubConnectionError(f"a range read was redirected more than {MAX_REDIRECTS} times.",
+                                 ingredient=self.ingredient, file=self.name,
+                                 fix="check the endpoint (HF_ENDPOINT / endpoint=).")
 
     def read(self, offset: int, length: int) -> bytes:
         with self._lock:
@@ -119,6 +144,14 @@ class HttpRangeSource:
             self._cache = b""
 
 
+def _pinned(ing: Ingredient) -> tuple[str, str]:
+    """The repo id and pinned sha of a Hub ingredient; streaming anything else is a bug reported as such."""
+    if ing.repo_id is None or ing.revision is None:
+        raise CorruptCheckpointError("only a Hub ingredient pinned to a commit can be streamed.", ingredient=ing.name,
+                                     fix="report this bug; resolve the ingredient before streaming it.")
+    return ing.repo_id, ing.revision
+
+
 def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, endpoint: str | None = None,
                           snapshot_dir: str | None = None, window: int | None = None) -> SafetensorsReader:
     """Open an ingredient's safetensors weights over HTTP ranges, pinned to its resolved sha.
@@ -132,7 +165,7 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
     Raises:
         [`CorruptCheckpointError`], [`UnsafeCheckpointError`], [`AuthenticationError`].
     """
-    assert ing.repo_id is not None and ing.revision is not None
+    repo_id, revision = _pinned(ing)
     weight_map = None
     if SAFETENSORS_INDEX in ing.files:
         if snapshot_dir is None or not os.path.isfile(os.path.join(snapshot_dir, SAFETENSORS_INDEX)):
@@ -144,7 +177,7 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
     sources = {}
     with hub_errors(ing.name, token_given=bool(token), token=token):
         for file in files:
-            url = hf_hub_url(ing.repo_id, file, revision=ing.revision, endpoint=endpoint)
+            url = hf_hub_url(repo_id, file, revision=revision, endpoint=endpoint)
             meta = get_hf_file_metadata(url, token=token)
             sources[file] = HttpRangeSource(url, int(meta.size or 0), file, token=token, ingredient=ing.name,
                                             window=window)
@@ -161,9 +194,9 @@ def read_remote_header(ing: Ingredient, file: str, *, token: str | bool | None =
     Raises:
         [`CorruptCheckpointError`], [`HubConnectionError`], [`AuthenticationError`], [`IngredientNotFoundError`].
     """
-    assert ing.repo_id is not None and ing.revision is not None
+    repo_id, revision = _pinned(ing)
     with hub_errors(ing.name, token_given=bool(token)):
-        url = hf_hub_url(ing.repo_id, file, revision=ing.revision, endpoint=endpoint)
+        url = hf_hub_url(repo_id, file, revision=revision, endpoint=endpoint)
         size = ing.sizes.get(file)
         if size is None:
             size = get_hf_file_metadata(url, token=token).size

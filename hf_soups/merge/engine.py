@@ -158,7 +158,8 @@ class _Merger:
             else:
                 current = _resolve_int(tp, current, chunk, self.names[self.active[0]], self.names[i],
                                        self.plan.int_rule)
-        assert current is not None
+        if current is None:
+            raise SoupError("no ingredient contributed to a tensor.", tensor=tp.name, fix="report this bug.")
         return current.to(tp.torch_dtype)
 
 

@@ -67,7 +67,8 @@ def weighted_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float],
             out.add_(t, alpha=1.0 if equal else w)
     if seen != len(active):
         raise ValueError(f"weighted_sum got {seen} tensors for {len(active)} non-zero weights.")
-    assert out is not None
+    if out is None:
+        raise ValueError("weighted_sum got no tensor with a non-zero weight.")
     if equal:
         out.div_(len(active))
     return out
