@@ -730,7 +730,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
         output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
                                  caches=[cache_dir or ""])
-    from .hub.runs import fetch_run_folders
+    from .runs.hub import fetch_run_folders
 
     refs = fetch_run_folders(refs, token, endpoint, cache_dir)  # user/run@<sha>/checkpoint-<step>: that folder
     ingredients = _resolve_all(refs, None, token, endpoint, cache_dir)

@@ -54,7 +54,6 @@ __all__ = ["ExpectedArchitecture", "expected_architecture", "architecture_proble
 
 logger = logging.getLogger(__name__)
 
-_LEGACY = ((".gamma", ".weight"), (".beta", ".bias"))
 _CACHE_FORMAT = 1
 _MAX_CACHE_FILE = 64 * 1024 * 1024  # a cache entry larger than this is not ours: ignored
 _MAX_CONFIG_FILE = 16 * 1024 * 1024  # larger configs (rare) are left to the check's own reading
@@ -361,14 +360,6 @@ def _ignored(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
 
 
-def modern_name(name: str) -> str:
-    """The name transformers loads an old-layout LayerNorm tensor as (`...gamma` -> `...weight`, `beta` -> `bias`)."""
-    for old, new in _LEGACY:
-        if name.endswith(old):
-            return name[: -len(old)] + new
-    return name
-
-
 def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping[str, TensorInfo]) -> list[Problem]:
     """Compare a checkpoint's tensors (from headers) with what its own config's model expects.
 
@@ -388,7 +379,7 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
                            if p != constants.LEGACY_POSITION_IDS or arch.has_position_ids)
     skip_unexpected = _ignored(tuple(sorted(set(arch.ignore_unexpected) | set(legacy_buffers))))
     skip_missing = _ignored(arch.ignore_missing)
-    have = {modern_name(n): info for n, info in tensors.items()}
+    have = {constants.modern_name(n): info for n, info in tensors.items()}
     prefix = ""
     if expected and not (set(have) & set(expected)):
         # a base-model checkpoint (no prefix) or the reverse: align on the shared suffix

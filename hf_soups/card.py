@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
+from .text import escape_markdown, one_line
 
 __all__ = ["build_card", "escape_markdown", "one_line", "pipeline_tag_for", "recipe_from_card", "retarget_card",
            "usage_lines", "INHERITED_FIELDS"]
@@ -46,61 +46,7 @@ _USAGE_HEADING = "## How to use"
 _RECIPE_KEY = "hf_soups_recipe"
 #: The YAML key, after the recipe in the card's block, holding sha256 of the recipe's YAML (`Recipe.to_yaml()`).
 _DIGEST_KEY = "hf_soups_recipe_sha256"
-#: Characters outside text may not bring into the card's markdown as they are (see `escape_markdown`).
-_MD_SPECIAL = re.compile(r"[\\`*~#|\[\]$!{}]")
-_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-#: A leading marker that would start a list, a quote, a setext underline or a thematic break.
-_MD_LEADING = re.compile(r"^(?:[-+=]|\d+[.)])")
-#: What a code span may show as it is: no backtick, no table pipe, no control character (checked by `one_line`).
-_CODE_SAFE = re.compile(r"[^`|]+")
 
-
-def one_line(text: Any) -> str:
-    """Outside text as one line of plain text: every line break, control, format (bidi), private-use or unassigned
-    character becomes U+FFFD (tabs and line breaks a space), so it can neither start a new line nor hide text.
-
-    Args:
-        text (`Any`): a repo id, label, dataset or metric name, reason... (`str()` of anything else).
-
-    Returns:
-        `str`: the same text on one line.
-    """
-    out = []
-    for c in str(text):
-        if c in "\t\n\r" or c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
-            out.append(" ")
-        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            out.append("\ufffd")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def escape_markdown(text: Any, *, code: bool = False) -> str:
-    """The one way outside text (repo ids, collection items, label/dataset/metric/column names, reasons, queries)
-    enters a card's markdown: it can never open a code fence, a heading, an HTML block or front matter, nor break a
-    table row, a link or emphasis.
-
-    The text is put on one line ([`one_line`]); `&`, `<`, `>` become entities; markdown punctuation
-    (`` \\ ` * ~ # | [ ] $ ! { } ``) is backslash-escaped, and so is a leading list, quote or underline marker;
-    leading and trailing blanks are dropped (they would indent a code block), and blank text shows as `–`.
-
-    Args:
-        text (`Any`): the outside text (`str()` of anything else).
-        code (`bool`, *optional*, defaults to `False`): show it as a code span, when it holds no backtick and no
-            `|` (a code span cannot escape them); otherwise as escaped text.
-
-    Returns:
-        `str`: markdown that renders as `text` and nothing else.
-    """
-    line = one_line(text).strip()  # leading blanks would indent a code block inside a list item or quote
-    if not line:  # blank text would leave an empty list item, quote or heading: say it is empty
-        return "–"
-    if code and _CODE_SAFE.fullmatch(line):
-        return f"`{line}`"
-    line = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), line)
-    line = "".join(_HTML.get(c, c) for c in line)
-    return _MD_LEADING.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], line)
 
 
 def _code(text: Any) -> str:
@@ -378,8 +324,6 @@ def recipe_block(recipe: Recipe) -> list[str]:
 
 def _discovery_lines(discovery: Mapping[str, Any]) -> list[str]:
     if "run" in discovery:  # checkpoints of one training run (`run_checkpoints`): its own sentence, escaped
-        from .runs import run_sentence
-
         return ["", "## How the ingredients were found", "", run_sentence(discovery, code=_code, text=escape_markdown)]
     query = ", ".join(f"{escape_markdown(k)}={_code(v)}" for k, v in (discovery.get("query") or {}).items())
     lines = ["", "## How the ingredients were found", "",
@@ -498,3 +442,35 @@ def recipe_from_card(card: ModelCard) -> Recipe:
                           "hf_soups wrote it.",
                           fix="use the soup's recipe.yaml, or re-write the card with hf_soups (Soup.write_card).")
     return Recipe.from_yaml(body)
+
+
+def _backticks(text: Any) -> str:
+    return f"`{text}`"
+
+
+def run_sentence(discovery: Mapping[str, Any], *, code: Any = _backticks, text: Any = str) -> str:
+    """The sentence that says what a checkpoint soup of one run is, from [`RunCheckpoints.discovery`].
+
+    Args:
+        discovery (`Mapping[str, Any]`): the run's record (`run`, `revision`, `rule`, `metric`, `steps`, `values`,
+            `skipped`).
+        code (`Callable[[Any], str]`, *optional*): how a name is shown as code (the card passes its escaping).
+        text (`Callable[[Any], str]`, *optional*): how other outside text is shown (likewise).
+
+    Returns:
+        `str`: e.g. "Checkpoint soup of one run: steps 800, 900, 1000 of `user/run` (eval_loss 0.41, 0.40, 0.40);
+        chosen: last 3."
+    """
+    steps = ", ".join(str(int(s)) for s in discovery.get("steps") or ())
+    revision = discovery.get("revision")
+    at = f" at {code(str(revision)[:12])}" if revision else ""
+    values = list(discovery.get("values") or ())
+    shown = (f" ({text(discovery.get('metric'))} "
+             + ", ".join("–" if v is None else f"{float(v):.4g}" for v in values) + ")"
+             if any(v is not None for v in values) else "")
+    sentence = (f"Checkpoint soup of one run: steps {steps} of {code(discovery.get('run'))}{at}{shown}; "
+                f"chosen: {text(discovery.get('rule'))}.")
+    skipped = discovery.get("skipped") or ()
+    if skipped:
+        sentence += " Left out (no evaluation at their step): steps " + ", ".join(str(int(s)) for s in skipped) + "."
+    return sentence

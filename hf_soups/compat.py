@@ -17,7 +17,6 @@ from typing import Any, Literal
 import torch
 
 from . import constants
-from .architecture import modern_name
 from .checkpoint.format import TensorInfo
 from .checkpoint.reader import CheckpointReader
 from .errors import IncompatibleIngredientsError
@@ -465,8 +464,8 @@ def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: Compatib
                            "none needed.", "warning"))
         missing = [n for n in missing if n not in legacy]
         extra = [n for n in extra if n not in legacy]
-    old_here = [n for n in extra if modern_name(n) != n and modern_name(n) in missing]  # meta: gamma, ref: weight
-    new_here = [modern_name(n) for n in missing if modern_name(n) != n and modern_name(n) in extra]  # the reverse
+    old_here = [n for n in extra if constants.modern_name(n) != n and constants.modern_name(n) in missing]  # meta: gamma, ref: weight
+    new_here = [constants.modern_name(n) for n in missing if constants.modern_name(n) != n and constants.modern_name(n) in extra]  # the reverse
     if old_here or new_here:
         layouts = ["old (gamma/beta)", "modern (weight/bias)"]
         if not old_here:
@@ -477,7 +476,7 @@ def _compare_tensors(ref: IngredientMeta, meta: IngredientMeta, report: Compatib
                            f"{_names(renamed)}. transformers renames gamma/beta on load, but one soup cannot mix "
                            "the two layouts.", "re-save every ingredient with save_pretrained (which writes "
                            "weight/bias), then soup them."))
-        gone = set(renamed) | {modern_name(n) for n in old_here} | {n for n in missing if modern_name(n) in new_here}
+        gone = set(renamed) | {constants.modern_name(n) for n in old_here} | {n for n in missing if constants.modern_name(n) in new_here}
         missing = [n for n in missing if n not in gone]
         extra = [n for n in extra if n not in gone]
     if missing:

@@ -81,6 +81,17 @@ LEGACY_POSITION_IDS: str = r"(^|\.)position_ids$"
 LEGACY_BUFFER_PATTERNS: tuple[str, ...] = (LEGACY_POSITION_IDS, r"rotary_emb\.inv_freq$", r"\.attn\.(masked_)?bias$")
 
 
+_LEGACY_LAYER_NORM = ((".gamma", ".weight"), (".beta", ".bias"))
+
+
+def modern_name(name: str) -> str:
+    """The name transformers loads an old-layout LayerNorm tensor as (`...gamma` -> `...weight`, `beta` -> `bias`)."""
+    for old, new in _LEGACY_LAYER_NORM:
+        if name.endswith(old):
+            return name[: -len(old)] + new
+    return name
+
+
 def is_legacy_buffer(name: str) -> bool:
     """Whether `name` is a buffer transformers ignores on load (see [`LEGACY_BUFFER_PATTERNS`])."""
     import re

@@ -440,7 +440,7 @@ def test_hub_every_save_step_from_trainer_state_when_the_message_names_none(run,
     end = _upload(api, repo, ckpt(run, 12), "End of training", ignore=("*.pt", "*.pth", "*.bin"))
     api.upload_file(path_or_fileobj=os.path.join(ckpt(run, 8), "model.safetensors"), path_in_repo="model.safetensors",
                     repo_id=repo, commit_message="Upload model")  # weights changed, no step anywhere: left out
-    with caplog.at_level(logging.WARNING, logger="hf_soups.hub.runs"):
+    with caplog.at_level(logging.WARNING, logger="hf_soups.runs.hub"):
         found = run_checkpoints(repo, endpoint=hub.url, token=WRITE_TOKEN)
     assert found.steps == [4, 12]  # 12: the global_step of that commit's trainer_state.json
     assert found.refs == (f"{repo}@{first}", f"{repo}@{end}")

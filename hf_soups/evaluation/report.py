@@ -121,7 +121,7 @@ class SoupReport:
         """A markdown table: one row per method (those of `methods`, in that order, when given), one column per set;
         each cell the score, its confidence interval and its difference to the best individual with the paired
         interval of that difference."""
-        from ..card import escape_markdown  # set and method names are the user's (ingredient names, set names)
+        from ..text import escape_markdown  # set and method names are the user's (ingredient names, set names)
 
         sets = list(self.results)
         lines = [f"| method | {' | '.join(escape_markdown(s) for s in sets)} |", "|---|" + "---|" * len(sets)]
@@ -131,7 +131,7 @@ class SoupReport:
 
     def to_table(self) -> str:
         """A plain-text table for terminals and logs: the metric, the interval settings, the table and warnings."""
-        from ..card import one_line  # names from outside never break the terminal table
+        from ..text import one_line  # names from outside never break the terminal table
 
         b = self.bootstrap
         sizes = ", ".join(f"{one_line(s)}: {n}" for s, n in self.sizes.items())

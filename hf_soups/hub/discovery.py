@@ -154,7 +154,7 @@ class CandidateSet:
 
     def to_table(self) -> str:
         """A plain-text table (repo, sha, verdict, reason), compatible ingredients first."""
-        from ..card import one_line  # listing and collection content never breaks the table (nor the terminal)
+        from ..text import one_line  # listing and collection content never breaks the table (nor the terminal)
 
         rows = [("repo", "sha", "verdict", "reason")]
         rows += [(one_line(c.repo_id), one_line(c.sha or "-")[:12], c.verdict, one_line(c.reason or ""))

@@ -87,14 +87,14 @@ class EvalSpec:
     @property
     def metric_name(self) -> str:
         """The metric's name: the name it is loaded by, a metric object's `.name`, or a callable's qualified name."""
-        from ..evaluation.metrics import metric_record
+        from ..metric_spec import metric_record
 
         return metric_record(self.metric)[1]
 
     @property
     def metric_replayable(self) -> bool:
         """Whether the recipe can re-load the metric by its name (`False` for a user callable)."""
-        from ..evaluation.metrics import metric_record
+        from ..metric_spec import metric_record
 
         return metric_record(self.metric)[0] is not None
 
@@ -103,7 +103,7 @@ class EvalSpec:
 
         A metric a name cannot re-load (a user callable) is recorded as `metric: null` with `metric_callable:
         <its qualified name>`."""
-        from ..evaluation.metrics import metric_record
+        from ..metric_spec import metric_record
 
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
         data["metric"], name = metric_record(self.metric)
@@ -333,7 +333,7 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
             raise _field_error("evaluation", f"unknown fields {bad}." if bad else "'dataset' is missing.")
         spec: dict[str, Any] = {}
         if "metric_callable" in evaluation or ("metric" in evaluation and evaluation["metric"] is None):
-            from ..evaluation.metrics import UserCallableMetric
+            from ..metric_spec import UserCallableMetric
 
             if evaluation.get("metric") is not None:
                 raise _field_error("evaluation.metric_callable", "a recipe records either a metric name or a user "

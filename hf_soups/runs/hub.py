@@ -12,9 +12,9 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from ..errors import SoupError
 from ..refs import IngredientRef
-from ..runs import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
+from . import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
                     consolidation_problem)
-from ._errors import hub_errors
+from ..hub._errors import hub_errors
 
 __all__ = ["hub_run"]
 
@@ -155,7 +155,7 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
         m = _STEP_IN_MESSAGE.search(f"{commit.title}\n{commit.message}")
         step = int(m.group(1)) if m else None
         if step is None and state_changed:  # a trainer state carried over from an older commit names no step here
-            from ..runs import _global_step
+            from . import _global_step
 
             found = _global_step(_download(repo_id, commit.commit_id, "trainer_state.json", token, endpoint,
                                            cache_dir))

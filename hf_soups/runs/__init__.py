@@ -26,9 +26,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidArgumentError, SoupError
-from .hub.discovery import Candidate, CandidateSet, DiscoveryQuery
-from .refs import IngredientRef
+from ..errors import InvalidArgumentError, SoupError
+from ..hub.discovery import Candidate, CandidateSet, DiscoveryQuery
+from ..card import run_sentence
+from ..refs import IngredientRef
 
 __all__ = ["run_checkpoints", "RunCheckpoints", "RunCheckpoint", "read_log_history", "CHECKPOINT_RE"]
 
@@ -285,7 +286,7 @@ def run_checkpoints(
         listed, name, sha = _local_run(text), os.path.basename(os.path.abspath(text)), None
         state = _local_state(text, listed)
     else:
-        from .hub.runs import hub_run
+        from .hub import hub_run
 
         name, sha, listed, state, fetch = hub_run(text, revision=revision, token=token, endpoint=endpoint,
                                                   cache_dir=cache_dir)
@@ -398,34 +399,3 @@ def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] 
     newest = max(states, key=_global_step)
     return newest, os.path.relpath(newest, path)
 
-
-def _backticks(text: Any) -> str:
-    return f"`{text}`"
-
-
-def run_sentence(discovery: Mapping[str, Any], *, code: Any = _backticks, text: Any = str) -> str:
-    """The sentence that says what a checkpoint soup of one run is, from [`RunCheckpoints.discovery`].
-
-    Args:
-        discovery (`Mapping[str, Any]`): the run's record (`run`, `revision`, `rule`, `metric`, `steps`, `values`,
-            `skipped`).
-        code (`Callable[[Any], str]`, *optional*): how a name is shown as code (the card passes its escaping).
-        text (`Callable[[Any], str]`, *optional*): how other outside text is shown (likewise).
-
-    Returns:
-        `str`: e.g. "Checkpoint soup of one run: steps 800, 900, 1000 of `user/run` (eval_loss 0.41, 0.40, 0.40);
-        chosen: last 3."
-    """
-    steps = ", ".join(str(int(s)) for s in discovery.get("steps") or ())
-    revision = discovery.get("revision")
-    at = f" at {code(str(revision)[:12])}" if revision else ""
-    values = list(discovery.get("values") or ())
-    shown = (f" ({text(discovery.get('metric'))} "
-             + ", ".join("–" if v is None else f"{float(v):.4g}" for v in values) + ")"
-             if any(v is not None for v in values) else "")
-    sentence = (f"Checkpoint soup of one run: steps {steps} of {code(discovery.get('run'))}{at}{shown}; "
-                f"chosen: {text(discovery.get('rule'))}.")
-    skipped = discovery.get("skipped") or ()
-    if skipped:
-        sentence += " Left out (no evaluation at their step): steps " + ", ".join(str(int(s)) for s in skipped) + "."
-    return sentence
