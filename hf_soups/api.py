@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from . import adapters
 from .checkpoint.companions import config_dtype, copy_companion_files, lead_index
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
@@ -51,7 +52,8 @@ RefLike = str | os.PathLike | IngredientRef
 
 
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
-                 endpoint: str | None, cache_dir: str | None) -> list[Ingredient]:
+                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None
+                 ) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
@@ -65,10 +67,12 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
                                    param="revision")
     parsed = [IngredientRef.parse(r, rev) for r, rev in zip(refs, revisions)]
     if all(p.is_local for p in parsed):
-        return [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
-    from . import hub
+        resolved = [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
+    else:
+        from . import hub
 
-    return [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+        resolved = [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir)
 
 
 def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
@@ -86,9 +90,12 @@ def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
 
 def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, cache_dir: str | None,
            allow_pickle: bool) -> list[IngredientMeta]:
+    bases = adapters.base_metas(ingredients, lambda b: _metas([b], token, endpoint, cache_dir, allow_pickle)[0])
     metas = []
     for ing in ingredients:
-        if ing.repo_id is None:
+        if adapters.is_adapter(ing):
+            metas.append(adapters.adapter_meta(ing, bases[ing.adapter.base.name]))
+        elif ing.repo_id is None:
             assert ing.local_dir is not None
             metas.append(local_meta(ing.local_dir, ing.name, allow_pickle=allow_pickle))
         else:
@@ -100,13 +107,16 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
 
 
 def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
-             trust_remote_code: bool = False) -> CompatibilityReport:
-    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code problems."""
+             trust_remote_code: bool = False, ingredients: Sequence[Ingredient] = ()) -> CompatibilityReport:
+    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code and adapter
+    problems."""
     check = None
     if arch_check:
         from .architecture import architecture_problems as check
     report = verdict(metas, align_labels=align_labels, architecture_check=check)
     for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
+        report.add(problem)
+    for problem in adapters.adapter_problems(ingredients, metas):
         report.add(problem)
     return report
 
@@ -148,8 +158,18 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
     (new values) and one reader each, closed by `stack`."""
     opened: list[Ingredient] = []
     readers: list[CheckpointReader] = []
+    bases: dict[str, Any] = {}
+
+    def open_base(base: Ingredient) -> tuple[Ingredient, CheckpointReader]:
+        (base,), (reader,) = _open_readers([base], stream=stream, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                           allow_pickle=allow_pickle, stack=stack)
+        return base, reader
+
     for ing in ingredients:
-        if ing.repo_id is not None and ing.local_dir is None:
+        if adapters.is_adapter(ing):
+            ing, reader = adapters.open_adapter(ing, open_base, bases, stack, token=token, endpoint=endpoint,
+                                                cache_dir=cache_dir)
+        elif ing.repo_id is not None and ing.local_dir is None:
             from . import hub
 
             local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=not stream,
@@ -229,7 +249,7 @@ def check_compatibility(
     ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    report = _verdict(metas, align_labels, arch_check, trust_remote_code)
+    report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
     report.weight_check = _sampled_weight_check(ingredients, metas, report, enabled=weight_check, token=token,
                                                 endpoint=endpoint, cache_dir=cache_dir, allow_pickle=allow_pickle)
     return report
@@ -254,6 +274,8 @@ def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[Ing
         return "skipped (the verdict already found blocking problems)."
     if any(m.tensors is None for m in metas):
         return "skipped (pickled weights cannot be sampled before they are downloaded)."
+    if any(adapters.is_adapter(i) for i in ingredients):
+        return "skipped (adapters: the soup checks their merged weights when it reads them)."
     on_hub = [i for i in ingredients if i.local_dir is None]
     assert metas[0].tensors is not None
     sample = (sample_tensor_names(metas[0].tensors, k=_HUB_SAMPLE_TENSORS, max_numel=_HUB_SAMPLE_NUMEL) if on_hub
@@ -480,7 +502,7 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, options.align_labels, False, trust_remote_code)
+    report = _verdict(metas, options.align_labels, False, trust_remote_code, ingredients)
     arch = _BackgroundArchCheck(metas) if options.arch_check else None
     for w in report.warnings:
         logger.warning("%s", w)
@@ -561,12 +583,13 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                                    progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
-                assert ingredients[0].local_dir is not None
-                lead = ingredients[lead_index(plan.weights, [i.score for i in ingredients])]
+                first = adapters.companion_source(ingredients[0])  # an adapter's config and tokenizer: its base's
+                assert first.local_dir is not None
+                lead = adapters.companion_source(ingredients[lead_index(plan.weights, [i.score for i in ingredients])])
                 averaged = [t for t in plan.tensors if t.average]
                 dtype = config_dtype(options.dtype_name, [t.dtype for t in averaged],
                                      [tensor_maps[0][t.name].dtype for t in averaged])
-                copy_companion_files(ingredients[0].local_dir, tmp, ingredient=ingredients[0].name, dtype=dtype,
+                copy_companion_files(first.local_dir, tmp, ingredient=first.name, dtype=dtype,
                                      processor_source=(lead.local_dir, lead.name))
                 if recipe.batchnorm is not None:  # a replay: the recorded recalibration, inside the same commit
                     from .evaluation.batchnorm import replay_batchnorm

@@ -96,6 +96,8 @@ class Ingredient:
     blob_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
     sizes: dict[str, int | None] = field(default_factory=dict, repr=False)
     requested_revision: str | None = field(default=None, repr=False)
+    #: An `hf_soups.adapters.AdapterSource` when the ingredient is a PEFT adapter (read as its merged model).
+    adapter: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:

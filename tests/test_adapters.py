@@ -1,0 +1,128 @@
+"""LoRA adapters as ingredients (#26): the soup of adapters is the soup of their merged models.
+
+The oracle is peft itself: `PeftModel.from_pretrained(base, adapter).merge_and_unload()` for each adapter, then
+`torch.stack(...).mean(0)`. hf_soups reads the adapters without peft.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_soups import check_compatibility, soup_from_hub
+from hf_soups.errors import IncompatibleIngredientsError, SoupError
+from hf_soups.testing import make_tiny_bert, perturb_checkpoint
+
+peft = pytest.importorskip("peft", reason="peft is the oracle of these tests (setup.cfg's test extra installs it)")
+
+
+def _load_base(base: str) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(base)
+
+
+def make_adapter(base: str, path: str, seed: int, **lora: object) -> str:
+    """A peft LoRA adapter of `base` with random, non-zero lora_B (so every delta is real), saved at `path`."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora.setdefault("target_modules", ["query", "value"])
+    model = get_peft_model(_load_base(base), LoraConfig(r=lora.pop("r", 4), lora_alpha=lora.pop("lora_alpha", 8),
+                                                        **lora))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name or "modules_to_save" in name:
+                param.normal_(0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def merged(base: str, adapter: str) -> dict[str, torch.Tensor]:
+    """peft's own merge of one adapter into its base."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(_load_base(base), adapter).merge_and_unload()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def full_state(path: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in _load_base(path).state_dict().items()}
+
+
+def assert_soup_is_mean(out: str, states: list[dict[str, torch.Tensor]], atol: float = 1e-5) -> None:
+    soup = load_file(os.path.join(out, "model.safetensors"))
+    assert set(soup) <= set(states[0]) and len(soup) > 10
+    for name, tensor in soup.items():
+        if not tensor.is_floating_point():
+            continue
+        truth = torch.stack([s[name].float() for s in states]).mean(0)
+        torch.testing.assert_close(tensor.float(), truth, atol=atol, rtol=0, msg=name)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("adapters") / "base", seed=0)
+
+
+@pytest.fixture(scope="module")
+def plain(base, tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("plain")
+    return [make_adapter(base, str(root / f"a{i}"), seed=10 + i) for i in range(3)]
+
+
+def test_uniform_soup_of_lora_adapters_equals_mean_of_peft_merges(base, plain, tmp_path):
+    soup = soup_from_hub(plain, output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert_soup_is_mean(soup.output_dir, [merged(base, a) for a in plain])
+    # the base's companions: config and tokenizer
+    assert json.load(open(tmp_path / "soup" / "config.json"))["architectures"] == ["BertForSequenceClassification"]
+    assert os.path.isfile(tmp_path / "soup" / "tokenizer.json") or os.path.isfile(tmp_path / "soup" / "vocab.txt")
+
+
+def test_rslora_rank_pattern_and_embedding_lora(base, tmp_path):
+    adapters = [
+        make_adapter(base, str(tmp_path / "rs"), seed=1, use_rslora=True, r=8, lora_alpha=4),
+        make_adapter(base, str(tmp_path / "rp"), seed=2, rank_pattern={"layer.1.attention.self.query": 2},
+                     alpha_pattern={"value": 3}),
+        # lora_embedding_A/B: ΔW = (B·A)ᵀ, the transposed path (as fan_in_fan_out)
+        make_adapter(base, str(tmp_path / "emb"), seed=3, target_modules=["word_embeddings", "key"], r=2),
+    ]
+    soup = soup_from_hub(adapters, output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert_soup_is_mean(soup.output_dir, [merged(base, a) for a in adapters])
+
+
+def test_modules_to_save_head_and_different_targets(base, tmp_path):
+    adapters = [
+        make_adapter(base, str(tmp_path / "h1"), seed=4, task_type="SEQ_CLS"),  # classifier in modules_to_save
+        make_adapter(base, str(tmp_path / "h2"), seed=5, task_type="SEQ_CLS", target_modules=["dense"]),
+    ]
+    report = check_compatibility(adapters, arch_check=False)
+    assert report.compatible, report
+    assert any(w.field == "target_modules" and "zero" in w.message for w in report.warnings)
+    soup = soup_from_hub(adapters, output_dir=tmp_path / "soup", merge_options=_quiet())
+    states = [merged(base, a) for a in adapters]
+    assert not torch.equal(states[0]["classifier.weight"], full_state(base)["classifier.weight"])  # a real head
+    assert_soup_is_mean(soup.output_dir, states)
+
+
+def test_full_fine_tune_mixed_with_two_adapters(base, plain, tmp_path):
+    full = perturb_checkpoint(base, tmp_path / "full", seed=7)
+    refs = [full, plain[0], plain[1]]
+    soup = soup_from_hub(refs, "weighted", weights=[2, 1, 1], output_dir=tmp_path / "soup", merge_options=_quiet())
+    states = [full_state(full), merged(base, plain[0]), merged(base, plain[1])]
+    out = load_file(os.path.join(soup.output_dir, "model.safetensors"))
+    for name, tensor in out.items():
+        if tensor.is_floating_point():
+            truth = (2 * states[0][name] + states[1][name] + states[2][name]) / 4
+            torch.testing.assert_close(tensor, truth, atol=1e-5, rtol=0, msg=name)
+
+
+def _quiet():
+    from hf_soups import MergeOptions
+
+    return MergeOptions(progress=False)
