@@ -126,3 +126,98 @@ def _quiet():
     from hf_soups import MergeOptions
 
     return MergeOptions(progress=False)
+
+
+# --- the verdict ---------------------------------------------------------------------------------------------------
+
+
+def test_adapters_of_two_bases_are_refused_naming_the_adapter(base, plain, tmp_path):
+    other = make_tiny_bert(tmp_path / "other-base", seed=1)  # same architecture, other weights
+    stranger = make_adapter(other, str(tmp_path / "stranger"), seed=6)
+    report = check_compatibility([plain[0], stranger], arch_check=False)
+    assert not report.compatible
+    (problem,) = [p for p in report.problems if p.field == "base"]
+    assert problem.ingredient == stranger and "adapts" in problem.message and "base=" in problem.fix
+    with pytest.raises(IncompatibleIngredientsError, match="stranger"):
+        soup_from_hub([plain[0], stranger], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert not os.path.exists(tmp_path / "soup")
+
+
+def test_a_copy_of_the_base_elsewhere_is_the_same_base(base, plain, tmp_path):
+    """Identical weight files at another path are one base (digests), so its adapters soup together."""
+    copy = shutil.copytree(base, tmp_path / "base-copy")
+    moved = make_adapter(str(copy), str(tmp_path / "moved"), seed=8)
+    assert check_compatibility([plain[0], moved], arch_check=False).compatible
+
+
+@pytest.mark.parametrize("kind", ["dora", "ia3", "lora_bias", "bias_all"])
+def test_refused_adapter_kinds_name_reason_and_fix(base, plain, tmp_path, kind):
+    from peft import IA3Config, get_peft_model
+
+    path = str(tmp_path / kind)
+    if kind == "ia3":
+        get_peft_model(_load_base(base), IA3Config(target_modules=["query", "value"], feedforward_modules=[])
+                       ).save_pretrained(path)
+        field = "peft_type"
+    else:
+        extra = {"dora": {"use_dora": True}, "lora_bias": {"lora_bias": True}, "bias_all": {"bias": "all"}}[kind]
+        make_adapter(base, path, seed=9, **extra)
+        field = {"dora": "use_dora", "lora_bias": "lora_bias", "bias_all": "bias"}[kind]
+    report = check_compatibility([plain[0], path], arch_check=False)
+    (problem,) = [p for p in report.problems if p.ingredient == path]
+    assert problem.field == field and ("merge_and_unload" in problem.fix or "LoRA" in problem.fix)
+    with pytest.raises(IncompatibleIngredientsError) as err:
+        soup_from_hub([plain[0], path], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert isinstance(err.value, SoupError) and path in str(err.value) and field in str(err.value)
+
+
+def test_dora_magnitude_vectors_are_refused_even_if_the_config_hides_them(base, plain, tmp_path):
+    path = make_adapter(base, str(tmp_path / "dora"), seed=9, use_dora=True)
+    config = json.load(open(os.path.join(path, "adapter_config.json")))
+    config["use_dora"] = False
+    json.dump(config, open(os.path.join(path, "adapter_config.json"), "w"))
+    report = check_compatibility([plain[0], path], arch_check=False)
+    assert [p.field for p in report.problems if p.ingredient == path] == ["use_dora"]
+
+
+def test_check_on_an_adapter_folder_no_longer_says_no_config(base, plain, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "hf_soups", "check", plain[0], plain[1]],
+                         capture_output=True, text=True, timeout=120)
+    assert "config.json" not in run.stderr, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# --- through the loopback Hub ---------------------------------------------------------------------------------------
+
+
+def _publish_adapter(api, path: str, repo_id: str, base_repo: str) -> str:
+    from conftest import publish
+
+    config_path = os.path.join(path, "adapter_config.json")
+    config = json.load(open(config_path))
+    config["base_model_name_or_path"] = base_repo
+    json.dump(config, open(config_path, "w"))
+    return publish(api, path, repo_id)
+
+
+def test_hub_adapters_and_a_hub_fine_tune_equal_peft(api, hub, base, tmp_path):
+    from conftest import publish
+
+    base_sha = publish(api, base, "alice/lora-base")
+    adapters = [make_adapter(base, str(tmp_path / f"h{i}"), seed=20 + i, task_type="SEQ_CLS") for i in range(2)]
+    for i, path in enumerate(adapters):
+        _publish_adapter(api, path, f"alice/lora-{i}", "alice/lora-base")
+    full = perturb_checkpoint(base, tmp_path / "full", seed=30)
+    publish(api, full, "alice/lora-full")
+    refs = ["alice/lora-0", "alice/lora-1", "alice/lora-full"]
+    states = [merged(base, adapters[0]), merged(base, adapters[1]), full_state(full)]
+    for stream in (False, True):
+        from hf_soups import MergeOptions
+
+        soup = soup_from_hub(refs, output_dir=tmp_path / f"soup-{stream}",
+                             merge_options=MergeOptions(progress=False, stream=stream))
+        assert_soup_is_mean(soup.output_dir, states)
+    assert soup.ingredients[0].adapter.base.revision == base_sha  # the base, pinned to its sha
