@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+
+import torch
 from collections.abc import Sequence
 from typing import Any
 
@@ -240,3 +242,69 @@ def companion_source(ing: Ingredient) -> Ingredient:
     """Where the soup's config, tokenizer and processor files come from: the base, for an adapter."""
     return ing.adapter.base if is_adapter(ing) else ing  # type: ignore[attr-defined]
 
+
+
+def export_adapter(ingredients: Sequence[Ingredient], readers: Sequence[CheckpointReader], weights: Sequence[float],
+                   rank: int, directory: str) -> dict[str, Any]:
+    """Write the soup as one LoRA adapter of rank `rank`: per target module, the truncated SVD of the souped
+    ΔW = Σ wₖ·sₖ·Bₖ·Aₖ (a module an adapter does not target adds zero); `modules_to_save` tensors are souped as
+    they are. Writes `adapter_config.json` and `adapter_model.safetensors` (peft's layout: `lora_alpha = r`, so the
+    scale is 1).
+
+    Returns:
+        `dict`: `{"rank", "errors": {module: relative Frobenius error}, "worst": (module, error), "exact"}`.
+
+    Raises:
+        [`InvalidArgumentError`]: an ingredient is not an adapter (a full fine-tune's ΔW is not low-rank).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from .checkpoint.adapter import factorise
+
+    if not all(is_adapter(i) for i in ingredients):
+        full = next(i.name for i in ingredients if not is_adapter(i))
+        raise InvalidArgumentError(f"as_adapter=True needs every ingredient to be a LoRA adapter; '{full}' is a full "
+                                   "model, whose weight delta is not low-rank.",
+                                   fix="drop as_adapter=True (the soup is then a full model), or soup adapters only.",
+                                   param="as_adapter")
+    sources: list[AdapterSource] = [i.adapter for i in ingredients]  # type: ignore[attr-defined]
+    targets = sorted(set().union(*(s.layout.deltas for s in sources)))
+    replaced = sorted(set().union(*(s.layout.replaced for s in sources)))
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+    embedding: set[str] = set()
+    for target in targets:
+        factors = []
+        for w, src, reader in zip(weights, sources, readers):
+            delta = src.layout.deltas.get(target)
+            if delta is None or w == 0:
+                continue
+            a, b = reader.adapter.read(delta.a_key).double(), reader.adapter.read(delta.b_key).double()
+            factors.append((b * (w * delta.scaling), a))
+            if "embedding" in delta.a_key:
+                embedding.add(target)
+        module = target.removesuffix(".weight")
+        if not factors:
+            continue
+        b, a, errors[module] = factorise(factors, rank)
+        kind = "lora_embedding_" if target in embedding else "lora_"
+        suffix = "" if target in embedding else ".weight"
+        tensors[f"base_model.model.{module}.{kind}A{suffix}"] = a.float().contiguous()
+        tensors[f"base_model.model.{module}.{kind}B{suffix}"] = b.float().contiguous()
+    for name in replaced:
+        souped = sum(w * r.read(name).double() for w, r in zip(weights, readers) if w)
+        tensors[f"base_model.model.{name}"] = souped.to(readers[0].tensors[name].torch_dtype).contiguous()
+    save_file(tensors, os.path.join(directory, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    first = sources[0]
+    config = dict(first.config.raw)
+    base = first.base
+    config.update(r=rank, lora_alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={},
+                  target_modules=sorted(errors), base_model_name_or_path=base.repo_id or base.local_dir,
+                  revision=base.revision, use_dora=False, lora_bias=False, bias="none",
+                  modules_to_save=sorted({m for s in sources for m in s.config.modules_to_save}) or None)
+    with open(os.path.join(directory, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    worst = max(errors.items(), key=lambda kv: kv[1]) if errors else ("", 0.0)
+    return {"rank": rank, "errors": errors, "worst": worst, "exact": worst[1] <= 1e-6}

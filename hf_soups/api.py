@@ -199,6 +199,7 @@ def check_compatibility(
     trust_remote_code: bool = False,
     endpoint: str | None = None,
     cache_dir: str | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> CompatibilityReport:
     """Decide whether ingredients can be souped, before any weight is downloaded.
 
@@ -228,6 +229,8 @@ def check_compatibility(
             Accept configs with `auto_map`; without it they are a problem in the verdict, as the soup refuses them.
         endpoint, cache_dir (`str`, *optional*):
             Hub endpoint and cache directory.
+        base (`str`, *optional*):
+            The base model of LoRA adapter ingredients, instead of each adapter's `base_model_name_or_path`.
 
     Returns:
         [`CompatibilityReport`]: `.compatible`, `.problems` (each naming the ingredient, field or tensor, and the
@@ -246,7 +249,7 @@ def check_compatibility(
         True
         ```
     """
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
@@ -339,6 +342,9 @@ def soup_from_hub(
     allow_pickle: bool = False,
     allow_single: bool = False,
     collection: str | None = None,
+    base: str | os.PathLike[str] | None = None,
+    as_adapter: bool = False,
+    rank: int | None = None,
     **deprecated: Any,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -399,6 +405,15 @@ def soup_from_hub(
             A Hub collection slug (`"user/my-sweep-64f9a55bb3115b4f513ec026"`) instead of `refs`: its models are
             checked by [`find_ingredients`] (headers only), the compatible ones are souped, each rejected one is
             logged with its reason, and the card records the collection and the date.
+        base (`str`, *optional*):
+            The base model of LoRA adapter ingredients (a Hub id, `id@rev` or a directory), instead of each
+            adapter's `base_model_name_or_path`. It is resolved to a commit sha and pulled once.
+        as_adapter (`bool`, *optional*, defaults to `False`):
+            Write the soup of LoRA adapters as one LoRA adapter of rank `rank` (the truncated SVD of the souped
+            ΔW per module) instead of a full model; `soup.adapter_export` and the card report the relative
+            Frobenius error per module and the worst.
+        rank (`int`, *optional*):
+            The rank of the adapter written with `as_adapter=True`.
         **deprecated:
             The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
             and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
@@ -466,6 +481,12 @@ def soup_from_hub(
         raise InvalidArgumentError(f"method={method!r} needs held-out data.",
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
+    if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise InvalidArgumentError(f"as_adapter=True needs rank=<a positive integer>, got {rank!r}.",
+                                   fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
+    if rank is not None and not as_adapter:
+        raise InvalidArgumentError("rank= is the rank of the adapter written with as_adapter=True.",
+                                   fix="pass as_adapter=True too, or drop rank=.", param="rank")
     output = None
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
         output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
@@ -476,7 +497,7 @@ def soup_from_hub(
 
         eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
                                     max_samples=spec.max_samples)
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
@@ -486,7 +507,8 @@ def soup_from_hub(
                                      needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
     return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
-                 options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery)
+                 options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
+                 as_adapter=rank if as_adapter else None)
 
 
 def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
@@ -523,11 +545,12 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None, calibration: Any = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
     commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
+    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
     """
     entry = get_method(method)
     with contextlib.ExitStack() as stack:
@@ -579,8 +602,11 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with output if output is not None else AtomicDirectory(target) as tmp:
-                merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
-                                   progress=options.progress, device=options.device)
+                if as_adapter is not None:
+                    soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
+                else:
+                    merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                                       progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
                 first = adapters.companion_source(ingredients[0])  # an adapter's config and tokenizer: its base's

@@ -221,3 +221,65 @@ def test_hub_adapters_and_a_hub_fine_tune_equal_peft(api, hub, base, tmp_path):
                              merge_options=MergeOptions(progress=False, stream=stream))
         assert_soup_is_mean(soup.output_dir, states)
     assert soup.ingredients[0].adapter.base.revision == base_sha  # the base, pinned to its sha
+
+
+# --- as_adapter: the soup written as one LoRA adapter ---------------------------------------------------------------
+
+
+def _share_a(source: str, target: str) -> None:
+    """Give `target` the lora_A matrices of `source`: the adapters then share one subspace."""
+    from safetensors.torch import save_file
+
+    a, t = load_file(os.path.join(source, "adapter_model.safetensors")), load_file(os.path.join(target,
+                                                                                              "adapter_model.safetensors"))
+    save_file({k: (a[k] if "lora_A" in k else v) for k, v in t.items()}, os.path.join(target, "adapter_model.safetensors"))
+
+
+def _deltas(base: str, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    ref = full_state(base)
+    mean = {k: torch.stack([s[k].double() for s in states]).mean(0) for k in states[0] if states[0][k].is_floating_point()}
+    return {k: mean[k] - ref[k].double() for k in mean}
+
+
+def test_as_adapter_reproduces_a_rank_r_soup_exactly(base, tmp_path):
+    adapters = [make_adapter(base, str(tmp_path / f"s{i}"), seed=40 + i, task_type="SEQ_CLS") for i in range(3)]
+    for other in adapters[1:]:
+        _share_a(adapters[0], other)
+    soup = soup_from_hub(adapters, output_dir=tmp_path / "soup", as_adapter=True, rank=4, merge_options=_quiet())
+    export = soup.adapter_export
+    assert export["exact"] and export["worst"][1] < 1e-6 and len(export["errors"]) == 4
+    assert "exact" in soup.card.text and "As a LoRA adapter" in soup.card.text
+    truth = _deltas(base, [merged(base, a) for a in adapters])
+    got = _deltas(base, [merged(base, soup.output_dir)])  # the written adapter, loaded and merged by peft
+    for name in truth:
+        torch.testing.assert_close(got[name], truth[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_as_adapter_reports_the_truncation_error_per_module(base, plain, tmp_path):
+    soup = soup_from_hub(plain, "weighted", weights=[3, 2, 1], output_dir=tmp_path / "soup", as_adapter=True, rank=2,
+                         merge_options=_quiet())
+    export = soup.adapter_export
+    assert not export["exact"]
+    states = [merged(base, a) for a in plain]
+    ref = full_state(base)
+    truth = {k: (3 * states[0][k].double() + 2 * states[1][k].double() + states[2][k].double()) / 6 - ref[k].double()
+             for k in ref if ref[k].is_floating_point()}
+    got = _deltas(base, [merged(base, soup.output_dir)])
+    for module, error in export["errors"].items():
+        name = f"{module}.weight"
+        independent = float((got[name] - truth[name]).norm() / truth[name].norm())
+        assert 0.05 < independent and abs(independent - error) < 1e-4, (module, independent, error)
+    assert export["worst"][1] == max(export["errors"].values())
+    assert f"{export['worst'][1]:.2e}" in soup.card.text
+
+
+def test_as_adapter_arguments_are_checked_first(base, plain, tmp_path):
+    from hf_soups.errors import InvalidArgumentError
+
+    for kwargs in ({"as_adapter": True}, {"as_adapter": True, "rank": 0}, {"rank": 4}):
+        with pytest.raises(InvalidArgumentError, match="rank"):
+            soup_from_hub(plain, output_dir=tmp_path / "soup", merge_options=_quiet(), **kwargs)
+    full = perturb_checkpoint(base, tmp_path / "full", seed=7)
+    with pytest.raises(InvalidArgumentError, match="full model"):
+        soup_from_hub([plain[0], full], output_dir=tmp_path / "soup", as_adapter=True, rank=2, merge_options=_quiet())
+    assert not os.path.exists(tmp_path / "soup")

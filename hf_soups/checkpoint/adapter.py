@@ -333,3 +333,34 @@ class AdapterReader(CheckpointReader):
 
     def close(self) -> None:
         self.adapter.close()
+
+
+def factorise(factors: list[tuple[torch.Tensor, torch.Tensor]], rank: int
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The best rank-`rank` LoRA pair of ΔW = Σ Bₖ·Aₖ (truncated SVD, Eckart–Young), without forming ΔW.
+
+    With P = [B₁ … Bₖ] and Q = [A₁; …; Aₖ], ΔW = P·Q; QR of P and of Qᵀ reduce the SVD to one of R × R (R = Σ rₖ).
+
+    Args:
+        factors (`list[tuple[torch.Tensor, torch.Tensor]]`): `(B, A)` pairs (`out × r`, `r × in`), weights and scales
+            already folded into B.
+        rank (`int`): the output rank.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor, float]`: `B` (`out × rank`), `A` (`rank × in`), in fp64, and the relative
+        Frobenius error ‖ΔW − B·A‖ / ‖ΔW‖ (0 for a zero ΔW).
+    """
+    p = torch.cat([b.double() for b, _ in factors], dim=1)
+    q = torch.cat([a.double() for _, a in factors], dim=0)
+    qp, rp = torch.linalg.qr(p)
+    qq, rq = torch.linalg.qr(q.t())
+    u, s, vh = torch.linalg.svd(rp @ rq.t())
+    keep = min(rank, s.numel())
+    root = s[:keep].sqrt()
+    b = torch.zeros(p.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, q.shape[1], dtype=torch.float64)
+    b[:, :keep] = (qp @ u[:, :keep]) * root
+    a[:keep] = root[:, None] * (vh[:keep] @ qq.t())
+    total = float(s.square().sum())
+    error = math.sqrt(float(s[keep:].square().sum()) / total) if total > 0 else 0.0
+    return b, a, error
