@@ -482,10 +482,10 @@ def soup_from_hub(
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
     if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise InvalidArgumentError(f"as_adapter=True needs rank=<a positive integer>, got {rank!r}.",
+        raise InvalidArgumentError(f"writing the soup as an adapter needs its rank, a positive integer; got {rank!r}.",
                                    fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
     if rank is not None and not as_adapter:
-        raise InvalidArgumentError("rank= is the rank of the adapter written with as_adapter=True.",
+        raise InvalidArgumentError("a rank is only used when the soup is written as an adapter.",
                                    fix="pass as_adapter=True too, or drop rank=.", param="rank")
     output = None
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state

@@ -200,6 +200,8 @@ def _publish_adapter(api, path: str, repo_id: str, base_repo: str) -> str:
     config = json.load(open(config_path))
     config["base_model_name_or_path"] = base_repo
     json.dump(config, open(config_path, "w"))
+    with open(os.path.join(path, "README.md"), "w") as f:  # as peft writes it for a Hub base
+        f.write(f"---\nbase_model: {base_repo}\nlibrary_name: peft\n---\n\n# {repo_id}\n")
     return publish(api, path, repo_id)
 
 
@@ -283,3 +285,42 @@ def test_as_adapter_arguments_are_checked_first(base, plain, tmp_path):
     with pytest.raises(InvalidArgumentError, match="full model"):
         soup_from_hub([plain[0], full], output_dir=tmp_path / "soup", as_adapter=True, rank=2, merge_options=_quiet())
     assert not os.path.exists(tmp_path / "soup")
+
+
+def test_cli_as_adapter_and_rank_speak_flags(plain, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "hf_soups", "soup", plain[0], plain[1], "--as-adapter",
+                          "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--rank" in run.stderr and "rank=" not in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "hf_soups", "soup", plain[0], plain[1], "--as-adapter", "--rank", "4",
+                          "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert os.path.isfile(tmp_path / "o" / "adapter_config.json") and not os.path.exists(tmp_path / "o" / "model.safetensors")
+
+
+# --- discovery ------------------------------------------------------------------------------------------------------
+
+
+def test_find_lists_adapters_only_with_the_flag(api, hub, base, tmp_path):
+    from conftest import publish
+
+    from hf_soups import find_ingredients
+
+    publish(api, base, "alice/find-base")
+    for i in range(2):
+        path = make_adapter(base, str(tmp_path / f"f{i}"), seed=50 + i)
+        _publish_adapter(api, path, f"alice/find-lora-{i}", "alice/find-base")
+    dora = make_adapter(base, str(tmp_path / "fd"), seed=52, use_dora=True)
+    _publish_adapter(api, dora, "alice/find-dora", "alice/find-base")
+    without = find_ingredients("alice/find-base", arch_check=False, progress=False)
+    assert not any(c.repo_id.startswith("alice/find-lora") for c in without.ingredients)
+    reasons = {c.repo_id: c.fix for c in without.rejected}
+    assert "adapters=True" in reasons["alice/find-lora-0"]
+    found = find_ingredients("alice/find-base", arch_check=False, progress=False, adapters=True)
+    assert {c.repo_id for c in found.ingredients} >= {"alice/find-lora-0", "alice/find-lora-1"}
+    (dora_row,) = [c for c in found.rejected if c.repo_id == "alice/find-dora"]
+    assert "use_dora" in dora_row.reason
+    soup = soup_from_hub(found, output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert os.path.isfile(os.path.join(soup.output_dir, "model.safetensors"))
