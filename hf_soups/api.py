@@ -578,7 +578,9 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         if entry.needs_eval:
             from .evaluation import held_out
 
-            chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, eval_data, spec,
+            # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
+            evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir) for i in ingredients]
+            chosen = held_out.choose_weights(method, plan, readers, evaluated, metas[0].config, eval_data, spec,
                                              trust_remote_code=trust_remote_code, progress=options.progress)
             plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
         else:

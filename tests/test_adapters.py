@@ -324,3 +324,23 @@ def test_find_lists_adapters_only_with_the_flag(api, hub, base, tmp_path):
     assert "use_dora" in dora_row.reason
     soup = soup_from_hub(found, output_dir=tmp_path / "soup", merge_options=_quiet())
     assert os.path.isfile(os.path.join(soup.output_dir, "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["greedy", "learned"])
+def test_held_out_methods_soup_adapters_as_their_merged_models(tmp_path, method):
+    from hf_soups import EvalSpec
+    from hf_soups.testing import sentiment_examples
+
+    base2 = make_tiny_bert(tmp_path / "base2", seed=3, num_labels=2)
+    adapters = [make_adapter(base2, str(tmp_path / f"g{i}"), seed=60 + i, task_type="SEQ_CLS") for i in range(3)]
+    spec = EvalSpec(batch_size=8, **({"learned_steps": 3} if method == "learned" else {}))
+    soup = soup_from_hub(adapters, method, eval_dataset=sentiment_examples(24), eval_spec=spec,
+                         output_dir=tmp_path / "soup", merge_options=_quiet())
+    weights = soup.weights
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-6 and set(soup.scores) == set(adapters)
+    states = [merged(base2, a) for a in adapters]
+    out = load_file(os.path.join(soup.output_dir, "model.safetensors"))
+    for name, tensor in out.items():
+        if tensor.is_floating_point():
+            truth = sum(w * s[name].double() for w, s in zip(weights, states))
+            torch.testing.assert_close(tensor.double(), truth, atol=1e-5, rtol=0, msg=name)
