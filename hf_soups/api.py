@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from . import adapters
 from .checkpoint.companions import config_dtype, copy_companion_files, lead_index
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
@@ -31,7 +32,7 @@ from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
 from .options import resolve_options
 from .recipes import EvalSpec, Recipe, get_method
-from .refs import Ingredient, IngredientMeta, IngredientRef
+from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
 from .soup import Soup
 from .validation import (
@@ -51,15 +52,9 @@ RefLike = str | os.PathLike | IngredientRef
 
 
 
-def _local_dir(ing: Ingredient) -> str:
-    """Where an ingredient's files are on disk; one that has none here is a bug, reported as a typed error."""
-    if ing.local_dir is None:
-        raise SoupError("the ingredient's files are not on disk at this step.", ingredient=ing.name,
-                        fix="report this bug.")
-    return ing.local_dir
-
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
-                 endpoint: str | None, cache_dir: str | None) -> list[Ingredient]:
+                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None
+                 ) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
@@ -73,10 +68,12 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
                                    param="revision")
     parsed = [IngredientRef.parse(r, rev) for r, rev in zip(refs, revisions)]
     if all(p.is_local for p in parsed):
-        return [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
-    from . import hub
+        resolved = [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
+    else:
+        from . import hub
 
-    return [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+        resolved = [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
+    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir)
 
 
 def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
@@ -94,10 +91,13 @@ def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
 
 def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, cache_dir: str | None,
            allow_pickle: bool) -> list[IngredientMeta]:
+    bases = adapters.base_metas(ingredients, lambda b: _metas([b], token, endpoint, cache_dir, allow_pickle)[0])
     metas = []
     for ing in ingredients:
-        if ing.repo_id is None:
-            metas.append(local_meta(_local_dir(ing), ing.name, allow_pickle=allow_pickle))
+        if adapters.is_adapter(ing):
+            metas.append(adapters.adapter_meta(ing, bases[ing.adapter.base.name]))
+        elif ing.repo_id is None:
+            metas.append(local_meta(local_dir_of(ing), ing.name, allow_pickle=allow_pickle))
         else:
             from . import hub
 
@@ -107,13 +107,16 @@ def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, 
 
 
 def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
-             trust_remote_code: bool = False) -> CompatibilityReport:
-    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code problems."""
+             trust_remote_code: bool = False, ingredients: Sequence[Ingredient] = ()) -> CompatibilityReport:
+    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code and adapter
+    problems."""
     check = None
     if arch_check:
         from .architecture import architecture_problems as check
     report = verdict(metas, align_labels=align_labels, architecture_check=check)
     for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
+        report.add(problem)
+    for problem in adapters.adapter_problems(ingredients, metas):
         report.add(problem)
     return report
 
@@ -155,8 +158,18 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
     (new values) and one reader each, closed by `stack`."""
     opened: list[Ingredient] = []
     readers: list[CheckpointReader] = []
+    bases: dict[str, Any] = {}
+
+    def open_base(base: Ingredient) -> tuple[Ingredient, CheckpointReader]:
+        (base,), (reader,) = _open_readers([base], stream=stream, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                           allow_pickle=allow_pickle, stack=stack)
+        return base, reader
+
     for ing in ingredients:
-        if ing.repo_id is not None and ing.local_dir is None:
+        if adapters.is_adapter(ing):
+            ing, reader = adapters.open_adapter(ing, open_base, bases, stack, token=token, endpoint=endpoint,
+                                                cache_dir=cache_dir)
+        elif ing.repo_id is not None and ing.local_dir is None:
             from . import hub
 
             local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=not stream,
@@ -167,7 +180,7 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
             else:
                 reader = open_checkpoint(local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
         else:
-            reader = open_checkpoint(_local_dir(ing), ingredient=ing.name, allow_pickle=allow_pickle)
+            reader = open_checkpoint(local_dir_of(ing), ingredient=ing.name, allow_pickle=allow_pickle)
         opened.append(ing)
         readers.append(stack.enter_context(reader))
     return opened, readers
@@ -185,6 +198,7 @@ def check_compatibility(
     trust_remote_code: bool = False,
     endpoint: str | None = None,
     cache_dir: str | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> CompatibilityReport:
     """Decide whether ingredients can be souped, before any weight is downloaded.
 
@@ -214,6 +228,8 @@ def check_compatibility(
             Accept configs with `auto_map`; without it they are a problem in the verdict, as the soup refuses them.
         endpoint, cache_dir (`str`, *optional*):
             Hub endpoint and cache directory.
+        base (`str`, *optional*):
+            The base model of LoRA adapter ingredients, instead of each adapter's `base_model_name_or_path`.
 
     Returns:
         [`CompatibilityReport`]: `.compatible`, `.problems` (each naming the ingredient, field or tensor, and the
@@ -232,10 +248,10 @@ def check_compatibility(
         True
         ```
     """
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    report = _verdict(metas, align_labels, arch_check, trust_remote_code)
+    report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
     report.weight_check = _sampled_weight_check(ingredients, metas, report, enabled=weight_check, token=token,
                                                 endpoint=endpoint, cache_dir=cache_dir, allow_pickle=allow_pickle)
     return report
@@ -260,6 +276,8 @@ def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[Ing
         return "skipped (the verdict already found blocking problems)."
     if any(m.tensors is None for m in metas):
         return "skipped (pickled weights cannot be sampled before they are downloaded)."
+    if any(adapters.is_adapter(i) for i in ingredients):
+        return "skipped (adapters: the soup checks their merged weights when it reads them)."
     on_hub = [i for i in ingredients if i.local_dir is None]
     lead_tensors = metas[0].tensors or {}  # not None: checked just above
     sample = (sample_tensor_names(lead_tensors, k=_HUB_SAMPLE_TENSORS, max_numel=_HUB_SAMPLE_NUMEL) if on_hub
@@ -323,6 +341,9 @@ def soup_from_hub(
     allow_pickle: bool = False,
     allow_single: bool = False,
     collection: str | None = None,
+    base: str | os.PathLike[str] | None = None,
+    as_adapter: bool = False,
+    rank: int | None = None,
     **deprecated: Any,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
@@ -383,6 +404,15 @@ def soup_from_hub(
             A Hub collection slug (`"user/my-sweep-64f9a55bb3115b4f513ec026"`) instead of `refs`: its models are
             checked by [`find_ingredients`] (headers only), the compatible ones are souped, each rejected one is
             logged with its reason, and the card records the collection and the date.
+        base (`str`, *optional*):
+            The base model of LoRA adapter ingredients (a Hub id, `id@rev` or a directory), instead of each
+            adapter's `base_model_name_or_path`. It is resolved to a commit sha and pulled once.
+        as_adapter (`bool`, *optional*, defaults to `False`):
+            Write the soup of LoRA adapters as one LoRA adapter of rank `rank` (the truncated SVD of the souped
+            ΔW per module) instead of a full model; `soup.adapter_export` and the card report the relative
+            Frobenius error per module and the worst.
+        rank (`int`, *optional*):
+            The rank of the adapter written with `as_adapter=True`.
         **deprecated:
             The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
             and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
@@ -450,6 +480,12 @@ def soup_from_hub(
         raise InvalidArgumentError(f"method={method!r} needs held-out data.",
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
+    if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise InvalidArgumentError(f"writing the soup as an adapter needs its rank, a positive integer; got {rank!r}.",
+                                   fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
+    if rank is not None and not as_adapter:
+        raise InvalidArgumentError("a rank is only used when the soup is written as an adapter.",
+                                   fix="pass as_adapter=True too, or drop rank=.", param="rank")
     output = None
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
         output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
@@ -460,7 +496,7 @@ def soup_from_hub(
 
         eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
                                     max_samples=spec.max_samples)
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
@@ -470,7 +506,8 @@ def soup_from_hub(
                                      needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
     return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
-                 options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery)
+                 options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
+                 as_adapter=rank if as_adapter else None)
 
 
 def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
@@ -486,7 +523,7 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     for meta in metas:
         check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, options.align_labels, False, trust_remote_code)
+    report = _verdict(metas, options.align_labels, False, trust_remote_code, ingredients)
     arch = _BackgroundArchCheck(metas) if options.arch_check else None
     for w in report.warnings:
         logger.warning("%s", w)
@@ -508,11 +545,12 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None, calibration: Any = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
     commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
+    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
     """
     entry = get_method(method)
     with contextlib.ExitStack() as stack:
@@ -540,7 +578,9 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         if entry.needs_eval:
             from .evaluation import held_out
 
-            chosen = held_out.choose_weights(method, plan, readers, ingredients, metas[0].config, eval_data, spec,
+            # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
+            evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir) for i in ingredients]
+            chosen = held_out.choose_weights(method, plan, readers, evaluated, metas[0].config, eval_data, spec,
                                              trust_remote_code=trust_remote_code, progress=options.progress)
             plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
         else:
@@ -564,15 +604,19 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
 
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with output if output is not None else AtomicDirectory(target) as tmp:
-                merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
-                                   progress=options.progress, device=options.device)
+                if as_adapter is not None:
+                    soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
+                else:
+                    merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                                       progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
-                lead = ingredients[lead_index(plan.weights, [i.score for i in ingredients])]
+                first = adapters.companion_source(ingredients[0])  # an adapter's config and tokenizer: its base's
+                lead = adapters.companion_source(ingredients[lead_index(plan.weights, [i.score for i in ingredients])])
                 averaged = [t for t in plan.tensors if t.average]
                 dtype = config_dtype(options.dtype_name, [t.dtype for t in averaged],
                                      [tensor_maps[0][t.name].dtype for t in averaged])
-                copy_companion_files(_local_dir(ingredients[0]), tmp, ingredient=ingredients[0].name, dtype=dtype,
+                copy_companion_files(local_dir_of(first), tmp, ingredient=first.name, dtype=dtype,
                                      processor_source=(lead.local_dir, lead.name))
                 if recipe.batchnorm is not None:  # a replay: the recorded recalibration, inside the same commit
                     from .evaluation.batchnorm import replay_batchnorm

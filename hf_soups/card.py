@@ -188,6 +188,7 @@ def build_card(
     inherited: Mapping[str, Any] | None = None,
     local_path: str | None = None,
     notes: Sequence[str] = (),
+    adapter_export: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render a soup's model card.
 
@@ -212,6 +213,7 @@ def build_card(
         differences (`Mapping[str, Mapping[str, (delta, low, high)]]`, *optional*): each method minus the best
             individual, with its paired bootstrap interval.
         warnings (`Sequence[str]`, *optional*): e.g. a held-out set too small to separate the candidates.
+        adapter_export (`Mapping`, *optional*): the errors of a soup written as one LoRA adapter (`as_adapter`).
         notes (`Sequence[str]`, *optional*): notes on the results printed under the table (e.g. how BatchNorm
             statistics were recalibrated for a like-for-like comparison).
 
@@ -262,6 +264,8 @@ def build_card(
             reason = f": {escape_markdown(step['reason'])}" if step.get("reason") else ""
             lines.append(f"| {k} | {escape_markdown(step['ingredient'])} | {_fmt(step['score'])} | "
                          f"{'accepted' if step['accepted'] else 'rejected'}{reason} | {step['soup_size']} |")
+    if adapter_export:
+        lines += _adapter_lines(adapter_export)
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {escape_markdown(w)}" for w in warnings]
     if results:
@@ -300,6 +304,17 @@ def build_card(
         *usage_lines(config, model_path),
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _adapter_lines(export: Mapping[str, Any]) -> list[str]:
+    """The card's account of a soup written as one LoRA adapter: exact, or the SVD's error per module."""
+    module, worst = export["worst"]
+    how = ("exact: the souped weight delta has rank at most r in every module" if export["exact"] else
+           f"approximate: worst relative Frobenius error {worst:.2e} ({escape_markdown(module)})")
+    lines = ["", "## As a LoRA adapter", "",
+             f"Written as one LoRA adapter of rank {export['rank']}: the truncated SVD of the souped weight delta "
+             f"of each module; {how}.", "", "| module | relative Frobenius error |", "|---|---|"]
+    return lines + [f"| {escape_markdown(m)} | {e:.2e} |" for m, e in sorted(export["errors"].items())]
 
 
 def _replay_command(repo_id: str | None) -> str:

@@ -144,6 +144,8 @@ class Ingredient:
     blob_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
     sizes: dict[str, int | None] = field(default_factory=dict, repr=False)
     requested_revision: str | None = field(default=None, repr=False)
+    #: An `hf_soups.adapters.AdapterSource` when the ingredient is a PEFT adapter (read as its merged model).
+    adapter: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -176,3 +178,12 @@ class IngredientMeta:
     base_model: tuple[str, ...] | None = None
     vocabulary: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
     processor: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+def local_dir_of(ing: Ingredient) -> str:
+    """Where an ingredient's files are on disk (after its download); one that has none here is a bug of hf_soups,
+    reported as a typed error rather than an `assert` (which `python -O` removes)."""
+    if ing.local_dir is None:
+        raise SoupError("the ingredient's files are not on disk at this step.", ingredient=ing.name,
+                        fix="report this bug to hf_soups.")
+    return ing.local_dir

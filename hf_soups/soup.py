@@ -99,6 +99,7 @@ class Soup:
     datasets: dict[str, dict[str, str]] = field(default_factory=dict)
     card_metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    adapter_export: dict[str, Any] | None = None
     calibration_data: Any = field(default=None, repr=False, compare=False)
     _model: Any = field(default=None, repr=False)
 
@@ -132,6 +133,7 @@ class Soup:
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
             compat_warnings=self.report.warnings if self.report else (), datasets=self.datasets,
             inherited=self.card_metadata, local_path=self.output_dir, notes=self.notes,
+            adapter_export=self.adapter_export,
         )
 
     @property

@@ -62,7 +62,7 @@ FLAGS: dict[str, str] = {
     "strict": "--strict", "stream": "--stream", "max_samples": "--max-eval-samples",
     "calibration_dataset": "--calibration-dataset", "last": "--last", "top": "--top",
     "greater_is_better": "--greater-is-better", "since_step": "--since-step", "base_model": "--base",
-    "collection": "--collection",
+    "collection": "--collection", "as_adapter": "--as-adapter", "rank": "--rank", "base": "--base",
 }
 
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
@@ -70,6 +70,9 @@ _CLI_FIXES: dict[str, str] = {
     "eval_dataset": "pass --eval-dataset FILE_OR_ID (a csv/json/parquet file, a save_to_disk directory or a Hub "
                     "dataset id), with --split, --text-column and --label-column as needed.",
     "token": "pass --token hf_..., set HF_TOKEN, or run `hf auth login`.",
+    "rank": "pass --as-adapter --rank R (R a positive integer), or neither.",
+    "as_adapter": "drop --as-adapter (the soup is then a full model), or soup LoRA adapters only.",
+    "base": "pass --base REPO_OR_DIR, the full model the adapters were trained on.",
     "text_column": "pass --text-column NAME with one of the dataset's columns.",
     "label_column": "pass --label-column NAME with one of the dataset's columns.",
     "image_column": "pass --image-column NAME with one of the dataset's columns.",
@@ -238,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
     soup.add_argument("--allow-single", action="store_true",
                       help="accept a single REF (a 'soup' identical to it, for testing pipelines)")
+    soup.add_argument("--base", default=None, metavar="REPO",
+                      help="the base model of LoRA adapter REFs (default: each adapter's base_model_name_or_path)")
+    soup.add_argument("--as-adapter", action="store_true",
+                      help="write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)")
+    soup.add_argument("--rank", type=int, default=None, metavar="R", help="the rank of the --as-adapter output")
     _add_common(soup)
 
     find = sub.add_parser("find", help="find fine-tunes of a base model (or a collection) on the Hub and check them "
@@ -256,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--write-refs", default=None, metavar="FILE",
                       help="write the compatible refs, pinned to their sha, for `hf-soups soup @FILE`")
     find.add_argument("--json", action="store_true", help="print the result as JSON")
+    find.add_argument("--adapters", action="store_true",
+                      help="list the base's LoRA adapters as ingredients too (read as their merged weights)")
     find.add_argument("--align-labels", action="store_true", help="accept id2label permutations")
     find.add_argument("--max-workers", type=int, default=8, metavar="N",
                       help="repos checked at the same time (default: 8)")
@@ -328,7 +338,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
         _check_write_refs(args.write_refs)  # before any request: a bad path fails now, not after the listing
     found = find_ingredients(args.base_model, author=args.author, task=args.task, search=args.search,
                              collection=args.collection, limit=args.limit, align_labels=args.align_labels,
-                             token=args.token, max_workers=args.max_workers)
+                             token=args.token, max_workers=args.max_workers, adapters=args.adapters)
     print(json.dumps(found.to_dict(), indent=2) if args.json else found.to_table())
     if args.write_refs:
         try:
@@ -411,7 +421,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
         refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
         revision=args.revision, eval_dataset=eval_dataset, eval_spec=spec, merge_options=options,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-        allow_single=args.allow_single,
+        allow_single=args.allow_single, base=args.base, as_adapter=args.as_adapter, rank=args.rank,
     )
     from ..evaluation.distributed import is_main_process
 

@@ -44,7 +44,7 @@ _SLUG = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", re.ASCII)
 
 _RELATION_REASONS = {
     "adapter": ("a PEFT adapter of '{base}', not a full fine-tune.",
-                "merge it into the base first (peft's `merge_and_unload()`), push that, and soup the merged model."),
+                "pass adapters=True (CLI: --adapters) to soup it as its merged weights, W + s·B·A."),
     "quantized": ("a quantized copy of '{base}'; a soup averages full-precision fine-tunes.",
                   "soup the full-precision fine-tunes it was made from."),
     "merge": ("a merge of several models (base_model_relation: merge), not a fine-tune.",
@@ -264,6 +264,7 @@ def find_ingredients(
     cache_dir: str | None = None,
     progress: bool = True,
     max_workers: int = 8,
+    adapters: bool = False,
 ) -> CandidateSet:
     """Find fine-tunes of one base model on the Hub (or in a collection) and keep those that can be souped together.
 
@@ -272,7 +273,10 @@ def find_ingredients(
     safetensors headers are read (never its weights), `max_workers` repos at a time; then the compatibility verdict
     runs over the group. The majority decides which repos are the odd ones out (see the module docstring).
 
-    Rejected, each with its reason: adapters, quantized copies and merges of the base; repos that do not declare
+    With `adapters=True`, the base's LoRA adapters (`base_model_relation: adapter`) are ingredients too, each read
+    as its merged weights (refused kinds, such as DoRA or IA3, are rejected with their reason).
+
+    Rejected, each with its reason: adapters (unless `adapters=True`), quantized copies and merges of the base; repos that do not declare
     `base_model` (collections); repos without safetensors weights; gated or private repos without a token; another
     architecture, other tensor shapes, `num_labels` or label order (unless `align_labels=True`), another tokenizer,
     or a checkpoint that does not match its own config.
@@ -347,13 +351,13 @@ def find_ingredients(
     for item in order:
         problem = repo_id_problem(item.repo_id)
         rejection = ((f"not a valid Hub repo id ({problem}).", "remove it from the collection, or list only valid "
-                      "repo ids.") if problem is not None else _relation_rejection(item, base_model))
+                      "repo ids.") if problem is not None else _relation_rejection(item, base_model, adapters))
         if rejection is not None:
             checked.append(_Checked(item, reason=rejection[0], fix=rejection[1]))
         else:
             to_inspect.append(item)
     checked += _inspect_all(to_inspect, token=token, endpoint=endpoint, cache_dir=cache_dir, progress=progress,
-                            max_workers=max_workers)
+                            max_workers=max_workers, adapters=adapters)
     for c in checked:
         if c.reason is None and c.meta is not None:
             c.reason, c.fix = _declaration_problem(c, base_model, task)
@@ -445,18 +449,20 @@ def _from_collection(api: HfApi, slug: str, *, author: str | None, search: str |
     return out[:limit] if limit is not None else out
 
 
-def _relation_rejection(item: _Listed, base_model: str | None) -> tuple[str, str] | None:
+def _relation_rejection(item: _Listed, base_model: str | None, adapters: bool = False) -> tuple[str, str] | None:
     """Adapters, quantized copies and merges of the base, told apart by the Hub's tags (no request needed)."""
     if base_model is None or item.tags is None or f"base_model:finetune:{base_model}" in item.tags:
         return None
     for relation, (reason, fix) in _RELATION_REASONS.items():
+        if relation == "adapter" and adapters:
+            continue
         if f"base_model:{relation}:{base_model}" in item.tags:
             return reason.format(base=base_model), fix
     return None
 
 
 def _inspect_all(items: Sequence[_Listed], *, token: Any, endpoint: str | None, cache_dir: str | None,
-                 progress: bool, max_workers: int) -> list[_Checked]:
+                 progress: bool, max_workers: int, adapters: bool = False) -> list[_Checked]:
     """Pin and preflight every candidate, `max_workers` at a time; results in the order of `items`."""
     results: list[_Checked | None] = [None] * len(items)
     if not items:
@@ -464,23 +470,77 @@ def _inspect_all(items: Sequence[_Listed], *, token: Any, endpoint: str | None, 
     bar = tqdm(total=len(items), desc=f"Checking {len(items)} candidates", unit="repo",
                disable=not progress or constants.progress_disabled())
     with bar, ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="hf-soups-find") as pool:
-        futures = {pool.submit(_inspect, item, token, endpoint, cache_dir): k for k, item in enumerate(items)}
+        bases = _BaseMetas(token, endpoint, cache_dir) if adapters else None
+        futures = {pool.submit(_inspect, item, token, endpoint, cache_dir, bases): k for k, item in enumerate(items)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             bar.update(1)
     return [r for r in results if r is not None]
 
 
-def _inspect(item: _Listed, token: Any, endpoint: str | None, cache_dir: str | None) -> _Checked:
+class _BaseMetas:
+    """Each adapter base's meta, fetched once (pinned to its sha) however many adapters name it; thread-safe."""
+
+    def __init__(self, token: Any, endpoint: str | None, cache_dir: str | None) -> None:
+        import threading
+
+        self._args = (token, endpoint, cache_dir)
+        self._lock = threading.Lock()
+        self._metas: dict[tuple[str, str | None], IngredientMeta] = {}
+
+    def get(self, ref: str, revision: str | None) -> IngredientMeta:
+        token, endpoint, cache_dir = self._args
+        with self._lock:
+            if (ref, revision) not in self._metas:
+                base = resolve(IngredientRef.parse(ref, revision), token=token, endpoint=endpoint, cache_dir=cache_dir)
+                self._metas[(ref, revision)] = fetch_meta(base, token=token, cache_dir=cache_dir, endpoint=endpoint)
+            return self._metas[(ref, revision)]
+
+
+def _adapter_meta(ing: Ingredient, bases: _BaseMetas, token: Any, endpoint: str | None,
+                  cache_dir: str | None) -> tuple[IngredientMeta | None, tuple[str, str] | None]:
+    """An adapter repo's verdict inputs (its base's config, its merged tensors), or why it is refused."""
+    from ..checkpoint.adapter import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_refusals, build_layout, layout_tensors,
+                                      parse_adapter_config)
+    from ..checkpoint.safe_files import read_inside
+    from .client import download
+    from .stream import read_remote_header
+
+    if ADAPTER_WEIGHTS not in ing.files:
+        return None, ("the adapter has no adapter_model.safetensors.", "ask the author to re-save it with peft.")
+    small = download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
+    config = parse_adapter_config(read_inside(small, ADAPTER_CONFIG, ingredient=ing.name), ing.name)
+    header, _ = read_remote_header(ing, ADAPTER_WEIGHTS, token=token, endpoint=endpoint)
+    refused = adapter_refusals(config, header)
+    if refused:
+        field, reason, fix = refused[0]
+        return None, (f"{field}: {reason}", fix)
+    if not config.base_model:
+        return None, ("its adapter_config.json names no base model.", "ask the author to set base_model_name_or_path.")
+    base = bases.get(config.base_model, config.base_revision)
+    tensors = layout_tensors(base.tensors or {}, build_layout(config, header, ing.name), header)
+    return IngredientMeta(ing.name, base.config, tensors, base.tokenizer_hash, (config.base_model,),
+                          base.vocabulary, base.processor), None
+
+
+def _inspect(item: _Listed, token: Any, endpoint: str | None, cache_dir: str | None,
+             bases: _BaseMetas | None = None) -> _Checked:
     """Pin one repo (the listing's sha when known) and gather its verdict inputs from small files and headers."""
+    from ..checkpoint.adapter import is_adapter_listing
+
     checked = _Checked(item)
     try:
         ref = IngredientRef.hub(item.repo_id, item.sha)  # a Hub id, never a folder of the working directory
         checked.ingredient = resolve(ref, token=token, endpoint=endpoint, cache_dir=cache_dir)
         files = checked.ingredient.files
-        if "adapter_config.json" in files and "config.json" not in files:
-            checked.reason, checked.fix = (_RELATION_REASONS["adapter"][0].format(base="its base"),
-                                           _RELATION_REASONS["adapter"][1])
+        if is_adapter_listing(files):
+            if bases is None:
+                checked.reason, checked.fix = (_RELATION_REASONS["adapter"][0].format(base="its base"),
+                                               _RELATION_REASONS["adapter"][1])
+                return checked
+            checked.meta, refused = _adapter_meta(checked.ingredient, bases, token, endpoint, cache_dir)
+            if refused is not None:
+                checked.reason, checked.fix = refused
             return checked
         checked.meta = fetch_meta(checked.ingredient, token=token, cache_dir=cache_dir, endpoint=endpoint)
     except SoupError as e:
