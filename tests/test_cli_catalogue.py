@@ -165,7 +165,7 @@ def cat(tmp_path_factory, hub, api, family):  # noqa: C901 - one place builds ev
     for name, server in [("endless-empty-pages", endless), ("silent-server", silent)]:
         cases[f"listing-{name}"] = Case(["find", "--author", "alice", "--limit", "5"], {9}, env={
             "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_ETAG_TIMEOUT": "5",
-            "HF_HUB_DOWNLOAD_TIMEOUT": "5"})
+            "HF_HUB_DOWNLOAD_TIMEOUT": "5", "HF_SOUPS_HUB_TIMEOUT": "5", "HF_SOUPS_LISTING_DEADLINE": "20"})
 
     # -- label values in --eval-dataset (item 7): EvaluationError, exit 8
     good = [{"text": "good movie", "label": 1}, {"text": "bad movie", "label": 0}]

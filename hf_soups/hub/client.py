@@ -70,8 +70,14 @@ def _model_info(repo_id: str, revision: str, *, token: str | bool | None, endpoi
     from huggingface_hub.hf_api import ModelInfo
 
     url = f"{endpoint_url(endpoint)}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
-    data, _ = api_get_json(url, params={"blobs": True}, token=token, endpoint=endpoint, what=f"model info of {what}",
-                           deadline=Deadline(constants.LISTING_DEADLINE, f"model info of {what}", endpoint))
+    try:
+        data, _ = api_get_json(url, params={"blobs": True}, token=token, endpoint=endpoint,
+                               what=f"model info of {what}",
+                               deadline=Deadline(constants.LISTING_DEADLINE, f"model info of {what}", endpoint))
+    except HubConnectionError as e:  # name the ingredient whose pin failed, as every other Hub error does
+        if e.ingredient is None:
+            e.ingredient = what
+        raise
     if not isinstance(data, dict):
         raise HubConnectionError(f"the endpoint answered with a {type(data).__name__}, not the repo's info.",
                                  ingredient=what, fix="check the endpoint (HF_ENDPOINT / endpoint=).")
