@@ -75,6 +75,7 @@ bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/merge.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/greedy.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/adapters.py
 
 clean:
 	rm -rf $(VENV) .venv-mergekit .venv-olah .venv-min build *.egg-info benchmarks/.work
