@@ -40,7 +40,7 @@ from .errors import InvalidArgumentError, NoSafetensorsError
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 
 __all__ = ["AdapterSource", "attach_bases", "adapter_meta", "adapter_problems", "open_adapter", "companion_source",
-           "is_adapter"]
+           "is_adapter", "pinned_base"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +120,11 @@ def attach_bases(ingredients: Sequence[Ingredient], base: str | os.PathLike[str]
         ref, revision = (os.fspath(base), None) if base is not None else (config.base_model, config.base_revision)
         if not ref:
             raise InvalidArgumentError("the adapter's adapter_config.json names no base_model_name_or_path.",
-                                       fix="pass base=<the base model's repo id or directory>.", param="base")
+                                       ingredient=ing.name, param="base",
+                                       fix="pass base=<the base model's repo id or directory>.")
         if (ref, revision) not in bases:
-            parsed = IngredientRef.parse(ref, revision)
-            if parsed.is_local:
-                resolved = Ingredient(ref=parsed.ref, local_dir=parsed.local_dir)
-            else:
-                from . import hub
-
-                resolved = hub.resolve(parsed, token=token, endpoint=endpoint, cache_dir=cache_dir)
+            resolved = _resolve_base(ing, ref, revision, given=base is not None, token=token, endpoint=endpoint,
+                                     cache_dir=cache_dir)
             if is_adapter_listing(_listing(resolved)):
                 raise InvalidArgumentError(f"the base '{resolved.name}' is itself an adapter.", ingredient=ing.name,
                                            fix="pass base=<the full model the adapter was trained on>.", param="base")
@@ -136,6 +132,15 @@ def attach_bases(ingredients: Sequence[Ingredient], base: str | os.PathLike[str]
         layout = build_layout(config, header, ing.name)
         out.append(dataclasses.replace(ing, adapter=AdapterSource(config, header, layout, bases[(ref, revision)])))
     return out
+
+
+def pinned_base(ingredients: Sequence[Ingredient]) -> str | None:
+    """The adapters' base as a recipe records it: `repo@sha` on the Hub, its directory (as named) locally; `None`
+    without adapters. The verdict has checked that every adapter's base is this one (or has identical weights)."""
+    for ing in ingredients:
+        if is_adapter(ing):
+            return ing.adapter.base.name  # type: ignore[attr-defined]
+    return None
 
 
 def adapter_meta(ing: Ingredient, base_meta: IngredientMeta) -> IngredientMeta:
@@ -191,6 +196,32 @@ def adapter_problems(ingredients: Sequence[Ingredient], metas: Sequence[Ingredie
                                     f"{', ...' if len(missing) > 3 else ''}); its delta there is zero.",
                                     "none needed.", "warning"))
     return problems
+
+
+def _resolve_base(ing: Ingredient, ref: str, revision: str | None, *, given: bool, token: Any,
+                  endpoint: str | None, cache_dir: str | None) -> Ingredient:
+    """The adapter's base, pinned. A base named by a Hub adapter's own config is a Hub repo, never a local path: an
+    adapter from the Hub must not make hf_soups read (and a push publish) a directory of this machine. A base that
+    cannot be found names the adapter whose config named it, and the fix (`base=`)."""
+    from .errors import SoupError, _rebuild
+
+    from_config = "" if given else " (named by its adapter_config.json's base_model_name_or_path)"
+    try:
+        if not given and ing.local_dir is None and ing.repo_id is not None:
+            parsed = IngredientRef.hub(ref, revision)
+        else:
+            parsed = IngredientRef.parse(ref, revision)
+        if parsed.is_local:
+            return Ingredient(ref=parsed.ref, local_dir=parsed.local_dir)
+        from . import hub
+
+        return hub.resolve(parsed, token=token, endpoint=endpoint, cache_dir=cache_dir)
+    except SoupError as e:
+        if given:
+            raise
+        raise _rebuild(type(e), f"its base '{ref[:200]}'{from_config} cannot be used: {e.message}", ing.name,
+                       None, None, "pass base=<the base model's Hub repo id (repo@sha) or local directory>.",
+                       "base") from None
 
 
 def same_base(a: Ingredient, b: Ingredient) -> bool:

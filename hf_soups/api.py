@@ -594,6 +594,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
+                base=adapters.pinned_base(ingredients),
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
@@ -752,10 +753,11 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         [`SoupError`]: the calibration data differs from the recorded one (nothing is written then).
         Everything [`soup_from_hub`] raises.
     """
-    from .recipes.recipe import check_replayable
+    from .recipes.recipe import check_replayable, replayable_base
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
+    replayable_base(recipe, allow_local=allow_local)  # the adapters' base: pinned as the ingredients are
     calibration = None
     bn = recipe.batchnorm
     if bn is not None:  # the calibration data is loaded before any download (its sha256 is checked in the commit)
@@ -777,7 +779,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     from .runs.hub import fetch_run_folders
 
     refs = fetch_run_folders(refs, token, endpoint, cache_dir)  # user/run@<sha>/checkpoint-<step>: that folder
-    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir)
+    # adapters are read against the recorded, pinned base, never the one their configs name today
+    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir, recipe.base)
     check_ingredient_set(ingredients)  # as soup_from_hub does
     metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                      allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)

@@ -344,3 +344,61 @@ def test_held_out_methods_soup_adapters_as_their_merged_models(tmp_path, method)
         if tensor.is_floating_point():
             truth = sum(w * s[name].double() for w, s in zip(weights, states))
             torch.testing.assert_close(tensor.double(), truth, atol=1e-5, rtol=0, msg=name)
+
+
+# --- the base, pinned in the recipe and the card; --base on check ---------------------------------------------------
+
+
+def test_replay_uses_the_recorded_base_after_the_base_moves(api, hub, base, tmp_path, capsys):
+    """The adapters name the base without a revision: the recipe pins it, so a replay after a new commit on the base's
+    main branch re-creates the very same soup (from the recipe object and from the card, API and CLI)."""
+    from conftest import publish
+
+    from hf_soups import load_recipe, replay_recipe
+    from hf_soups.cli.main import main
+
+    base_sha = publish(api, base, "alice/moving-base")
+    for i in range(2):
+        _publish_adapter(api, make_adapter(base, str(tmp_path / f"m{i}"), seed=70 + i), f"alice/moving-{i}",
+                         "alice/moving-base")
+    soup = soup_from_hub(["alice/moving-0", "alice/moving-1"], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert soup.recipe.base == f"alice/moving-base@{base_sha}"
+    assert f"alice/moving-base@{base_sha}" in soup.card.text and f"base: alice/moving-base@{base_sha}" in \
+        soup.recipe.to_yaml()
+    original = open(os.path.join(soup.output_dir, "model.safetensors"), "rb").read()
+    moved = publish(api, perturb_checkpoint(base, tmp_path / "base-v2", seed=71), "alice/moving-base")
+    assert moved != base_sha  # main now points at other weights
+    replay = replay_recipe(load_recipe(soup.output_dir), tmp_path / "replay", progress=False)
+    assert open(os.path.join(replay.output_dir, "model.safetensors"), "rb").read() == original
+    assert main(["recipe", str(soup.output_dir), "--output", str(tmp_path / "cli-replay")]) == 0
+    assert open(tmp_path / "cli-replay" / "model.safetensors", "rb").read() == original
+    fresh = soup_from_hub(["alice/moving-0", "alice/moving-1"], output_dir=tmp_path / "fresh", merge_options=_quiet())
+    assert fresh.recipe.base == f"alice/moving-base@{moved}"  # a new soup reads today's base (and says so)
+
+
+def test_a_recorded_base_must_be_pinned_like_the_ingredients(plain):
+    from hf_soups import replay_recipe
+    from hf_soups.errors import RecipeError
+    from hf_soups.recipes import Recipe
+
+    pinned = ["alice/a@" + "1" * 40, "alice/b@" + "2" * 40]
+    for base in ("alice/base", "alice/base@main", plain[0]):
+        recipe = Recipe(method="uniform", ingredients=tuple(pinned), weights=(0.5, 0.5), base=base)
+        with pytest.raises(RecipeError, match="base"):
+            replay_recipe(recipe)
+    with pytest.raises(RecipeError, match="base"):
+        Recipe.from_dict({"method": "uniform", "ingredients": pinned, "weights": [1, 1], "base": ["x"]})
+
+
+def test_cli_check_takes_base_like_soup(base, tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    adapters = [make_adapter(base, str(tmp_path / f"c{i}"), seed=80 + i) for i in range(2)]
+    for path in adapters:  # the configs name a base that is not there (moved, or trained elsewhere)
+        config = json.load(open(os.path.join(path, "adapter_config.json")))
+        config["base_model_name_or_path"] = str(tmp_path / "gone")
+        json.dump(config, open(os.path.join(path, "adapter_config.json"), "w"))
+    code = main(["check", *adapters])
+    err = capsys.readouterr().err
+    assert code not in (0, 1) and "--base" in err and "base=" not in err, err
+    assert main(["check", *adapters, "--base", base]) == 0, capsys.readouterr().err
