@@ -402,3 +402,32 @@ def test_cli_check_takes_base_like_soup(base, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code not in (0, 1) and "--base" in err and "base=" not in err, err
     assert main(["check", *adapters, "--base", base]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wrapped", ["unmerged_with_head", "modules_to_save_only", "embedding_lora"])
+def test_a_full_model_saved_still_wrapped_by_peft_names_merge_and_unload(base, plain, tmp_path, wrapped):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / wrapped)
+    if wrapped == "unmerged_with_head":  # the wrapped model saved as a full model: base_layer, lora_A, modules_to_save
+        get_peft_model(_load_base(base), LoraConfig(r=2, target_modules=["query"], modules_to_save=["classifier"])
+                       ).base_model.model.save_pretrained(path)
+    else:  # a merged model whose head (or embeddings) still carry peft's wrapper names
+        shutil.copytree(base, path)
+        state = load_file(os.path.join(path, "model.safetensors"))
+        if wrapped == "modules_to_save_only":
+            for kind in ("weight", "bias"):
+                state[f"classifier.modules_to_save.default.{kind}"] = state[f"classifier.{kind}"].clone()
+                state[f"classifier.original_module.{kind}"] = state.pop(f"classifier.{kind}")
+        else:
+            emb = "bert.embeddings.word_embeddings"
+            state[f"{emb}.base_layer.weight"] = state.pop(f"{emb}.weight")
+            state[f"{emb}.lora_embedding_A.default"] = torch.zeros(2, state[f"{emb}.base_layer.weight"].shape[0])
+        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    report = check_compatibility([path], arch_check=False)
+    (problem,) = [p for p in report.problems if p.ingredient == path and "peft" in p.message]
+    assert "merge_and_unload()" in problem.fix and problem.field == "tensors"
+    assert ("not merged" in problem.message) == (wrapped != "modules_to_save_only")
+    with pytest.raises(IncompatibleIngredientsError, match="merge_and_unload"):
+        soup_from_hub([plain[0], path], output_dir=tmp_path / "soup", merge_options=_quiet())
