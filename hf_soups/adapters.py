@@ -182,7 +182,13 @@ def adapter_problems(ingredients: Sequence[Ingredient], metas: Sequence[Ingredie
     first, first_src = adapters[0][0], adapters[0][0].adapter  # type: ignore[attr-defined]
     for ing, _ in adapters[1:]:
         src = ing.adapter  # type: ignore[attr-defined]
-        if not same_base(first_src.base, src.base):
+        same = same_base(first_src.base, src.base)
+        if same is None:
+            problems.append(Problem(ing.name, "base", f"adapts '{src.base.name}', and '{first.name}' adapts "
+                                    f"'{first_src.base.name}': their weight files cannot be compared (the Hub lists "
+                                    "no digest for them), so they may be other weights.",
+                                    "if both were trained on one base, pass base=<its repo id@sha or directory>."))
+        elif not same:
             problems.append(Problem(ing.name, "base", f"adapts '{src.base.name}', but '{first.name}' adapts "
                                     f"'{first_src.base.name}' (another commit or other weights).",
                                     "soup adapters of one base (pass base=<repo id@sha> if both were trained on it)."))
@@ -224,30 +230,45 @@ def _resolve_base(ing: Ingredient, ref: str, revision: str | None, *, given: boo
                        "base") from None
 
 
-def same_base(a: Ingredient, b: Ingredient) -> bool:
-    """One base: the same Hub commit, the same directory, or weight files with identical digests."""
+def same_base(a: Ingredient, b: Ingredient) -> bool | None:
+    """One base: the same Hub commit, the same directory, or weight files with identical digests (a local file's
+    sha256 is a Hub LFS file's sha256; its git blob id a regular Hub file's). `None` when the digests cannot be
+    compared (a Hub listing without them)."""
     if a.repo_id is not None and b.repo_id is not None and (a.repo_id, a.revision) == (b.repo_id, b.revision):
         return True
     if a.repo_id is None and b.repo_id is None and a.local_dir and b.local_dir and \
             os.path.realpath(a.local_dir) == os.path.realpath(b.local_dir):
         return True
-    return _weights_digest(a) == _weights_digest(b)
+    da, db = _weights_digests(a), _weights_digests(b)
+    if set(da) != set(db):
+        return False
+    if any(not da[f] or not db[f] for f in da):
+        return None
+    return all(da[f] & db[f] for f in da)
 
 
-def _weights_digest(ing: Ingredient) -> tuple[tuple[str, str | None], ...]:
-    """`(file, digest)` of the base's weight files: git/LFS blob ids on the Hub, sha256 of local files."""
-    if ing.repo_id is not None:
-        return tuple(sorted((f, ing.blob_ids.get(f)) for f in ing.files if f.endswith(".safetensors")))
-    out = []
+def _weights_digests(ing: Ingredient) -> dict[str, set[str]]:
+    """For each weight file of the base, the digests it is known by: `lfs:<sha256>` and/or `git:<blob id>` (empty
+    when a Hub listing gives none)."""
+    if ing.repo_id is not None and ing.local_dir is None:
+        out: dict[str, set[str]] = {}
+        for f in ing.files:
+            if f.endswith(".safetensors"):
+                lfs, blob = ing.lfs_sha256.get(f), ing.blob_ids.get(f)
+                out[f] = {f"lfs:{lfs}"} if lfs else ({f"git:{blob}"} if blob else set())
+        return out
+    out = {}
     local_dir = local_dir_of(ing)
     for f in sorted(os.listdir(local_dir)):
         if f.endswith(".safetensors"):
-            digest = hashlib.sha256()
+            sha256, git = hashlib.sha256(), hashlib.sha1()  # noqa: S324 (git's blob id, not a security digest)
             with os.fdopen(open_inside(local_dir, f), "rb") as fh:
+                git.update(f"blob {os.fstat(fh.fileno()).st_size}\0".encode())
                 for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            out.append((f, digest.hexdigest()))
-    return tuple(out)
+                    sha256.update(block)
+                    git.update(block)
+            out[f] = {f"lfs:{sha256.hexdigest()}", f"git:{git.hexdigest()}"}
+    return out
 
 
 def open_adapter(ing: Ingredient, open_base: Any, cache: dict[str, Any], stack: contextlib.ExitStack, *,

@@ -431,3 +431,34 @@ def test_a_full_model_saved_still_wrapped_by_peft_names_merge_and_unload(base, p
     assert ("not merged" in problem.message) == (wrapped != "modules_to_save_only")
     with pytest.raises(IncompatibleIngredientsError, match="merge_and_unload"):
         soup_from_hub([plain[0], path], output_dir=tmp_path / "soup", merge_options=_quiet())
+
+
+def test_a_local_copy_of_a_hub_base_is_that_base_and_else_the_fix_is_base(api, hub, base, tmp_path, monkeypatch):
+    """An adapter trained on a local copy of a Hub base and one trained on the Hub base: the copy's sha256 is the
+    Hub's LFS sha256, so they share the base. Where the Hub lists no digest, the refusal says to pass base=, and
+    base= then soups them against that base exactly."""
+    from conftest import publish
+
+    from hf_soups import hub as hub_mod
+
+    publish(api, base, "alice/copied-base")
+    on_hub = make_adapter(base, str(tmp_path / "on-hub"), seed=90)
+    _publish_adapter(api, on_hub, "alice/copied-0", "alice/copied-base")
+    copy = shutil.copytree(base, tmp_path / "copy")
+    local = make_adapter(str(copy), str(tmp_path / "local"), seed=91)
+    refs = ["alice/copied-0", local]
+    assert check_compatibility(refs, arch_check=False, weight_check=False).compatible
+    resolve = hub_mod.resolve
+
+    def no_digests(*args, **kwargs):  # a Hub-compatible server that lists no blob ids or LFS sha256
+        import dataclasses
+
+        return dataclasses.replace(resolve(*args, **kwargs), blob_ids={}, lfs_sha256={})
+
+    monkeypatch.setattr(hub_mod, "resolve", no_digests)
+    report = check_compatibility(refs, arch_check=False, weight_check=False)
+    (problem,) = [p for p in report.problems if p.field == "base"]
+    assert problem.ingredient == local and "cannot be compared" in problem.message and "base=" in problem.fix
+    soup = soup_from_hub(refs, base="alice/copied-base", output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert soup.recipe.base.startswith("alice/copied-base@")
+    assert_soup_is_mean(soup.output_dir, [merged(base, on_hub), merged(base, local)])

@@ -58,8 +58,10 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     files = tuple(s.rfilename for s in info.siblings or [])
     blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
     sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
+    lfs = {s.rfilename: getattr(getattr(s, "lfs", None), "sha256", None) for s in info.siblings or []}
     return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
-                      sizes=sizes, requested_revision=ref.revision)
+                      sizes=sizes, requested_revision=ref.revision,
+                      lfs_sha256={f: h for f, h in lfs.items() if isinstance(h, str)})
 
 
 def _model_info(repo_id: str, revision: str, *, token: str | bool | None, endpoint: str | None, what: str) -> Any:
