@@ -53,8 +53,8 @@ RefLike = str | os.PathLike | IngredientRef
 
 
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
-                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None
-                 ) -> list[Ingredient]:
+                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None,
+                 allow_pickle: bool = False) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
@@ -73,7 +73,8 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
         from . import hub
 
         resolved = [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
-    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir)
+    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                 allow_pickle=allow_pickle)
 
 
 def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
@@ -168,7 +169,7 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
     for ing in ingredients:
         if adapters.is_adapter(ing):
             ing, reader = adapters.open_adapter(ing, open_base, bases, stack, token=token, endpoint=endpoint,
-                                                cache_dir=cache_dir)
+                                                cache_dir=cache_dir, allow_pickle=allow_pickle)
         elif ing.repo_id is not None and ing.local_dir is None:
             from . import hub
 
@@ -248,7 +249,7 @@ def check_compatibility(
         True
         ```
     """
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
@@ -496,7 +497,7 @@ def soup_from_hub(
 
         eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
                                     max_samples=spec.max_samples)
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",

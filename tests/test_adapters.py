@@ -6,6 +6,7 @@ The oracle is peft itself: `PeftModel.from_pretrained(base, adapter).merge_and_u
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -462,3 +463,79 @@ def test_a_local_copy_of_a_hub_base_is_that_base_and_else_the_fix_is_base(api, h
     soup = soup_from_hub(refs, base="alice/copied-base", output_dir=tmp_path / "soup", merge_options=_quiet())
     assert soup.recipe.base.startswith("alice/copied-base@")
     assert_soup_is_mean(soup.output_dir, [merged(base, on_hub), merged(base, local)])
+
+
+# --- hostile or broken adapter files: each a clear SoupError naming the adapter and the fix -------------------------
+
+_HOSTILE = {  # adapter_config.json change -> words the error must hold
+    "huge_r": ({"r": 10**12}, "rank 4 but the config says"),
+    "r_not_int": ({"r": 2.5}, "positive integer"),
+    "alpha_inf": ({"lora_alpha": "inf"}, "finite number"),
+    "bad_regex_in_rank_pattern": ({"rank_pattern": {"(query": 4}}, "regular expression"),
+    "modules_to_save_int": ({"modules_to_save": 5}, "modules_to_save"),
+    "target_modules_dict": ({"target_modules": {"q": 1}}, "target_modules"),
+    "peft_type_list": ({"peft_type": ["LORA"]}, "peft_type"),
+    "dotdot_base": ({"base_model_name_or_path": "../../.."}, "base_model_name_or_path"),
+    "absolute_base_not_a_model": ({"base_model_name_or_path": "/"}, "base_model_name_or_path"),
+    "no_base": ({"base_model_name_or_path": None}, "base_model_name_or_path"),
+}
+
+
+def test_hostile_adapter_configs_are_clear_errors_in_cli_terms(plain, tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    for name, (change, words) in _HOSTILE.items():
+        path = shutil.copytree(plain[0], tmp_path / name)
+        config = json.load(open(path / "adapter_config.json"))
+        config.update(change)
+        (path / "adapter_config.json").write_text(json.dumps(config))
+        code = main(["check", plain[1], str(path)])
+        err = capsys.readouterr().err
+        assert code not in (0, 1) and "Traceback" not in err, (name, code, err)
+        assert str(path) in err and words in err and "Fix:" in err and "=" not in err.split("Fix:")[1], (name, err)
+    gone = shutil.copytree(plain[0], tmp_path / "no-weights")
+    os.remove(gone / "adapter_model.safetensors")
+    assert main(["check", plain[1], str(gone)]) == 5
+    assert "adapter_model.safetensors" in capsys.readouterr().err
+
+
+def test_negative_lora_alpha_is_merged_as_peft_does(base, plain, tmp_path):
+    negative = make_adapter(base, str(tmp_path / "neg"), seed=92, lora_alpha=-6, alpha_pattern={"value": -2.5})
+    soup = soup_from_hub([plain[0], negative], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert_soup_is_mean(soup.output_dir, [merged(base, plain[0]), merged(base, negative)])
+
+
+def test_a_pickled_adapter_is_refused_unless_allow_pickle(plain, tmp_path, capsys):
+    from hf_soups.cli.main import main
+    from hf_soups.errors import NoSafetensorsError, UnsafeCheckpointError
+
+    pickled = shutil.copytree(plain[1], tmp_path / "pickled")
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    os.remove(pickled / "adapter_model.safetensors")
+    with pytest.raises(NoSafetensorsError, match="allow_pickle=True"):
+        check_compatibility([plain[0], str(pickled)], arch_check=False)
+    assert main(["soup", plain[0], str(pickled), "--output", str(tmp_path / "x")]) == 5
+    assert "--allow-pickle" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
+    safe = soup_from_hub(plain[:2], output_dir=tmp_path / "safe", merge_options=_quiet())
+    loaded = soup_from_hub([plain[0], str(pickled)], output_dir=tmp_path / "loaded", allow_pickle=True,
+                           merge_options=_quiet())
+    assert open(os.path.join(loaded.output_dir, "model.safetensors"), "rb").read() == \
+        open(os.path.join(safe.output_dir, "model.safetensors"), "rb").read()
+    evil = shutil.copytree(pickled, tmp_path / "evil")  # more than tensors: weights_only refuses it
+    torch.save({"w": torch.zeros(1), "x": argparse.Namespace()}, evil / "adapter_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        check_compatibility([plain[0], str(evil)], arch_check=False, allow_pickle=True)
+
+
+def test_a_hub_adapter_never_makes_a_local_directory_its_base(api, hub, base, tmp_path):
+    """A Hub adapter's config naming a local path (absolute, or `../..`) must not make hf_soups read (and a push
+    publish) that directory: the base of a Hub adapter is a Hub repo, or what base= says."""
+    from hf_soups.errors import IngredientNotFoundError
+
+    for i, local in enumerate([os.path.abspath(base), os.path.relpath(base)]):
+        path = make_adapter(base, str(tmp_path / f"l{i}"), seed=93)
+        _publish_adapter(api, path, f"alice/points-home-{i}", local)
+        with pytest.raises(IngredientNotFoundError) as err:
+            check_compatibility([f"alice/points-home-{i}"], arch_check=False)
+        assert err.value.ingredient.startswith(f"alice/points-home-{i}") and "base=" in err.value.fix
+    assert check_compatibility(["alice/points-home-0"], base=base, arch_check=False).compatible  # said by the user

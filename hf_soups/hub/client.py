@@ -12,7 +12,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
-from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
@@ -94,6 +94,8 @@ def needed_patterns(files: Sequence[str], *, weights: bool = True, allow_pickle:
     patterns = [f for f in files if f in wanted]
     if weights and ADAPTER_WEIGHTS in files:  # the adapter layout: its one weight file (the base is pulled apart)
         patterns.append(ADAPTER_WEIGHTS)
+    elif weights and allow_pickle and ADAPTER_PICKLE in files:
+        patterns.append(ADAPTER_PICKLE)
     if weights:
         if SAFETENSORS_INDEX in files or SAFETENSORS_SINGLE in files:
             patterns += [f for f in files if f.endswith(".safetensors") or f == SAFETENSORS_INDEX]
