@@ -595,7 +595,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
-                base=adapters.pinned_base(ingredients),
+                base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
@@ -787,7 +787,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
                                      allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)
     soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
-                 trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration)
+                 trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
+                 as_adapter=recipe.as_adapter)
     soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
     if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
         soup.metric = recipe.evaluation.metric_name

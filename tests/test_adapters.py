@@ -256,6 +256,12 @@ def test_as_adapter_reproduces_a_rank_r_soup_exactly(base, tmp_path):
     got = _deltas(base, [merged(base, soup.output_dir)])  # the written adapter, loaded and merged by peft
     for name in truth:
         torch.testing.assert_close(got[name], truth[name], atol=1e-5, rtol=0, msg=name)
+    from hf_soups import load_recipe, replay_recipe
+
+    replay = replay_recipe(load_recipe(soup.output_dir), tmp_path / "replay", allow_local=True, progress=False)
+    assert not os.path.exists(os.path.join(replay.output_dir, "model.safetensors"))  # an adapter again, bit for bit
+    assert open(os.path.join(replay.output_dir, "adapter_model.safetensors"), "rb").read() == \
+        open(os.path.join(soup.output_dir, "adapter_model.safetensors"), "rb").read()
 
 
 def test_as_adapter_reports_the_truncation_error_per_module(base, plain, tmp_path):

@@ -173,6 +173,8 @@ class Recipe:
         batchnorm ([`BatchNormCalibration`], *optional*): BatchNorm statistics recomputed after averaging.
         base (`str`, *optional*): the base of the LoRA adapter ingredients, pinned (`repo@sha`, or a local path):
             a replay reads the adapters against this very base, not the one their configs name today.
+        as_adapter (`int`, *optional*): the rank of a soup of adapters written as one LoRA adapter (`as_adapter=True,
+            rank=r`); a replay writes the adapter again.
         hf_soups_version (`str`): the version that made the soup.
     """
 
@@ -187,6 +189,7 @@ class Recipe:
     hf_soups_version: str = field(default_factory=lambda: _version())
     batchnorm: BatchNormCalibration | None = None
     base: str | None = None
+    as_adapter: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -200,8 +203,9 @@ class Recipe:
             data.pop("batchnorm")
         else:
             data["batchnorm"] = {f.name: getattr(self.batchnorm, f.name) for f in fields(self.batchnorm)}
-        if self.base is None:
-            data.pop("base")
+        for optional in ("base", "as_adapter"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
     def to_yaml(self) -> str:
@@ -328,6 +332,11 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
         out["seed"] = data["seed"]
     if data.get("base") is not None:
         out["base"] = _text("base", data["base"], 4096)
+    if data.get("as_adapter") is not None:
+        rank = data["as_adapter"]
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= 1 << 20:
+            raise _field_error("as_adapter", "expected the adapter's rank, a positive integer.")
+        out["as_adapter"] = rank
     if "hf_soups_version" in data:
         out["hf_soups_version"] = _text("hf_soups_version", data["hf_soups_version"], 64)
     evaluation = data.get("evaluation")
