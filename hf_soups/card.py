@@ -256,7 +256,8 @@ def build_card(
     if base_model:
         lines += ["", f"Pretrained base: {_code(base_model)}."]
     if recipe.base:
-        lines += ["", f"The LoRA adapters are read against the base {_code(_shown_path(recipe.base))} (pinned; a replay uses it)."]
+        shown = _code(_shown_path(recipe.base))
+        lines += ["", f"The LoRA adapters are read against the base {shown} (pinned; a replay uses it)."]
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:

@@ -101,6 +101,9 @@ def parse_adapter_config(raw: bytes | str, ingredient: str) -> AdapterConfig:
     if not isinstance(data, dict):
         raise corrupt("not a JSON object.")
 
+    def kind_name(kind: type) -> str:
+        return "a positive integer" if kind is int else "a finite number"
+
     def valid(value: Any, kind: type) -> bool:
         """A rank is a positive integer; an alpha any finite number (peft merges a negative or zero alpha as it is)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -110,8 +113,7 @@ def parse_adapter_config(raw: bytes | str, ingredient: str) -> AdapterConfig:
     def number(key: str, default: Any, kind: type = float) -> Any:
         value = data.get(key, default)
         if not valid(value, kind):
-            raise corrupt(f"`{key}` must be {'a positive integer' if kind is int else 'a finite number'}, got "
-                          f"{str(value)[:40]!r}.")
+            raise corrupt(f"`{key}` must be {kind_name(kind)}, got {str(value)[:40]!r}.")
         return kind(value)
 
     def pattern(key: str, kind: type) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def parse_adapter_config(raw: bytes | str, ingredient: str) -> AdapterConfig:
         out = {}
         for k, v in value.items():
             if not valid(v, kind):
-                raise corrupt(f"`{key}[{k[:60]!r}]` must be {'a positive integer' if kind is int else 'a finite number'}.")
+                raise corrupt(f"`{key}[{k[:60]!r}]` must be {kind_name(kind)}.")
             try:
                 re.compile(k)  # peft matches these keys as regular expressions
             except (re.error, RecursionError, OverflowError):
