@@ -32,7 +32,7 @@ from .checkpoint.adapter import (
 )
 from .checkpoint.format import TensorInfo, parse_header
 from .checkpoint.local import local_meta
-from .checkpoint.reader import CheckpointReader, SafetensorsReader, open_checkpoint
+from .checkpoint.reader import CheckpointReader, SafetensorsReader, StateDictReader, load_pickled_state, open_checkpoint
 from .checkpoint.safe_files import open_inside, read_inside
 from .checkpoint.sources import LocalFileSource
 from .compat import Problem
@@ -40,7 +40,7 @@ from .errors import InvalidArgumentError, NoSafetensorsError
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 
 __all__ = ["AdapterSource", "attach_bases", "adapter_meta", "adapter_problems", "open_adapter", "companion_source",
-           "is_adapter"]
+           "is_adapter", "pinned_base"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,29 +65,45 @@ def _listing(ing: Ingredient) -> list[str]:
     return []
 
 
-def _read_adapter_files(ing: Ingredient, token: Any, endpoint: str | None, cache_dir: str | None
-                        ) -> tuple[AdapterConfig, dict[str, TensorInfo]]:
+def _read_adapter_files(ing: Ingredient, token: Any, endpoint: str | None, cache_dir: str | None,
+                        allow_pickle: bool) -> tuple[AdapterConfig, dict[str, TensorInfo]]:
     files = _listing(ing)
-    if ADAPTER_WEIGHTS not in files:
+    pickled = ADAPTER_WEIGHTS not in files
+    if pickled and not (allow_pickle and ADAPTER_PICKLE in files):
+        if ADAPTER_PICKLE in files:
+            raise NoSafetensorsError(
+                "the adapter has no adapter_model.safetensors, only a pickled adapter_model.bin, and loading pickles "
+                "can run arbitrary code.", ingredient=ing.name, file=ADAPTER_PICKLE, param="allow_pickle",
+                fix="re-save the adapter with peft (`save_pretrained(..., safe_serialization=True)`), or pass "
+                    "allow_pickle=True to load it with torch.load(weights_only=True).")
         raise NoSafetensorsError(
-            "the adapter has no adapter_model.safetensors" + (" (only a pickled adapter_model.bin, which can run code "
-                                                              "when loaded)." if ADAPTER_PICKLE in files else "."),
-            ingredient=ing.name, fix="re-save the adapter with peft (`save_pretrained(..., safe_serialization=True)`).")
+            "the adapter has no adapter_model.safetensors (its weights).", ingredient=ing.name,
+            fix="point to a folder written by peft's `save_pretrained(...)` (adapter_config.json and "
+                "adapter_model.safetensors).")
     if ing.repo_id is not None and ing.local_dir is None:
         from . import hub
         from .hub.stream import read_remote_header
 
+        if pickled:  # a pickle has no header to range-read: the (small) adapter file is downloaded
+            local = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, allow_pickle=True)
+            config = parse_adapter_config(read_inside(local, ADAPTER_CONFIG, ingredient=ing.name), ing.name)
+            with _open_adapter_file(local, ing.name, allow_pickle) as reader:
+                return config, dict(reader.tensors)
         small = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
         config = parse_adapter_config(read_inside(small, ADAPTER_CONFIG, ingredient=ing.name), ing.name)
         header, _ = read_remote_header(ing, ADAPTER_WEIGHTS, token=token, endpoint=endpoint)
         return config, header
     local_dir = local_dir_of(ing)
     config = parse_adapter_config(read_inside(local_dir, ADAPTER_CONFIG, ingredient=ing.name), ing.name)
-    with _open_adapter_file(local_dir, ing.name) as reader:
+    with _open_adapter_file(local_dir, ing.name, allow_pickle) as reader:
         return config, dict(reader.tensors)
 
 
-def _open_adapter_file(directory: str, name: str) -> SafetensorsReader:
+def _open_adapter_file(directory: str, name: str, allow_pickle: bool = False) -> CheckpointReader:
+    """The adapter's weights: adapter_model.safetensors, else (only with `allow_pickle`) adapter_model.bin loaded
+    with `torch.load(weights_only=True)`."""
+    if allow_pickle and not os.path.lexists(os.path.join(directory, ADAPTER_WEIGHTS)):
+        return StateDictReader(load_pickled_state(directory, ADAPTER_PICKLE, name), name, file=ADAPTER_PICKLE)
     fd = open_inside(directory, ADAPTER_WEIGHTS, ingredient=name)
     source = LocalFileSource(os.path.join(directory, ADAPTER_WEIGHTS), name=ADAPTER_WEIGHTS, fd=fd)
     try:
@@ -98,13 +114,15 @@ def _open_adapter_file(directory: str, name: str) -> SafetensorsReader:
 
 
 def attach_bases(ingredients: Sequence[Ingredient], base: str | os.PathLike[str] | None = None, *, token: Any = None,
-                 endpoint: str | None = None, cache_dir: str | None = None) -> list[Ingredient]:
+                 endpoint: str | None = None, cache_dir: str | None = None, allow_pickle: bool = False
+                 ) -> list[Ingredient]:
     """Mark each adapter ingredient with its [`AdapterSource`]; each distinct base is resolved (pinned) once.
 
     Args:
         ingredients (`Sequence[Ingredient]`): resolved ingredients; those that are not adapters pass unchanged.
         base (`str`, *optional*): the base for every adapter (a Hub id, `id@rev` or a directory), instead of each
             adapter's `base_model_name_or_path`.
+        allow_pickle (`bool`, *optional*): accept an adapter_model.bin (loaded with `torch.load(weights_only=True)`).
 
     Raises:
         [`InvalidArgumentError`]: an adapter names no base and `base` is not given, or the base is an adapter.
@@ -116,19 +134,15 @@ def attach_bases(ingredients: Sequence[Ingredient], base: str | os.PathLike[str]
         if not is_adapter_listing(_listing(ing)):
             out.append(ing)
             continue
-        config, header = _read_adapter_files(ing, token, endpoint, cache_dir)
+        config, header = _read_adapter_files(ing, token, endpoint, cache_dir, allow_pickle)
         ref, revision = (os.fspath(base), None) if base is not None else (config.base_model, config.base_revision)
         if not ref:
             raise InvalidArgumentError("the adapter's adapter_config.json names no base_model_name_or_path.",
-                                       fix="pass base=<the base model's repo id or directory>.", param="base")
+                                       ingredient=ing.name, param="base",
+                                       fix="pass base=<the base model's repo id or directory>.")
         if (ref, revision) not in bases:
-            parsed = IngredientRef.parse(ref, revision)
-            if parsed.is_local:
-                resolved = Ingredient(ref=parsed.ref, local_dir=parsed.local_dir)
-            else:
-                from . import hub
-
-                resolved = hub.resolve(parsed, token=token, endpoint=endpoint, cache_dir=cache_dir)
+            resolved = _resolve_base(ing, ref, revision, given=base is not None, token=token, endpoint=endpoint,
+                                     cache_dir=cache_dir)
             if is_adapter_listing(_listing(resolved)):
                 raise InvalidArgumentError(f"the base '{resolved.name}' is itself an adapter.", ingredient=ing.name,
                                            fix="pass base=<the full model the adapter was trained on>.", param="base")
@@ -136,6 +150,15 @@ def attach_bases(ingredients: Sequence[Ingredient], base: str | os.PathLike[str]
         layout = build_layout(config, header, ing.name)
         out.append(dataclasses.replace(ing, adapter=AdapterSource(config, header, layout, bases[(ref, revision)])))
     return out
+
+
+def pinned_base(ingredients: Sequence[Ingredient]) -> str | None:
+    """The adapters' base as a recipe records it: `repo@sha` on the Hub, its directory (as named) locally; `None`
+    without adapters. The verdict has checked that every adapter's base is this one (or has identical weights)."""
+    for ing in ingredients:
+        if is_adapter(ing):
+            return ing.adapter.base.name  # type: ignore[attr-defined]
+    return None
 
 
 def adapter_meta(ing: Ingredient, base_meta: IngredientMeta) -> IngredientMeta:
@@ -151,8 +174,25 @@ def base_metas(ingredients: Sequence[Ingredient], read: Any) -> dict[str, Ingred
     out: dict[str, IngredientMeta] = {}
     for ing in ingredients:
         if is_adapter(ing) and ing.adapter.base.name not in out:  # type: ignore[attr-defined]
-            out[ing.adapter.base.name] = read(ing.adapter.base)  # type: ignore[attr-defined]
+            with _about_base(ing, ing.adapter.base.name):  # type: ignore[attr-defined]
+                out[ing.adapter.base.name] = read(ing.adapter.base)  # type: ignore[attr-defined]
     return out
+
+
+@contextlib.contextmanager
+def _about_base(ing: Ingredient, base: str, *, given: bool = False) -> Any:
+    """A base that cannot be found or read: the error names the adapter whose base it is, and the fix (`base=`).
+    An error about a base given as `base=` is the caller's own, and passes unchanged."""
+    from .errors import SoupError, _rebuild
+
+    try:
+        yield
+    except SoupError as e:
+        if given or getattr(e, "report", None) is not None:
+            raise
+        raise _rebuild(type(e), f"its base '{base[:200]}' (its adapter_config.json's base_model_name_or_path) "
+                       f"cannot be used: {e.message}", ing.name, e.tensor, e.file,
+                       "pass base=<the base model's Hub repo id (repo@sha) or local directory>.", "base") from None
 
 
 def adapter_problems(ingredients: Sequence[Ingredient], metas: Sequence[IngredientMeta]) -> list[Problem]:
@@ -177,7 +217,13 @@ def adapter_problems(ingredients: Sequence[Ingredient], metas: Sequence[Ingredie
     first, first_src = adapters[0][0], adapters[0][0].adapter  # type: ignore[attr-defined]
     for ing, _ in adapters[1:]:
         src = ing.adapter  # type: ignore[attr-defined]
-        if not same_base(first_src.base, src.base):
+        same = same_base(first_src.base, src.base)
+        if same is None:
+            problems.append(Problem(ing.name, "base", f"adapts '{src.base.name}', and '{first.name}' adapts "
+                                    f"'{first_src.base.name}': their weight files cannot be compared (the Hub lists "
+                                    "no digest for them), so they may be other weights.",
+                                    "if both were trained on one base, pass base=<its repo id@sha or directory>."))
+        elif not same:
             problems.append(Problem(ing.name, "base", f"adapts '{src.base.name}', but '{first.name}' adapts "
                                     f"'{first_src.base.name}' (another commit or other weights).",
                                     "soup adapters of one base (pass base=<repo id@sha> if both were trained on it)."))
@@ -193,35 +239,67 @@ def adapter_problems(ingredients: Sequence[Ingredient], metas: Sequence[Ingredie
     return problems
 
 
-def same_base(a: Ingredient, b: Ingredient) -> bool:
-    """One base: the same Hub commit, the same directory, or weight files with identical digests."""
+def _resolve_base(ing: Ingredient, ref: str, revision: str | None, *, given: bool, token: Any,
+                  endpoint: str | None, cache_dir: str | None) -> Ingredient:
+    """The adapter's base, pinned. A base named by a Hub adapter's own config is a Hub repo, never a local path: an
+    adapter from the Hub must not make hf_soups read (and a push publish) a directory of this machine. A base that
+    cannot be found names the adapter whose config named it, and the fix (`base=`)."""
+    with _about_base(ing, ref, given=given):
+        if not given and ing.local_dir is None and ing.repo_id is not None:
+            parsed = IngredientRef.hub(ref, revision)
+        else:
+            parsed = IngredientRef.parse(ref, revision)
+        if parsed.is_local:
+            return Ingredient(ref=parsed.ref, local_dir=parsed.local_dir)
+        from . import hub
+
+        return hub.resolve(parsed, token=token, endpoint=endpoint, cache_dir=cache_dir)
+
+
+def same_base(a: Ingredient, b: Ingredient) -> bool | None:
+    """One base: the same Hub commit, the same directory, or weight files with identical digests (a local file's
+    sha256 is a Hub LFS file's sha256; its git blob id a regular Hub file's). `None` when the digests cannot be
+    compared (a Hub listing without them)."""
     if a.repo_id is not None and b.repo_id is not None and (a.repo_id, a.revision) == (b.repo_id, b.revision):
         return True
     if a.repo_id is None and b.repo_id is None and a.local_dir and b.local_dir and \
             os.path.realpath(a.local_dir) == os.path.realpath(b.local_dir):
         return True
-    return _weights_digest(a) == _weights_digest(b)
+    da, db = _weights_digests(a), _weights_digests(b)
+    if set(da) != set(db):
+        return False
+    if any(not da[f] or not db[f] for f in da):
+        return None
+    return all(da[f] & db[f] for f in da)
 
 
-def _weights_digest(ing: Ingredient) -> tuple[tuple[str, str | None], ...]:
-    """`(file, digest)` of the base's weight files: git/LFS blob ids on the Hub, sha256 of local files."""
-    if ing.repo_id is not None:
-        return tuple(sorted((f, ing.blob_ids.get(f)) for f in ing.files if f.endswith(".safetensors")))
-    out = []
+def _weights_digests(ing: Ingredient) -> dict[str, set[str]]:
+    """For each weight file of the base, the digests it is known by: `lfs:<sha256>` and/or `git:<blob id>` (empty
+    when a Hub listing gives none)."""
+    if ing.repo_id is not None and ing.local_dir is None:
+        out: dict[str, set[str]] = {}
+        for f in ing.files:
+            if f.endswith(".safetensors"):
+                lfs, blob = ing.lfs_sha256.get(f), ing.blob_ids.get(f)
+                out[f] = {f"lfs:{lfs}"} if lfs else ({f"git:{blob}"} if blob else set())
+        return out
+    out = {}
     local_dir = local_dir_of(ing)
     for f in sorted(os.listdir(local_dir)):
         if f.endswith(".safetensors"):
-            digest = hashlib.sha256()
+            sha256, git = hashlib.sha256(), hashlib.sha1()  # noqa: S324 (git's blob id, not a security digest)
             with os.fdopen(open_inside(local_dir, f), "rb") as fh:
+                git.update(f"blob {os.fstat(fh.fileno()).st_size}\0".encode())
                 for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            out.append((f, digest.hexdigest()))
-    return tuple(out)
+                    sha256.update(block)
+                    git.update(block)
+            out[f] = {f"lfs:{sha256.hexdigest()}", f"git:{git.hexdigest()}"}
+    return out
 
 
 def open_adapter(ing: Ingredient, open_base: Any, cache: dict[str, Any], stack: contextlib.ExitStack, *,
-                 token: Any = None, endpoint: str | None = None, cache_dir: str | None = None
-                 ) -> tuple[Ingredient, CheckpointReader]:
+                 token: Any = None, endpoint: str | None = None, cache_dir: str | None = None,
+                 allow_pickle: bool = False) -> tuple[Ingredient, CheckpointReader]:
     """Open an adapter as its merged model. `open_base(base) -> (base with local_dir, reader)` is called once per
     base (kept in `cache`); the adapter's own files are small and always read from disk, closed by `stack`."""
     src: AdapterSource = ing.adapter  # type: ignore[attr-defined]
@@ -232,8 +310,8 @@ def open_adapter(ing: Ingredient, open_base: Any, cache: dict[str, Any], stack: 
     if local_dir is None:
         from . import hub
 
-        local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir)
-    reader = stack.enter_context(_open_adapter_file(local_dir, ing.name))
+        local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, allow_pickle=allow_pickle)
+    reader = stack.enter_context(_open_adapter_file(local_dir, ing.name, allow_pickle))
     ing = dataclasses.replace(ing, local_dir=local_dir, adapter=dataclasses.replace(src, base=base))
     return ing, AdapterReader(base_reader, reader, src.layout, ing.name)
 

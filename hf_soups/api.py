@@ -53,8 +53,8 @@ RefLike = str | os.PathLike | IngredientRef
 
 
 def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
-                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None
-                 ) -> list[Ingredient]:
+                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None,
+                 allow_pickle: bool = False) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
@@ -73,7 +73,8 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
         from . import hub
 
         resolved = [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
-    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir)
+    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                 allow_pickle=allow_pickle)
 
 
 def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
@@ -168,7 +169,7 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
     for ing in ingredients:
         if adapters.is_adapter(ing):
             ing, reader = adapters.open_adapter(ing, open_base, bases, stack, token=token, endpoint=endpoint,
-                                                cache_dir=cache_dir)
+                                                cache_dir=cache_dir, allow_pickle=allow_pickle)
         elif ing.repo_id is not None and ing.local_dir is None:
             from . import hub
 
@@ -248,7 +249,7 @@ def check_compatibility(
         True
         ```
     """
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
     metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
     report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
@@ -496,7 +497,7 @@ def soup_from_hub(
 
         eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
                                     max_samples=spec.max_samples)
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base)
+    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
@@ -594,6 +595,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
+                base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
@@ -752,10 +754,11 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         [`SoupError`]: the calibration data differs from the recorded one (nothing is written then).
         Everything [`soup_from_hub`] raises.
     """
-    from .recipes.recipe import check_replayable
+    from .recipes.recipe import check_replayable, replayable_base
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
+    replayable_base(recipe, allow_local=allow_local)  # the adapters' base: pinned as the ingredients are
     calibration = None
     bn = recipe.batchnorm
     if bn is not None:  # the calibration data is loaded before any download (its sha256 is checked in the commit)
@@ -777,13 +780,15 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     from .runs.hub import fetch_run_folders
 
     refs = fetch_run_folders(refs, token, endpoint, cache_dir)  # user/run@<sha>/checkpoint-<step>: that folder
-    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir)
+    # adapters are read against the recorded, pinned base, never the one their configs name today
+    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir, recipe.base)
     check_ingredient_set(ingredients)  # as soup_from_hub does
     metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                      allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)
     soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
-                 trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration)
+                 trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
+                 as_adapter=recipe.as_adapter)
     soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
     if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
         soup.metric = recipe.evaluation.metric_name

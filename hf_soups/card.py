@@ -255,6 +255,9 @@ def build_card(
                      f"{_fmt(ing.weight)} | {inside} | {_fmt(ing.score)} |")
     if base_model:
         lines += ["", f"Pretrained base: {_code(base_model)}."]
+    if recipe.base:
+        shown = _code(_shown_path(recipe.base))
+        lines += ["", f"The LoRA adapters are read against the base {shown} (pinned; a replay uses it)."]
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:

@@ -270,6 +270,8 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
             report.add(Problem(meta.name, "tensors", "its weights are pickled (pytorch_model.bin), so tensor names, "
                                "shapes and dtypes cannot be read before download; they are checked when the weights "
                                "are read.", "none needed.", "warning"))
+        for problem in peft_wrapper_problems(meta):
+            report.add(problem)
     first_labels = normalize_id2label(metas[0].config) if metas else None
     permuting = align_labels and any(normalize_id2label(m.config) != first_labels for m in metas)
     for meta in metas:
@@ -356,6 +358,27 @@ def verdict(
         for problem in architecture_findings(metas, architecture_check):
             report.add(problem)
     return report
+
+
+#: Tensor-name parts that only a model still wrapped by peft saves (`PeftModel` state dicts, or
+#: `peft_model.base_model.model.save_pretrained(...)`): the weights are not the merged model's.
+_PEFT_WRAPPER_PARTS = frozenset({"modules_to_save", "original_module", "lora_A", "lora_B", "lora_embedding_A",
+                                 "lora_embedding_B", "lora_magnitude_vector"})
+
+
+def peft_wrapper_problems(meta: IngredientMeta) -> list[Problem]:
+    """A full model saved with peft's wrapper tensors (`...modules_to_save.default...`, `original_module`, unmerged
+    `base_layer` + `lora_A`/`lora_B`): one problem naming a tensor and `merge_and_unload()` as the fix."""
+    names = [n for n in (meta.tensors or {}) if _PEFT_WRAPPER_PARTS.intersection(n.split("."))]
+    if not names:
+        return []
+    unmerged = any(".base_layer." in n or ".lora_" in n for n in meta.tensors or {})
+    return [Problem(meta.name, "tensors", f"holds {len(names)} tensor(s) of a model still wrapped by peft (e.g. "
+                    f"'{sorted(names)[0]}'){': its LoRA deltas are not merged' if unmerged else ''}, so its tensors "
+                    "are not the model's.",
+                    "merge it with peft's `merge_and_unload()` and save that (`peft_model.merge_and_unload()"
+                    ".save_pretrained(dir)`), or save the adapter alone (`peft_model.save_pretrained(dir)`) and soup "
+                    "it as an adapter.")]
 
 
 def architecture_findings(

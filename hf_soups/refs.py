@@ -142,6 +142,8 @@ class Ingredient:
     score: float | None = None
     files: tuple[str, ...] = field(default=(), repr=False)
     blob_ids: dict[str, str | None] = field(default_factory=dict, repr=False)
+    #: sha256 of each LFS file's content, as the Hub lists it (comparable with a local file's sha256).
+    lfs_sha256: dict[str, str] = field(default_factory=dict, repr=False)
     sizes: dict[str, int | None] = field(default_factory=dict, repr=False)
     requested_revision: str | None = field(default=None, repr=False)
     #: An `hf_soups.adapters.AdapterSource` when the ingredient is a PEFT adapter (read as its merged model).

@@ -6,6 +6,7 @@ The oracle is peft itself: `PeftModel.from_pretrained(base, adapter).merge_and_u
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -255,6 +256,12 @@ def test_as_adapter_reproduces_a_rank_r_soup_exactly(base, tmp_path):
     got = _deltas(base, [merged(base, soup.output_dir)])  # the written adapter, loaded and merged by peft
     for name in truth:
         torch.testing.assert_close(got[name], truth[name], atol=1e-5, rtol=0, msg=name)
+    from hf_soups import load_recipe, replay_recipe
+
+    replay = replay_recipe(load_recipe(soup.output_dir), tmp_path / "replay", allow_local=True, progress=False)
+    assert not os.path.exists(os.path.join(replay.output_dir, "model.safetensors"))  # an adapter again, bit for bit
+    assert open(os.path.join(replay.output_dir, "adapter_model.safetensors"), "rb").read() == \
+        open(os.path.join(soup.output_dir, "adapter_model.safetensors"), "rb").read()
 
 
 def test_as_adapter_reports_the_truncation_error_per_module(base, plain, tmp_path):
@@ -344,3 +351,197 @@ def test_held_out_methods_soup_adapters_as_their_merged_models(tmp_path, method)
         if tensor.is_floating_point():
             truth = sum(w * s[name].double() for w, s in zip(weights, states))
             torch.testing.assert_close(tensor.double(), truth, atol=1e-5, rtol=0, msg=name)
+
+
+# --- the base, pinned in the recipe and the card; --base on check ---------------------------------------------------
+
+
+def test_replay_uses_the_recorded_base_after_the_base_moves(api, hub, base, tmp_path, capsys):
+    """The adapters name the base without a revision: the recipe pins it, so a replay after a new commit on the base's
+    main branch re-creates the very same soup (from the recipe object and from the card, API and CLI)."""
+    from conftest import publish
+
+    from hf_soups import load_recipe, replay_recipe
+    from hf_soups.cli.main import main
+
+    base_sha = publish(api, base, "alice/moving-base")
+    for i in range(2):
+        _publish_adapter(api, make_adapter(base, str(tmp_path / f"m{i}"), seed=70 + i), f"alice/moving-{i}",
+                         "alice/moving-base")
+    soup = soup_from_hub(["alice/moving-0", "alice/moving-1"], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert soup.recipe.base == f"alice/moving-base@{base_sha}"
+    assert f"alice/moving-base@{base_sha}" in soup.card.text and f"base: alice/moving-base@{base_sha}" in \
+        soup.recipe.to_yaml()
+    original = open(os.path.join(soup.output_dir, "model.safetensors"), "rb").read()
+    moved = publish(api, perturb_checkpoint(base, tmp_path / "base-v2", seed=71), "alice/moving-base")
+    assert moved != base_sha  # main now points at other weights
+    replay = replay_recipe(load_recipe(soup.output_dir), tmp_path / "replay", progress=False)
+    assert open(os.path.join(replay.output_dir, "model.safetensors"), "rb").read() == original
+    assert main(["recipe", str(soup.output_dir), "--output", str(tmp_path / "cli-replay")]) == 0
+    assert open(tmp_path / "cli-replay" / "model.safetensors", "rb").read() == original
+    fresh = soup_from_hub(["alice/moving-0", "alice/moving-1"], output_dir=tmp_path / "fresh", merge_options=_quiet())
+    assert fresh.recipe.base == f"alice/moving-base@{moved}"  # a new soup reads today's base (and says so)
+
+
+def test_a_recorded_base_must_be_pinned_like_the_ingredients(plain):
+    from hf_soups import replay_recipe
+    from hf_soups.errors import RecipeError
+    from hf_soups.recipes import Recipe
+
+    pinned = ["alice/a@" + "1" * 40, "alice/b@" + "2" * 40]
+    for base in ("alice/base", "alice/base@main", plain[0]):
+        recipe = Recipe(method="uniform", ingredients=tuple(pinned), weights=(0.5, 0.5), base=base)
+        with pytest.raises(RecipeError, match="base"):
+            replay_recipe(recipe)
+    with pytest.raises(RecipeError, match="base"):
+        Recipe.from_dict({"method": "uniform", "ingredients": pinned, "weights": [1, 1], "base": ["x"]})
+
+
+def test_cli_check_takes_base_like_soup(base, tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    adapters = [make_adapter(base, str(tmp_path / f"c{i}"), seed=80 + i) for i in range(2)]
+    for path in adapters:  # the configs name a base that is not there (moved, or trained elsewhere)
+        config = json.load(open(os.path.join(path, "adapter_config.json")))
+        config["base_model_name_or_path"] = str(tmp_path / "gone")
+        json.dump(config, open(os.path.join(path, "adapter_config.json"), "w"))
+    code = main(["check", *adapters])
+    err = capsys.readouterr().err
+    assert code not in (0, 1) and "--base" in err and "base=" not in err, err
+    assert main(["check", *adapters, "--base", base]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wrapped", ["unmerged_with_head", "modules_to_save_only", "embedding_lora"])
+def test_a_full_model_saved_still_wrapped_by_peft_names_merge_and_unload(base, plain, tmp_path, wrapped):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / wrapped)
+    if wrapped == "unmerged_with_head":  # the wrapped model saved as a full model: base_layer, lora_A, modules_to_save
+        get_peft_model(_load_base(base), LoraConfig(r=2, target_modules=["query"], modules_to_save=["classifier"])
+                       ).base_model.model.save_pretrained(path)
+    else:  # a merged model whose head (or embeddings) still carry peft's wrapper names
+        shutil.copytree(base, path)
+        state = load_file(os.path.join(path, "model.safetensors"))
+        if wrapped == "modules_to_save_only":
+            for kind in ("weight", "bias"):
+                state[f"classifier.modules_to_save.default.{kind}"] = state[f"classifier.{kind}"].clone()
+                state[f"classifier.original_module.{kind}"] = state.pop(f"classifier.{kind}")
+        else:
+            emb = "bert.embeddings.word_embeddings"
+            state[f"{emb}.base_layer.weight"] = state.pop(f"{emb}.weight")
+            state[f"{emb}.lora_embedding_A.default"] = torch.zeros(2, state[f"{emb}.base_layer.weight"].shape[0])
+        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    report = check_compatibility([path], arch_check=False)
+    (problem,) = [p for p in report.problems if p.ingredient == path and "peft" in p.message]
+    assert "merge_and_unload()" in problem.fix and problem.field == "tensors"
+    assert ("not merged" in problem.message) == (wrapped != "modules_to_save_only")
+    with pytest.raises(IncompatibleIngredientsError, match="merge_and_unload"):
+        soup_from_hub([plain[0], path], output_dir=tmp_path / "soup", merge_options=_quiet())
+
+
+def test_a_local_copy_of_a_hub_base_is_that_base_and_else_the_fix_is_base(api, hub, base, tmp_path, monkeypatch):
+    """An adapter trained on a local copy of a Hub base and one trained on the Hub base: the copy's sha256 is the
+    Hub's LFS sha256, so they share the base. Where the Hub lists no digest, the refusal says to pass base=, and
+    base= then soups them against that base exactly."""
+    from conftest import publish
+
+    from hf_soups import hub as hub_mod
+
+    publish(api, base, "alice/copied-base")
+    on_hub = make_adapter(base, str(tmp_path / "on-hub"), seed=90)
+    _publish_adapter(api, on_hub, "alice/copied-0", "alice/copied-base")
+    copy = shutil.copytree(base, tmp_path / "copy")
+    local = make_adapter(str(copy), str(tmp_path / "local"), seed=91)
+    refs = ["alice/copied-0", local]
+    assert check_compatibility(refs, arch_check=False, weight_check=False).compatible
+    resolve = hub_mod.resolve
+
+    def no_digests(*args, **kwargs):  # a Hub-compatible server that lists no blob ids or LFS sha256
+        import dataclasses
+
+        return dataclasses.replace(resolve(*args, **kwargs), blob_ids={}, lfs_sha256={})
+
+    monkeypatch.setattr(hub_mod, "resolve", no_digests)
+    report = check_compatibility(refs, arch_check=False, weight_check=False)
+    (problem,) = [p for p in report.problems if p.field == "base"]
+    assert problem.ingredient == local and "cannot be compared" in problem.message and "base=" in problem.fix
+    soup = soup_from_hub(refs, base="alice/copied-base", output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert soup.recipe.base.startswith("alice/copied-base@")
+    assert_soup_is_mean(soup.output_dir, [merged(base, on_hub), merged(base, local)])
+
+
+# --- hostile or broken adapter files: each a clear SoupError naming the adapter and the fix -------------------------
+
+_HOSTILE = {  # adapter_config.json change -> words the error must hold
+    "huge_r": ({"r": 10**12}, "rank 4 but the config says"),
+    "r_not_int": ({"r": 2.5}, "positive integer"),
+    "alpha_inf": ({"lora_alpha": "inf"}, "finite number"),
+    "bad_regex_in_rank_pattern": ({"rank_pattern": {"(query": 4}}, "regular expression"),
+    "modules_to_save_int": ({"modules_to_save": 5}, "modules_to_save"),
+    "target_modules_dict": ({"target_modules": {"q": 1}}, "target_modules"),
+    "peft_type_list": ({"peft_type": ["LORA"]}, "peft_type"),
+    "dotdot_base": ({"base_model_name_or_path": "../../.."}, "base_model_name_or_path"),
+    "absolute_base_not_a_model": ({"base_model_name_or_path": "/"}, "base_model_name_or_path"),
+    "no_base": ({"base_model_name_or_path": None}, "base_model_name_or_path"),
+}
+
+
+def test_hostile_adapter_configs_are_clear_errors_in_cli_terms(plain, tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    for name, (change, words) in _HOSTILE.items():
+        path = shutil.copytree(plain[0], tmp_path / name)
+        config = json.load(open(path / "adapter_config.json"))
+        config.update(change)
+        (path / "adapter_config.json").write_text(json.dumps(config))
+        code = main(["check", plain[1], str(path)])
+        err = capsys.readouterr().err
+        assert code not in (0, 1) and "Traceback" not in err, (name, code, err)
+        assert str(path) in err and words in err and "Fix:" in err and "=" not in err.split("Fix:")[1], (name, err)
+    gone = shutil.copytree(plain[0], tmp_path / "no-weights")
+    os.remove(gone / "adapter_model.safetensors")
+    assert main(["check", plain[1], str(gone)]) == 5
+    assert "adapter_model.safetensors" in capsys.readouterr().err
+
+
+def test_negative_lora_alpha_is_merged_as_peft_does(base, plain, tmp_path):
+    negative = make_adapter(base, str(tmp_path / "neg"), seed=92, lora_alpha=-6, alpha_pattern={"value": -2.5})
+    soup = soup_from_hub([plain[0], negative], output_dir=tmp_path / "soup", merge_options=_quiet())
+    assert_soup_is_mean(soup.output_dir, [merged(base, plain[0]), merged(base, negative)])
+
+
+def test_a_pickled_adapter_is_refused_unless_allow_pickle(plain, tmp_path, capsys):
+    from hf_soups.cli.main import main
+    from hf_soups.errors import NoSafetensorsError, UnsafeCheckpointError
+
+    pickled = shutil.copytree(plain[1], tmp_path / "pickled")
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    os.remove(pickled / "adapter_model.safetensors")
+    with pytest.raises(NoSafetensorsError, match="allow_pickle=True"):
+        check_compatibility([plain[0], str(pickled)], arch_check=False)
+    assert main(["soup", plain[0], str(pickled), "--output", str(tmp_path / "x")]) == 5
+    assert "--allow-pickle" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
+    safe = soup_from_hub(plain[:2], output_dir=tmp_path / "safe", merge_options=_quiet())
+    loaded = soup_from_hub([plain[0], str(pickled)], output_dir=tmp_path / "loaded", allow_pickle=True,
+                           merge_options=_quiet())
+    assert open(os.path.join(loaded.output_dir, "model.safetensors"), "rb").read() == \
+        open(os.path.join(safe.output_dir, "model.safetensors"), "rb").read()
+    evil = shutil.copytree(pickled, tmp_path / "evil")  # more than tensors: weights_only refuses it
+    torch.save({"w": torch.zeros(1), "x": argparse.Namespace()}, evil / "adapter_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        check_compatibility([plain[0], str(evil)], arch_check=False, allow_pickle=True)
+
+
+def test_a_hub_adapter_never_makes_a_local_directory_its_base(api, hub, base, tmp_path):
+    """A Hub adapter's config naming a local path (absolute, or `../..`) must not make hf_soups read (and a push
+    publish) that directory: the base of a Hub adapter is a Hub repo, or what base= says."""
+    from hf_soups.errors import IngredientNotFoundError
+
+    for i, local in enumerate([os.path.abspath(base), os.path.relpath(base)]):
+        path = make_adapter(base, str(tmp_path / f"l{i}"), seed=93)
+        _publish_adapter(api, path, f"alice/points-home-{i}", local)
+        with pytest.raises(IngredientNotFoundError) as err:
+            check_compatibility([f"alice/points-home-{i}"], arch_check=False)
+        assert err.value.ingredient.startswith(f"alice/points-home-{i}") and "base=" in err.value.fix
+    assert check_compatibility(["alice/points-home-0"], base=base, arch_check=False).compatible  # said by the user

@@ -38,6 +38,8 @@ ADAPTER_PICKLE = "adapter_model.bin"
 _PREFIX = "base_model.model."
 _MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                   "pytorch_model.bin.index.json")
+#: The longest `rank_pattern`/`alpha_pattern` key accepted (peft matches them as regular expressions).
+_MAX_PATTERN = 256
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
                        r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 
@@ -99,22 +101,33 @@ def parse_adapter_config(raw: bytes | str, ingredient: str) -> AdapterConfig:
     if not isinstance(data, dict):
         raise corrupt("not a JSON object.")
 
+    def kind_name(kind: type) -> str:
+        return "a positive integer" if kind is int else "a finite number"
+
+    def valid(value: Any, kind: type) -> bool:
+        """A rank is a positive integer; an alpha any finite number (peft merges a negative or zero alpha as it is)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        return value > 0 and int(value) == value if kind is int else True
+
     def number(key: str, default: Any, kind: type = float) -> Any:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise corrupt(f"`{key}` must be a positive number, got {str(value)[:40]!r}.")
-        if kind is int and int(value) != value:
-            raise corrupt(f"`{key}` must be an integer, got {value!r}.")
+        if not valid(value, kind):
+            raise corrupt(f"`{key}` must be {kind_name(kind)}, got {str(value)[:40]!r}.")
         return kind(value)
 
     def pattern(key: str, kind: type) -> dict[str, Any]:
         value = data.get(key) or {}
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise corrupt(f"`{key}` must map module names to numbers.")
+        if not isinstance(value, dict) or not all(isinstance(k, str) and 0 < len(k) <= _MAX_PATTERN for k in value):
+            raise corrupt(f"`{key}` must map module names (at most {_MAX_PATTERN} characters) to numbers.")
         out = {}
         for k, v in value.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise corrupt(f"`{key}[{k!r}]` must be a positive number.")
+            if not valid(v, kind):
+                raise corrupt(f"`{key}[{k[:60]!r}]` must be {kind_name(kind)}.")
+            try:
+                re.compile(k)  # peft matches these keys as regular expressions
+            except (re.error, RecursionError, OverflowError):
+                raise corrupt(f"`{key}` key {k[:60]!r} is not a valid regular expression.") from None
             out[k] = kind(v)
         return out
 
@@ -124,12 +137,15 @@ def parse_adapter_config(raw: bytes | str, ingredient: str) -> AdapterConfig:
             raise corrupt(f"`{key}` must be a string.")
         return value
 
-    modules = data.get("modules_to_save") or ()
-    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+    modules = data.get("modules_to_save") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise corrupt("`modules_to_save` must be a list of module names.")
     targets = data.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise corrupt("`target_modules` must be a list of module names or a regular expression string.")
     return AdapterConfig(
-        peft_type=str(data.get("peft_type", "")).upper(), base_model=text("base_model_name_or_path"),
+        peft_type=(text("peft_type") or "").upper(), base_model=text("base_model_name_or_path"),
         base_revision=text("revision"), r=number("r", 8, int), lora_alpha=number("lora_alpha", 8),
         use_rslora=bool(data.get("use_rslora", False)), fan_in_fan_out=bool(data.get("fan_in_fan_out", False)),
         rank_pattern=pattern("rank_pattern", int), alpha_pattern=pattern("alpha_pattern", float),

@@ -325,16 +325,28 @@ def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> Checkpo
     files = read_shard_index(directory, ingredient, PICKLE_INDEX)[1] if has_index else [PICKLE_SINGLE]
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        path = resolve_inside(directory, file, ingredient=ingredient)
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # weights_only refuses anything but tensors and plain containers
-            raise UnsafeCheckpointError(
-                f"refused by torch.load(weights_only=True): {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                ingredient=ingredient, file=file,
-                fix="this file holds more than tensors; convert it to safetensors in a sandbox you trust.",
-            ) from None
-        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            raise CorruptCheckpointError("does not hold a state dict of tensors.", ingredient=ingredient, file=file)
-        state.update(loaded)
+        state.update(load_pickled_state(directory, file, ingredient))
     return StateDictReader(state, ingredient, file=files[0])
+
+
+def load_pickled_state(directory: str, file: str, ingredient: str) -> dict[str, torch.Tensor]:
+    """A pickled state dict inside `directory`, loaded with `torch.load(weights_only=True)` only (the caller has been
+    given `allow_pickle=True`).
+
+    Raises:
+        [`UnsafeCheckpointError`]: `weights_only` refused the file (it holds more than tensors).
+        [`CorruptCheckpointError`]: not a mapping of tensors.
+    """
+    path = resolve_inside(directory, file, ingredient=ingredient)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain containers
+        raise UnsafeCheckpointError(
+            f"refused by torch.load(weights_only=True): {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            ingredient=ingredient, file=file,
+            fix="this file holds more than tensors; convert it to safetensors in a sandbox you trust.",
+        ) from None
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in loaded.items()):
+        raise CorruptCheckpointError("does not hold a state dict of tensors.", ingredient=ingredient, file=file)
+    return loaded

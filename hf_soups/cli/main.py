@@ -135,6 +135,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def _add_base_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default=None, metavar="REPO",
+                   help="the base model of LoRA adapter REFs (default: each adapter's base_model_name_or_path)")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """`REF` is one Trainer run (an output_dir or a Hub repo) whose checkpoints are chosen by these flags."""
     p.add_argument("--last", type=int, default=None, metavar="N",
@@ -185,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--metric", default=None, help="with --top: the logged metric to rank by (default eval_loss)")
+    _add_base_flag(check)
     _add_run_flags(check)
     _add_common(check)
 
@@ -241,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
     soup.add_argument("--allow-single", action="store_true",
                       help="accept a single REF (a 'soup' identical to it, for testing pipelines)")
-    soup.add_argument("--base", default=None, metavar="REPO",
-                      help="the base model of LoRA adapter REFs (default: each adapter's base_model_name_or_path)")
+    _add_base_flag(soup)
     soup.add_argument("--as-adapter", action="store_true",
                       help="write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)")
     soup.add_argument("--rank", type=int, default=None, metavar="R", help="the rank of the --as-adapter output")
@@ -324,7 +329,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ..api import check_compatibility
 
     report = check_compatibility(refs, revision=args.revision, token=args.token, align_labels=args.align_labels,
-                                 allow_pickle=args.allow_pickle)
+                                 allow_pickle=args.allow_pickle, base=args.base)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_table())
     return 0 if report.compatible else 1
 

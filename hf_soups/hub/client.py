@@ -12,7 +12,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
-from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
 from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
@@ -58,8 +58,10 @@ def resolve(ref: IngredientRef, *, token: str | bool | None = None, endpoint: st
     files = tuple(s.rfilename for s in info.siblings or [])
     blob_ids = {s.rfilename: getattr(s, "blob_id", None) for s in info.siblings or []}
     sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
+    lfs = {s.rfilename: getattr(getattr(s, "lfs", None), "sha256", None) for s in info.siblings or []}
     return Ingredient(ref=ref.ref, repo_id=ref.repo_id, revision=info.sha, files=files, blob_ids=blob_ids,
-                      sizes=sizes, requested_revision=ref.revision)
+                      sizes=sizes, requested_revision=ref.revision,
+                      lfs_sha256={f: h for f, h in lfs.items() if isinstance(h, str)})
 
 
 def _model_info(repo_id: str, revision: str, *, token: str | bool | None, endpoint: str | None, what: str) -> Any:
@@ -98,6 +100,8 @@ def needed_patterns(files: Sequence[str], *, weights: bool = True, allow_pickle:
     patterns = [f for f in files if f in wanted]
     if weights and ADAPTER_WEIGHTS in files:  # the adapter layout: its one weight file (the base is pulled apart)
         patterns.append(ADAPTER_WEIGHTS)
+    elif weights and allow_pickle and ADAPTER_PICKLE in files:
+        patterns.append(ADAPTER_PICKLE)
     if weights:
         if SAFETENSORS_INDEX in files or SAFETENSORS_SINGLE in files:
             patterns += [f for f in files if f.endswith(".safetensors") or f == SAFETENSORS_INDEX]

@@ -171,6 +171,10 @@ class Recipe:
         evaluation ([`EvalSpec`], *optional*): the held-out evaluation behind a greedy/learned soup.
         seed (`int`): random seed (learned soups).
         batchnorm ([`BatchNormCalibration`], *optional*): BatchNorm statistics recomputed after averaging.
+        base (`str`, *optional*): the base of the LoRA adapter ingredients, pinned (`repo@sha`, or a local path):
+            a replay reads the adapters against this very base, not the one their configs name today.
+        as_adapter (`int`, *optional*): the rank of a soup of adapters written as one LoRA adapter (`as_adapter=True,
+            rank=r`); a replay writes the adapter again.
         hf_soups_version (`str`): the version that made the soup.
     """
 
@@ -184,6 +188,8 @@ class Recipe:
     seed: int = 0
     hf_soups_version: str = field(default_factory=lambda: _version())
     batchnorm: BatchNormCalibration | None = None
+    base: str | None = None
+    as_adapter: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -197,6 +203,9 @@ class Recipe:
             data.pop("batchnorm")
         else:
             data["batchnorm"] = {f.name: getattr(self.batchnorm, f.name) for f in fields(self.batchnorm)}
+        for optional in ("base", "as_adapter"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
     def to_yaml(self) -> str:
@@ -321,6 +330,13 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or not 0 <= data["seed"] < 2**63:
             raise _field_error("seed", "expected a non-negative integer.")
         out["seed"] = data["seed"]
+    if data.get("base") is not None:
+        out["base"] = _text("base", data["base"], 4096)
+    if data.get("as_adapter") is not None:
+        rank = data["as_adapter"]
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= 1 << 20:
+            raise _field_error("as_adapter", "expected the adapter's rank, a positive integer.")
+        out["as_adapter"] = rank
     if "hf_soups_version" in data:
         out["hf_soups_version"] = _text("hf_soups_version", data["hf_soups_version"], 64)
     evaluation = data.get("evaluation")
@@ -403,38 +419,48 @@ def check_replayable(recipe: Recipe, *, allow_local: bool = False) -> list[Any]:
     Raises:
         [`RecipeError`]: naming the first ingredient that is not a pinned Hub repo.
     """
+    refs = [_replayable_ref(text, "ingredient", allow_local) for text in recipe.ingredients]
+    return refs
+
+
+def replayable_base(recipe: Recipe, *, allow_local: bool = False) -> Any:
+    """The recipe's adapter base as a reference to replay (`None` when it records none), checked as ingredients are.
+
+    Raises:
+        [`RecipeError`]: the base is not a Hub repo pinned to a full commit sha (and `allow_local=False`).
+    """
+    return None if recipe.base is None else _replayable_ref(recipe.base, "base", allow_local)
+
+
+def _replayable_ref(text: str, what: str, allow_local: bool) -> Any:
     from ..refs import IngredientRef
 
-    refs: list[Any] = []
-    for text in recipe.ingredients:
-        repo_id, at, rev = text.rpartition("@")
-        try:
-            hub_ref = IngredientRef(ref=text, repo_id=repo_id, revision=rev) if at and _FULL_SHA.match(rev) \
-                and IngredientRef.parse(f"{repo_id}@{rev}").repo_id == repo_id and not os.path.isdir(text) else None
+    repo_id, at, rev = text.rpartition("@")
+    try:
+        hub_ref = IngredientRef(ref=text, repo_id=repo_id, revision=rev) if at and _FULL_SHA.match(rev) \
+            and IngredientRef.parse(f"{repo_id}@{rev}").repo_id == repo_id and not os.path.isdir(text) else None
+    except Exception:
+        hub_ref = None
+    folder = RUN_FOLDER_RE.match(text)
+    if hub_ref is None and folder is not None and not os.path.isdir(text) and what == "ingredient":
+        try:  # a checkpoint folder of a Hub run: downloaded by replay_recipe, at its pinned sha
+            if IngredientRef.parse(f"{folder['repo']}@{folder['sha']}").repo_id == folder["repo"]:
+                hub_ref = IngredientRef(ref=text, repo_id=folder["repo"], revision=folder["sha"])
         except Exception:
             hub_ref = None
-        folder = RUN_FOLDER_RE.match(text)
-        if hub_ref is None and folder is not None and not os.path.isdir(text):
-            try:  # a checkpoint folder of a Hub run: downloaded by replay_recipe, at its pinned sha
-                if IngredientRef.parse(f"{folder['repo']}@{folder['sha']}").repo_id == folder["repo"]:
-                    hub_ref = IngredientRef(ref=text, repo_id=folder["repo"], revision=folder["sha"])
-            except Exception:
-                hub_ref = None
-        if hub_ref is not None:
-            refs.append(hub_ref)
-        elif allow_local:
-            refs.append(text)
-        else:
-            from ..validation import mask_secrets
+    if hub_ref is not None:
+        return hub_ref
+    if allow_local:
+        return text
+    from ..validation import mask_secrets
 
-            raise RecipeError(
-                f"ingredient '{mask_secrets(text)}' is not a Hub repo pinned to a full 40-hex commit sha; a recipe "
-                "can only promise a bit-for-bit replay of pinned Hub repos, and one read from a model card must not "
-                "pick up local directories.",
-                fix="pin every ingredient as 'user/model@<40-hex sha>', or, for a recipe you wrote yourself with "
-                    "local checkpoints, pass allow_local=True (CLI: --allow-local-ingredients).",
-            )
-    return refs
+    raise RecipeError(
+        f"{what} '{mask_secrets(text)}' is not a Hub repo pinned to a full 40-hex commit sha; a recipe "
+        "can only promise a bit-for-bit replay of pinned Hub repos, and one read from a model card must not "
+        "pick up local directories.",
+        fix=f"pin every ingredient{' and the base' if what == 'base' else ''} as 'user/model@<40-hex sha>', or, for a "
+            "recipe you wrote yourself with local checkpoints, pass allow_local=True (CLI: --allow-local-ingredients).",
+    )
 
 
 def _version() -> str:
