@@ -306,3 +306,34 @@ def test_cli_takes_the_column_flags_each_task_needs(made, tmp_path, capsys):
                str(tmp_path / "cli2")])
     err = capsys.readouterr().err
     assert rc == 8 and "--label-column" in err and "label_column" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["token", "qa", "regression"])
+def test_evaluate_resamples_the_task_unit_with_intervals(made, case, tmp_path):
+    """soup.evaluate on each task: the bootstrap resamples sentences (token) / questions (QA) / examples, and the
+    report and the card's model-index carry the task's metric."""
+    family, data = made[case]
+    soup = soup_from_hub(family[1:], output_dir=tmp_path / "u")
+    report = soup.evaluate({"val": data}, methods=["soup", "best_individual"], progress=False)
+    assert report.metric == _CASES[case][1] and report.sizes["val"] == len(data)
+    interval = report.intervals["val"]["uniform_soup"]
+    assert interval.value == pytest.approx(1.0, abs=1e-5) and interval.low == pytest.approx(1.0, abs=1e-5)
+    card = open(os.path.join(soup.output_dir, "README.md"), encoding="utf-8").read()
+    assert f"type: {_CASES[case][1]}" in card
+
+
+def test_qa_long_contexts_are_windowed_with_a_stride(made):
+    """A context longer than the window is split into overlapping features (more rows than questions); every
+    prediction is a span of its own context, at most 30 tokens long."""
+    family, data = made["qa"]
+    config = transformers.AutoConfig.from_pretrained(family[1]).to_dict()
+    long = Dataset.from_dict({"question": data["question"][:6],
+                              "context": [" ".join([c] * 3) for c in data["context"][:6]],
+                              "answers": data["answers"][:6]})
+    ev = Evaluator(long, family[1], config, max_length=32)
+    assert ev.prepared.rows > len(long) and ev.prepared.shape == (32, 2)
+    predictions = ev.predictions(ev.logits(_model(family[1])[0]))
+    tok = transformers.AutoTokenizer.from_pretrained(family[1])
+    for p, c in zip(predictions, long["context"]):
+        assert p and p in c and len(tok.tokenize(p)) <= 30
+    assert 0.0 <= ev.score(_model(family[1])[0])[0] <= 1.0

@@ -442,6 +442,8 @@ def evaluate_soup(
                         for s, t in report.differences.items()}
     soup.evaluation_warnings = list(report.warnings)
     soup.notes = list(report.notes)
+    if soup.metric == "accuracy" and soup.metric_fn is None:  # the library default: the task's own default metric
+        soup.metric = report.metric
     return report
 
 
