@@ -65,9 +65,7 @@ _CLI_FIXES: dict[str, str] = {
     "eval_dataset": "pass --eval-dataset FILE_OR_ID (a csv/json/parquet file, a save_to_disk directory or a Hub "
                     "dataset id), with --split, --text-column and --label-column as needed.",
     "token": "pass --token hf_..., set HF_TOKEN, or run `hf auth login`.",
-    "text_column": "pass --text-column NAME with one of the dataset's columns; twice for a sentence pair "
-                   "(--text-column sentence1 --text-column sentence2) or QA (--text-column question --text-column "
-                   "context).",
+    "text_column": "pass --text-column NAME with one of the dataset's columns.",
     "label_column": "pass --label-column NAME with one of the dataset's columns.",
     "image_column": "pass --image-column NAME with one of the dataset's columns.",
     "split": "pass --split NAME with one of the dataset's splits.",

@@ -33,7 +33,8 @@ def find_text_columns(columns: Sequence[str], asked: str | tuple[str, ...] | Non
     """
     if isinstance(asked, tuple):
         if len(asked) != 2:
-            raise EvaluationError(f"text_column names {len(asked)} columns {list(asked)}; a sentence pair has two.",
+            raise EvaluationError(f"text_column names {len(asked)} columns {list(asked)}; a sentence pair has two "
+                                  "(CLI: --text-column FIRST --text-column SECOND).",
                                   fix="pass text_column=('first', 'second') (CLI: --text-column twice).",
                                   param="text_column")
         return tuple(find_column(columns, c, TEXT_COLUMNS, "text") for c in asked)
@@ -44,14 +45,15 @@ def find_text_columns(columns: Sequence[str], asked: str | tuple[str, ...] | Non
         if partner is not None:
             raise EvaluationError(
                 f"text_column '{column}' is one sentence of the pair {list(partner)} in the dataset: scoring it alone "
-                "would score a pair model on half its input.",
+                f"would score a pair model on half its input (CLI: --text-column {partner[0]} --text-column "
+                f"{partner[1]}).",
                 fix=f"pass text_column={partner!r} (CLI: --text-column {partner[0]} --text-column {partner[1]}), or "
                     f"remove the column '{partner[1] if column == partner[0] else partner[0]}' to score one sentence.",
                 param="text_column")
         return (column,)
     if len(present) > 1:
         raise EvaluationError(f"the dataset holds the sentence pairs {[list(p) for p in present]}: which one is the "
-                              "model's input is ambiguous.",
+                              "model's input is ambiguous (CLI: --text-column FIRST --text-column SECOND).",
                               fix=f"pass text_column={present[0]!r} or text_column={present[1]!r} (CLI: "
                                   "--text-column FIRST --text-column SECOND).", param="text_column")
     if present:
