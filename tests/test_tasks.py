@@ -337,3 +337,24 @@ def test_qa_long_contexts_are_windowed_with_a_stride(made):
     for p, c in zip(predictions, long["context"]):
         assert p and p in c and len(tok.tokenize(p)) <= 30
     assert 0.0 <= ev.score(_model(family[1])[0])[0] <= 1.0
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_vectorised_bootstrap_equals_recomputing_the_metric(made, case):
+    """Each native metric's per-unit statistics give, per resample, the score the metric itself computes."""
+    import dataclasses
+
+    from hf_soups.evaluation.uncertainty import Bootstrap, paired_bootstrap
+
+    family, data = made[case]
+    config = transformers.AutoConfig.from_pretrained(family[1]).to_dict()
+    ev = Evaluator(data, family[1], config)
+    preds = {"destroyed": np.asarray(ev.predictions(ev.logits(_model(family[0])[0])))}
+    for name, m in ev.task_impl.metrics().items():
+        if m.unit_stats is None:
+            continue
+        slow = dataclasses.replace(m, unit_stats=None, from_stats=None)
+        fast_iv, _ = paired_bootstrap(preds, np.asarray(ev.references), m, bootstrap=Bootstrap(resamples=50))
+        slow_iv, _ = paired_bootstrap(preds, np.asarray(ev.references), slow, bootstrap=Bootstrap(resamples=50))
+        for a, b in zip(dataclasses.astuple(fast_iv["destroyed"]), dataclasses.astuple(slow_iv["destroyed"])):
+            assert a == pytest.approx(b, abs=1e-9), name

@@ -183,9 +183,12 @@ def num_labels_of(config: Mapping[str, Any]) -> int:
     return len(id2label) if isinstance(id2label, Mapping) and id2label else int(config.get("num_labels", 2))
 
 
-def metric(name: str, compute: Callable[[Any, Any], float], higher_is_better: bool = True) -> Metric:
-    """A native [`Metric`] named `name` (recorded and replayed by that name)."""
-    return Metric(name, compute, name, higher_is_better)
+def metric(name: str, compute: Callable[[Any, Any], float], higher_is_better: bool = True,
+           stats: tuple[Callable[[Any, Any], Any], Callable[[Any], Any]] | None = None) -> Metric:
+    """A native [`Metric`] named `name` (recorded and replayed by that name); `stats` are its additive per-unit
+    statistics and their score, for a vectorised bootstrap (see [`Metric`])."""
+    unit_stats, from_stats = stats if stats is not None else (None, None)
+    return Metric(name, compute, name, higher_is_better, unit_stats, from_stats)
 
 
 def read_column(raw: Any, column: str, name: str, expected: str) -> list[Any]:

@@ -8,6 +8,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...errors import LabelMismatchError
@@ -86,8 +87,10 @@ class MultiLabel(SequenceTask):
         return torch.nn.functional.binary_cross_entropy_with_logits(output, prepared.targets[idx].to(output.device))
 
     def metrics(self) -> dict[str, Metric]:
-        return {"micro_f1": metric("micro_f1", scores.micro_f1),
-                "exact_match": metric("exact_match", scores.exact_match_rows)}
+        rows_equal = (lambda p, r: scores.mean_stats((np.asarray(p, dtype=bool) == np.asarray(r, dtype=bool))
+                                                     .all(axis=-1)), scores.mean_from_stats)
+        return {"micro_f1": metric("micro_f1", scores.micro_f1, stats=(scores.multi_hot_stats, scores.f1_from_stats)),
+                "exact_match": metric("exact_match", scores.exact_match_rows, stats=rows_equal)}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
         return {"predictions": [[int(v) for v in p] for p in predictions],

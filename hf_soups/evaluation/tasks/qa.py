@@ -143,8 +143,11 @@ class QuestionAnswering(Task):
         return (ce(output[..., 0], targets[:, 0]) + ce(output[..., 1], targets[:, 1])) / 2
 
     def metrics(self) -> dict[str, Metric]:
-        return {"squad_f1": metric("squad_f1", scores.squad_f1),
-                "squad_exact_match": metric("squad_exact_match", scores.squad_exact_match)}
+        def each(exact: bool) -> tuple[Any, Any]:
+            return (lambda p, r: scores.mean_stats(scores.squad_each(p, r, exact)), scores.mean_from_stats)
+
+        return {"squad_f1": metric("squad_f1", scores.squad_f1, stats=each(False)),
+                "squad_exact_match": metric("squad_exact_match", scores.squad_exact_match, stats=each(True))}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
         return {"predictions": [{"id": str(i), "prediction_text": str(p)} for i, p in enumerate(predictions)],

@@ -8,6 +8,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..metrics import Metric
@@ -50,8 +51,11 @@ class Regression(SequenceTask):
         return torch.nn.functional.mse_loss(output[:, 0], prepared.targets[idx].to(output.device))
 
     def metrics(self) -> dict[str, Metric]:
-        return {"pearsonr": metric("pearsonr", scores.pearsonr), "spearmanr": metric("spearmanr", scores.spearmanr),
-                "mse": metric("mse", scores.mse, higher_is_better=False)}
+        squared = (lambda p, r: scores.mean_stats((np.asarray(p, dtype=np.float64) - np.asarray(r)) ** 2),
+                   scores.mean_from_stats)
+        return {"pearsonr": metric("pearsonr", scores.pearsonr, stats=(scores.moment_stats, scores.pearson_from_stats)),
+                "spearmanr": metric("spearmanr", scores.spearmanr),
+                "mse": metric("mse", scores.mse, higher_is_better=False, stats=squared)}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
         return {"predictions": [float(p) for p in predictions], "references": [float(r) for r in references]}

@@ -131,12 +131,77 @@ def _f1(prediction: str, truth: str) -> float:
 
 def squad_exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """SQuAD exact match (fraction, not percent): the normalized answer equals one of the gold answers."""
-    scores = [max((float(_normalize_answer(p) == _normalize_answer(g)) for g in golds), default=0.0)
-              for p, golds in zip(predictions, references)]
-    return float(np.mean(scores)) if scores else 0.0
+    scores = squad_each(predictions, references, exact=True)
+    return float(scores.mean()) if len(scores) else 0.0
 
 
 def squad_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """SQuAD token F1 (fraction, not percent), the maximum over the gold answers, averaged over questions."""
-    scores = [max((_f1(p, g) for g in golds), default=0.0) for p, golds in zip(predictions, references)]
-    return float(np.mean(scores)) if scores else 0.0
+    scores = squad_each(predictions, references, exact=False)
+    return float(scores.mean()) if len(scores) else 0.0
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+
+
+def f1_stats(correct_pred_true: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per-unit `(correct, predicted, true)` counts as an array (for [`f1_from_stats`])."""
+    return np.asarray(correct_pred_true, dtype=np.float64).reshape(-1, 3)
+
+
+def f1_from_stats(summed: np.ndarray) -> np.ndarray:
+    """Micro F1 `2c / (p + t)` of summed `(correct, predicted, true)` counts, 0 without a correct one."""
+    return _ratio(2 * summed[:, 0], summed[:, 1] + summed[:, 2])
+
+
+def entity_stats(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per sentence: `(correct, predicted, true)` entity counts (entities never span sentences)."""
+    rows = []
+    for p, r in zip(predictions, references):
+        pred, true = get_entities([list(p)]), get_entities([list(r)])
+        rows.append((len(pred & true), len(pred), len(true)))
+    return f1_stats(rows)
+
+
+def multi_hot_stats(predictions: Any, references: Any) -> np.ndarray:
+    """Per row: `(true positives, predicted positives, true positives + false negatives)`."""
+    p, r = np.asarray(predictions, dtype=bool), np.asarray(references, dtype=bool)
+    return np.stack([(p & r).sum(-1), p.sum(-1), r.sum(-1)], axis=-1).astype(np.float64)
+
+
+def mean_stats(values: np.ndarray) -> np.ndarray:
+    """`(value, 1)` per unit: the mean of any per-unit score (with [`mean_from_stats`])."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.stack([values, np.ones_like(values)], axis=-1)
+
+
+def mean_from_stats(summed: np.ndarray) -> np.ndarray:
+    return _ratio(summed[:, 0], summed[:, 1])
+
+
+def moment_stats(predictions: Any, references: Any) -> np.ndarray:
+    """`(x, y, x^2, y^2, xy, 1)` per example: Pearson's r of a resample from its sums."""
+    x, y = np.asarray(predictions, dtype=np.float64), np.asarray(references, dtype=np.float64)
+    return np.stack([x, y, x * x, y * y, x * y, np.ones_like(x)], axis=-1)
+
+
+def pearson_from_stats(s: np.ndarray) -> np.ndarray:
+    n = s[:, 5]
+    cov = s[:, 4] - s[:, 0] * s[:, 1] / n
+    var = np.clip(s[:, 2] - s[:, 0] ** 2 / n, 0, None) * np.clip(s[:, 3] - s[:, 1] ** 2 / n, 0, None)
+    return np.clip(_ratio(cov, np.sqrt(var)), -1.0, 1.0)
+
+
+def squad_each(predictions: Sequence[str], references: Sequence[Sequence[str]], exact: bool) -> np.ndarray:
+    """Per question: exact match or F1 against the best gold answer."""
+    if exact:
+        return np.array([max((float(_normalize_answer(p) == _normalize_answer(g)) for g in golds), default=0.0)
+                         for p, golds in zip(predictions, references)])
+    return np.array([max((_f1(p, g) for g in golds), default=0.0) for p, golds in zip(predictions, references)])
+
+
+def word_stats(predictions: Sequence[Sequence[Any]], references: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Per sentence: `(right words, words)`."""
+    return np.array([(sum(int(a == b) for a, b in zip(p, r)), len(r)) for p, r in zip(predictions, references)],
+                    dtype=np.float64).reshape(-1, 2)

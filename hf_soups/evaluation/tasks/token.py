@@ -131,10 +131,12 @@ class TokenClassification(Task):
         return [[names[int(i)] for i in row] for row in rows]
 
     def metrics(self) -> dict[str, Metric]:
-        accuracy = metric("token_accuracy", scores.token_accuracy)
+        accuracy = metric("token_accuracy", scores.token_accuracy, stats=(scores.word_stats, scores.mean_from_stats))
         if not scores.is_bio(self.names):
             return {"token_accuracy": accuracy}
-        return {"seqeval": metric("seqeval", lambda p, r: scores.seqeval_f1(self._named(p), self._named(r))),
+        entity_stats = (lambda p, r: scores.entity_stats(self._named(p), self._named(r)), scores.f1_from_stats)
+        return {"seqeval": metric("seqeval", lambda p, r: scores.seqeval_f1(self._named(p), self._named(r)),
+                                  stats=entity_stats),
                 "token_accuracy": accuracy}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
