@@ -191,7 +191,7 @@ def run_task(task: str, workdir: str, steps: int) -> dict:
             "unit": "sentence" if task == "token" else "example", "ingredients": [g[0] for g in GRID[task]],
             "steps": steps, "metric": summary["metric"], "greedy_trace": greedy.trace,
             "intervals": summary["intervals"], "differences": summary["differences"],
-            "bootstrap": summary["bootstrap"], "warnings": summary["warnings"],
+            "also": summary["also"], "bootstrap": summary["bootstrap"], "warnings": summary["warnings"],
             "seconds": {"fine_tune": round(tuned, 1), "total": round(time.perf_counter() - start, 1)}}
 
 

@@ -318,6 +318,13 @@ def test_evaluate_resamples_the_task_unit_with_intervals(made, case, tmp_path):
     assert report.metric == _CASES[case][1] and report.sizes["val"] == len(data)
     interval = report.intervals["val"]["uniform_soup"]
     assert interval.value == pytest.approx(1.0, abs=1e-5) and interval.low == pytest.approx(1.0, abs=1e-5)
+    beside = {"token": {"token_accuracy": 1.0}, "qa": {"squad_exact_match": 1.0},
+              "regression": {"spearmanr": 1.0}}[case]
+    for name, value in beside.items():
+        assert report.also["val"]["uniform_soup"][name] == pytest.approx(value, abs=1e-5)
+    if case == "regression":  # the labels are 5 x A's outputs: MSE is 16 x the mean square of the outputs
+        assert report.also["val"]["uniform_soup"]["mse"] == pytest.approx(
+            16 * float(np.mean(np.square(np.asarray(data["label"]) / 5))), rel=1e-4)
     card = open(os.path.join(soup.output_dir, "README.md"), encoding="utf-8").read()
     assert f"type: {_CASES[case][1]}" in card
 

@@ -68,6 +68,9 @@ class SoupReport:
             calibration set.
         notes (`list[str]`): how to read the results (e.g. how BatchNorm statistics were recalibrated).
         bootstrap ([`Bootstrap`]): resamples, confidence level and seed of the intervals.
+        also (`dict[str, dict[str, dict[str, float]]]`): `{set: {method: {metric: score}}}`, the task's other
+            metrics reported beside the main one (regression: Spearman's rho and MSE; multi-label: exact match;
+            QA: exact match; token classification: token accuracy); empty for classification.
     """
 
     results: dict[str, dict[str, float]]
@@ -80,6 +83,7 @@ class SoupReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    also: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -154,7 +158,7 @@ class SoupReport:
 
         return {"metric": self.metric, "results": self.results, "ingredient_scores": self.ingredient_scores,
                 "members": self.members, "intervals": ivs(self.intervals), "differences": ivs(self.differences),
-                "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes,
+                "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes, "also": self.also,
                 "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence,
                               "seed": self.bootstrap.seed}}
 
@@ -492,6 +496,10 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
         intervals, differences = paired_bootstrap(preds, _array(ev.references), ev.metric,
                                                   baseline="best_individual" if best else None, bootstrap=bootstrap)
         report.intervals[s] = {m: i for m, i in intervals.items() if m in results[s]}
+        others = [m for m in ev.task_impl.metrics().values() if m.name != ev.metric.name]
+        if others:  # the task's metrics reported beside the main one
+            refs = _array(ev.references)
+            report.also[s] = {m: {o.name: o(p, refs) for o in others} for m, p in preds.items() if m in results[s]}
         report.differences[s] = {m: d for m, d in differences.items() if m in results[s]}
         scores = ingredient_scores[s]
         if len(scores) >= 2:
