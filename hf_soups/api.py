@@ -554,6 +554,10 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
     With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
     """
     entry = get_method(method)
+    if entry.needs_eval or eval_dataset is not None:  # the task's default metric and threshold, for the recipe
+        from .evaluation.tasks import settle_spec
+
+        spec = settle_spec(spec, metas[0].config)
     with contextlib.ExitStack() as stack:
         ingredients, readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
                                              cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)

@@ -248,7 +248,8 @@ def build_card(
              "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "
              "inference cost, often better accuracy, above all under distribution shift.",
              "", "## Ingredients", "",
-             "| # | ingredient | revision | weight | in the soup | held-out score |", "|---|---|---|---|---|---|"]
+             f"| # | ingredient | revision | weight | in the soup | held-out score ({escape_markdown(metric)}) |",
+             "|---|---|---|---|---|---|"]
     for k, ing in enumerate(ingredients, 1):
         inside = "yes" if ing.weight is None or ing.weight > 0 else "no"
         lines.append(f"| {k} | {escape_markdown(ing.repo_id or ing.ref)} | {_code(ing.revision or 'local')} | "
@@ -261,7 +262,8 @@ def build_card(
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:
-        lines += ["", "## Greedy trace", "", "| step | candidate | soup score | decision | soup size |",
+        lines += ["", "## Greedy trace", "", f"| step | candidate | soup score ({escape_markdown(metric)}) | decision "
+                  "| soup size |",
                   "|---|---|---|---|---|"]
         for k, step in enumerate(trace, 1):
             reason = f": {escape_markdown(step['reason'])}" if step.get("reason") else ""

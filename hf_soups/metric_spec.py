@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Metric", "UserCallableMetric", "callable_name", "metric_record"]
@@ -21,11 +21,28 @@ class Metric:
         compute (`Callable`): the scoring function.
         source (`str`, *optional*): the metric name or path that re-loads it ([`resolve_metric`]); `None` for a
             user callable, which a recipe cannot replay.
+        higher_is_better (`bool`, *optional*, defaults to `True`): the metric's direction (`False` for errors such
+            as MSE): greedy keeps a candidate whose score does not get worse in this direction.
+        unit_stats (`Callable`, *optional*): additive per-unit statistics `(predictions, references) -> (n, k)
+            array` (e.g. an entity F1's correct/predicted/true counts per sentence), so that the bootstrap sums them
+            per resample instead of recomputing the metric; with `from_stats`.
+        from_stats (`Callable`, *optional*): the score of summed statistics, `(r, k) array -> (r,) array`.
     """
 
     name: str
     compute: Callable[[Sequence[int], Sequence[int]], float]
     source: str | None = None
+    higher_is_better: bool = True
+    unit_stats: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    from_stats: Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` is strictly better than `b` in this metric's direction."""
+        return a > b if self.higher_is_better else a < b
+
+    def key(self, score: float) -> float:
+        """A sort key that is larger for better scores (`max(..., key=metric.key)` picks the best)."""
+        return score if self.higher_is_better else -score
 
     def __call__(self, predictions: Sequence[int], references: Sequence[int]) -> float:
         return float(self.compute(predictions, references))

@@ -79,17 +79,26 @@ def test_a_mixed_type_label_column_is_an_evaluation_error_not_an_arrow_crash():
         as_eval_dataset([{"text": "a", "label": [1]}, {"text": "b", "label": 2}])
 
 
-@pytest.mark.parametrize("config, what", [
-    ({"problem_type": "regression", "num_labels": 3}, "regression"),
+@pytest.mark.parametrize("config, task", [
     ({"problem_type": "multi_label_classification", "num_labels": 3}, "multi_label"),
-    ({"num_labels": 1}, "num_labels == 1"),
-    ({"id2label": {"0": "score"}}, "num_labels == 1"),
+    ({"num_labels": 1}, "regression"),
+    ({"id2label": {"0": "score"}}, "regression"),
+    ({"problem_type": "regression", "num_labels": 1}, "regression"),
+    ({"num_labels": 2}, "text"),
 ])
-def test_regression_and_multi_label_models_are_not_supported_yet(config, what):
-    config = {"architectures": ["BertForSequenceClassification"], **config}
-    with pytest.raises(EvaluationError, match=f"{what}.*single-label classification only"):
+def test_regression_and_multi_label_models_get_their_task(config, task):
+    """#30: regression (num_labels == 1, as transformers decides) and multi-label models are evaluated by their own
+    task instead of being refused."""
+    assert task_of({"architectures": ["BertForSequenceClassification"], **config}) == task
+
+
+@pytest.mark.parametrize("config", [
+    {"architectures": ["BertForSequenceClassification"], "problem_type": "regression", "num_labels": 3},
+    {"architectures": ["GPT2LMHeadModel"]},
+])
+def test_an_unsupported_head_names_what_is_supported(config):
+    with pytest.raises(EvaluationError, match="supports image classification.*regression"):
         task_of(config)
-    assert task_of({"architectures": ["BertForSequenceClassification"], "num_labels": 2}) == "text"
 
 
 def test_cli_with_a_nan_label_exits_with_one_line_not_a_traceback(family, tmp_path):

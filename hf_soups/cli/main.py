@@ -63,6 +63,7 @@ FLAGS: dict[str, str] = {
     "calibration_dataset": "--calibration-dataset", "last": "--last", "top": "--top",
     "greater_is_better": "--greater-is-better", "since_step": "--since-step", "base_model": "--base",
     "collection": "--collection", "as_adapter": "--as-adapter", "rank": "--rank", "base": "--base",
+    "threshold": "--threshold",
 }
 
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
@@ -210,8 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--split", default=None, help="dataset split (Hub datasets and DatasetDicts)")
     soup.add_argument("--max-eval-samples", type=int, default=None, metavar="N",
                       help="evaluate only the first N examples of --eval-dataset")
-    soup.add_argument("--text-column", default=None, help="text column (default: text or sentence)")
-    soup.add_argument("--label-column", default=None, help="label column (default: label)")
+    soup.add_argument("--text-column", default=None, action="append",
+                      help="text column (default: text or sentence); twice for a sentence pair (--text-column "
+                           "sentence1 --text-column sentence2; GLUE pairs are found by name) or extractive QA "
+                           "(question, context); token classification: the word-list column (default: tokens)")
+    soup.add_argument("--label-column", default=None,
+                      help="label column (default: label; token classification: ner_tags; QA: answers)")
+    soup.add_argument("--threshold", type=float, default=None,
+                      help="multi-label models: sigmoid probability of a positive label (default 0.5, recorded)")
     soup.add_argument("--image-column", default=None, help="image column (default: image or img)")
     _add_run_flags(soup)
     soup.add_argument("--metric", default=None,
@@ -415,9 +422,12 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     from ..recipes import EvalSpec
 
     eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
-    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric or "accuracy", text_column=args.text_column,
+    text_column = args.text_column[0] if args.text_column and len(args.text_column) == 1 else \
+        tuple(args.text_column) if args.text_column else None
+    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric or "accuracy", text_column=text_column,
                     label_column=args.label_column, image_column=args.image_column, strict=args.strict,
-                    device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples)
+                    device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
+                    threshold=args.threshold)
     calibration = _calibration_source(args)  # flag errors before any download
 
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,

@@ -213,36 +213,34 @@ def _pick_split(data: Mapping[str, Any], split: str | None, parameter: str) -> A
     return data[split]
 
 
-def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: str | None = None,
+def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: Any = None,
                     label_column: str | None = None, image_column: str | None = None,
-                    name: str = "the model") -> dict[str, str]:
-    """Check evaluation data against a model config before any weight is read: columns, label values, label names.
+                    name: str = "the model") -> dict[str, Any]:
+    """Check evaluation data against a model config before any weight is read: the task's columns and every row of
+    its labels (see `hf_soups.evaluation.tasks`).
 
     Args:
         dataset (`datasets.Dataset`): from [`as_eval_dataset`].
         config (`Mapping`): the (first) ingredient's `config.json`.
-        text_column, label_column, image_column (`str`, *optional*): the columns asked for.
+        text_column (`str` or a list/tuple of two, *optional*): the text column(s) asked for (a sentence pair, or
+            QA's question and context).
+        label_column, image_column (`str`, *optional*): the columns asked for.
         name (`str`): the ingredient named in errors.
 
     Returns:
-        `dict[str, str]`: the columns found (`{"label": ..., "text": ...}` or `{"label": ..., "image": ...}`).
+        `dict[str, Any]`: the columns found (`{"label": ..., "text": (...)}` or `{"label": ..., "image": ...}`).
 
     Raises:
-        [`EvaluationError`]: the task is not a classification task, or a column is missing.
+        [`EvaluationError`]: no task serves the model, a column is missing, or a label is not of the task's form.
         [`LabelMismatchError`]: the labels do not match the model's `id2label`.
     """
-    from .evaluator import task_of
+    from .tasks import Columns, task_for
 
-    task = task_of(config)
+    task = task_for(config)
     dataset = untransformed(dataset)  # labels and columns are read from the raw columns, not through a transform
-    columns = list(dataset.column_names)
-    label = find_column(columns, label_column, LABEL_COLUMNS, "label")
-    found = {"label": label}
-    if task == "text":
-        found["text"] = find_column(columns, text_column, TEXT_COLUMNS, "text")
-    else:
-        found["image"] = find_column(columns, image_column, IMAGE_COLUMNS, "image")
-    check_labels(dataset, label, model_id2label(config), name)
+    asked = Columns.of(text_column, label_column, image_column)
+    found = task.check_columns(list(dataset.column_names), asked)
+    task.references(dataset, task.find_columns(list(dataset.column_names), asked), name)
     return found
 
 

@@ -10,11 +10,10 @@ from typing import Any
 import torch
 
 from ..errors import EvaluationError
-from .data import (LABEL_COLUMNS, TEXT_COLUMNS, as_eval_dataset, check_labels, find_column, model_id2label,
-                   untransformed)
+from .data import as_eval_dataset, untransformed
 from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
-from .images import image_batches
 from .metrics import Metric, resolve_metric
+from .tasks import Columns, task_for
 
 __all__ = ["Evaluator", "task_of", "evaluate_checkpoint", "evaluators_by_processor", "logit_problem"]
 
@@ -22,32 +21,14 @@ _DEVICE_CACHE_BYTES = 1 << 30  # held-out inputs up to 1 GiB stay on the evaluat
 
 
 def task_of(config: Mapping[str, Any]) -> str:
-    """`"text"` for `*ForSequenceClassification`, `"image"` for `*ForImageClassification`.
-
-    Only single-label classification is evaluated: a config whose `problem_type` is `"regression"` or
-    `"multi_label_classification"`, or with one label (transformers treats `num_labels == 1` as regression), is
-    refused rather than scored as if it were single-label.
+    """The short name of the task evaluating a model of `config` (see `hf_soups.evaluation.tasks`): `"text"`
+    (single-label `*ForSequenceClassification`, one sentence or a pair), `"regression"` (`num_labels == 1`,
+    `problem_type` regression or unset), `"multi_label"`, `"image"`, `"token"` or `"qa"`.
 
     Raises:
-        [`EvaluationError`]: another architecture, or a regression or multi-label model.
+        [`EvaluationError`]: no task serves the config (the supported ones are named).
     """
-    problem = config.get("problem_type")
-    id2label = config.get("id2label")
-    num_labels = len(id2label) if isinstance(id2label, Mapping) and id2label else config.get("num_labels", 2)
-    if problem in ("regression", "multi_label_classification") or num_labels == 1:
-        what = f"problem_type '{problem}'" if problem in ("regression", "multi_label_classification") else \
-            "one label (num_labels == 1, which transformers treats as regression)"
-        raise EvaluationError(f"cannot evaluate a model with {what}: held-out evaluation supports single-label "
-                              "classification only (problem_type 'single_label_classification' or unset, with "
-                              "num_labels >= 2) for now.",
-                              fix="use method='uniform' or 'weighted' (no evaluation), or a single-label classifier.")
-    for arch in config.get("architectures") or []:
-        if arch.endswith("ForSequenceClassification"):
-            return "text"
-        if arch.endswith("ForImageClassification"):
-            return "image"
-    raise EvaluationError(f"cannot evaluate architectures {config.get('architectures')}: only *ForSequenceClassification "
-                          "and *ForImageClassification are supported.", fix="use method='uniform' or 'weighted'.")
+    return task_for(config).name
 
 
 def logit_problem(logits: torch.Tensor, *, inputs_vary: bool = True) -> str | None:
@@ -96,7 +77,9 @@ class Evaluator:
         metric (`str`, `EvaluationModule` or callable, *optional*, defaults to `"accuracy"`):
             See [`resolve_metric`].
         text_column, label_column, image_column (`str`, *optional*):
-            Column names; defaults: `text`/`sentence`, `label`, `image`/`img`.
+            Column names; defaults: `text`/`sentence` (or a GLUE sentence pair), `label`, `image`/`img`. The task
+            decides (see `hf_soups.evaluation.tasks` and docs/TASKS.md): `text_column` may be two columns (a sentence
+            pair; QA's question and context); token classification reads `tokens` and `ner_tags`, QA `answers`.
         batch_size (`int`, *optional*):
             Inference batch size; defaults to 64 on the CPU and 256 on an accelerator. A given value always wins.
         device (`str` or `torch.device`, *optional*):
@@ -111,9 +94,13 @@ class Evaluator:
             The model named in label-mismatch errors.
         max_samples (`int`, *optional*):
             Evaluate only the first `max_samples` examples (required for an `IterableDataset`).
+        threshold (`float`, *optional*):
+            Multi-label models: the sigmoid threshold of a positive label (0.5 by default).
 
     Attributes:
-        references (`torch.Tensor`): label ids in dataset order.
+        task (`str`): the task's short name ([`task_of`]).
+        references (`torch.Tensor` or `numpy.ndarray`): the references in dataset order, one per unit the bootstrap
+            resamples (label ids; floats; multi-hot rows; per-word label ids; gold answer texts).
         device (`torch.device`): where the forward passes run.
         forward_seconds (`float`): time spent in model forward passes, input transfers and the logits' copy back to
             the CPU (for overhead measurements).
@@ -128,10 +115,11 @@ class Evaluator:
                  text_column: str | None = None, label_column: str | None = None, image_column: str | None = None,
                  batch_size: int | None = None, max_length: int = 256, name: str | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 max_samples: int | None = None) -> None:
-        self.task = task_of(config)
+                 max_samples: int | None = None, threshold: float | None = None) -> None:
+        self.task_impl = task_for(config, threshold=threshold)
+        self.task = self.task_impl.name
         dataset = as_eval_dataset(dataset, max_samples=max_samples)
-        self.metric: Metric = resolve_metric(metric)
+        self.metric: Metric = resolve_metric(metric, self.task_impl)
         self.device = resolve_eval_device(device)
         self.dtype = resolve_eval_dtype(dtype)
         self.batch_size = default_batch_size(self.device, batch_size)
@@ -140,36 +128,16 @@ class Evaluator:
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
         raw = untransformed(dataset)  # labels and columns as stored, not through a transform
-        columns = list(raw.column_names)
-        label_col = find_column(columns, label_column, LABEL_COLUMNS, "label")
-        self.references = torch.tensor(check_labels(raw, label_col, model_id2label(config), name or reference_dir))
+        self.columns = self.task_impl.find_columns(list(raw.column_names),
+                                                   Columns.of(text_column, label_column, image_column))
+        self.references = self.task_impl.references(raw, self.columns, name or reference_dir)
         self.forward_seconds = 0.0
-        self.batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-        if self.task == "text":
-            self._prepare_text(raw, reference_dir, find_column(columns, text_column, TEXT_COLUMNS, "text"),
-                               max_length)
-        else:
-            self.batches = image_batches(dataset, reference_dir, config, image_column=image_column,
-                                         batch_size=self.batch_size)
+        self.prepared = self.task_impl.prepare(dataset, raw, reference_dir, self.columns, self.references,
+                                               batch_size=self.batch_size, max_length=max_length)
+        self.batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] = self.prepared.batches
 
     def __len__(self) -> int:
         return len(self.references)
-
-    def _prepare_text(self, dataset: Any, reference_dir: str, column: str, max_length: int) -> None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(reference_dir)
-        texts = [str(t) for t in dataset[column]]
-        encoded = tokenizer(texts, truncation=True, max_length=max_length)
-        lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]])
-        order = torch.argsort(lengths, stable=True)
-        keys = list(encoded.keys())
-        batches = []
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            features = [{k: encoded[k][i] for k in keys} for i in idx.tolist()]
-            batches.append((idx, dict(tokenizer.pad(features, return_tensors="pt"))))
-        self.batches = batches
 
     def place(self, model: Any) -> Any:
         """Move `model` to the evaluation device (a model dispatched by accelerate stays where it was placed)."""
@@ -216,12 +184,16 @@ class Evaluator:
         device = input_device(model)
         start = time.perf_counter()
         indices, outputs = [], []
+        shape = self.prepared.shape
         with torch.inference_mode(), autocast(device, self.dtype):
             for idx, inputs in self._inputs(device):
-                outputs.append(model(**inputs).logits.float())
+                output = self.task_impl.output(model(**inputs))
+                if output.dim() > 2 and output.shape[1] < shape[0]:  # per-token outputs: padded to the widest batch
+                    output = torch.nn.functional.pad(output, (0, 0, 0, shape[0] - output.shape[1]))
+                outputs.append(output)
                 indices.append(idx)
                 del inputs  # (image batches: preprocessed per batch, so only one is alive at a time)
-        out = torch.zeros(len(self), int(model.config.num_labels))
+        out = torch.zeros(self.prepared.rows, *shape)
         if outputs:
             out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
         self.forward_seconds += time.perf_counter() - start
@@ -236,18 +208,32 @@ class Evaluator:
         once some model gave different logits on these examples (a set of identical inputs is not flagged)."""
         return logit_problem(logits, inputs_vary=self.inputs_vary)
 
-    def score_logits(self, logits: torch.Tensor) -> float:
-        """The metric of argmax predictions against the references."""
-        return self.metric(logits.argmax(-1).tolist(), self.references.tolist())
+    def score_logits(self, logits: torch.Tensor, metric: Metric | None = None) -> float:
+        """The metric (this evaluator's, or `metric`) of the task's predictions against the references."""
+        return (metric or self.metric)(_plain(self.predictions(logits)), _plain(self.references))
 
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted label ids (argmax) of `logits`."""
-        return logits.argmax(-1)
+    def scores(self, logits: torch.Tensor) -> dict[str, float]:
+        """Every native metric of the task (the default one and those reported beside it) of `logits`."""
+        return {name: self.score_logits(logits, m) for name, m in self.task_impl.metrics().items()}
+
+    def predictions(self, logits: torch.Tensor) -> Any:
+        """The task's per-unit predictions of `logits` (label ids by argmax for classification; floats for
+        regression; multi-hot rows; per-word label ids; answer strings), in dataset order."""
+        return self.task_impl.predictions(logits, self.prepared)
+
+    def loss(self, output: Any, idx: torch.Tensor) -> torch.Tensor:
+        """The task's training loss (learned soups) of a model output on the batch of rows `idx`."""
+        return self.task_impl.loss(self.task_impl.output(output), idx, self.prepared)
 
     def score(self, model: Any) -> tuple[float, torch.Tensor]:
         """`(metric, logits)` of `model`."""
         logits = self.logits(model)
         return self.score_logits(logits), logits
+
+
+def _plain(values: Any) -> Any:
+    """A tensor as (nested) Python lists, as metrics always received them; numpy arrays as they are."""
+    return values.tolist() if isinstance(values, torch.Tensor) else values
 
 
 def evaluate_checkpoint(directory: str, dataset: Any, *, metric: Any = "accuracy", max_memory: dict | None = None,

@@ -94,6 +94,7 @@ class Chosen:
     scores: dict[str, float]
     evaluator: Evaluator
     warnings: list[str] = field(default_factory=list)
+    spec: EvalSpec | None = None
 
 
 def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder: ModelHolder) -> list[dict[str, Any]]:
@@ -133,6 +134,9 @@ def choose_weights(
         [`LabelMismatchError`]: the dataset labels do not match the model's label map.
         [`EvaluationError`]: the dataset, metric, device or dtype cannot be used.
     """
+    from .tasks import settle_spec
+
+    spec = settle_spec(spec, config)  # the task's default metric and threshold, recorded in the recipe
     names = [i.name for i in ingredients]
     reference_dir = ingredients[0].local_dir
     if reference_dir is None:
@@ -147,7 +151,7 @@ def choose_weights(
                                          names=names, metric=spec.metric, text_column=spec.text_column,
                                          label_column=spec.label_column, image_column=spec.image_column,
                                          batch_size=batch_size, device=eval_device, dtype=spec.dtype,
-                                         max_samples=spec.max_samples)
+                                         max_samples=spec.max_samples, threshold=spec.threshold)
     evaluator = evaluators[0]  # until the scores are known; then the best individual's (a greedy soup's first member)
     total = len(readers) * (2 if method == "greedy" else 1)
     bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
@@ -196,10 +200,12 @@ def choose_weights(
                 for i in range(len(readers)):
                     individual(i, evaluators[i].score(holder.load(states[i])))
         score_map = dict(zip(names, scores))
-        evaluator = evaluators[lead_index([1.0] * len(scores), scores)]
+        metric = evaluator.metric
+        ranked = [metric.key(s) for s in scores]  # larger is better, whatever the metric's direction
+        evaluator = evaluators[lead_index([1.0] * len(scores), ranked)]
         if spec.max_memory is not None:
             offload.evaluator = evaluator
-        best = max(names, key=lambda n: score_map[n])
+        best = max(names, key=lambda n: metric.key(score_map[n]))
         intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
         warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
         warnings = [warning] if warning else []
@@ -207,13 +213,13 @@ def choose_weights(
             # judged after every ingredient was scored: a collapse counts once some model's logits varied
             problems = [evaluators[i].problem(own_logits[i]) for i in range(len(readers))]
             accepted, trace = select(names, scores, score_with, strict=spec.strict, progress=bar.update,
-                                     problems=problems)
+                                     problems=problems, higher_is_better=metric.higher_is_better)
             weights = onehot(accepted)
             warnings += degenerate_steps(trace)
         else:
             weights, trace = select(
                 holder.model, states, evaluator.batches, evaluator.references,
-                lambda ws: evaluators[lead_index(ws, scores)].score(holder.load_combination(states, ws))[0],
-                steps=spec.learned_steps, seed=seed,
+                lambda ws: evaluators[lead_index(ws, ranked)].score(holder.load_combination(states, ws))[0],
+                steps=spec.learned_steps, seed=seed, loss=evaluator.loss, higher_is_better=metric.higher_is_better,
             )
-    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, warnings)
+    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, warnings, spec)

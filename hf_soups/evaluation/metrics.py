@@ -7,7 +7,7 @@ definition: the fraction of exact matches), so offline runs work; every other na
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,11 +23,20 @@ def _native_accuracy(predictions: Sequence[int], references: Sequence[int]) -> f
     return float((p == r).mean()) if len(r) else 0.0
 
 
-def _from_module(module: Any, source: str | None = None) -> Metric:
+#: `evaluate` metrics whose lower values are better.
+LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "wer", "cer", "ter", "perplexity", "eval_loss", "loss"})
+
+
+def _label_ids(predictions: Sequence[int], references: Sequence[int]) -> dict[str, Any]:
+    return {"predictions": list(map(int, predictions)), "references": list(map(int, references))}
+
+
+def _from_module(module: Any, source: str | None = None,
+                 inputs: Callable[[Any, Any], dict[str, Any]] = _label_ids) -> Metric:
     name = getattr(module, "name", None) or "metric"
 
     def compute(predictions: Sequence[int], references: Sequence[int]) -> float:
-        result = module.compute(predictions=list(map(int, predictions)), references=list(map(int, references)))
+        result = module.compute(**inputs(predictions, references))
         if isinstance(result, dict):
             if name in result:
                 return float(result[name])
@@ -38,16 +47,19 @@ def _from_module(module: Any, source: str | None = None) -> Metric:
             return float(values[0])
         return float(result)
 
-    return Metric(name, compute, source or name)
+    return Metric(name, compute, source or name, name not in LOWER_IS_BETTER)
 
 
-def resolve_metric(metric: Any = "accuracy") -> Metric:
+def resolve_metric(metric: Any = "accuracy", task: Any = None) -> Metric:
     """Turn a metric argument into a [`Metric`].
 
     Args:
         metric (`str`, `evaluate.EvaluationModule`, `Metric` or callable):
             `"accuracy"` (computed natively), any other `evaluate.load` name (fetched from the Hub), a local metric
             script directory or file, an `EvaluationModule` instance, or a callable `(predictions, references)`.
+        task ([`Task`], *optional*): the task scored; its native metrics (e.g. `"pearsonr"`, `"seqeval"`) are
+            computed without `evaluate.load`, `"accuracy"` means its default metric where it has no accuracy, and
+            `evaluate` modules get its predictions in the form they take.
 
     Raises:
         [`EvaluationError`]: the metric cannot be loaded.
@@ -64,13 +76,17 @@ def resolve_metric(metric: Any = "accuracy") -> Metric:
         import evaluate
     except ImportError:  # pragma: no cover - evaluate is a dependency
         evaluate = None
+    inputs = task.evaluate_inputs if task is not None else _label_ids
     if evaluate is not None and isinstance(metric, evaluate.EvaluationModule):
-        return _from_module(metric)
+        return _from_module(metric, inputs=inputs)
     if isinstance(metric, str):
-        if metric == "accuracy" and not os.path.exists(metric):
-            return Metric("accuracy", _native_accuracy, "accuracy")
+        native = task.metrics() if task is not None else {"accuracy": Metric("accuracy", _native_accuracy, "accuracy")}
+        if metric == "accuracy" and not os.path.exists(metric):  # the library default: the task's default metric
+            return next(iter(native.values()))
+        if metric in native and not os.path.exists(metric):
+            return native[metric]
         try:
-            return _from_module(evaluate.load(metric), metric)
+            return _from_module(evaluate.load(metric), metric, inputs)
         except Exception as e:
             raise EvaluationError(
                 f"cannot load metric '{metric}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",

@@ -68,6 +68,9 @@ class SoupReport:
             calibration set.
         notes (`list[str]`): how to read the results (e.g. how BatchNorm statistics were recalibrated).
         bootstrap ([`Bootstrap`]): resamples, confidence level and seed of the intervals.
+        also (`dict[str, dict[str, dict[str, float]]]`): `{set: {method: {metric: score}}}`, the task's other
+            metrics reported beside the main one (regression: Spearman's rho and MSE; multi-label: exact match;
+            QA: exact match; token classification: token accuracy); empty for classification.
     """
 
     results: dict[str, dict[str, float]]
@@ -80,6 +83,7 @@ class SoupReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    also: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -154,7 +158,7 @@ class SoupReport:
 
         return {"metric": self.metric, "results": self.results, "ingredient_scores": self.ingredient_scores,
                 "members": self.members, "intervals": ivs(self.intervals), "differences": ivs(self.differences),
-                "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes,
+                "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes, "also": self.also,
                 "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence,
                               "seed": self.bootstrap.seed}}
 
@@ -309,8 +313,10 @@ def evaluate_soup(
         evaluators = {name: evaluators_by_processor(ds, [*dirs, soup.output_dir], config, names=[*names, "soup"],
                                                     metric=metric, text_column=text_column, label_column=label_column,
                                                     image_column=image_column, batch_size=batch_size,
-                                                    device=eval_device, dtype=dtype, max_samples=max_samples)
+                                                    device=eval_device, dtype=dtype, max_samples=max_samples,
+                                                    threshold=_recorded_threshold(soup))
                       for name, ds in datasets.items()}
+        key = next(iter(evaluators.values()))[-1].metric.key  # larger is better, whatever the metric's direction
         logits: dict[str, dict[int, torch.Tensor]] = {s: {} for s in sets}
         ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in sets}
         results: dict[str, dict[str, float]] = {s: {} for s in sets}
@@ -353,7 +359,8 @@ def evaluate_soup(
             if need.get(i):
                 score_ingredient(i, need[i])
         best = known_best if known_best is not None else \
-            max(range(len(names)), key=lambda i: ingredient_scores[sel_set].get(names[i], float("-inf")))
+            max(range(len(names)), key=lambda i: key(ingredient_scores[sel_set].get(names[i], float("nan")))
+                if names[i] in ingredient_scores[sel_set] else float("-inf"))
         if later:
             score_ingredient(best, later)
         if "best_individual" in wanted:
@@ -366,7 +373,8 @@ def evaluate_soup(
         if "greedy_ensemble" in wanted:
             members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
                                       [ingredient_scores[sel_set][n] for n in names],
-                                      evaluators[sel_set][-1].score_logits, problem=evaluators[sel_set][-1].problem)
+                                      evaluators[sel_set][-1].score_logits, problem=evaluators[sel_set][-1].problem,
+                                      higher_is_better=evaluators[sel_set][-1].metric.higher_is_better)
         for s, evs in evaluators.items():
             ev = evs[-1]
             for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
@@ -441,6 +449,8 @@ def evaluate_soup(
                         for s, t in report.differences.items()}
     soup.evaluation_warnings = list(report.warnings)
     soup.notes = list(report.notes)
+    if soup.metric == "accuracy" and soup.metric_fn is None:  # the library default: the task's own default metric
+        soup.metric = report.metric
     return report
 
 
@@ -466,6 +476,17 @@ def _calibration(soup: Any, calibration_dataset: Any) -> tuple[BatchNormCalibrat
                           param="calibration_dataset")
 
 
+def _array(values: Any) -> Any:
+    """Predictions or references as numpy arrays (tensors converted; a task's object arrays as they are)."""
+    return values.numpy() if isinstance(values, torch.Tensor) else values
+
+
+def _recorded_threshold(soup: Any) -> float | None:
+    """The multi-label threshold the soup's recipe recorded (`None`: the task's default)."""
+    evaluation = getattr(getattr(soup, "recipe", None), "evaluation", None)
+    return getattr(evaluation, "threshold", None)
+
+
 def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[str, dict[str, torch.Tensor]],
                       evaluators: Mapping[str, Evaluator], ingredient_scores: dict[str, dict[str, float]], *,
                       best: str | None, bootstrap: Bootstrap) -> SoupReport:
@@ -474,14 +495,18 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
     report = SoupReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
     for s, ev in evaluators.items():
         report.sizes[s] = len(ev)
-        preds = {m: p.numpy() for m, p in predictions[s].items()}
-        intervals, differences = paired_bootstrap(preds, ev.references.numpy(), ev.metric,
+        preds = {m: _array(p) for m, p in predictions[s].items()}
+        intervals, differences = paired_bootstrap(preds, _array(ev.references), ev.metric,
                                                   baseline="best_individual" if best else None, bootstrap=bootstrap)
         report.intervals[s] = {m: i for m, i in intervals.items() if m in results[s]}
+        others = [m for m in ev.task_impl.metrics().values() if m.name != ev.metric.name]
+        if others:  # the task's metrics reported beside the main one
+            refs = _array(ev.references)
+            report.also[s] = {m: {o.name: o(p, refs) for o in others} for m, p in preds.items() if m in results[s]}
         report.differences[s] = {m: d for m, d in differences.items() if m in results[s]}
         scores = ingredient_scores[s]
         if len(scores) >= 2:
-            top = max(scores, key=lambda n: scores[n])
+            top = max(scores, key=lambda n: ev.metric.key(scores[n]))
             warning = separation_warning(f"evaluation set '{s}'", len(ev), scores, intervals.get(f"ingredient:{top}"),
                                          bootstrap.confidence)
             if warning:

@@ -68,6 +68,9 @@ def _resampled_scores(predictions: np.ndarray, references: np.ndarray, metric: M
     if metric.compute is _native_accuracy:  # a mean of per-example correctness: vectorised
         correct = (predictions == references).astype(np.float64)
         return np.concatenate([correct[idx].mean(axis=1) for idx in chunks])
+    if metric.unit_stats is not None and metric.from_stats is not None:  # additive per-unit statistics: vectorised
+        stats = np.asarray(metric.unit_stats(predictions, references), dtype=np.float64)
+        return np.concatenate([metric.from_stats(stats[idx].sum(axis=1)) for idx in chunks])
     return np.array([metric(predictions[row], references[row]) for idx in chunks for row in idx])
 
 

@@ -1,7 +1,8 @@
 """Greedy soup (Wortsman et al., 2022, arXiv:2203.05482, Recipe 1).
 
 Sort ingredients by held-out score, best first; add each to the soup only if the soup's held-out score does not
-drop (`>=`, the paper's recipe; `strict=True` gives the reference repository's `>`). The selection is pure: the
+drop (`>=`, the paper's recipe; `strict=True` gives the reference repository's `>`); for a lower-is-better metric
+(MSE), "best" is the lowest and "does not drop" means "does not rise". The selection is pure: the
 caller scores each trial soup (in memory or offloaded, always through the merge kernel).
 """
 
@@ -41,6 +42,7 @@ def greedy_select(
     strict: bool = False,
     progress: Callable[[], None] | None = None,
     problems: Sequence[str | None] | None = None,
+    higher_is_better: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run the greedy recipe.
 
@@ -60,6 +62,8 @@ def greedy_select(
         progress (`Callable[[], None]`, *optional*): called once per ingredient.
         problems (`Sequence[str | None]`, *optional*): why each ingredient's own outputs are degenerate (`None` when
             they are not).
+        higher_is_better (`bool`, *optional*, defaults to `True`): the metric's direction; with `False` (e.g. MSE)
+            ingredients are ranked lowest first and "does not drop" means "does not rise".
 
     Returns:
         `tuple[list[int], list[dict]]`: accepted ingredient indices, and the trace (one entry per candidate with
@@ -70,7 +74,8 @@ def greedy_select(
     """
     problems = list(problems) if problems is not None else [None] * len(names)
     # stable: ties keep input order; degenerate ingredients go last and never seed the soup
-    order = sorted(range(len(names)), key=lambda i: (problems[i] is not None, -scores[i]))
+    sign = 1.0 if higher_is_better else -1.0
+    order = sorted(range(len(names)), key=lambda i: (problems[i] is not None, -sign * scores[i]))
     best = order[0]
     if problems[best] is not None:
         raise EvaluationError("every ingredient's outputs on the held-out set are degenerate: "
@@ -91,7 +96,7 @@ def greedy_select(
             result = score_with(list(accepted), i)
             score, problem = (result.score, result.problem) if isinstance(result, Trial) else (result, None)
             problem = f"the soup with it gives {problem}" if problem is not None else None
-        ok = problem is None and (score > best_score if strict else score >= best_score)
+        ok = problem is None and (sign * score > sign * best_score if strict else sign * score >= sign * best_score)
         if ok:
             accepted.append(i)
             best_score = score
@@ -114,7 +119,8 @@ def degenerate_steps(trace: Sequence[dict[str, Any]]) -> list[str]:
 
 def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
                     score_logits: Callable[[torch.Tensor], float], strict: bool = False,
-                    problem: Callable[[torch.Tensor], str | None] | None = None) -> list[int]:
+                    problem: Callable[[torch.Tensor], str | None] | None = None,
+                    higher_is_better: bool = True) -> list[int]:
     """The greedy ensemble baseline: [`greedy_select`] over averaged logits instead of averaged weights.
 
     The logits of each trial ensemble are averaged by the merge kernel ([`weighted_sum`]), in ingredient order.
@@ -126,6 +132,7 @@ def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
         strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
         problem (`Callable[[torch.Tensor], str | None]`, *optional*): why logits are degenerate (e.g.
             `Evaluator.problem`); degenerate members and trial ensembles are rejected as in [`greedy_select`].
+        higher_is_better (`bool`, *optional*, defaults to `True`): the metric's direction.
 
     Returns:
         `list[int]`: the chosen members, sorted.
@@ -142,5 +149,5 @@ def greedy_ensemble(logits: Sequence[torch.Tensor], scores: Sequence[float],
     if problems is not None and all(p is not None for p in problems):
         problems = None  # a baseline row: every member is degenerate (each row is flagged), keep the plain recipe
     accepted, _ = greedy_select([str(i) for i in range(len(logits))], scores, score_with, strict=strict,
-                                problems=problems)
+                                problems=problems, higher_is_better=higher_is_better)
     return accepted

@@ -1,7 +1,7 @@
 """Learned soup (Wortsman et al., 2022, arXiv:2203.05482, appendix): mixing weights optimised on held-out data.
 
 The soup's parameters are `sum_k softmax(alpha)_k * theta_k`; `alpha` is trained by gradient descent on the held-out
-cross-entropy through `torch.func.functional_call`, so one model skeleton serves every step. Each step's
+loss of the task (cross-entropy; MSE, BCE, span cross-entropy for other tasks) through `torch.func.functional_call`, so one model skeleton serves every step. Each step's
 combination is built on the model's device; the ingredients are moved there once by the caller when they fit, else
 tensor by tensor per step.
 
@@ -37,6 +37,8 @@ def learn_weights(
     steps: int = 30,
     lr: float = 0.2,
     seed: int = 0,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    higher_is_better: bool = True,
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """Optimise per-model mixing weights.
 
@@ -50,6 +52,10 @@ def learn_weights(
         steps (`int`, *optional*, defaults to `30`): optimisation steps (one batch each, cycling).
         lr (`float`, *optional*, defaults to `0.2`): Adam learning rate on the logits of the weights.
         seed (`int`, *optional*, defaults to `0`): batch-order seed.
+        loss (`Callable[[ModelOutput, Tensor], Tensor]`, *optional*): the task's loss of a model output on the batch
+            of rows `idx` (`Evaluator.loss`: MSE for regression, BCE for multi-label, span cross-entropy for QA, ...);
+            defaults to the cross-entropy of the logits against `references[idx]`.
+        higher_is_better (`bool`, *optional*, defaults to `True`): the direction of `score`.
 
     Returns:
         `tuple[list[float], list[dict]]`: weights summing to 1, never scoring below the uniform soup on held-out
@@ -78,15 +84,16 @@ def learn_weights(
         stats = {n: weighted_sum((states[j][n].to(device) for j in range(k)), fixed) for n in statistics}
         out = functional_call(model, {**buffers, **stats, **params}, args=(), kwargs={key: v.to(device) for key, v in
                                                                             inputs.items()})
-        loss = torch.nn.functional.cross_entropy(out.logits.float(), references[idx].to(device))
+        value = loss(out, idx) if loss is not None else \
+            torch.nn.functional.cross_entropy(out.logits.float(), references[idx].to(device))
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
     uniform = [1.0 / k] * k
     learned = torch.softmax(alpha.detach(), 0).cpu().tolist()
     uniform_score, learned_score = score(uniform), score(learned)
-    trace = [{"ingredient": "uniform weights", "score": uniform_score, "accepted": learned_score < uniform_score,
-              "soup_size": k},
-             {"ingredient": "learned weights", "score": learned_score, "accepted": learned_score >= uniform_score,
-              "soup_size": k}]
-    return (learned if learned_score >= uniform_score else uniform), trace
+    sign = 1.0 if higher_is_better else -1.0
+    keep = sign * learned_score >= sign * uniform_score
+    trace = [{"ingredient": "uniform weights", "score": uniform_score, "accepted": not keep, "soup_size": k},
+             {"ingredient": "learned weights", "score": learned_score, "accepted": keep, "soup_size": k}]
+    return (learned if keep else uniform), trace

@@ -40,7 +40,9 @@ class EvalSpec:
         split (`str`, *optional*):
             The split, for Hub datasets and saved `DatasetDict`s.
         text_column, label_column, image_column (`str`, *optional*):
-            Column names (defaults: `text`/`sentence`, `label`, `image`/`img`).
+            Column names (defaults: `text`/`sentence`, `label`, `image`/`img`). `text_column` may name two columns,
+            `("sentence1", "sentence2")` for a sentence pair or `("question", "context")` for extractive QA; token
+            classification reads word lists (`tokens`) and per-word labels (`ner_tags`); see docs/TASKS.md.
         metric (`str`, *optional*, defaults to `"accuracy"`):
             An `evaluate` metric name, or a local metric script directory (recorded, and replayed, as it is); an
             `evaluate.EvaluationModule` (recorded by its name); or a callable `(predictions, references) -> float`,
@@ -67,12 +69,14 @@ class EvalSpec:
         dtype (`str`, *optional*):
             `"bfloat16"` or `"float16"` evaluates under `torch.autocast` (faster on GPUs, scores may differ slightly);
             the default is exact fp32.
+        threshold (`float`, *optional*):
+            Multi-label models: the sigmoid probability above which a label is predicted (0.5 when unset; recorded).
     """
 
     dataset: str | None = None
     split: str | None = None
     metric: Any = "accuracy"
-    text_column: str | None = None
+    text_column: str | tuple[str, ...] | None = None
     label_column: str | None = None
     image_column: str | None = None
     strict: bool = False
@@ -83,6 +87,7 @@ class EvalSpec:
     offload_folder: str | None = field(default=None, metadata={"runtime": True})
     device: str | None = field(default=None, metadata={"runtime": True})
     dtype: str | None = None
+    threshold: float | None = None
 
     @property
     def metric_name(self) -> str:
@@ -110,7 +115,9 @@ class EvalSpec:
         if data["metric"] is None:
             data["metric_callable"] = name
         data["dataset"] = self.dataset if self.dataset is not None else IN_MEMORY
-        for key in ("dtype", "max_samples"):  # at their defaults (exact fp32, all examples): recipes stay as they were
+        if isinstance(self.text_column, tuple):
+            data["text_column"] = list(self.text_column)
+        for key in ("dtype", "max_samples", "threshold"):  # at their defaults: recipes stay as they were
             if getattr(self, key) is None:
                 data.pop(key)
         if self.dtype is not None:
@@ -369,6 +376,14 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
                         1_000_000 if k == "learned_steps" else 1_000_000_000):
                     raise _field_error(f"evaluation.{k}", "expected a positive integer.")
                 spec[k] = v
+            elif k == "text_column" and isinstance(v, list):
+                if not 1 <= len(v) <= 2:
+                    raise _field_error("evaluation.text_column", "expected a column name or a list of two.")
+                spec[k] = tuple(_text(f"evaluation.{k}", c) for c in v)
+            elif k == "threshold" and v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+                    raise _field_error("evaluation.threshold", "expected a probability between 0 and 1.")
+                spec[k] = float(v)
             elif v is not None or k == "dataset":
                 spec[k] = _text(f"evaluation.{k}", v)
         out["evaluation"] = EvalSpec(**spec)
