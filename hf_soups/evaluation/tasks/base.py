@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import EvaluationError
+from ...errors import EvaluationError, LabelMismatchError
 from ..metrics import Metric
 
 __all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures"]
@@ -218,6 +218,19 @@ def bad_rows(invalid: Sequence[tuple[int, Any]], column: str, expected: str, nam
     return EvaluationError(f"row {row} of column '{column}' holds {_shown(value)} ({type(value).__name__}){more}; "
                            f"expected {expected}.", ingredient=name, param=param,
                            fix="clean that column (drop or fix the rows) before evaluating.")
+
+
+def raise_label_problems(invalid: Sequence[tuple[int, Any]], unknown: Sequence[tuple[int, Any]], column: str,
+                         expected: str, name: str, known: str, fix: str) -> None:
+    """Raise for the rows a task's label check collected: [`bad_rows`] for values not of the expected form first,
+    then a [`LabelMismatchError`] for the first label name the model does not know (`known` describes the model's
+    names, e.g. "label2id [...]"). Returns when both lists are empty."""
+    if invalid:
+        raise bad_rows(invalid, column, expected, name)
+    if unknown:
+        row, v = unknown[0]
+        raise LabelMismatchError(f"row {row} of column '{column}' names the label {v!r}, which is not in the "
+                                 f"model's {known}.", ingredient=name, fix=fix)
 
 
 def settle_spec(spec: Any, config: Mapping[str, Any]) -> Any:

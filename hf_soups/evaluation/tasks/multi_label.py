@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import LabelMismatchError
 from ..data import model_id2label
 from ..metrics import Metric
 from . import scores
-from .base import Prepared, bad_rows, metric, num_labels_of, read_column, register_task
+from .base import Prepared, metric, num_labels_of, raise_label_problems, read_column, register_task
 from .text import SequenceTask
 
 __all__ = ["MultiLabel", "DEFAULT_THRESHOLD"]
@@ -71,13 +70,8 @@ class MultiLabel(SequenceTask):
             elif not (isinstance(value, (list, tuple)) and not value):  # [] is a row without labels
                 invalid.append((row, value))
             rows.append(hot)
-        if invalid:
-            raise bad_rows(invalid, column, expected, name)
-        if unknown:
-            row, v = unknown[0]
-            raise LabelMismatchError(f"row {row} of column '{column}' names the label {v!r}, which is not in the "
-                                     f"model's label2id {sorted(label2id)}.", ingredient=name,
-                                     fix="re-map the dataset's label names to the model's id2label.")
+        raise_label_problems(invalid, unknown, column, expected, name, f"label2id {sorted(label2id)}",
+                             "re-map the dataset's label names to the model's id2label.")
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), n)
 
     def predictions(self, logits: torch.Tensor, prepared: Prepared) -> torch.Tensor:

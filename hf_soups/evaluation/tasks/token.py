@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import EvaluationError, LabelMismatchError
+from ...errors import EvaluationError
 from ..data import find_column, label_id, model_id2label
 from ..metrics import Metric
 from . import scores
-from .base import Columns, Prepared, Task, bad_rows, metric, num_labels_of, read_column, register_task
+from .base import (Columns, Prepared, Task, bad_rows, metric, num_labels_of, raise_label_problems, read_column,
+                   register_task)
 from .text import sorted_batches
 
 __all__ = ["TokenClassification", "TOKEN_COLUMNS", "TAG_COLUMNS", "objects"]
@@ -81,13 +82,8 @@ class TokenClassification(Task):
                         break
                     ids.append(i if i is not None else -1)
             out.append(ids)
-        if invalid:
-            raise bad_rows(invalid, column, expected, name)
-        if unknown:
-            row, v = unknown[0]
-            raise LabelMismatchError(f"row {row} of column '{column}' names the label {v!r}, which is not in the "
-                                     f"model's id2label {self.names}.", ingredient=name,
-                                     fix="re-map the dataset's tags to the model's id2label.")
+        raise_label_problems(invalid, unknown, column, expected, name, f"id2label {self.names}",
+                             "re-map the dataset's tags to the model's id2label.")
         return objects(out)
 
     def prepare(self, dataset: Any, raw: Any, reference_dir: str, found: Mapping[str, Any], references: Any, *,
