@@ -30,6 +30,7 @@ from hf_soups import (
 from hf_soups.evaluation.data import EvalSet, as_eval_dataset
 from hf_soups.recipes import EvalSpec, Recipe
 from hf_soups.testing import make_tiny_bert, perturb_checkpoint
+from hf_soups import HubAccess
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 CARD = "---\nlicense: apache-2.0\nlanguage: en\ndatasets:\n- org/reviews\nbase_model: org/tiny-base\n---\n# {name}\n"
@@ -189,7 +190,7 @@ def test_eval_data_is_checked_before_any_weight_is_downloaded(hub, fd_repos, lab
     hub.reset_counters()
     with pytest.raises(expected) as err:
         soup_from_hub(fd_repos, "greedy", eval_dataset=data, output_dir=tmp_path / "soup",
-                      cache_dir=str(tmp_path / "cache"), **kwargs)
+                      access=HubAccess(cache_dir=str(tmp_path / "cache")), **kwargs)
     assert not _weight_downloads(hub)
     weights = os.path.getsize(os.path.join(labelled["a"], "model.safetensors"))
     assert sum(hub.bytes_served.values()) < weights * len(fd_repos) / 2  # configs, cards, headers: no weights
