@@ -161,8 +161,8 @@ def main() -> None:
         out = os.path.join(workdir, "soups")
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(workdir, "hf-cache")
-        quiet = MergeOptions(progress=False, base_model=MINILM)
-        kw = dict(eval_dataset=data["val"], cache_dir=cache, merge_options=quiet)
+        quiet = MergeOptions(progress=False)  # the card's base_model: the fine-tunes' cards agree on MINILM
+        kw = dict(eval_dataset=data["val"], access=HubAccess(cache_dir=cache), merge_options=quiet)
         uniform = soup_from_hub(refs, method="uniform", output_dir=os.path.join(out, "uniform"),
                                 access=HubAccess(cache_dir=cache),
                                 merge_options=quiet)
