@@ -179,7 +179,7 @@ def test_eval_data_is_checked_before_any_weight_is_downloaded(hub, fd_repos, lab
     data = _eval_data()
     kwargs = {}
     if case == "column":
-        kwargs["text_column"] = "txt"
+        kwargs["eval_spec"] = EvalSpec(text_column="txt")
         expected = EvaluationError
     elif case == "label_value":
         data["label"][3] = "postive"
