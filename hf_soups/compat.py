@@ -18,6 +18,7 @@ import torch
 
 from . import constants
 from .checkpoint.format import TensorInfo
+from .checkpoint.meta import normalize_id2label
 from .checkpoint.reader import CheckpointReader
 from .errors import IncompatibleIngredientsError
 from .refs import IngredientMeta
@@ -123,16 +124,6 @@ class CompatibilityReport:
             "warnings": [p.__dict__ for p in self.warnings],
             "weight_check": self.weight_check,
         }
-
-
-def normalize_id2label(config: Mapping[str, Any]) -> dict[int, str] | None:
-    raw = config.get("id2label")
-    if not isinstance(raw, Mapping):
-        return None
-    try:
-        return {int(k): str(v) for k, v in raw.items()}
-    except (TypeError, ValueError):
-        return None
 
 
 def _num_labels(config: Mapping[str, Any]) -> int | None:
