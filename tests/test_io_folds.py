@@ -97,3 +97,91 @@ def test_id2label_int_conversion_is_written_once():
     root = pathlib.Path(hf_soups.__file__).parent
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py") if "int(k)" in p.read_text(encoding="utf-8")]
     assert hits == ["checkpoint/meta.py"]
+
+
+# ------------------------------------------------------------------------------------- the one atomic file write
+def test_write_atomic_replaces_in_one_step_and_leaves_no_temporary(tmp_path):
+    import os
+
+    from hf_soups.atomic_file import write_atomic
+
+    path = tmp_path / "f.txt"
+    assert write_atomic(path, "one") and path.read_text() == "one"
+    inode = os.stat(path).st_ino
+    assert write_atomic(path, b"two\xff") and path.read_bytes() == b"two\xff"
+    assert os.stat(path).st_ino != inode  # a new file took the name: a reader of the old one never saw a mix
+    assert os.listdir(tmp_path) == ["f.txt"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as `open()` would create it
+    write_atomic(path, "secret", mode=0o600)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_write_atomic_without_replace_keeps_the_first_writer(tmp_path):
+    import os
+
+    from hf_soups.atomic_file import write_atomic
+
+    path = tmp_path / "key"
+    assert write_atomic(path, "first", mode=0o600, replace=False) is True
+    assert write_atomic(path, "second", mode=0o600, replace=False) is False
+    assert path.read_text() == "first" and os.listdir(tmp_path) == ["key"]
+
+
+def test_write_atomic_failure_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    from hf_soups.atomic_file import write_atomic
+
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, "new")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_in_place_writes_go_through_the_one_helper():
+    """`os.replace` (and hand-made temporaries) appear in one module only; whole directories use AtomicDirectory."""
+    import pathlib
+    import re
+
+    import hf_soups
+
+    root = pathlib.Path(hf_soups.__file__).parent
+    def using(pattern: str) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                      if re.search(pattern, p.read_text(encoding="utf-8")))
+
+    assert using(r"os\.replace\(|os\.link\(|NamedTemporaryFile|\+ \"\.tmp\"|\.tmp\"\n") == ["atomic_file.py"]
+    # the one other temporary file is the writability probe of the output directory (created and removed, no data)
+    assert using(r"mkstemp\(") == ["atomic_file.py", "checkpoint/atomic.py"]
+
+
+def test_architecture_key_goes_through_the_helper_private_and_never_replaced(tmp_path, monkeypatch):
+    """A variant the issue does not name: the per-user cache key (0600, first writer wins) uses the helper too."""
+    import os
+
+    import hf_soups.atomic_file as atomic_file
+    from hf_soups import architecture
+
+    calls = []
+    real = atomic_file.write_atomic
+
+    def spy(path, data, **kw):
+        calls.append((str(path), kw))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(architecture, "write_atomic", spy)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    architecture._secrets.clear()
+    (tmp_path / "xdg").mkdir()
+    key = architecture._secret()
+    assert key is not None and calls and calls[-1][1] == {"mode": 0o600, "replace": False}
+    assert os.stat(calls[-1][0]).st_mode & 0o777 == 0o600
+    architecture._secrets.clear()

@@ -12,6 +12,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
+from ..atomic_file import write_atomic
 from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from ..checkpoint.format import TensorInfo
 from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
@@ -206,8 +207,6 @@ def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
     The cache layout is huggingface_hub's documented one (`<cache>/models--org--name/refs/<revision>` holds the
     sha); the file is written atomically, and only when it is missing or stale.
     """
-    import tempfile
-
     from huggingface_hub.file_download import repo_folder_name  # public (no underscore), not re-exported
 
     requested = ing.requested_revision or "main"
@@ -223,10 +222,7 @@ def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
     except OSError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hf-soups-ref-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(ing.revision)
-    os.replace(tmp, path)
+    write_atomic(path, ing.revision, mode=0o600)
 
 
 def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,
