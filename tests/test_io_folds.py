@@ -211,3 +211,176 @@ def test_compat_source_imports_no_torch():
     assert "torch" in imported(distance)  # the check moved, it did not vanish
     assert not any(hasattr(compat, n) for n in ("init_distances", "init_distance_warnings", "_Chunks"))
     assert callable(compat.init_outlier_warnings) and callable(compat.sample_tensor_names)
+
+
+# ------------------------------------------------------------------------------------- the one checkpoint layout
+def _old_needed_patterns(files, *, weights=True, allow_pickle=False):
+    """`hub/client.needed_patterns` as it was before the layouts (copied verbatim): the reference the layouts keep."""
+    import fnmatch
+
+    from hf_soups import constants
+
+    wanted = set(constants.AUX_FILES) | {"README.md", "adapter_config.json"}
+    patterns = [f for f in files if f in wanted]
+    if weights and "adapter_model.safetensors" in files:
+        patterns.append("adapter_model.safetensors")
+    elif weights and allow_pickle and "adapter_model.bin" in files:
+        patterns.append("adapter_model.bin")
+    if weights:
+        if "model.safetensors.index.json" in files or "model.safetensors" in files:
+            patterns += [f for f in files if f.endswith(".safetensors") or f == "model.safetensors.index.json"]
+        elif allow_pickle:
+            patterns += [f for f in files if fnmatch.fnmatch(f, "pytorch_model*.bin")
+                         or f == "pytorch_model.bin.index.json"]
+    return sorted(set(patterns))
+
+
+_NAMES = ["config.json", "README.md", "tokenizer.json", "vocab.txt", "model.safetensors",
+          "model.safetensors.index.json", "model-00001-of-00002.safetensors", "pytorch_model.bin",
+          "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin", "adapter_config.json",
+          "adapter_model.safetensors", "adapter_model.bin", "optimizer.pt", "trainer_state.json",
+          "checkpoint-5/model.safetensors", "flax_model.msgpack", "training_args.bin"]
+
+
+def test_download_sets_are_the_same_as_before_the_layouts():
+    """Every subset of a 14-name vocabulary (and a seeded sample of the full 18), with and without weights and
+    pickles: the layouts choose exactly the files the four hand-written rules chose."""
+    import itertools
+    import random
+
+    from hf_soups.checkpoint.layout import download_patterns
+    from hf_soups.hub.client import needed_patterns
+
+    listings = [[n for n, keep in zip(_NAMES[:14], bits) if keep] for bits in itertools.product((0, 1), repeat=14)]
+    rng = random.Random(0)
+    listings += [rng.sample(_NAMES, rng.randint(0, len(_NAMES))) for _ in range(500)]
+    for files in listings:
+        for weights, allow_pickle in itertools.product((True, False), repeat=2):
+            expected = _old_needed_patterns(files, weights=weights, allow_pickle=allow_pickle)
+            assert download_patterns(files, weights=weights, allow_pickle=allow_pickle) == expected, files
+            assert needed_patterns(files, weights=weights, allow_pickle=allow_pickle) == expected
+
+
+def _resolved(repo_id):
+    from hf_soups.hub.client import resolve
+    from hf_soups.refs import IngredientRef
+
+    return resolve(IngredientRef.parse(repo_id))
+
+
+def _fetched(hub, repo_id):
+    return {p.split("/resolve/")[1].split("/", 1)[1].split("?")[0] for m, p, s in hub.requests
+            if m == "GET" and "/resolve/" in p and p.startswith(f"/{repo_id}/") and s == 200}
+
+
+@pytest.mark.parametrize("kind,files,allow_pickle,expected", [
+    ("sharded", ["config.json", "README.md", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                 "model-00002-of-00002.safetensors", "pytorch_model.bin", "optimizer.pt", "training_args.bin"], False,
+     {"config.json", "README.md", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors"}),
+    ("adapter", ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",
+                 "trainer_state.json"], True,
+     {"adapter_config.json", "adapter_model.safetensors", "README.md"}),
+    ("pickled", ["config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+                 "pytorch_model-00002-of-00002.bin", "optimizer.pt", "tokenizer.json"], True,
+     {"config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+      "pytorch_model-00002-of-00002.bin", "tokenizer.json"}),
+])
+def test_hub_fetches_each_layouts_files_and_nothing_else(api, hub, tmp_path, kind, files, allow_pickle, expected):
+    """The loopback Hub's request log: what `download` fetches for a full model, an adapter and pickled shards."""
+    from conftest import publish
+
+    from hf_soups.hub.client import download
+
+    folder = tmp_path / kind
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text(f'{{"name": "{name}"}}' if name.endswith(".json") else name)  # distinct blobs
+    repo_id = f"alice/layout-{kind}"
+    publish(api, folder, repo_id)
+    ing = _resolved(repo_id)
+    hub.reset_counters()
+    download(ing, cache_dir=str(tmp_path / "cache"), allow_pickle=allow_pickle)
+    assert _fetched(hub, repo_id) == expected
+    hub.reset_counters()
+    download(ing, cache_dir=str(tmp_path / "cache2"), weights=False)
+    assert _fetched(hub, repo_id) == {f for f in expected if f.endswith((".json", ".md", ".txt"))
+                                      and "index" not in f}
+
+
+def test_local_errors_name_the_layouts_files(tmp_path):
+    from hf_soups.checkpoint.reader import open_checkpoint
+    from hf_soups.errors import NoSafetensorsError
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(NoSafetensorsError, match=r"no weights found \(neither model\.safetensors nor "
+                       r"model\.safetensors\.index\.json\)\."):
+        open_checkpoint(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(NoSafetensorsError, match=r"only pickled weights \(pytorch_model\.bin\) were found"):
+        open_checkpoint(tmp_path)
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{}")  # the index is preferred, as before
+    with pytest.raises(NoSafetensorsError, match=r"only pickled weights \(pytorch_model\.bin\.index\.json\)"):
+        open_checkpoint(tmp_path)
+
+
+def test_a_new_layout_is_one_registration(tmp_path, monkeypatch):
+    """A made-up kind (`consolidated.safetensors` + `consolidated.json` marker): one Layout, registered, is read
+    locally and joins the download set; nothing else changes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hf_soups.checkpoint import layout as layouts
+    from hf_soups.checkpoint.reader import open_checkpoint
+
+    monkeypatch.setattr(layouts, "LAYOUTS", dict(layouts.LAYOUTS))
+    toy = layouts.register_layout(layouts.Layout("consolidated", safetensors="consolidated.safetensors",
+                                                 marker="consolidated.json"))
+    with pytest.raises(ValueError, match="already registered"):
+        layouts.register_layout(toy)
+    save_file({"w": torch.arange(4.0)}, str(tmp_path / "consolidated.safetensors"))
+    with open_checkpoint(tmp_path, layout=toy) as reader:
+        assert torch.equal(reader["w"], torch.arange(4.0))
+    listing = ["consolidated.safetensors", "consolidated.json", "notes.txt", "optimizer.pt"]
+    assert layouts.download_patterns(listing) == ["consolidated.json", "consolidated.safetensors"]
+    assert layouts.download_patterns(listing, weights=False) == ["consolidated.json"]
+
+
+def test_trainer_checkpoint_layout_never_reads_training_state():
+    """A variant the issue names only in passing: the Trainer checkpoint layout's weights are a full model's, and
+    its optimizer/scheduler/RNG files and trainer_state.json are never read."""
+    from fnmatch import fnmatchcase
+
+    from hf_soups.checkpoint.layout import FULL_MODEL, TRAINER_CHECKPOINT, download_patterns
+    from hf_soups.runs import consolidation_problem
+
+    folder = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin",
+              "trainer_state.json", "config.json"]
+    assert TRAINER_CHECKPOINT.weight_names == FULL_MODEL.weight_names
+    assert TRAINER_CHECKPOINT.find(folder).file == "model.safetensors"
+    never = {f for f in folder if any(fnmatchcase(f, p) for p in TRAINER_CHECKPOINT.never_read)}
+    assert never == {"optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin", "trainer_state.json"}
+    assert not never & set(download_patterns(folder, allow_pickle=True))
+    assert TRAINER_CHECKPOINT.folder.match("checkpoint-800") and not TRAINER_CHECKPOINT.folder.match("checkpoint-x")
+    consolidation_problem(folder, "run/checkpoint-1")  # weights present: no problem
+    with pytest.raises(Exception, match="holds no model weights"):
+        consolidation_problem(["optimizer.pt", "trainer_state.json"], "run/checkpoint-1")
+
+
+def test_weight_file_names_are_spelled_in_the_layout_only():
+    """The four places that chose weight files (reader, client x2, stream) and the adapter and runs code name no
+    weight file themselves."""
+    import pathlib
+
+    import hf_soups
+
+    root = pathlib.Path(hf_soups.__file__).parent
+    for rel in ("checkpoint/reader.py", "hub/client.py", "hub/stream.py", "checkpoint/adapter.py", "adapters.py",
+                "runs/__init__.py", "runs/hub.py"):
+        code = [line for line in (root / rel).read_text(encoding="utf-8").splitlines()
+                if not line.lstrip().startswith(("#", '"', "`", "f\"", "fix=", "raise", "Looks", "are ", "Accept"))]
+        text = "\n".join(code)
+        for name in ('"model.safetensors"', '"model.safetensors.index.json"', '"pytorch_model.bin"',
+                     '"pytorch_model.bin.index.json"', '"adapter_model.safetensors"', '"adapter_model.bin"',
+                     '"adapter_config.json"', '"trainer_state.json"', 'endswith(".safetensors")'):
+            assert name not in text, (rel, name)
