@@ -3,7 +3,8 @@
 The house refactor (issue #23) and the methods that follow it must keep what uniform, weighted, greedy and learned
 soups write bitwise identical. The digests below were taken on main before that refactor (commit 6bef35d) and are
 compared to a fresh run of each method on deterministic tiny checkpoints (seeded random init, a seeded
-fine-tune, seeded perturbations, one thread). Tensors are read back with safetensors' own loader, independently of hf_soups.
+fine-tune, seeded perturbations, one thread). Tensors are read back with safetensors' own loader, independently
+of hf_soups.
 
 To re-take them after a deliberate, documented change of output: `HF_SOUPS_PRINT_DIGESTS=1 pytest -s
 tests/test_digests.py` prints the table.
@@ -40,7 +41,7 @@ PINNED = {
 
 @pytest.fixture(scope="module")
 def pinned_family(tmp_path_factory):
-    """Five tiny BERT classifiers around one fine-tuned base (one far off), saved sharded and in mixed dtypes, and a held-out csv."""
+    """Five tiny BERT classifiers around one fine-tuned base (one far off), sharded and in mixed dtypes; a held-out csv."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
