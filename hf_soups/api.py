@@ -18,7 +18,6 @@ from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
     architecture_findings,
-    init_distance_warnings,
     label_permutations,
     normalize_id2label,
     remote_code_problems,
@@ -26,6 +25,7 @@ from .compat import (
     tied_extras,
     verdict,
 )
+from .distance import init_distance_warnings
 from .errors import InvalidArgumentError, SoupError, UnknownArgumentError
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code
