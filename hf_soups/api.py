@@ -713,10 +713,10 @@ def _parse_card(text: str, source: str) -> Any:
                           fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
 
 
+@guard_keywords
 def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,
-                  token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-                  endpoint: str | None = None, cache_dir: str | None = None, allow_local: bool = False,
-                  calibration_dataset: Any = None) -> Soup:
+                  access: HubAccess | None = None, overwrite: bool = False, progress: bool = True,
+                  allow_local: bool = False, calibration_dataset: Any = None) -> Soup:
     """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules, and the
     same BatchNorm recalibration when the recipe records one.
 
@@ -725,7 +725,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     Args:
         recipe ([`Recipe`]): from [`load_recipe`] or a soup's `.recipe`.
         output_dir (`str`, *optional*): where to write the soup (a temporary directory when omitted).
-        token (`str` or `bool`, *optional*): Hub token for private ingredients.
+        access ([`HubAccess`], *optional*): the Hub endpoint, token (for private ingredients) and cache directory.
         overwrite (`bool`, *optional*, defaults to `False`): replace a soup hf_soups wrote at `output_dir`.
         allow_local (`bool`, *optional*, defaults to `False`): accept local directories among the ingredients (only
             for a recipe you wrote yourself; a recipe from a model card may only name Hub repos pinned to shas).
@@ -742,9 +742,13 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         [`InvalidArgumentError`]: the recipe recomputes BatchNorm statistics on an in-memory set and
             `calibration_dataset` is not given (raised before anything is downloaded).
         [`SoupError`]: the calibration data differs from the recorded one (nothing is written then).
+        [`UnknownArgumentError`]: a keyword this function does not take (`token=` names `access=HubAccess(...)`).
         Everything [`soup_from_hub`] raises.
     """
     from .recipes.recipe import check_replayable, replayable_base
+
+    access = access if access is not None else HubAccess()
+    token, endpoint, cache_dir = access.token, access.endpoint, access.cache_dir
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)

@@ -566,7 +566,8 @@ def test_a_hub_run_folder_soup_replays_from_its_recipe(run, hub, api, tmp_path):
     soup_from_hub(found, output_dir=tmp_path / "soup")
     recipe = Recipe.load(tmp_path / "soup" / "recipe.yaml")
     assert list(recipe.ingredients) == [f"{repo}@{sha}/checkpoint-{s}" for s in (8, 12)]
-    replay_recipe(recipe, tmp_path / "again", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c2"))
+    replay_recipe(recipe, tmp_path / "again",
+                  access=HubAccess(endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c2")))
     a, b = tensors(tmp_path / "soup"), tensors(tmp_path / "again")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert_soup_is_mean(tmp_path / "again", [ckpt(run, 8), ckpt(run, 12)])
@@ -575,5 +576,6 @@ def test_a_hub_run_folder_soup_replays_from_its_recipe(run, hub, api, tmp_path):
     missing = Recipe.from_dict({**recipe.to_dict(), "ingredients": [f"{repo}@{sha}/checkpoint-8",
                                                                     f"{repo}@{sha}/checkpoint-99"]})
     with pytest.raises(IngredientNotFoundError, match="checkpoint-99"):
-        replay_recipe(missing, tmp_path / "never", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c3"))
+        replay_recipe(missing, tmp_path / "never",
+                      access=HubAccess(endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c3")))
     assert not os.path.exists(tmp_path / "never")

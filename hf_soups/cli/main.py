@@ -269,7 +269,8 @@ FLAG_TABLE: tuple[Flag, ...] = (
           "find": "the base model the fine-tunes declare in their card (base_model: REPO)"},
          {"default": None, "metavar": "REPO"}),
     Flag(("--as-adapter",), ("soup",),
-         "write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)", {"action": "store_true"}),
+         "write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)",
+         {"action": "store_true"}),
     Flag(("--rank",), ("soup",), "the rank of the --as-adapter output", {"type": int, "default": None, "metavar": "R"}),
     Flag(("--author",), ("find",), "only repos of this user or organisation", {"default": None}),
     Flag(("--task",), ("find",), "only this pipeline tag, e.g. text-classification", {"default": None}),
@@ -496,8 +497,8 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
     text_column = args.text_column[0] if args.text_column and len(args.text_column) == 1 else \
         tuple(args.text_column) if args.text_column else None
-    spec = EvalSpec(dataset=args.eval_dataset, split=args.eval_split, metric=args.metric or "accuracy", text_column=text_column,
-                    label_column=args.label_column, image_column=args.image_column, strict=args.strict,
+    spec = EvalSpec(dataset=args.eval_dataset, split=args.eval_split, metric=args.metric or "accuracy",
+                    text_column=text_column, label_column=args.label_column, image_column=args.image_column, strict=args.strict,
                     device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
                     threshold=args.threshold)
     calibration = _calibration_source(args)  # flag errors before any download
@@ -593,6 +594,7 @@ def _retarget_card(directory: str, repo_id: str) -> None:
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
     from ..api import load_recipe, replay_recipe
+    from ..hub.access import HubAccess
 
     recipe = load_recipe(args.source, token=args.token)
     calibration = args.calibration_dataset
@@ -600,7 +602,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         from ..evaluation.data import load_eval_dataset
 
         calibration = load_eval_dataset(calibration, args.calibration_split)
-    soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite,
+    soup = replay_recipe(recipe, output_dir=args.output, access=HubAccess(token=args.token), overwrite=args.overwrite,
                          allow_local=args.allow_local_ingredients, calibration_dataset=calibration)
     _print_soup(soup)
     _push_soup(soup, args)
