@@ -498,8 +498,8 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     text_column = args.text_column[0] if args.text_column and len(args.text_column) == 1 else \
         tuple(args.text_column) if args.text_column else None
     spec = EvalSpec(dataset=args.eval_dataset, split=args.eval_split, metric=args.metric or "accuracy",
-                    text_column=text_column, label_column=args.label_column, image_column=args.image_column, strict=args.strict,
-                    device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
+                    text_column=text_column, label_column=args.label_column, image_column=args.image_column,
+                    strict=args.strict, device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
                     threshold=args.threshold)
     calibration = _calibration_source(args)  # flag errors before any download
 
