@@ -499,8 +499,8 @@ def _cmd_soup(args: argparse.Namespace) -> int:
         tuple(args.text_column) if args.text_column else None
     spec = EvalSpec(dataset=args.eval_dataset, split=args.eval_split, metric=args.metric or "accuracy",
                     text_column=text_column, label_column=args.label_column, image_column=args.image_column,
-                    strict=args.strict, device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
-                    threshold=args.threshold)
+                    strict=args.strict, device=args.eval_device, dtype=args.eval_dtype,
+                    max_samples=args.max_eval_samples, threshold=args.threshold)
     calibration = _calibration_source(args)  # flag errors before any download
 
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
