@@ -422,6 +422,18 @@ def test_a_keyword_said_another_way_names_the_right_one(keyword, value, right, t
     assert not (tmp_path / "soup").exists()
 
 
+@pytest.mark.parametrize("keyword", ["token", "endpoint", "cache_dir"])
+def test_replay_recipe_takes_the_hub_access_one_way(keyword, tmp_path):
+    from hf_soups import replay_recipe
+
+    recipe = Recipe(method="uniform", ingredients=("alice/fd-a@" + "0" * 40, "alice/fd-c@" + "1" * 40),
+                    weights=(0.5, 0.5))
+    with pytest.raises(UnknownArgumentError) as err:
+        replay_recipe(recipe, tmp_path / "soup", **{keyword: "x"})
+    assert isinstance(err.value, TypeError) and f"access=HubAccess({keyword}=...)" in err.value.fix
+    assert not (tmp_path / "soup").exists()
+
+
 def test_option_objects_of_the_wrong_type_name_the_class(labelled, tmp_path):
     for kwargs, right in (({"eval_spec": {"split": "x"}}, "EvalSpec(**{...})"),
                           ({"merge_options": "bf16"}, "MergeOptions(...)"),
