@@ -262,8 +262,7 @@ FLAG_TABLE: tuple[Flag, ...] = (
     Flag(("--allow-single",), ("soup",), "accept a single REF (a 'soup' identical to it, for testing pipelines)",
          {"action": "store_true"}),
     Flag(("--base",), ("check", "soup", "find"),
-         {"check": "the pretrained checkpoint the REFs were fine-tuned from (LoRA adapters: instead of each "
-                   "adapter's base_model_name_or_path), pinned to a sha and checked against the REFs",
+         {"check": "the base model of LoRA adapter REFs, instead of each adapter's base_model_name_or_path",
           "soup": "the pretrained checkpoint the REFs were fine-tuned from (LoRA adapters: instead of each adapter's "
                   "base_model_name_or_path), pinned to a sha and recorded in the recipe and card",
           "find": "the base model the fine-tunes declare in their card (base_model: REPO)"},
