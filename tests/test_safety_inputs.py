@@ -37,7 +37,7 @@ from hf_soups import (
 from hf_soups import constants
 from hf_soups.api import replay_recipe
 from hf_soups.testing import make_tiny_bert
-from hf_soups import HubAccess
+from hf_soups import HubAccess, MergeOptions
 
 FAKE_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
