@@ -169,14 +169,14 @@ def test_bad_arguments_fail_before_any_request(hub, hub_refs, family, tmp_path, 
 
 
 def test_huge_weights_normalise_to_a_correct_soup(family, tmp_path):
-    soup = soup_from_hub([family["a"], family["d"]], weights=[1e308, 1e308], output_dir=tmp_path / "s",
+    soup = soup_from_hub([family["a"], family["d"]], "weighted", weights=[1e308, 1e308], output_dir=tmp_path / "s",
                          merge_options=MergeOptions(progress=False))
     assert [i.weight for i in soup.ingredients] == [0.5, 0.5]
     got, a, d = state_dict_of(soup.output_dir), state_dict_of(family["a"]), state_dict_of(family["d"])
     for k in got:
         if got[k].is_floating_point():
             assert torch.allclose(got[k], torch.stack([a[k], d[k]]).mean(0), atol=1e-6)
-    tiny = soup_from_hub([family["a"], family["d"]], weights=[5e-324, 5e-324], output_dir=tmp_path / "t",
+    tiny = soup_from_hub([family["a"], family["d"]], "weighted", weights=[5e-324, 5e-324], output_dir=tmp_path / "t",
                          merge_options=MergeOptions(progress=False))
     assert [i.weight for i in tiny.ingredients] == [0.5, 0.5]
 

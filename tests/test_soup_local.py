@@ -9,7 +9,7 @@ import torch
 from conftest import state_dict_of
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hf_soups import MergeOptions, NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
+from hf_soups import InvalidArgumentError, MergeOptions, NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
 from hf_soups.testing import make_tiny_bert, make_tiny_resnet, make_tiny_vit, perturb_checkpoint
 
 
@@ -39,9 +39,10 @@ def test_weighted_soup(family, tmp_path):
     assert [i.weight for i in soup.ingredients] == pytest.approx([0.75, 0.25])
     a, d = (state_dict_of(p) for p in paths)
     _assert_close_to(soup.output_dir, {k: 0.75 * a[k].float() + 0.25 * d[k].float() for k in a}, atol=1e-6)
-    implied = soup_from_hub(paths, weights=[3, 1], output_dir=tmp_path / "implied",
-                            merge_options=MergeOptions(progress=False))
-    assert implied.method == "weighted" and implied.weights == soup.weights
+    with pytest.raises(InvalidArgumentError, match="method='weighted'"):  # never a silent switch to weighted
+        soup_from_hub(paths, weights=[3, 1], output_dir=tmp_path / "implied",
+                      merge_options=MergeOptions(progress=False))
+    assert not (tmp_path / "implied").exists()
 
 
 def test_bf16_soup_keeps_dtype_and_mixed_dtypes_upcast(family, tmp_path):
@@ -276,8 +277,8 @@ def test_accumulation_device_path_is_bit_identical(family, tmp_path):
         staged = collect(device=dev, stage=True, slots=3)
         assert [(n, s) for n, s, _ in staged] == [(n, s) for n, s, _ in plain]
         assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(staged, plain))
-    on_disk = state_dict_of(soup_from_hub([family["a"], family["b"], family["d"]], weights=[1, 2, 3],
-                            merge_options=MergeOptions(device="cpu", progress=False),
+    on_disk = state_dict_of(soup_from_hub([family["a"], family["b"], family["d"]], "weighted", weights=[1, 2, 3],
+                                          merge_options=MergeOptions(device="cpu", progress=False),
                                           output_dir=tmp_path / "cpu").output_dir)
     merged = {}
     for name, start, chunk in plain:
