@@ -251,8 +251,8 @@ def test_float8_ingredients_average_in_fp32(family, tmp_path, dtype):
     a = single_file_copy(family["d"], tmp_path / "a", dtype=f8)
     b = single_file_copy(family["b"], tmp_path / "b", dtype=f8)
     soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
-    got, sa, sb = state_dict_of(soup.output_dir), load_file(f"{a}/model.safetensors"),
-    load_file(f"{b}/model.safetensors")
+    got, sa, sb = (state_dict_of(soup.output_dir), load_file(f"{a}/model.safetensors"),
+                   load_file(f"{b}/model.safetensors"))
     for k, v in got.items():
         if sa[k].dtype == f8:
             assert v.dtype == f8
