@@ -53,8 +53,8 @@ _KILL_SCRIPT = textwrap.dedent("""
         print("WROTE", flush=True)
         time.sleep(0.05)
     writer.ShardedSafetensorsWriter.write = slow
-    from hf_soups import soup_from_hub
-    soup_from_hub(sys.argv[2:], output_dir=sys.argv[1], progress=False)
+    from hf_soups import MergeOptions, soup_from_hub
+    soup_from_hub(sys.argv[2:], output_dir=sys.argv[1], merge_options=MergeOptions(progress=False))
 """)
 
 
