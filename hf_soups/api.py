@@ -532,7 +532,7 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     if arch is not None and (needs_eval or any(i.repo_id is not None for i in ingredients)):
         arch.settle(report)  # before any weight is downloaded or evaluated
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
-        from .evaluation.data import check_eval_data
+        from .evaluation.tasks import check_eval_data
 
         if spec is None:
             raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")

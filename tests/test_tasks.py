@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from hf_soups import EvalSpec, EvaluationError, LabelMismatchError, soup_from_hub
 from hf_soups.card import usage_lines
 from hf_soups.evaluation import Evaluator, task_of
-from hf_soups.evaluation.data import check_eval_data
+from hf_soups.evaluation.tasks import check_eval_data
 from hf_soups.evaluation.tasks import TASKS, scores
 from hf_soups.recipes.greedy import greedy_select
 from hf_soups.testing import perturb_checkpoint, write_tiny_tokenizer

@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import EvaluationError, LabelMismatchError
+from ..data import _shown, untransformed
 from ..metrics import Metric
 
-__all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures"]
+__all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures",
+           "check_eval_data"]
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,6 @@ def bad_rows(invalid: Sequence[tuple[int, Any]], column: str, expected: str, nam
              param: str = "label_column") -> EvaluationError:
     """The error for rows whose values are not of the expected form: the first row, its column and value, the count
     of the others, and the form expected."""
-    from ..data import _shown
-
     row, value = invalid[0]
     more = f" ({len(invalid) - 1} more rows are invalid too)" if len(invalid) > 1 else ""
     return EvaluationError(f"row {row} of column '{column}' holds {_shown(value)} ({type(value).__name__}){more}; "
@@ -252,3 +252,32 @@ def settle_spec(spec: Any, config: Mapping[str, Any]) -> Any:
     if isinstance(spec.text_column, list):
         changes["text_column"] = tuple(spec.text_column) if len(spec.text_column) != 1 else spec.text_column[0]
     return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: Any = None,
+                    label_column: str | None = None, image_column: str | None = None,
+                    name: str = "the model") -> dict[str, Any]:
+    """Check evaluation data against a model config before any weight is read: the task's columns and every row of
+    its labels (see `hf_soups.evaluation.tasks`).
+
+    Args:
+        dataset (`datasets.Dataset`): from [`hf_soups.evaluation.data.as_eval_dataset`].
+        config (`Mapping`): the (first) ingredient's `config.json`.
+        text_column (`str` or a list/tuple of two, *optional*): the text column(s) asked for (a sentence pair, or
+            QA's question and context).
+        label_column, image_column (`str`, *optional*): the columns asked for.
+        name (`str`): the ingredient named in errors.
+
+    Returns:
+        `dict[str, Any]`: the columns found (`{"label": ..., "text": (...)}` or `{"label": ..., "image": ...}`).
+
+    Raises:
+        [`EvaluationError`]: no task serves the model, a column is missing, or a label is not of the task's form.
+        [`LabelMismatchError`]: the labels do not match the model's `id2label`.
+    """
+    task = task_for(config)
+    dataset = untransformed(dataset)  # labels and columns are read from the raw columns, not through a transform
+    asked = Columns.of(text_column, label_column, image_column)
+    found = task.check_columns(list(dataset.column_names), asked)
+    task.references(dataset, task.find_columns(list(dataset.column_names), asked), name)
+    return found
