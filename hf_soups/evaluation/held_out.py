@@ -207,7 +207,8 @@ def choose_weights(
             offload.evaluator = evaluator
         best = max(names, key=lambda n: metric.key(score_map[n]))
         intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
-        warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
+        warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best),
+                                     unit=evaluator.task_impl.unit)
         warnings = [warning] if warning else []
         if method == "greedy":
             # judged after every ingredient was scored: a collapse counts once some model's logits varied

@@ -37,7 +37,7 @@ def learn_weights(
     steps: int = 30,
     lr: float = 0.2,
     seed: int = 0,
-    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor],
     higher_is_better: bool = True,
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """Optimise per-model mixing weights.
@@ -47,14 +47,14 @@ def learn_weights(
         states (`Sequence[Mapping[str, Tensor]]`): fp32 floating tensors of each ingredient (parameters and floating
             buffers such as BatchNorm running statistics, keyed by the model's names).
         batches: `(indices, inputs)` held-out batches (from [`Evaluator`]).
-        references (`torch.Tensor`): label ids in dataset order.
+        references (`torch.Tensor`): the references in dataset order (the task's loss reads its own targets).
         score (`Callable[[Sequence[float]], float]`): held-out metric of the soup with the given weights.
         steps (`int`, *optional*, defaults to `30`): optimisation steps (one batch each, cycling).
         lr (`float`, *optional*, defaults to `0.2`): Adam learning rate on the logits of the weights.
         seed (`int`, *optional*, defaults to `0`): batch-order seed.
-        loss (`Callable[[ModelOutput, Tensor], Tensor]`, *optional*): the task's loss of a model output on the batch
-            of rows `idx` (`Evaluator.loss`: MSE for regression, BCE for multi-label, span cross-entropy for QA, ...);
-            defaults to the cross-entropy of the logits against `references[idx]`.
+        loss (`Callable[[ModelOutput, Tensor], Tensor]`): the task's loss of a model output on the batch of rows
+            `idx` (`Evaluator.loss`, i.e. [`Task.loss`]: cross-entropy for classification, MSE for regression, BCE
+            for multi-label, span cross-entropy for QA, ...).
         higher_is_better (`bool`, *optional*, defaults to `True`): the direction of `score`.
 
     Returns:
@@ -84,8 +84,7 @@ def learn_weights(
         stats = {n: weighted_sum((states[j][n].to(device) for j in range(k)), fixed) for n in statistics}
         out = functional_call(model, {**buffers, **stats, **params}, args=(), kwargs={key: v.to(device) for key, v in
                                                                             inputs.items()})
-        value = loss(out, idx) if loss is not None else \
-            torch.nn.functional.cross_entropy(out.logits.float(), references[idx].to(device))
+        value = loss(out, idx)  # the task's loss ([`Task.loss`] through `Evaluator.loss`)
         opt.zero_grad()
         value.backward()
         opt.step()

@@ -780,9 +780,6 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
 _EXPANDABLE = {"author", "baseModels", "cardData", "config", "createdAt", "disabled", "downloads", "gated",
                "lastModified", "library_name", "likes", "pipeline_tag", "private", "sha", "siblings", "tags",
                "trendingScore"}
-_PIPELINES = (("ForSequenceClassification", "text-classification"), ("ForImageClassification", "image-classification"),
-              ("ForTokenClassification", "token-classification"), ("ForQuestionAnswering", "question-answering"),
-              ("ForCausalLM", "text-generation"), ("ForMaskedLM", "fill-mask"))
 
 
 def _commit_history(repo: _Repo, head: _Commit) -> list[dict[str, Any]]:
@@ -836,10 +833,10 @@ def _derive_card(readme: bytes | None, config: bytes | None, files: list[str]) -
         pass
     pipeline = card.get("pipeline_tag")
     if pipeline is None:
-        for arch in cfg.get("architectures") or []:
-            pipeline = next((tag for suffix, tag in _PIPELINES if str(arch).endswith(suffix)), None)
-            if pipeline:
-                break
+        from ..evaluation.tasks import head_for  # the package's one architecture -> task table
+
+        head = head_for({"architectures": [str(a) for a in cfg.get("architectures") or []]})
+        pipeline = head.pipeline_tag if head else None
     library = card.get("library_name") or ("transformers" if config is not None else None)
     tags: list[str] = []
     for t in [library, "safetensors" if any(f.endswith(".safetensors") for f in files) else None,

@@ -9,6 +9,8 @@ and the card's pipeline tag. [`task_for`] picks the task of a config; the [`Eval
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,7 +22,7 @@ from ..data import _shown, untransformed
 from ..metrics import Metric
 
 __all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures",
-           "check_eval_data"]
+           "check_eval_data", "head_for", "usage_code"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class Task:
         pipeline_tag (`str`): the Hub's pipeline tag for the card.
         unit (`str`): what one reference is, and what the bootstrap resamples (`"example"`, `"sentence"`, ...).
         loss_name (`str`): the loss of learned soups, for docs.
+        auto_class (`str`): the transformers Auto class of the head, for the card's "How to use".
+        pipeline_class (`str`): the transformers pipeline class serving `pipeline_tag` (the snippet names the
+            pipeline only where the installed transformers has it).
+        evaluates (`bool`): `False` for a head the card knows but held-out evaluation does not (causal LM, ...).
+        processor_per_model (`bool`): each model preprocesses with its own processor (images), so models whose
+            processors differ get their own evaluator.
     """
 
     name: ClassVar[str] = ""
@@ -84,6 +92,10 @@ class Task:
     unit: ClassVar[str] = "example"
     loss_name: ClassVar[str] = "cross-entropy"
     columns_help: ClassVar[str] = ""
+    auto_class: ClassVar[str] = ""
+    pipeline_class: ClassVar[str] = ""
+    evaluates: ClassVar[bool] = True
+    processor_per_model: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any], *, threshold: float | None = None) -> None:
         self.config = config
@@ -149,6 +161,14 @@ class Task:
     def default_metric(self) -> str:
         return next(iter(self.metrics()))
 
+    # -- the card -----------------------------------------------------------------------------------------------
+    @classmethod
+    def usage(cls, config: Mapping[str, Any], model_path: str) -> list[str]:
+        """The Python lines of the card's "How to use" for a model of `config` loaded from `model_path`: the class
+        named in `config.architectures` (the Auto class with `trust_remote_code` for custom code) and the pipeline
+        of `pipeline_tag` where the installed transformers has it. See [`usage_code`]."""
+        return usage_code(config, model_path, cls)
+
 
 #: Registered tasks, in the order [`task_for`] tries them (problem_type-specific ones before the generic head).
 TASKS: list[type[Task]] = []
@@ -162,7 +182,67 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def supported_architectures() -> str:
     """The heads and problem types held-out evaluation supports, for error messages."""
-    return "; ".join(f"{t.title} (*{'/*'.join(t.architectures)})" for t in TASKS)
+    return "; ".join(f"{t.title} (*{'/*'.join(t.architectures)})" for t in TASKS if t.evaluates)
+
+
+def head_for(config: Mapping[str, Any]) -> type[Task] | None:
+    """The registered [`Task`] class describing the head of `config` for the card (pipeline tag, "How to use"),
+    including heads held-out evaluation does not score: the first architecture with a known suffix decides, and among
+    the tasks of that suffix the one serving `config` (e.g. its `problem_type`) wins, else the first registered.
+    `None` for an unknown head. This registry is the one architecture -> task table of the package."""
+    for arch in config.get("architectures") or []:
+        if not isinstance(arch, str):
+            continue
+        matching = [cls for cls in TASKS if cls.architectures and arch.endswith(cls.architectures)]
+        if matching:
+            return next((cls for cls in matching if cls.serves(config)), matching[0])
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def has_transformers_class(name: str) -> bool:
+    """Whether the installed transformers exports `name`, without importing it (transformers 5 dropped some
+    pipelines, e.g. `question-answering`, that the Hub still uses as pipeline tags)."""
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    exported = getattr(transformers, "_class_to_module", None)  # the lazy module's table: no import of pipelines
+    return name in exported if isinstance(exported, dict) else name in dir(transformers)
+
+
+def usage_code(config: Mapping[str, Any], model_path: str, head: type[Task] | None) -> list[str]:
+    """The card's "How to use" Python lines for a model of `config` with the head `head` (`None`: unknown).
+
+    Args:
+        config (`Mapping`): the soup's `config.json` (a config's text never becomes code: only an identifier is
+            named).
+        model_path (`str`): the repo id (or local directory) the snippet loads.
+        head (`type[Task]`, *optional*): the head from [`head_for`].
+
+    Returns:
+        `list[str]`: the lines, without the fence.
+    """
+    arch = next(iter(config.get("architectures") or []), None)
+    if not (isinstance(arch, str) and arch.isidentifier()):
+        arch = None
+    auto_map = config.get("auto_map") or {}
+    task = head.pipeline_tag if head and has_transformers_class(head.pipeline_class) else None
+    path = json.dumps(str(model_path))  # a Python string literal on one line, whatever the path holds
+    lines: list[str] = []
+    if arch and not auto_map:
+        lines += [f"from transformers import {arch}" + (", pipeline" if task else ""), "",
+                  f"model = {arch}.from_pretrained({path})"]
+    elif head and not task:  # custom code and no pipeline for this head: its Auto class resolves it
+        lines += [f"from transformers import {head.auto_class}", "",
+                  f"model = {head.auto_class}.from_pretrained({path}, trust_remote_code=True)"]
+    else:  # custom code: the Auto class resolves it (and needs trust_remote_code)
+        lines += ["from transformers import AutoModel" + (", pipeline" if task else ""), "",
+                  f"model = AutoModel.from_pretrained({path}, trust_remote_code=True)"]
+    if task:
+        lines.append(f'pipe = pipeline("{task}", model={path}' + (", trust_remote_code=True" if auto_map else "")
+                     + ")")
+    return lines
 
 
 def task_for(config: Mapping[str, Any], *, threshold: float | None = None) -> Task:
@@ -172,7 +252,7 @@ def task_for(config: Mapping[str, Any], *, threshold: float | None = None) -> Ta
         [`EvaluationError`]: no registered task serves the config (the supported ones are named).
     """
     for cls in TASKS:
-        if cls.serves(config):
+        if cls.evaluates and cls.serves(config):
             return cls(config, threshold=threshold)
     raise EvaluationError(f"cannot evaluate architectures {config.get('architectures')} with problem_type "
                           f"{config.get('problem_type')!r}: held-out evaluation supports {supported_architectures()}.",
