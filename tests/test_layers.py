@@ -171,3 +171,23 @@ def test_the_file_graph_sees_a_lazy_import_circle(tmp_path):
     assert _cycles(edges) == [["hf_soups.evaluation.data", "hf_soups.evaluation.tasks"]]
     # the real package is parsed file by file: evaluator imports the task registry
     assert "hf_soups.evaluation.tasks" in _file_graph()["hf_soups.evaluation.evaluator"]
+
+
+def test_loopback_hub_routes_are_small_modules():
+    """#23 item 7: the loopback Hub's handler is route modules over a small dispatcher, not one closure: no function
+    of `hf_soups/testing` spans more than 80 lines, and the handler class is composed of the route mixins."""
+    from hf_soups.testing.hub import LoopbackHub
+
+    long = []
+    for name, path in _modules().items():
+        if name.startswith("hf_soups.testing"):
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            long += [f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, "\n".join(long)
+    with LoopbackHub() as hub:
+        handler = hub._server.RequestHandlerClass
+        owners = {cls.__module__ for cls in handler.__mro__}
+    assert {f"hf_soups.testing.hub_routes.{m}" for m in ("base", "models", "files", "upload", "listing",
+                                                         "collections")} <= owners
