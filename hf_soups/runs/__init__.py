@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..checkpoint.layout import TRAINER_STATE
 from ..errors import InvalidArgumentError, SoupError
 from ..hub.discovery import Candidate, CandidateSet, DiscoveryQuery
 from ..card import run_sentence
@@ -313,8 +314,8 @@ def _local_run(path: str) -> list[RunCheckpoint]:
 def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] | None:
     """The newest `trainer_state.json` (by `global_step`) of the run, the newest checkpoint's or the output_dir's own
     (`trainer.save_state()`), with its name relative to the run."""
-    states = [os.path.join(c.local_dir, "trainer_state.json") for c in listed[-1:] if c.local_dir]
-    states.append(os.path.join(path, "trainer_state.json"))
+    states = [os.path.join(c.local_dir, TRAINER_STATE) for c in listed[-1:] if c.local_dir]
+    states.append(os.path.join(path, TRAINER_STATE))
     states = [s for s in states if os.path.isfile(s)]
     if not states:
         return None

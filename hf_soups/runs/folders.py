@@ -9,22 +9,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..checkpoint.layout import ADAPTER_WEIGHTS, CHECKPOINT_RE, TRAINER_CHECKPOINT
 from ..errors import SoupError
 from ..refs import IngredientRef
 
 __all__ = ["CHECKPOINT_RE", "TRAINING_STATE_PATTERNS", "RunCheckpoint", "consolidation_problem"]
 
 _STATE_LIMIT = 64 << 20  # a trainer_state.json larger than 64 MB is refused
-#: A Trainer checkpoint folder: `checkpoint-<global step>`.
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: The step in the commit messages of `hub_strategy="every_save"` pushes ("Training in progress, step 800").
 _STEP_IN_MESSAGE = re.compile(r"\bstep (\d+)\b", re.IGNORECASE)
-#: Files of a checkpoint folder that are never read, downloaded or carried into a soup.
-TRAINING_STATE_PATTERNS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth",
-                           "training_args.bin", "trainer_state.json", "*.distcp", "pytorch_model_fsdp*",
-                           "optimizer_*", "global_step*", "zero_to_fp32.py", "latest")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+#: The files of a checkpoint folder (`checkpoint/layout.py`): its weights, and the training state never read.
+TRAINING_STATE_PATTERNS = TRAINER_CHECKPOINT.never_read
+_WEIGHT_FILES = TRAINER_CHECKPOINT.weight_names
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ def consolidation_problem(entries: Sequence[str], name: str) -> None:
     Raises:
         [`SoupError`]: the folder holds no `model.safetensors` (or pickled) weights.
     """
-    if any(e in _WEIGHT_FILES for e in entries):
+    if TRAINER_CHECKPOINT.find(entries) is not None:
         return
     if any(e.startswith("pytorch_model_fsdp") or e.endswith(".distcp") for e in entries):
         shard = next((e for e in entries if e.startswith("pytorch_model_fsdp")), "pytorch_model_fsdp_0")
@@ -73,7 +69,7 @@ def consolidation_problem(entries: Sequence[str], name: str) -> None:
         raise SoupError("holds DeepSpeed ZeRO shards, not consolidated weights: a soup averages full tensors.",
                         ingredient=name, fix=f"consolidate it first: `python {name}/zero_to_fp32.py {name} {name} "
                         "--safe_serialization` (or set stage3_gather_16bit_weights_on_model_save: true).")
-    if "adapter_model.safetensors" in entries:
+    if ADAPTER_WEIGHTS in entries:
         raise SoupError("holds a PEFT adapter only, not full weights.", ingredient=name,
                         fix="merge each checkpoint's adapter into the base (peft's merge_and_unload()) and save it.")
     raise SoupError("holds no model weights (model.safetensors).", ingredient=name,

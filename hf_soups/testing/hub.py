@@ -35,6 +35,8 @@ from urllib.parse import unquote
 from .hub_routes import make_handler
 from .hub_routes.records import _SHA_RE, _Collection, _Commit, _derive_card, _File, _HubError, _Repo
 
+from ..atomic_file import write_atomic
+
 __all__ = ["LoopbackHub"]
 
 
@@ -122,10 +124,7 @@ class LoopbackHub:
         sha256 = hashlib.sha256(data).hexdigest()
         path = self._blob_path(sha256)
         if not os.path.exists(path):
-            tmp = f"{path}.{threading.get_ident()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         blob_id = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
         return _File(blob_id, sha256, len(data), False)
 
