@@ -609,6 +609,10 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
             else:
                 result = as_result(entry.fn(ctx), method)
         plan, trace, scores, held_out_warnings = result.plan, result.trace, result.scores, result.warnings
+        if as_adapter is not None and (plan.base or plan.overrides()):
+            raise InvalidArgumentError(f"method={method!r} weighs tensors one by one; a soup written as an adapter "
+                                       "takes one weight per ingredient.", fix="drop as_adapter=True.",
+                                       param="as_adapter")
         ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
                        for ing, w in zip(ingredients, plan.weights)]
         target = os.path.expanduser(os.fspath(output_dir)) if output_dir is not None else os.path.join(

@@ -159,6 +159,37 @@ def test_in_memory_candidates_follow_per_tensor_plans(family):
             r.close()
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_per_tensor_weights_through_the_threads_and_the_exact_path(family, tmp_path, monkeypatch, threads):
+    """The engine's serial and threaded writers, and its fp64 recomputation when the fp32 sum overflows, follow the
+    tensor's own weights (the base among them, negative)."""
+    from hf_soups.merge import merge_to_directory
+
+    monkeypatch.setenv("HF_SOUPS_NUM_THREADS", threads)
+    paths = [family["a"], family["b"], family["base"]]
+    readers = [open_checkpoint(p) for p in paths]
+    try:
+        plan = build_plan([r.tensors for r in readers[:2]], [1, 1]).with_base()
+        big = [2e38, 2e38, -2e38]  # on weights near 1: the fp32 sum overflows (4e38), 2e38 * (a + b - base) fits
+        plan = plan.with_tensor_weights({"bert.embeddings.LayerNorm.weight": big,
+                                         "bert.pooler.dense.weight": [0.7, 0.7, -0.4]})
+        os.makedirs(tmp_path / "out")
+        merge_to_directory(plan, readers, str(tmp_path / "out"), progress=False)
+    finally:
+        for r in readers:
+            r.close()
+    out = state_dict_of(tmp_path / "out")
+    a, b, base = (_fp32(p) for p in paths)
+    for name, ws in (("bert.embeddings.LayerNorm.weight", big), ("bert.pooler.dense.weight", [0.7, 0.7, -0.4])):
+        direct = ws[0] * a[name].double() + ws[1] * b[name].double() + ws[2] * base[name].double()
+        if ws is big:  # the exact path was needed (the fp32 partial sum overflows), and its result fits fp32
+            assert not torch.isfinite((a[name] * big[0]) + (b[name] * big[1])).all() and direct.abs().max() < 3e38
+        torch.testing.assert_close(out[name].double(), direct.float().double(), rtol=1e-6 if ws is big else 0,
+                                   atol=0 if ws is big else 1e-6)
+    torch.testing.assert_close(out["bert.pooler.dense.bias"], (a["bert.pooler.dense.bias"]
+                                                               + b["bert.pooler.dense.bias"]) / 2, rtol=0, atol=1e-6)
+
+
 def test_plan_wide_plans_keep_their_json_and_per_tensor_plans_round_trip(family):
     readers = [open_checkpoint(family["a"]), open_checkpoint(family["d"])]
     try:
@@ -183,6 +214,7 @@ def test_plan_wide_plans_keep_their_json_and_per_tensor_plans_round_trip(family)
     (lambda p: p.with_tensor_weights({"classifier.weight": [0.5, 0.5]}), "2 weights for 3 inputs"),
     (lambda p: p.with_tensor_weights({"classifier.weight": [0.5, float("nan"), 0.1]}), "not finite"),
     (lambda p: p.with_tensor_weights({"classifier.weight": [0.0, 0.0, 0.0]}), "all zero"),
+    (lambda p: p.with_tensor_weights({"classifier.weight": [1e39, 1.0, 0.0]}), "beyond fp32"),
     (lambda p: p.with_tensor_weights({"no.such.tensor": [1.0, 0.0, 0.0]}), "no such tensor"),
     (lambda p: p.with_sources({"classifier.bias": 3}), "input 3 does not exist"),
     (lambda p: p.with_sources({"classifier.bias": True}), "does not exist"),

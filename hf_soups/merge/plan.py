@@ -25,6 +25,7 @@ __all__ = ["TensorPlan", "MergePlan", "build_plan", "output_dtype", "normalize_w
 #: `"error"` refuses.
 IntRule = Literal["first", "max", "error"]
 
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 _PRECISION = {"F64": 3, "F32": 2, "BF16": 1, "F16": 1, "F8_E4M3": 0, "F8_E5M2": 0}
 
 
@@ -135,9 +136,9 @@ class MergePlan:
                 raise SoupError(f"got {len(row)} weights for {self.num_inputs} inputs.", tensor=name,
                                 fix="give one weight per ingredient" + (", then one for the base." if self.base
                                                                          else "."))
-            if not all(math.isfinite(w) for w in row) or not any(row):
-                raise SoupError(f"weights {list(row)} are not finite, or all zero.", tensor=name,
-                                fix="give finite weights with at least one non-zero.")
+            if not all(math.isfinite(w) and abs(w) <= _FP32_MAX for w in row) or not any(row):
+                raise SoupError(f"weights {list(row)} are not finite, beyond fp32's range, or all zero.", tensor=name,
+                                fix="give finite weights (|w| <= 3.4e38, the kernel's fp32) with one non-zero.")
             checked[name] = row
         return self._replace_tensors(lambda tp: dataclasses.replace(tp, weights=checked[tp.name], source=None)
                                      if tp.name in checked else tp)
