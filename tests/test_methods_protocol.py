@@ -102,6 +102,7 @@ def test_base_input_and_per_tensor_weights_reach_the_engine_exactly(registered, 
         """t * mean(θ_i) + (1 - t) * θ_base with t per tensor; task arithmetic (base weight negative) on the head;
         equal weights that are not 1/count on the pooler."""
         seen["base"], seen["k"], seen["inputs"] = ctx.base, ctx.k, len(ctx.readers)
+        seen["read"] = [ctx.read(i, "classifier.weight") for i in range(3)]  # the ingredients, then the base
         weights = {}
         for n, tp in enumerate(t for t in ctx.plan.tensors if t.average):
             t = 0.25 + 0.5 * (n % 3) / 2
@@ -118,6 +119,8 @@ def test_base_input_and_per_tensor_weights_reach_the_engine_exactly(registered, 
     soup = soup_from_hub(refs, "stock_like", base=str(family["base"]), output_dir=tmp_path / "soup",
                          merge_options=QUIET)
     assert seen["base"] is not None and seen["k"] == 2 and seen["inputs"] == 3
+    for path, tensor in zip([*refs, family["base"]], seen["read"]):
+        assert torch.equal(tensor, state_dict_of(path)["classifier.weight"])
     written = state_dict_of(soup.output_dir)
     a, b, base = _fp32(refs[0]), _fp32(refs[1]), _fp32(family["base"])
     assert len(soup.recipe.tensors) == 5  # recorded: three values of t, the head, the pooler

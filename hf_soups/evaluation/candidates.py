@@ -23,8 +23,7 @@ __all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
 def _aligned(plan: MergePlan, reader: CheckpointReader, index: int, tp: TensorPlan) -> torch.Tensor:
     """Ingredient `index`'s tensor `tp`, classifier rows aligned per the plan (its own dtype)."""
     t = reader.read(tp.name)
-    perms = plan.label_permutations
-    perm = perms[index] if tp.permute_rows and index < len(perms) else None  # (a base input has none)
+    perm = plan.row_order(tp, index)
     return t[list(perm)] if perm is not None else t
 
 

@@ -107,8 +107,7 @@ class _Merger:
             chunk = reader.read_range(tp.name, piece.start, piece.count,
                                       bufs.get(f"in{slot}", nbytes, torch.uint8, self.cpu))
         chunk = computable(chunk)  # float8 is storage-only in torch
-        perms = self.plan.label_permutations
-        perm = perms[i] if tp.permute_rows and i < len(perms) else None  # (the base input has none)
+        perm = self.plan.row_order(tp, i)
         if perm is not None:
             chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
         return chunk

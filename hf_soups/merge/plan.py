@@ -127,7 +127,7 @@ class MergePlan:
         """
         checked = {}
         for name, ws in weights.items():
-            tp = self._tensor(name)
+            tp = self.tensor(name)
             row = tuple(float(w) for w in ws)
             if not tp.average:
                 raise SoupError("integer tensors are never averaged.", tensor=name,
@@ -151,7 +151,7 @@ class MergePlan:
             [`SoupError`]: an unknown tensor or an input index out of range.
         """
         for name, index in sources.items():
-            self._tensor(name)
+            self.tensor(name)
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_inputs:
                 raise SoupError(f"input {index!r} does not exist ({self.num_inputs} inputs).", tensor=name,
                                 fix=f"give an index from 0 to {self.num_inputs - 1}.")
@@ -167,6 +167,12 @@ class MergePlan:
             return active, [tp.weights[i] for i in active]
         active = [i for i, w in enumerate(self.weights) if w > 0]
         return active, [self.weights[i] for i in active]
+
+    def row_order(self, tp: TensorPlan, index: int) -> tuple[int, ...] | None:
+        """The row order aligning input `index`'s tensor `tp` to the first ingredient's labels (`None`: as stored;
+        always for the base input)."""
+        perms = self.label_permutations
+        return perms[index] if tp.permute_rows and index < len(perms) else None
 
     def overrides(self) -> list[dict[str, Any]]:
         """The per-tensor part of the plan, grouped (for a recipe): `{"weights": [...], "tensors": [...]}` and
@@ -194,7 +200,12 @@ class MergePlan:
                 plan = plan.with_tensor_weights({n: entry["weights"] for n in entry["tensors"]})
         return plan
 
-    def _tensor(self, name: str) -> TensorPlan:
+    def tensor(self, name: str) -> TensorPlan:
+        """The plan of tensor `name`.
+
+        Raises:
+            [`SoupError`]: the plan has no such tensor.
+        """
         for tp in self.tensors:
             if tp.name == name:
                 return tp

@@ -149,9 +149,7 @@ class MethodContext:
         """Input `index`'s tensor `name` (an ingredient, or the base at index `k`), its classifier rows aligned to
         the first ingredient's labels as the plan says, in its stored dtype."""
         tensor = self.readers[index].read(name)
-        perms = self.plan.label_permutations
-        tp = next(t for t in self.plan.tensors if t.name == name)
-        perm = perms[index] if tp.permute_rows and index < len(perms) else None
+        perm = self.plan.row_order(self.plan.tensor(name), index)
         return tensor[list(perm)] if perm is not None else tensor
 
 
