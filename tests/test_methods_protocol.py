@@ -193,6 +193,41 @@ def test_per_tensor_weights_through_the_threads_and_the_exact_path(family, tmp_p
                                                                + b["bert.pooler.dense.bias"]) / 2, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("labels", [None, 5])
+def test_a_base_lacking_a_weighted_tensor_is_named_before_anything_is_written(family, tmp_path, labels):
+    """The base need not have the ingredients' head (another label count, or none): a plan that weighs it from the
+    base is refused naming the tensor and the base; the same plan with the mean there is fine."""
+    from hf_soups.merge import merge_to_directory
+    from hf_soups.testing import make_tiny_bert
+
+    base = make_tiny_bert(tmp_path / "base", seed=0, num_labels=labels or 3)
+    if labels is None:  # a headless base: the encoder only
+        from safetensors.torch import load_file, save_file
+
+        weights = os.path.join(base, "model.safetensors")
+        save_file({k: v for k, v in load_file(weights).items() if not k.startswith("classifier.")}, weights)
+    readers = [open_checkpoint(p) for p in (family["a"], family["d"], base)]
+    try:
+        plan = build_plan([r.tensors for r in readers[:2]], [1, 1]).with_base()
+        bad = plan.with_tensor_weights({"classifier.weight": [0.4, 0.4, 0.2]})
+        os.makedirs(tmp_path / "out")
+        with pytest.raises(SoupError, match=r"'base'|classifier.weight") as err:
+            merge_to_directory(bad, readers, str(tmp_path / "out"), progress=False)
+        assert os.listdir(tmp_path / "out") == []
+        from hf_soups.checkpoint.meta import read_config
+        from hf_soups.evaluation.candidates import ModelHolder
+
+        holder = ModelHolder(str(family["a"]), read_config(os.path.join(family["a"], "config.json"), "a"))
+        with pytest.raises(SoupError, match="classifier.weight"):  # an in-memory candidate too
+            holder.load_plan(bad, readers)
+        assert "classifier.weight" in str(err.value) and ("missing" if labels is None else "shape") in str(err.value)
+        ok = plan.with_tensor_weights({"bert.pooler.dense.bias": [0.4, 0.4, 0.2]})
+        assert merge_state_dict(ok, readers)["classifier.weight"].shape == readers[0].tensors["classifier.weight"].shape
+    finally:
+        for r in readers:
+            r.close()
+
+
 def test_plan_wide_plans_keep_their_json_and_per_tensor_plans_round_trip(family):
     readers = [open_checkpoint(family["a"]), open_checkpoint(family["d"])]
     try:

@@ -109,7 +109,12 @@ class ModelHolder:
         """Compute the soup `plan` describes (its weights, per tensor where it says so; zero weights skipped) into
         the model, tensor by tensor, reading each input's tensor when it is needed; returns the model.
 
-        `readers` holds one reader per plan input (the ingredients, then the base when `plan.base`)."""
+        `readers` holds one reader per plan input (the ingredients, then the base when `plan.base`).
+
+        Raises:
+            [`SoupError`]: an input lacks a tensor the plan takes from it (see `MergePlan.check_inputs`)."""
+        plan.check_inputs([r.tensors for r in readers],
+                          [getattr(r, "ingredient", None) or f"input {i}" for i, r in enumerate(readers)])
         with torch.no_grad():
             for tp in plan.tensors:
                 if tp.average:

@@ -94,6 +94,7 @@ class _Merger:
         self.names += [getattr(r, "ingredient", None) or "base" for r in readers[len(self.names):]]
         self.active = [i for i, w in enumerate(plan.weights) if w > 0]
         self.weights = [plan.weights[i] for i in self.active]
+        plan.check_inputs([r.tensors for r in readers], self.names)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.staged = self.device.type != "cpu" if stage is None else stage
         self.cpu = torch.device("cpu")

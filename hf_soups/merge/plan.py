@@ -168,6 +168,25 @@ class MergePlan:
         active = [i for i, w in enumerate(self.weights) if w > 0]
         return active, [self.weights[i] for i in active]
 
+    def check_inputs(self, tensor_maps: Sequence[Mapping[str, TensorInfo]], names: Sequence[str]) -> None:
+        """Every input a per-tensor weight or a source names holds that tensor, in that shape ([`build_plan`]
+        checked the ingredients against each other, not the base, which may lack the head or have another).
+
+        Raises:
+            [`SoupError`]: a tensor is missing or has another shape in an input the plan takes it from.
+        """
+        for tp in self.tensors:
+            if tp.weights is None and tp.source is None:
+                continue
+            for i in self.mix(tp)[0] if tp.average else [tp.source]:
+                info = tensor_maps[i].get(tp.name)
+                if info is None or tuple(info.shape) != tp.shape:
+                    found = "is missing" if info is None else f"has shape {list(info.shape)}, not {list(tp.shape)}"
+                    raise SoupError(f"the tensor {found} in an input the plan takes it from.", ingredient=names[i],
+                                    tensor=tp.name, fix="give this tensor no weight from that input (for the base: "
+                                                        "keep the ingredients' mean there), or use a base of the "
+                                                        "same architecture.")
+
     def row_order(self, tp: TensorPlan, index: int) -> tuple[int, ...] | None:
         """The row order aligning input `index`'s tensor `tp` to the first ingredient's labels (`None`: as stored;
         always for the base input)."""
