@@ -108,7 +108,7 @@ def test_base_input_and_per_tensor_weights_reach_the_engine_exactly(registered, 
             t = 0.25 + 0.5 * (n % 3) / 2
             weights[tp.name] = [t / ctx.k] * ctx.k + [1.0 - t]
         weights["classifier.weight"] = [0.6, 0.6, -0.2]
-        weights["bert.pooler.dense.bias"] = [1.0, 1.0, 0.0]  # equal but not 1/2: applied as given
+        weights["bert.pooler.dense.weight"] = [1.0, 1.0, 0.0]  # equal but not 1/2: applied as given
         return MethodResult(ctx.plan.with_tensor_weights(weights), parameters={"t": "per tensor"})
 
     registered("stock_like", stock_like, Needs(base=True))
@@ -130,8 +130,8 @@ def test_base_input_and_per_tensor_weights_reach_the_engine_exactly(registered, 
         ws = next(tp["weights"] for tp in soup.recipe.tensors if name in tp["tensors"])
         direct = ws[0] * a[name].double() + ws[1] * b[name].double() + ws[2] * base[name].double()
         torch.testing.assert_close(tensor.double(), direct.to(tensor.dtype).double(), rtol=0, atol=1e-6)
-    pooled = a["bert.pooler.dense.bias"].double() + b["bert.pooler.dense.bias"].double()
-    torch.testing.assert_close(written["bert.pooler.dense.bias"].double(), pooled, rtol=0, atol=1e-6)
+    pooled = a["bert.pooler.dense.weight"].double() + b["bert.pooler.dense.weight"].double()
+    torch.testing.assert_close(written["bert.pooler.dense.weight"].double(), pooled, rtol=0, atol=1e-6)
     assert soup.recipe.base == str(family["base"]) and soup.recipe.base_input
     again = replay_recipe(Recipe.from_yaml(soup.recipe.to_yaml()), tmp_path / "again", allow_local=True,
                           progress=False)
@@ -148,7 +148,8 @@ def test_in_memory_candidates_follow_per_tensor_plans(family):
     try:
         plan = build_plan([r.tensors for r in readers[:2]], [1, 1]).with_base()
         floating = [t.name for t in plan.tensors if t.average]
-        plan = plan.with_tensor_weights({floating[0]: [0.5, 0.5, 0.0], floating[1]: [0.9, 0.9, -0.8]}) \
+        plan = plan.with_tensor_weights({floating[0]: [0.5, 0.5, 0.0], floating[1]: [0.9, 0.9, -0.8],
+                                         floating[3]: [1.0, 1.0, 0.0]}) \
             .with_sources({floating[2]: 2, "classifier.bias": 1})
         engine = merge_state_dict(plan, readers)
         holder = ModelHolder(str(refs[0]), read_config(os.path.join(refs[0], "config.json"), "a"))
@@ -157,6 +158,8 @@ def test_in_memory_candidates_follow_per_tensor_plans(family):
         for name in floating:
             assert torch.equal(state[holder.name_map.get(name, name)], engine[name]), name
         assert torch.equal(engine[floating[2]], readers[2].read(floating[2]).float())
+        two = [r.read(floating[3]).float() for r in readers[:2]]
+        torch.testing.assert_close(engine[floating[3]], two[0] + two[1], rtol=0, atol=1e-6)  # as given, not a mean
     finally:
         for r in readers:
             r.close()
@@ -189,8 +192,8 @@ def test_per_tensor_weights_through_the_threads_and_the_exact_path(family, tmp_p
             assert not torch.isfinite((a[name] * big[0]) + (b[name] * big[1])).all() and direct.abs().max() < 3e38
         torch.testing.assert_close(out[name].double(), direct.float().double(), rtol=1e-6 if ws is big else 0,
                                    atol=0 if ws is big else 1e-6)
-    torch.testing.assert_close(out["bert.pooler.dense.bias"], (a["bert.pooler.dense.bias"]
-                                                               + b["bert.pooler.dense.bias"]) / 2, rtol=0, atol=1e-6)
+    name = "bert.embeddings.word_embeddings.weight"  # no override: the plan-wide mean
+    torch.testing.assert_close(out[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("labels", [None, 5])
