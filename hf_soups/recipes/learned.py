@@ -17,16 +17,34 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import EvaluationError
+from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
 if TYPE_CHECKING:  # imported where it runs, not by the registry (CLI --help)
     import torch
 
-__all__ = ["learn_weights"]
+__all__ = ["learned_soup", "learn_weights"]
 
 
-@register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
+@register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs=Needs(gradients=True),
                  description="Learned soup: mixing weights optimised on held-out data (arXiv:2203.05482, appendix).")
+def learned_soup(ctx: MethodContext) -> MethodResult:
+    """The learned recipe on the held-out evaluation: [`learn_weights`] (the one optimiser call) with
+    `EvalSpec.learned_steps` steps and the recipe's seed.
+
+    Raises:
+        [`EvaluationError`]: no held-out evaluation was given.
+    """
+    held_out = ctx.held_out
+    if held_out is None:
+        raise EvaluationError("method='learned' needs held-out data.", fix="pass eval_dataset=...")
+    weights, trace = learn_weights(held_out.model, held_out.states(), held_out.batches, held_out.references,
+                                   held_out.score_states, steps=held_out.spec.learned_steps, seed=held_out.seed,
+                                   loss=held_out.loss, higher_is_better=held_out.higher_is_better)
+    return MethodResult(ctx.plan.with_weights(weights), trace)
+
+
 def learn_weights(
     model: Any,
     states: Sequence[Mapping[str, torch.Tensor]],
