@@ -64,8 +64,8 @@ def pin_base(base: str | os.PathLike[str] | None, metas: Sequence[IngredientMeta
             return None
         declared = shared_base_model(metas)
         if declared is None:
-            raise InvalidArgumentError("the method needs the pretrained base, and the ingredients' cards do not "
-                                       "agree on one base_model.", param="base",
+            raise InvalidArgumentError("this method needs the base (pretrained) checkpoint, and the ingredients' "
+                                       "cards do not agree on one base_model.", param="base",
                                        fix="pass base=<the checkpoint the ingredients were fine-tuned from>.")
         base = declared
     parsed = IngredientRef.parse(base, None)
