@@ -27,7 +27,8 @@ from .errors import InvalidArgumentError
 from .hub.access import HubAccess
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .options import resolve_options
-from .preflight import Preflight, preflight, read_metas, verdict
+from .metas import read_metas
+from .preflight import Preflight, preflight, verdict
 from .recipes import EvalSpec, Recipe, get_method
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
@@ -430,9 +431,9 @@ def soup_from_hub(
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
                                    fix="pass one weight per ingredient.", param="weights")
-    checked = preflight(ingredients, access, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                        align_labels=options.align_labels, arch_check=options.arch_check, needs_eval=entry.needs_eval,
-                        eval_data=eval_data, spec=spec)
+    metas = read_metas(ingredients, access, allow_pickle)
+    checked = preflight(ingredients, metas, trust_remote_code=trust_remote_code, align_labels=options.align_labels,
+                        arch_check=options.arch_check, needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
     return _brew(ingredients, checked, entry.name, weights, output_dir, output, access=access,
                  eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
                  options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
@@ -526,7 +527,8 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                     replay_batchnorm(tmp, calibration, recipe.batchnorm)
                 soup.write_card(directory=tmp)
         wait_for_everyone()
-        checked.settle()  # (processes that did not merge)
+        if not is_main_process():
+            checked.settle()  # (the main process settled it inside the commit)
     return soup
 
 
@@ -683,7 +685,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     # adapters are read against the recorded, pinned base, never the one their configs name today
     ingredients = _resolve_all(refs, None, access, recipe.base)
     check_ingredient_set(ingredients)  # as soup_from_hub does
-    checked = preflight(ingredients, access, allow_pickle=False, trust_remote_code=False,
+    checked = preflight(ingredients, read_metas(ingredients, access, False), trust_remote_code=False,
                         align_labels=options.align_labels, arch_check=options.arch_check, needs_eval=False)
     soup = _brew(ingredients, checked, "weighted", list(recipe.weights), output_dir, output, access=access,
                  eval_dataset=None, spec=EvalSpec(), options=options,

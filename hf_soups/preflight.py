@@ -18,40 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import adapters
-from .checkpoint.local import local_meta
 from .compat import CompatibilityReport, remote_code_problems, tied_extras
 from .compat import verdict as headers_verdict
 from .errors import SoupError, UnsafeCheckpointError
-from .hub.access import HubAccess
 from .problem import Problem
-from .refs import Ingredient, IngredientMeta, local_dir_of
+from .refs import Ingredient, IngredientMeta
 
-__all__ = ["Preflight", "BackgroundArchCheck", "preflight", "read_metas", "verdict", "architecture_findings"]
+__all__ = ["Preflight", "BackgroundArchCheck", "preflight", "verdict", "architecture_findings"]
 
 logger = logging.getLogger(__name__)
-
-
-def read_metas(ingredients: Sequence[Ingredient], access: HubAccess, allow_pickle: bool) -> list[IngredientMeta]:
-    """What the verdict reads of each ingredient: config, card and tensor headers (an adapter's against its base).
-
-    Args:
-        ingredients (`Sequence[Ingredient]`): resolved ingredients.
-        access ([`HubAccess`]): how to reach the Hub for Hub ingredients.
-        allow_pickle (`bool`): accept `pytorch_model.bin` weights.
-
-    Returns:
-        `list[IngredientMeta]`: one per ingredient, in order.
-    """
-    bases = adapters.base_metas(ingredients, lambda b: read_metas([b], access, allow_pickle)[0])
-    metas = []
-    for ing in ingredients:
-        if adapters.is_adapter(ing):
-            metas.append(adapters.adapter_meta(ing, bases[ing.adapter.base.name]))
-        elif ing.repo_id is None:
-            metas.append(local_meta(local_dir_of(ing), ing.name, allow_pickle=allow_pickle))
-        else:
-            metas.append(access.fetch_meta(ing, allow_pickle=allow_pickle))
-    return metas
 
 
 def architecture_findings(metas: Sequence[IngredientMeta]) -> list[Problem]:
@@ -160,10 +135,11 @@ def _refuse_remote_code(report: CompatibilityReport, metas: Sequence[IngredientM
                 "from the repository.", ingredient=problem.ingredient, file="config.json", fix=problem.fix)
 
 
-def preflight(ingredients: Sequence[Ingredient], access: HubAccess, *, allow_pickle: bool, trust_remote_code: bool,
+def preflight(ingredients: Sequence[Ingredient], metas: list[IngredientMeta], *, trust_remote_code: bool,
               align_labels: bool, arch_check: bool, needs_eval: bool, eval_data: Any = None,
               spec: Any = None) -> Preflight:
-    """Small files and headers -> the verdict, logged; raises when it is negative. No weight is read.
+    """Small files and headers ([`hf_soups.metas.read_metas`]) -> the verdict, logged; raises when it is negative.
+    No weight is read.
 
     The architecture check (when `arch_check`) runs in the background; it is settled here already when weights will
     be downloaded or evaluated, otherwise beside the merge ([`Preflight.settle`]). `eval_data` (loaded up front) is
@@ -171,8 +147,8 @@ def preflight(ingredients: Sequence[Ingredient], access: HubAccess, *, allow_pic
 
     Args:
         ingredients (`Sequence[Ingredient]`): resolved ingredients.
-        access ([`HubAccess`]): how to reach the Hub.
-        allow_pickle, trust_remote_code, align_labels, arch_check (`bool`): as [`soup_from_hub`] takes them.
+        metas (`list[IngredientMeta]`): what [`read_metas`] read of them.
+        trust_remote_code, align_labels, arch_check (`bool`): as [`soup_from_hub`] takes them.
         needs_eval (`bool`): the method evaluates candidates (the architecture check is settled first).
         eval_data (*optional*): held-out data, checked against the config.
         spec ([`EvalSpec`], *optional*): its columns (required with `eval_data`).
@@ -185,7 +161,6 @@ def preflight(ingredients: Sequence[Ingredient], access: HubAccess, *, allow_pic
         [`IncompatibleIngredientsError`]: the verdict is negative.
         [`EvaluationError`], [`LabelMismatchError`]: `eval_data` does not fit the ingredients.
     """
-    metas = read_metas(ingredients, access, allow_pickle)
     report = verdict(metas, align_labels=align_labels, arch_check=False, trust_remote_code=trust_remote_code,
                      ingredients=ingredients)
     _refuse_remote_code(report, metas)

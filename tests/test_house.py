@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -154,3 +155,48 @@ def test_pickled_hub_ingredients_pass_preflight_with_allow_pickle(api, hub, fami
     assert got.keys() == a.keys()
     for k in got:
         torch.testing.assert_close(got[k], torch.stack([a[k], d[k]]).mean(0), atol=1e-6, rtol=0)
+
+
+# -- one way through (#23 item 4): the walk of soup_from_hub's refs -------------------------------------------------
+def _walk_tool():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "walk_refs.py")
+    spec = importlib.util.spec_from_file_location("walk_refs", path)
+    if "walk_refs" not in sys.modules:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["walk_refs"] = module  # (its dataclasses look their module up)
+        spec.loader.exec_module(module)
+    return sys.modules["walk_refs"]
+
+
+def test_refs_walk_climbs_at_most_8(tmp_path):
+    tool = _walk_tool()
+    walked = tool.walk_uniform_soup(str(tmp_path))
+    assert not walked.unknown, f"give these modules a row in tools/walk_refs.py STAGES: {sorted(walked.unknown)}"
+    entered = {m for m, _ in walked.stops}
+    # the walk really went through every stage up to the card (a walk that saw nothing would count no climb)
+    assert {"metas.py", "preflight.py", "compat.py", "merge/plan.py", "merge/engine.py", "checkpoint/writer.py",
+            "soup.py", "card.py"} <= entered
+    assert len(walked.climbs) <= 8, "\n".join(walked.as_dict()["climbs_detail"])
+
+
+def test_walk_counts_a_climb_back_up_once_per_call_site():
+    from hf_soups.card import pipeline_tag_for
+    from hf_soups.compat import normalize_id2label
+    from hf_soups.merge.numerics import cast_limit
+
+    tool = _walk_tool()
+
+    def bounce():
+        for _ in range(3):  # engine -> verdict -> card -> verdict: two distinct climbs, each counted once
+            cast_limit(torch.float16)
+            normalize_id2label({})
+            pipeline_tag_for(["BertForSequenceClassification"])
+            normalize_id2label({})
+
+    walked = tool.walk(bounce)
+    assert [(a[0], b[0]) for a, b in walked.climbs] == [("merge/numerics.py", "compat.py"), ("card.py", "compat.py")]
+    assert tool.stage_of("evaluation/tasks/text.py") == "plan" and tool.stage_of("errors.py") is None
+    with pytest.raises(KeyError):
+        tool.stage_of("brand_new_room.py")
