@@ -499,17 +499,19 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
                 base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
             )
-        soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
+        made = dict(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
                     metric=spec.metric_name, metric_fn=None if spec.metric_replayable else spec.metric,
                     trust_remote_code=trust_remote_code, discovery=discovery,
                     warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
+        soup = None
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with output if output is not None else AtomicDirectory(target) as tmp:
+                export = None
                 if as_adapter is not None:
-                    soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
+                    export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
                 else:
                     merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
                                        progress=options.progress, device=options.device)
@@ -525,10 +527,12 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                     from .evaluation.batchnorm import replay_batchnorm
 
                     replay_batchnorm(tmp, calibration, recipe.batchnorm)
-                soup.write_card(directory=tmp)
+                soup = Soup(**made, adapter_export=export)  # the result, once its weights are written
+                soup.write_card(directory=tmp)  # inside the commit: the card is the soup's from the start
         wait_for_everyone()
-        if not is_main_process():
-            checked.settle()  # (the main process settled it inside the commit)
+        if soup is None:  # (processes that did not merge: the main process settled it inside the commit)
+            checked.settle()
+            soup = Soup(**made)
     return soup
 
 
@@ -691,8 +695,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
                  eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
                  as_adapter=recipe.as_adapter)
-    soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
-    if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
-        soup.metric = recipe.evaluation.metric_name
-        soup.metric_fn = None if recipe.evaluation.metric_replayable else recipe.evaluation.metric
-    return soup
+    # Soup.evaluate recalibrates the baselines on the calibration data, and scores with the recipe's metric (a
+    # callable: asks for it again)
+    evaluation = recipe.evaluation
+    return dataclasses.replace(soup, calibration_data=calibration, **({} if evaluation is None else {
+        "metric": evaluation.metric_name, "metric_fn": None if evaluation.metric_replayable else evaluation.metric}))

@@ -30,7 +30,7 @@ from .device import resolve_eval_device
 from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import Bootstrap, Interval, paired_bootstrap, separation_warning
 
-__all__ = ["SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
+__all__ = ["EvaluationReport", "SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
 
 #: The method differences are taken to.
 BASELINE = "best_individual"
@@ -52,8 +52,9 @@ class ResultRow:
 
 
 @dataclass
-class SoupReport:
-    """Scores of the soup and its baselines on every evaluation set, with their uncertainty.
+class EvaluationReport:
+    """Scores of the soup and its baselines on every evaluation set, with their uncertainty: what
+    [`Soup.evaluate`] returns, and what [`Soup.with_evaluation`] shows on a new soup's card.
 
     Attributes:
         results (`dict[str, dict[str, float]]`): `{set: {method: score}}`.
@@ -71,6 +72,9 @@ class SoupReport:
         also (`dict[str, dict[str, dict[str, float]]]`): `{set: {method: {metric: score}}}`, the task's other
             metrics reported beside the main one (regression: Spearman's rho and MSE; multi-label: exact match;
             QA: exact match; token classification: token accuracy); empty for classification.
+        datasets (`dict[str, dict[str, str]]`): per evaluation set named by an [`EvalSet`] or a path / Hub id,
+            what it really is (`id`, `config`, `split`, `name`), for the card's `model-index`.
+        held_out (`str`, *optional*): the set that chose the best individual and the greedy ensemble, when named.
     """
 
     results: dict[str, dict[str, float]]
@@ -84,6 +88,32 @@ class SoupReport:
     notes: list[str] = field(default_factory=list)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
     also: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    held_out: str | None = None
+
+    def card_values(self, metric: str, *, default_metric: bool) -> dict[str, Any]:
+        """What a soup's card shows of this report, as [`Soup`] fields: `results` (no `ingredient:` rows), their
+        `intervals` and `differences`, `evaluation_warnings`, `notes` and the `metric` name.
+
+        Args:
+            metric (`str`): the soup's metric name.
+            default_metric (`bool`): the metric is the soup's own (not a user callable): a soup still on the
+                library default `"accuracy"` then shows the task's default metric the evaluation used.
+
+        Returns:
+            `dict[str, Any]`: keyword arguments for `dataclasses.replace(soup, ...)`.
+        """
+        results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")} for s, r in self.results.items()}
+        return {
+            "results": results,
+            "intervals": {s: {m: (i.low, i.high) for m, i in t.items() if m in results[s]}
+                          for s, t in self.intervals.items()},
+            "differences": {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in results[s]}
+                            for s, t in self.differences.items()},
+            "evaluation_warnings": list(self.warnings),
+            "notes": list(self.notes),
+            "metric": self.metric if metric == "accuracy" and default_metric else metric,
+        }
 
     @property
     def methods(self) -> list[str]:
@@ -202,7 +232,7 @@ def evaluate_soup(
     seed: int = 0,
     max_samples: int | None = None,
     calibration_dataset: Any = None,
-) -> SoupReport:
+) -> EvaluationReport:
     """Evaluate the soup and its baselines on each dataset, with paired bootstrap confidence intervals.
 
     Methods: `best_individual` (best on the held-out set), `uniform_soup`, the soup itself (named by its method,
@@ -247,8 +277,8 @@ def evaluate_soup(
             in-memory set in another session (by default the soup's own `calibration_data`, or the recorded path).
 
     Returns:
-        [`SoupReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`, `.to_table()`;
-        the scores, intervals, warnings and notes are also stored on the soup for its model card.
+        [`EvaluationReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`,
+        `.to_table()`; the soup is not changed ([`Soup.with_evaluation`] gives one whose card shows the report).
 
     Raises:
         [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, unusable data, or
@@ -442,15 +472,7 @@ def evaluate_soup(
     if "greedy_ensemble" in wanted:
         report.members["greedy_ensemble"] = [names[m] for m in members]
     report.members[label] = [i.name for i in ingredients if (i.weight or 0) > 0]
-    soup.results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")} for s, r in results.items()}
-    soup.intervals = {s: {m: (i.low, i.high) for m, i in t.items() if m in soup.results[s]}
-                      for s, t in report.intervals.items()}
-    soup.differences = {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in soup.results[s]}
-                        for s, t in report.differences.items()}
-    soup.evaluation_warnings = list(report.warnings)
-    soup.notes = list(report.notes)
-    if soup.metric == "accuracy" and soup.metric_fn is None:  # the library default: the task's own default metric
-        soup.metric = report.metric
+    report.held_out = held_out
     return report
 
 
@@ -489,10 +511,10 @@ def _recorded_threshold(soup: Any) -> float | None:
 
 def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[str, dict[str, torch.Tensor]],
                       evaluators: Mapping[str, Evaluator], ingredient_scores: dict[str, dict[str, float]], *,
-                      best: str | None, bootstrap: Bootstrap) -> SoupReport:
+                      best: str | None, bootstrap: Bootstrap) -> EvaluationReport:
     """The report: paired bootstrap intervals per set, and the small-set warnings."""
     first = next(iter(evaluators.values()))
-    report = SoupReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
+    report = EvaluationReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
     for s, ev in evaluators.items():
         report.sizes[s] = len(ev)
         preds = {m: _array(p) for m, p in predictions[s].items()}
@@ -512,3 +534,7 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
             if warning:
                 report.warnings.append(warning)
     return report
+
+
+#: The former name of [`EvaluationReport`].
+SoupReport = EvaluationReport
