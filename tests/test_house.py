@@ -200,3 +200,67 @@ def test_walk_counts_a_climb_back_up_once_per_call_site():
     assert tool.stage_of("evaluation/tasks/text.py") == "plan" and tool.stage_of("errors.py") is None
     with pytest.raises(KeyError):
         tool.stage_of("brand_new_room.py")
+
+
+# -- one way through: preflight settles each check once; HubAccess; the immutable Soup -------------------------------
+def test_architecture_check_needs_no_compat_and_the_verdict_takes_no_callback():
+    import ast
+    import inspect
+
+    import hf_soups.architecture as architecture
+    from hf_soups import compat
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(architecture)))
+                if isinstance(node, ast.ImportFrom)}
+    assert "compat" not in imported and "problem" in imported
+    assert list(inspect.signature(compat.verdict).parameters) == ["metas", "align_labels"]
+    assert compat.Problem is __import__("hf_soups.problem", fromlist=["Problem"]).Problem  # one class, re-exported
+
+
+def test_remote_code_is_decided_once_by_preflight(family, tmp_path, monkeypatch):
+    from hf_soups import UnsafeCheckpointError, compat, modeling, preflight
+
+    evil = tmp_path / "evil"
+    shutil.copytree(family["d"], evil)
+    config = json.loads((evil / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.Evil"}
+    (evil / "config.json").write_text(json.dumps(config))
+    decided = []
+    monkeypatch.setattr(preflight, "remote_code_problems",
+                        lambda *a: decided.append(1) or compat.remote_code_problems(*a))
+    monkeypatch.setattr(modeling, "check_remote_code", lambda *a: pytest.fail("checked a second time"))
+    with pytest.raises(UnsafeCheckpointError, match=r"auto_map.*trust_remote_code=True") as err:
+        soup_from_hub([family["a"], evil], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
+    assert decided == [1] and err.value.ingredient == str(evil) and not (tmp_path / "soup").exists()
+
+
+def test_hub_access_is_one_frozen_value_that_never_shows_its_token(tmp_path):
+    from hf_soups.hub.access import HubAccess
+
+    access = HubAccess.from_args(endpoint="http://127.0.0.1:1", token="hf_secret_token", cache_dir=tmp_path)
+    assert access.cache_dir == str(tmp_path) and access.kwargs == {
+        "token": "hf_secret_token", "endpoint": "http://127.0.0.1:1", "cache_dir": str(tmp_path)}
+    assert "hf_secret_token" not in repr(access) and "hf_secret_token" not in str(access)
+    assert access == HubAccess.from_args(endpoint="http://127.0.0.1:1", token=False, cache_dir=str(tmp_path))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        access.token = None
+
+
+def test_soup_is_immutable_and_evaluate_changes_nothing_in_place(family, tmp_path):
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        soup.method = "greedy"
+    card_path = tmp_path / "soup" / "README.md"
+    before, before_card = card_path.read_bytes(), str(soup.card)
+    assert str(soup.card) == card_path.read_text(encoding="utf-8")  # the card on disk is the soup's, from the start
+    data = Dataset.from_dict(sentiment_examples(16, seed=3))
+    report = soup.evaluate({"val": data}, methods=["soup", "best_individual"], bootstrap=0, progress=False)
+    assert card_path.read_bytes() == before and str(soup.card) == before_card and not soup.results
+    shown = soup.with_evaluation(report)
+    assert shown is not soup and not soup.results and shown.recipe == soup.recipe
+    assert shown.results == {"val": {m: report.results["val"][m] for m in ("best_individual", "uniform_soup")}}
+    text = card_path.read_text(encoding="utf-8")
+    assert text == str(shown.card) and "| uniform_soup |" in text and "| uniform_soup |" not in before_card
+    copy = shown.save_pretrained(tmp_path / "copy")
+    assert open(os.path.join(copy, "README.md"), encoding="utf-8").read() == text
