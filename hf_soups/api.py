@@ -13,16 +13,15 @@ from typing import Any
 
 from . import adapters
 from .checkpoint.companions import config_dtype, copy_companion_files, lead_index
-from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
-    init_distance_warnings,
     label_permutations,
     normalize_id2label,
     sample_tensor_names,
 )
+from .distance import init_distance_warnings
 from .errors import InvalidArgumentError
 from .hub.access import HubAccess
 from .merge import MergeOptions, build_plan, merge_to_directory

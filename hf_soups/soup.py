@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .atomic_file import write_atomic
 from .card import build_card
 from .checkpoint.atomic import record_files
 from .checkpoint.meta import read_config
@@ -37,10 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def _write_text(path: str, text: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 
@@ -143,7 +141,7 @@ class Soup:
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
             repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
-            compat_warnings=self.report.warnings if self.report else (), datasets=self.datasets,
+            compat_warnings=self.report.warnings if self.report is not None else (), datasets=self.datasets,
             inherited=self.card_metadata, local_path=self.output_dir, notes=self.notes,
             adapter_export=self.adapter_export,
         )

@@ -43,14 +43,17 @@ STAGES: dict[str, str | None] = {
     "refs.py": None,  # the values that flow through every stage (IngredientRef, Ingredient, IngredientMeta)
     "adapters.py": None,  # an ingredient kind: its hook for each stage (resolve its base, verdict, open, export)
     "checkpoint/reader.py": None, "checkpoint/sources.py": None,  # byte access: headers (resolve), tensors (engine)
+    "checkpoint/meta.py": None,  # what small files say (config, card, id2label): read by resolve, verdict and card
+    "checkpoint/layout.py": None,  # the table of ingredient kinds' files, read wherever files are named (#23 item 3)
+    "atomic_file.py": None,
     # refs: what the user named
     "runs/": "refs", "hub/discovery.py": "refs",
     # resolve: pinned to shas, small files and headers read
     "guards.py": "resolve", "metas.py": "resolve", "hub/__init__.py": "resolve", "hub/client.py": "resolve",
-    "checkpoint/__init__.py": "resolve", "checkpoint/local.py": "resolve", "checkpoint/meta.py": "resolve",
-    "checkpoint/layout.py": "resolve", "checkpoint/adapter.py": "resolve",
+    "checkpoint/__init__.py": "resolve", "checkpoint/local.py": "resolve", "checkpoint/adapter.py": "resolve",
     # verdict: can these be souped?
     "preflight.py": "verdict", "compat.py": "verdict", "architecture.py": "verdict",
+    "distance.py": "verdict",  # the weight-space init check: warnings of the verdict, read from the opened weights
     # plan: which weights, for which tensors (methods, statistics, held-out selection)
     "merge/__init__.py": "plan", "merge/plan.py": "plan", "merge/stats.py": "plan", "recipes/": "plan",
     "evaluation/": "plan",
