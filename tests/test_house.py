@@ -183,7 +183,7 @@ def test_refs_walk_climbs_at_most_8(tmp_path):
 
 def test_walk_counts_a_climb_back_up_once_per_call_site():
     from hf_soups.card import pipeline_tag_for
-    from hf_soups.compat import normalize_id2label
+    from hf_soups.compat import sample_tensor_names
     from hf_soups.merge.numerics import cast_limit
 
     tool = _walk_tool()
@@ -191,9 +191,9 @@ def test_walk_counts_a_climb_back_up_once_per_call_site():
     def bounce():
         for _ in range(3):  # engine -> verdict -> card -> verdict: two distinct climbs, each counted once
             cast_limit(torch.float16)
-            normalize_id2label({})
+            sample_tensor_names({})
             pipeline_tag_for(["BertForSequenceClassification"])
-            normalize_id2label({})
+            sample_tensor_names({})
 
     walked = tool.walk(bounce)
     assert [(a[0], b[0]) for a, b in walked.climbs] == [("merge/numerics.py", "compat.py"), ("card.py", "compat.py")]
