@@ -264,3 +264,18 @@ def test_soup_is_immutable_and_evaluate_changes_nothing_in_place(family, tmp_pat
     assert text == str(shown.card) and "| uniform_soup |" in text and "| uniform_soup |" not in before_card
     copy = shown.save_pretrained(tmp_path / "copy")
     assert open(os.path.join(copy, "README.md"), encoding="utf-8").read() == text
+
+
+def test_push_of_the_evaluated_soup_pushes_the_card_with_the_evaluation(hub, family, tmp_path):
+    from conftest import WRITE_TOKEN
+    from huggingface_hub import ModelCard
+
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
+    data = Dataset.from_dict(sentiment_examples(16, seed=4))
+    report = soup.evaluate({"val": data}, methods=["soup"], bootstrap=0, progress=False)
+    soup.with_evaluation(report).push_to_hub("alice/house-evaluated-soup", token=WRITE_TOKEN, endpoint=hub.url)
+    card = ModelCard.load("alice/house-evaluated-soup", token=WRITE_TOKEN)
+    (result,) = card.data.eval_results
+    assert result.metric_value == round(report.results["val"]["uniform_soup"], 4)
+    assert "alice/house-evaluated-soup" in card.text  # the loading snippet names the repo pushed to
