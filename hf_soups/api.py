@@ -24,11 +24,12 @@ from .compat import (
 from .distance import init_distance_warnings
 from .errors import InvalidArgumentError
 from .hub.access import HubAccess
-from .merge import MergeOptions, build_plan, merge_to_directory
-from .options import resolve_options
+from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
 from .metas import read_metas
+from .options import resolve_options
 from .preflight import Preflight, preflight, verdict
-from .recipes import EvalSpec, Recipe, get_method
+from .recipes import EvalSpec, MethodContext, MethodResult, Recipe, get_method
+from .recipes.protocol import as_result, statistics_pass
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
 from .soup import Soup
@@ -409,6 +410,9 @@ def soup_from_hub(
         raise InvalidArgumentError(f"method={method!r} needs held-out data.",
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
+    if entry.needs.base and base is None:
+        raise InvalidArgumentError(f"method={method!r} needs the base (pretrained) checkpoint.",
+                                   fix="pass base=<the base model's repo id or directory>.", param="base")
     if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise InvalidArgumentError(f"writing the soup as an adapter needs its rank, a positive integer; got {rank!r}.",
                                    fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
@@ -433,22 +437,25 @@ def soup_from_hub(
     metas = read_metas(ingredients, access, allow_pickle)
     checked = preflight(ingredients, metas, trust_remote_code=trust_remote_code, align_labels=options.align_labels,
                         arch_check=options.arch_check, needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
+    base_input = _resolve_all([base], None, access)[0] if entry.needs.base and base else None
     return _brew(ingredients, checked, entry.name, weights, output_dir, output, access=access,
                  eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
                  options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
-                 as_adapter=rank if as_adapter else None)
+                 as_adapter=rank if as_adapter else None, base_input=base_input)
 
 
 def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weights: Sequence[float] | None,
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, access: HubAccess, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None,
+          base_input: Ingredient | None = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
     commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
-    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
+    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank. With `base_input`
+    (the pinned base, for a method that `Needs(base=True)`), the base is the plan's last input.
     """
     metas, report, tied = checked.metas, checked.report, checked.tied
     entry = get_method(method)
@@ -474,19 +481,34 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
         plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=options.dtype,
                           int_rule=options.int_rule, label_permutations=perms, num_labels=num_labels,
                           check_finite=options.check_finite)
-        trace: list[dict[str, Any]] = []
-        scores: dict[str, float] = {}
-        held_out_warnings: list[str] = []
-        if entry.needs_eval:
-            from .evaluation import held_out
-
-            # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
-            evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir) for i in ingredients]
-            chosen = held_out.choose_weights(method, plan, readers, evaluated, metas[0].config, eval_data, spec,
-                                             trust_remote_code=trust_remote_code, progress=options.progress)
-            plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
+        inputs = list(readers)  # the plan's inputs: the ingredients, then the base when the method takes it
+        if base_input is not None:
+            (base_input,), (base_reader,) = _open_readers([base_input], stream=options.stream, access=access,
+                                                          allow_pickle=allow_pickle, stack=stack)
+            plan, inputs = plan.with_base(), [*inputs, base_reader]
+        if recipe is not None:  # a replay: the recorded plan, applied as it is (the method is not re-run)
+            plan = plan.with_weights(recipe.weights).with_overrides(recipe.tensors)
+            result = MethodResult(plan, parameters=dict(recipe.parameters or {}))
         else:
-            plan = plan.with_weights(entry.fn(len(readers), weights))
+            ctx = MethodContext(names=tuple(names), plan=plan, readers=inputs, base=inputs[-1] if plan.base else None,
+                                weights=tuple(normalize_weights(weights)) if weights is not None else None,
+                                statistics=statistics_pass(plan, inputs) if entry.needs.statistics else None)
+            if entry.needs_eval:
+                from .evaluation import held_out
+
+                # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
+                evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir)
+                             for i in ingredients]
+                chosen = held_out.choose_weights(entry, ctx, evaluated, metas[0].config, eval_data, spec,
+                                                 trust_remote_code=trust_remote_code, progress=options.progress)
+                result = MethodResult(chosen.plan, chosen.trace, chosen.scores, chosen.warnings, chosen.parameters)
+            else:
+                result = as_result(entry.fn(ctx), method)
+        plan, trace, scores, held_out_warnings = result.plan, result.trace, result.scores, result.warnings
+        if as_adapter is not None and (plan.base or plan.overrides()):
+            raise InvalidArgumentError(f"method={method!r} weighs tensors one by one; a soup written as an adapter "
+                                       "takes one weight per ingredient.", fix="drop as_adapter=True.",
+                                       param="as_adapter")
         ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
                        for ing, w in zip(ingredients, plan.weights)]
         target = os.path.expanduser(os.fspath(output_dir)) if output_dir is not None else os.path.join(
@@ -496,7 +518,9 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
-                base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
+                base=base_input.name if base_input is not None else adapters.pinned_base(ingredients),
+                as_adapter=as_adapter, tensors=tuple(plan.overrides()), parameters=result.parameters or None,
+                base_input=plan.base,
             )
         made = dict(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
@@ -512,7 +536,7 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                 if as_adapter is not None:
                     export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
                 else:
-                    merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                    merge_to_directory(plan, inputs, tmp, max_shard_size=options.max_shard_size, names=names,
                                        progress=options.progress, device=options.device)
                 checked.settle()  # an architecture error voids the soup before the card and the commit
                 first = adapters.companion_source(ingredients[0])  # an adapter's config and tokenizer: its base's
@@ -693,7 +717,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     soup = _brew(ingredients, checked, "weighted", list(recipe.weights), output_dir, output, access=access,
                  eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
-                 as_adapter=recipe.as_adapter)
+                 as_adapter=recipe.as_adapter,
+                 base_input=_resolve_all([recipe.base], None, access)[0] if recipe.base_input and recipe.base else None)
     # Soup.evaluate recalibrates the baselines on the calibration data, and scores with the recipe's metric (a
     # callable: asks for it again)
     evaluation = recipe.evaluation

@@ -172,7 +172,7 @@ def preflight(ingredients: Sequence[Ingredient], metas: list[IngredientMeta], *,
         arch.settle(report)  # before any weight is downloaded or evaluated
         arch = None
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
-        from .evaluation.data import check_eval_data
+        from .evaluation.tasks import check_eval_data
 
         if spec is None:
             raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")

@@ -176,7 +176,7 @@ def test_refs_walk_climbs_at_most_8(tmp_path):
     assert not walked.unknown, f"give these modules a row in tools/walk_refs.py STAGES: {sorted(walked.unknown)}"
     entered = {m for m, _ in walked.stops}
     # the walk really went through every stage up to the card (a walk that saw nothing would count no climb)
-    assert {"metas.py", "preflight.py", "compat.py", "merge/plan.py", "merge/engine.py", "checkpoint/writer.py",
+    assert {"metas.py", "preflight.py", "compat.py", "recipes/uniform.py", "merge/engine.py", "checkpoint/writer.py",
             "soup.py", "card.py"} <= entered
     assert len(walked.climbs) <= 8, "\n".join(walked.as_dict()["climbs_detail"])
 
@@ -197,7 +197,7 @@ def test_walk_counts_a_climb_back_up_once_per_call_site():
 
     walked = tool.walk(bounce)
     assert [(a[0], b[0]) for a, b in walked.climbs] == [("merge/numerics.py", "compat.py"), ("card.py", "compat.py")]
-    assert tool.stage_of("evaluation/tasks/text.py") == "plan" and tool.stage_of("errors.py") is None
+    assert tool.stage_of("evaluation/held_out.py") == "plan" and tool.stage_of("errors.py") is None
     with pytest.raises(KeyError):
         tool.stage_of("brand_new_room.py")
 

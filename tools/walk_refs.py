@@ -42,6 +42,8 @@ STAGES: dict[str, str | None] = {
     "recipes/registry.py": None,  # the method table every stage reads (#23 item 1)
     "refs.py": None,  # the values that flow through every stage (IngredientRef, Ingredient, IngredientMeta)
     "adapters.py": None,  # an ingredient kind: its hook for each stage (resolve its base, verdict, open, export)
+    "evaluation/tasks/": None,  # task plug-ins: each stage asks its task (labels, forward and loss, card snippet)
+    "merge/plan.py": None,  # the MergePlan value the plan stage builds and the engine executes
     "checkpoint/reader.py": None, "checkpoint/sources.py": None,  # byte access: headers (resolve), tensors (engine)
     "checkpoint/meta.py": None,  # what small files say (config, card, id2label): read by resolve, verdict and card
     "checkpoint/layout.py": None,  # the table of ingredient kinds' files, read wherever files are named (#23 item 3)
@@ -55,7 +57,7 @@ STAGES: dict[str, str | None] = {
     "preflight.py": "verdict", "compat.py": "verdict", "architecture.py": "verdict",
     "distance.py": "verdict",  # the weight-space init check: warnings of the verdict, read from the opened weights
     # plan: which weights, for which tensors (methods, statistics, held-out selection)
-    "merge/__init__.py": "plan", "merge/plan.py": "plan", "merge/stats.py": "plan", "recipes/": "plan",
+    "merge/__init__.py": "plan", "merge/stats.py": "plan", "recipes/": "plan",
     "evaluation/": "plan",
     # engine: tensors read and averaged
     "merge/engine.py": "engine", "merge/ops.py": "engine", "merge/numerics.py": "engine", "hub/stream.py": "engine",
