@@ -520,11 +520,11 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     progress: _Progress = args.progress
     if calibration is not None:
         progress.recomputing = progress.identity(args.output)
-        layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.eval_split,
-                                          num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
-                                          image_column=args.image_column)
+        soup = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.eval_split,
+                                             num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
+                                        image_column=args.image_column)
         progress.recomputing = None
-        print(f"Recomputed the statistics of {layers} BatchNorm layers on {calibration}")
+        print(f"Recomputed the statistics of {soup.batchnorm_layers} BatchNorm layers on {calibration}")
     _print_soup(soup)
     _push_soup(soup, args)
     return 0
