@@ -35,6 +35,8 @@ _LAZY = {
     "MergeOptions": ".merge.options",
     "CompatibilityReport": ".compat",
     "Problem": ".compat",
+    "diagnose": ".diagnosis",
+    "Diagnosis": ".diagnosis",
 }
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from .recipes import EvalSpec, Recipe
     from .refs import Ingredient, IngredientRef
     from .soup import Soup
+    from .diagnosis import Diagnosis, diagnose
 
 __all__ = [
     "__version__",
@@ -69,6 +72,8 @@ __all__ = [
     "MergeOptions",
     "CompatibilityReport",
     "Problem",
+    "diagnose",
+    "Diagnosis",
     *_errors.__all__,
 ]
 

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 from .. import errors
 from ..constants import VERSION as __version__
+from . import diagnose as _diagnose
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.IncompatibleIngredientsError, 1),
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "does not record (a save_to_disk folder, parquet/csv file, imagefolder or Hub id)")
     recipe.add_argument("--calibration-split", default=None, help="split of --calibration-dataset")
     recipe.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    _diagnose.add_parser(sub)
     return parser
 
 
@@ -533,7 +535,8 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe}
+_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe,
+             "diagnose": _diagnose.run}
 
 
 class _Progress:
