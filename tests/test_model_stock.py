@@ -217,3 +217,29 @@ def test_stats_pass_reads_one_chunk_of_each_input_at_a_time(tmp_path, small_chun
     assert max(log) == 37 and len(log) == (k + 1) * sum(math.ceil(math.prod(s) / 37) for s in SHAPES.values())
     for name, ts in stats.tensors.items():
         assert sum(ts.dots, ()) == pytest.approx(sum(direct.tensors[name].dots, ()), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_model_stock_equals_in_memory(tmp_path, small_chunks, dtype):
+    """The two-pass writer (signed weights, chunks, two read buffers) writes the in-memory soup bit for bit."""
+    from hf_soups.recipes.model_stock import model_stock_to_directory
+
+    base_path, paths = _shared_family(tmp_path, 3, dtype=dtype)
+    # a tensor whose task vectors point apart: t < 0, so the base weight exceeds 1 and the others are negative
+    fts = [load_file(os.path.join(p, "model.safetensors")) for p in paths]
+    base = load_file(os.path.join(base_path, "model.safetensors"))
+    away = [base["layer.1.dense.bias"] + s for s in (0.3, -0.2, -0.25)]
+    for p, sd, v in zip(paths, fts, away):
+        _save(p, {**sd, "layer.1.dense.bias": v.to(dtype)})
+    want, plan = model_stock_state_dict(_open(paths), open_checkpoint(base_path))
+    assert plan["layer.1.dense.bias"].t < 0
+    os.makedirs(tmp_path / "out")
+    files, streamed = model_stock_to_directory(_open(paths), open_checkpoint(base_path), str(tmp_path / "out"),
+                                               progress=False, max_shard_size="1KB")
+    assert streamed == plan and len(files) > 2  # sharded
+    from conftest import state_dict_of
+
+    got = state_dict_of(tmp_path / "out")
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name

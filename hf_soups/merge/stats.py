@@ -29,7 +29,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..errors import SoupError
 from .numerics import computable
 
-__all__ = ["TensorStats", "SoupStats", "collect_stats"]
+__all__ = ["TensorStats", "SoupStats", "collect_stats", "read_chunk"]
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -132,7 +132,7 @@ def _floating_tensors(readers: Sequence[CheckpointReader], names: Sequence[str],
     return chosen
 
 
-def _chunk(reader: CheckpointReader, name: str, start: int, count: int, scratch: list[torch.Tensor]) -> torch.Tensor:
+def read_chunk(reader: CheckpointReader, name: str, start: int, count: int, scratch: list[torch.Tensor]) -> torch.Tensor:
     """Elements `[start, start + count)` of one tensor: a mapped view, else a copy into the reused byte buffer."""
     view = reader.view_range(name, start, count)
     if view is None:
@@ -217,11 +217,11 @@ def collect_stats(
             for start, count in _ranges(numel, step):
                 x = block[:, :count]
                 for i, reader in enumerate(readers):
-                    x[i].copy_(_chunk(reader, name, start, count, scratch))
+                    x[i].copy_(read_chunk(reader, name, start, count, scratch))
                 sq += torch.einsum("kn,kn->k", x, x)
                 r = ref[:count]
                 if with_base:
-                    r.copy_(_chunk(base, name, start, count, scratch))  # type: ignore[union-attr]
+                    r.copy_(read_chunk(base, name, start, count, scratch))  # type: ignore[union-attr]
                     base_sq += float(torch.dot(r, r))
                 else:
                     r.copy_(x[0])

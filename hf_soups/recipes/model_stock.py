@@ -38,7 +38,7 @@ from ..merge.plan import output_dtype
 from ..merge.stats import SoupStats, TensorStats, collect_stats
 
 __all__ = ["PAPER", "NORM_FLOOR", "SINGULAR_DENOMINATOR", "StockWeights", "stock_weights", "stock_plan",
-           "summarise_ratios", "model_stock_state_dict"]
+           "summarise_ratios", "model_stock_state_dict", "model_stock_to_directory"]
 
 PAPER = "https://arxiv.org/abs/2403.19522"
 
@@ -172,3 +172,74 @@ def model_stock_state_dict(
         code = output_dtype([r.tensors[name].dtype for r in readers])
         out[name] = weighted_sum(inputs, weights).to(DTYPES[code])
     return out, plan
+
+
+def model_stock_to_directory(
+    readers: Sequence[CheckpointReader],
+    base: CheckpointReader,
+    directory: str,
+    *,
+    names: Sequence[str] | None = None,
+    max_shard_size: int | str = "5GB",
+    progress: bool = True,
+) -> tuple[list[str], dict[str, StockWeights]]:
+    """Model Stock streamed to safetensors shards: the statistics pass, then a second pass that writes.
+
+    Each output chunk is Σ_i (t/K)·θ_i + (1−t)·θ_base over one chunk of each input (fp32, [`weighted_sum`]), so
+    memory stays a few chunks whatever K and the model size. The weights may be negative (t < 0 when the task
+    vectors point apart), which the uniform engine's plans do not take; this writer is folded into the engine once
+    plans carry signed per-tensor weights.
+
+    Args:
+        readers (`Sequence[CheckpointReader]`): the K ≥ 2 fine-tunes.
+        base (`CheckpointReader`): their pretrained base.
+        directory (`str`): where the shards go (the caller makes it atomic).
+        names (`Sequence[str]`, *optional*): the ingredients' names, for errors.
+        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): the shard size.
+        progress (`bool`, *optional*, defaults to `True`): progress bars for both passes.
+
+    Returns:
+        `tuple[list[str], dict[str, StockWeights]]`: the files written and each floating tensor's weights.
+
+    Raises:
+        [`SoupError`]: as [`collect_stats`] and [`stock_plan`].
+    """
+    from huggingface_hub.utils import tqdm
+
+    from .. import constants
+    from ..checkpoint.writer import ShardedSafetensorsWriter
+    from ..merge.stats import read_chunk
+
+    plan = stock_plan(collect_stats(readers, base, names=names, progress=progress))
+    first = readers[0].tensors
+    codes = {n: output_dtype([r.tensors[n].dtype for r in readers]) if n in plan else first[n].dtype for n in first}
+    writer = ShardedSafetensorsWriter(directory, [(n, DTYPES[codes[n]], tuple(first[n].shape)) for n in first],
+                                      max_shard_size)
+    step = constants.chunk_elements()
+    slots = [[torch.empty(0, dtype=torch.uint8)], [torch.empty(0, dtype=torch.uint8)]]
+    bar = tqdm(total=sum(i.nbytes for i in first.values()), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="Writing the Model Stock soup", disable=not progress or constants.progress_disabled())
+    try:
+        for name in writer.order:
+            w = plan.get(name)
+            numel = first[name].numel
+            if w is None:  # an integer tensor: the base's (else the first ingredient's), never averaged
+                writer.write(name, (base if name in base.tensors else readers[0]).read(name).reshape(-1), 0)
+                continue
+            inputs = list(readers) + ([base] if name in base.tensors else [])
+            weights = list(w.ingredients) + ([w.base] if name in base.tensors else [])
+            for start in range(0, numel, step):
+                count = min(step, numel - start)
+                # each input is read (a mapped view, else a copy into one of two byte buffers) just before it is
+                # added: the kernel holds at most two inputs at once, as in the engine
+                chunk = weighted_sum((read_chunk(r, name, start, count, slots[n % 2]) for n, r in enumerate(inputs)),
+                                     weights)
+                writer.write(name, chunk.to(DTYPES[codes[name]]), start)
+                bar.update(first[name].nbytes * count // max(numel, 1))
+        files = writer.close()
+        for reader in [*readers, base]:
+            reader.check_unchanged()
+        return files, plan
+    finally:
+        writer.abort()
+        bar.close()
