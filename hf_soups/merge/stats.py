@@ -16,6 +16,7 @@ readers are already open.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..errors import SoupError
 from .numerics import computable
 
-__all__ = ["TensorStats", "SoupStats", "collect_stats", "read_chunk"]
+__all__ = ["TensorStats", "SoupStats", "collect_stats", "read_chunk", "one_thread"]
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -144,6 +145,19 @@ def read_chunk(reader: CheckpointReader, name: str, start: int, count: int, scra
     return computable(view.reshape(-1))
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch's kernels on one intra-op thread, then restore the setting. A chunk (1 MiB) is too small to split:
+    with two threads on a loaded 2-core machine, the fp32->fp64 copies and the small fp64 products of a chunk
+    measured 5-15x slower than on one."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _ranges(numel: int, step: int) -> Iterator[tuple[int, int]]:
     for start in range(0, max(numel, 1), step):
         yield start, min(step, numel - start)
@@ -197,9 +211,9 @@ def collect_stats(
                                 fix="pass the pretrained checkpoint these models were fine-tuned from as the base.")
     k = len(readers)
     step = constants.chunk_elements()
-    block = torch.empty((k, min(step, max((readers[0].tensors[n].numel for n in chosen), default=1)) or 1),
-                        dtype=torch.float64)
-    ref = torch.empty(block.shape[1], dtype=torch.float64)
+    longest = max((readers[0].tensors[n].numel for n in chosen), default=1)
+    # rows 0..K-1: one chunk of each ingredient; row K: the reference (the base's chunk, else ingredient 0's)
+    block = torch.empty((k + 1, max(min(step, longest), 1)), dtype=torch.float64)
     scratch = [torch.empty(0, dtype=torch.uint8)]
     total_bytes = sum(r.tensors[n].nbytes for n in chosen for r in readers)
     if base is not None:
@@ -208,32 +222,32 @@ def collect_stats(
                desc=f"Statistics of {k} checkpoints", disable=not progress or constants.progress_disabled())
     out: dict[str, TensorStats] = {}
     try:
-        for name in chosen:
-            numel = readers[0].tensors[name].numel
-            with_base = base is not None and name in base.tensors
-            sq = torch.zeros(k, dtype=torch.float64)
-            gram = torch.zeros((k, k), dtype=torch.float64)
-            base_sq = 0.0
-            for start, count in _ranges(numel, step):
-                x = block[:, :count]
-                for i, reader in enumerate(readers):
-                    x[i].copy_(read_chunk(reader, name, start, count, scratch))
-                sq += torch.einsum("kn,kn->k", x, x)
-                r = ref[:count]
-                if with_base:
-                    r.copy_(read_chunk(base, name, start, count, scratch))  # type: ignore[union-attr]
-                    base_sq += float(torch.dot(r, r))
-                else:
-                    r.copy_(x[0])
-                x.sub_(r)  # differences to the reference: task vectors with a base
-                gram += x @ x.T
-                bar.update(sum(rd.tensors[name].nbytes for rd in readers) * count // max(numel, 1)
-                           + (base.tensors[name].nbytes * count // max(numel, 1) if with_base else 0))  # type: ignore[union-attr]
-            diag = torch.diagonal(gram)
-            dist = (diag[:, None] + diag[None, :] - 2 * gram).clamp_(min=0)
-            dist.fill_diagonal_(0)
-            out[name] = TensorStats(name, numel, tuple(float(v) for v in sq), base_sq if with_base else None,
-                                    _matrix(gram) if with_base else None, _matrix(dist))
+        with one_thread():
+            for name in chosen:
+                numel = readers[0].tensors[name].numel
+                with_base = base is not None and name in base.tensors
+                sq = torch.zeros(k + 1, dtype=torch.float64)
+                gram = torch.zeros((k, k), dtype=torch.float64)
+                for start, count in _ranges(numel, step):
+                    x = block[:, :count]
+                    for i, reader in enumerate(readers):
+                        x[i].copy_(read_chunk(reader, name, start, count, scratch))
+                    if with_base:
+                        x[k].copy_(read_chunk(base, name, start, count, scratch))  # type: ignore[arg-type]
+                    else:
+                        x[k].copy_(x[0])
+                    sq += torch.diagonal(x @ x.T)
+                    x[:k].sub_(x[k])  # differences to the reference: the task vectors, with a base
+                    gram += x[:k] @ x[:k].T
+                    nbytes = sum(rd.tensors[name].nbytes for rd in readers)
+                    nbytes += base.tensors[name].nbytes if with_base else 0  # type: ignore[union-attr]
+                    bar.update(nbytes * count // max(numel, 1))
+                diag = torch.diagonal(gram)
+                dist = (diag[:, None] + diag[None, :] - 2 * gram).clamp_(min=0)
+                dist.fill_diagonal_(0)
+                out[name] = TensorStats(name, numel, tuple(float(v) for v in sq[:k]),
+                                        float(sq[k]) if with_base else None, _matrix(gram) if with_base else None,
+                                        _matrix(dist))
     finally:
         bar.close()
     return SoupStats(names, base_label if base is not None else None, out)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -208,34 +209,19 @@ def model_stock_to_directory(
 
     from .. import constants
     from ..checkpoint.writer import ShardedSafetensorsWriter
-    from ..merge.stats import read_chunk
+    from ..merge.stats import one_thread
 
     plan = stock_plan(collect_stats(readers, base, names=names, progress=progress))
     first = readers[0].tensors
     codes = {n: output_dtype([r.tensors[n].dtype for r in readers]) if n in plan else first[n].dtype for n in first}
     writer = ShardedSafetensorsWriter(directory, [(n, DTYPES[codes[n]], tuple(first[n].shape)) for n in first],
                                       max_shard_size)
-    step = constants.chunk_elements()
     slots = [[torch.empty(0, dtype=torch.uint8)], [torch.empty(0, dtype=torch.uint8)]]
     bar = tqdm(total=sum(i.nbytes for i in first.values()), unit="B", unit_scale=True, unit_divisor=1024,
                desc="Writing the Model Stock soup", disable=not progress or constants.progress_disabled())
     try:
-        for name in writer.order:
-            w = plan.get(name)
-            numel = first[name].numel
-            if w is None:  # an integer tensor: the base's (else the first ingredient's), never averaged
-                writer.write(name, (base if name in base.tensors else readers[0]).read(name).reshape(-1), 0)
-                continue
-            inputs = list(readers) + ([base] if name in base.tensors else [])
-            weights = list(w.ingredients) + ([w.base] if name in base.tensors else [])
-            for start in range(0, numel, step):
-                count = min(step, numel - start)
-                # each input is read (a mapped view, else a copy into one of two byte buffers) just before it is
-                # added: the kernel holds at most two inputs at once, as in the engine
-                chunk = weighted_sum((read_chunk(r, name, start, count, slots[n % 2]) for n, r in enumerate(inputs)),
-                                     weights)
-                writer.write(name, chunk.to(DTYPES[codes[name]]), start)
-                bar.update(first[name].nbytes * count // max(numel, 1))
+        with one_thread():
+            _write_chunks(writer, readers, base, plan, codes, slots, bar)
         files = writer.close()
         for reader in [*readers, base]:
             reader.check_unchanged()
@@ -243,3 +229,30 @@ def model_stock_to_directory(
     finally:
         writer.abort()
         bar.close()
+
+
+def _write_chunks(writer: Any, readers: Sequence[CheckpointReader], base: CheckpointReader,
+                  plan: Mapping[str, StockWeights], codes: Mapping[str, str], slots: list[list[torch.Tensor]],
+                  bar: Any) -> None:
+    """The writing pass: every output chunk from one chunk of each input."""
+    from .. import constants
+    from ..merge.stats import read_chunk
+
+    first = readers[0].tensors
+    step = constants.chunk_elements()
+    for name in writer.order:
+        w = plan.get(name)
+        numel = first[name].numel
+        if w is None:  # an integer tensor: the base's (else the first ingredient's), never averaged
+            writer.write(name, (base if name in base.tensors else readers[0]).read(name).reshape(-1), 0)
+            continue
+        inputs = list(readers) + ([base] if name in base.tensors else [])
+        weights = list(w.ingredients) + ([w.base] if name in base.tensors else [])
+        for start in range(0, numel, step):
+            count = min(step, numel - start)
+            # each input is read (a mapped view, else a copy into one of two byte buffers) just before it is
+            # added: the kernel holds at most two inputs at once, as in the engine
+            chunk = weighted_sum((read_chunk(r, name, start, count, slots[n % 2]) for n, r in enumerate(inputs)),
+                                 weights)
+            writer.write(name, chunk.to(DTYPES[codes[name]]), start)
+            bar.update(first[name].nbytes * count // max(numel, 1))
