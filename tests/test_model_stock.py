@@ -243,3 +243,31 @@ def test_streamed_model_stock_equals_in_memory(tmp_path, small_chunks, dtype):
     assert set(got) == set(want)
     for name, tensor in want.items():
         assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+
+
+def test_norm_floor_shrinks_barely_moved_tensors_like_mergekit(tmp_path):
+    """Task-vector norms whose product is below NORM_FLOOR = 1e-6: the cosine is divided by 1e-6, not by the product
+    (mergekit's clamp), so t is shrunk towards the base; above it, the plain cosine."""
+    from hf_soups.recipes.model_stock import NORM_FLOOR
+
+    gen = torch.Generator().manual_seed(3)
+    base = {"tiny": torch.randn(64, generator=gen), "big": torch.randn(64, generator=gen)}
+    shared = torch.randn(64, generator=gen)
+    fts = []
+    for i in range(2):
+        noise = torch.randn(64, generator=gen)
+        step = (0.6 * shared / shared.norm() + 0.8 * noise / noise.norm())
+        fts.append({"tiny": base["tiny"] + 1e-4 * step, "big": base["big"] + 0.5 * step})
+    base_path = _save(tmp_path / "base", base)
+    paths = [_save(tmp_path / f"ft{i}", sd) for i, sd in enumerate(fts)]
+    stats = collect_stats(_open(paths), open_checkpoint(base_path), progress=False)
+    _, plan = model_stock_state_dict(_open(paths), open_checkpoint(base_path), stats=stats)
+    _, ts = _reference(base_path, paths)
+    for name in base:
+        d = stats.tensors[name].dots
+        assert plan[name].t == pytest.approx(ts[name], abs=1e-9)
+        true_cos = d[0][1] / math.sqrt(d[0][0] * d[1][1])
+        assert (math.sqrt(d[0][0] * d[1][1]) < NORM_FLOOR) is (name == "tiny")
+        want = d[0][1] / NORM_FLOOR if name == "tiny" else true_cos
+        assert plan[name].cos == pytest.approx(want, rel=1e-9)
+    assert plan["tiny"].t < 0.01 < plan["big"].t
