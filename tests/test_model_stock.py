@@ -271,3 +271,28 @@ def test_norm_floor_shrinks_barely_moved_tensors_like_mergekit(tmp_path):
         want = d[0][1] / NORM_FLOOR if name == "tiny" else true_cos
         assert plan[name].cos == pytest.approx(want, rel=1e-9)
     assert plan["tiny"].t < 0.01 < plan["big"].t
+
+
+def test_plan_statistics_align_classifier_rows(tmp_path, small_chunks):
+    """An ingredient whose classifier rows are stored in another label order: the plan's statistics read them in
+    the first ingredient's order, so the dot products equal those of the aligned checkpoint."""
+    from hf_soups.merge.plan import build_plan
+    from hf_soups.merge.stats import tensor_statistics
+
+    base_path, paths = _shared_family(tmp_path, 2)
+    sd = load_file(os.path.join(paths[1], "model.safetensors"))
+    perm = [2, 0, 1]  # stored row r holds label perm.index(r): reading rows `perm` restores the first's order
+    shuffled = dict(sd)
+    shuffled["head.weight"] = torch.empty_like(sd["head.weight"])
+    shuffled["head.weight"][perm] = sd["head.weight"]
+    moved = _save(tmp_path / "shuffled", shuffled)
+    readers = _open([paths[0], moved])
+    plan = build_plan([r.tensors for r in readers], [1, 1], label_permutations=[None, perm], num_labels=3)
+    assert [tp.name for tp in plan.tensors if tp.permute_rows] == ["head.weight"]
+    aligned = tensor_statistics(plan, readers, progress=False)
+    want = collect_stats(_open(paths), progress=False)
+    unaligned = collect_stats(readers, progress=False)
+    for name, ts in want.tensors.items():
+        assert sum(aligned.tensors[name].sq_distances, ()) == pytest.approx(sum(ts.sq_distances, ()), rel=1e-12)
+    assert unaligned.tensors["head.weight"].sq_distances[0][1] != pytest.approx(
+        want.tensors["head.weight"].sq_distances[0][1], rel=1e-3)

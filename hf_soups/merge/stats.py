@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from huggingface_hub.utils import tqdm
@@ -30,7 +31,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..errors import SoupError
 from .numerics import computable
 
-__all__ = ["TensorStats", "SoupStats", "collect_stats", "read_chunk", "one_thread"]
+__all__ = ["TensorStats", "SoupStats", "collect_stats", "tensor_statistics", "read_chunk", "one_thread"]
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -145,6 +146,15 @@ def read_chunk(reader: CheckpointReader, name: str, start: int, count: int, scra
     return computable(view.reshape(-1))
 
 
+def _aligned_chunk(reader: CheckpointReader, index: int, name: str, start: int, count: int,
+                   scratch: list[torch.Tensor],
+                   row_orders: Callable[[int, str], Sequence[int] | None] | None) -> torch.Tensor:
+    order = row_orders(index, name) if row_orders is not None else None
+    if order is None:
+        return read_chunk(reader, name, start, count, scratch)
+    return computable(reader.read(name))[list(order)].reshape(-1)[start : start + count]
+
+
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch's kernels on one intra-op thread, then restore the setting. A chunk (1 MiB) is too small to split:
@@ -170,6 +180,7 @@ def collect_stats(
     names: Sequence[str] | None = None,
     base_name: str | None = None,
     tensors: Sequence[str] | None = None,
+    row_orders: Callable[[int, str], Sequence[int] | None] | None = None,
     progress: bool = True,
 ) -> SoupStats:
     """Accumulate, in one streaming pass, each floating tensor's norms, task-vector dot products and distances.
@@ -186,6 +197,10 @@ def collect_stats(
             The base's name, for errors and the result.
         tensors (`Sequence[str]`, *optional*):
             Only these tensors; default every floating tensor of the first ingredient.
+        row_orders (`Callable[[int, str], Sequence[int] | None]`, *optional*):
+            `row_orders(i, name)`: the row order aligning input `i`'s tensor `name` (an ingredient, or the base at
+            index K) to the first ingredient's labels, `None` when aligned. A tensor with a row order (a classifier
+            head, small) is read whole and permuted; every other one chunk by chunk.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar (huggingface_hub's tqdm, off with `HF_HUB_DISABLE_PROGRESS_BARS`).
 
@@ -231,9 +246,9 @@ def collect_stats(
                 for start, count in _ranges(numel, step):
                     x = block[:, :count]
                     for i, reader in enumerate(readers):
-                        x[i].copy_(read_chunk(reader, name, start, count, scratch))
+                        x[i].copy_(_aligned_chunk(reader, i, name, start, count, scratch, row_orders))
                     if with_base:
-                        x[k].copy_(read_chunk(base, name, start, count, scratch))  # type: ignore[arg-type]
+                        x[k].copy_(_aligned_chunk(base, k, name, start, count, scratch, row_orders))  # type: ignore[arg-type]
                     else:
                         x[k].copy_(x[0])
                     sq += torch.diagonal(x @ x.T)
@@ -251,3 +266,35 @@ def collect_stats(
     finally:
         bar.close()
     return SoupStats(names, base_label if base is not None else None, out)
+
+
+def tensor_statistics(plan: Any, readers: Sequence[CheckpointReader], *, progress: bool = True) -> SoupStats:
+    """[`collect_stats`] for a merge plan: its averaged tensors, its inputs (the ingredients, then the base when
+    `plan.base`), classifier rows aligned as the plan says (`plan.row_order`, when the plan has one).
+
+    Args:
+        plan ([`MergePlan`]): the plan whose inputs `readers` are.
+        readers (`Sequence[CheckpointReader]`): one per plan input.
+        progress (`bool`, *optional*, defaults to `True`): show the progress bar.
+
+    Returns:
+        [`SoupStats`]: with a base when the plan has one.
+
+    Raises:
+        [`SoupError`]: as [`collect_stats`].
+    """
+    k = len(plan.weights)
+    has_base = bool(getattr(plan, "base", False)) and len(readers) > k
+    by_name = {tp.name: tp for tp in plan.tensors}
+    row_order = getattr(plan, "row_order", None)
+
+    def orders(index: int, name: str) -> Sequence[int] | None:
+        tp = by_name[name]
+        if row_order is not None:
+            return row_order(tp, index)
+        perms = plan.label_permutations
+        return perms[index] if tp.permute_rows and perms and index < len(perms) else None
+
+    return collect_stats(readers[:k], readers[k] if has_base else None,
+                         names=[r.ingredient or f"ingredient {i}" for i, r in enumerate(readers[:k])],
+                         tensors=[tp.name for tp in plan.tensors if tp.average], row_orders=orders, progress=progress)
