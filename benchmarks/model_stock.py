@@ -130,8 +130,14 @@ def main() -> None:
     os.makedirs(workdir, exist_ok=True)
     mergekit_py = os.path.join(MERGEKIT_BIN, "python")
     have_mergekit = os.path.exists(mergekit_py)
-    notes = [] if have_mergekit else [
-        "mergekit: skipped, not installed; run `make bench-setup` to install it in .venv-mergekit"]
+    notes = [
+        "work_s is the time after imports; compare work, not wall: the uniform contender runs soup_from_hub (its "
+        "verdict imports transformers' model class), the Model Stock contender only the two passes",
+        "hf_soups accumulates the statistics in fp64; mergekit in the tensors' dtype: t_on_the_largest_tensor shows "
+        "the t each gives, the gap that separates the outputs beyond the order of the additions",
+    ]
+    if not have_mergekit:
+        notes.append("mergekit: skipped, not installed; run `make bench-setup` to install it in .venv-mergekit")
     results: dict[str, dict] = {}
     for dtype in ("float32", "bfloat16"):
         base, paths = make_family(workdir, args.size, dtype, args.k)
