@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(found)
         if args.json:
-            with open(os.fspath(args.json), "w", encoding="utf-8") as f:
-                f.write(found.to_json() + "\n")
+            from ..atomic_file import write_atomic
+
+            write_atomic(os.fspath(args.json), found.to_json() + "\n")
     return 0
