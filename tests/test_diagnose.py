@@ -143,3 +143,17 @@ def test_diagnosis_is_exported_and_json_ready():
     d = Diagnosis(("x", "y"), "b", ((0.0, 0.1), (0.1, 0.0)), ((1.0, math.nan), (math.nan, 1.0)), (0.1, 0.0))
     assert hf_soups.diagnose.__name__ == "diagnose" and hf_soups.Diagnosis is Diagnosis
     assert json.loads(d.to_json())["cosines"] == [[1.0, None], [None, 1.0]]
+
+
+def test_diagnose_hub_refs_equal_local(api, hub, family):
+    """Hub repos (and a Hub base) are pinned, downloaded and read like local directories: the same numbers."""
+    from conftest import publish
+
+    for key in ("a", "d", "base"):
+        publish(api, family[key], f"alice/diag-{key}")
+    remote = hf_soups.diagnose(["alice/diag-a", "alice/diag-d"], base="alice/diag-base", progress=False)
+    local = hf_soups.diagnose([family["a"], family["d"]], base=family["base"], progress=False)
+    shas = {key: api.model_info(f"alice/diag-{key}").sha for key in ("a", "d", "base")}  # pinned to the commit
+    assert remote.names == (f"alice/diag-a@{shas['a']}", f"alice/diag-d@{shas['d']}")
+    assert remote.base == f"alice/diag-base@{shas['base']}"
+    assert remote.relative_distances == local.relative_distances and remote.cosines == local.cosines
