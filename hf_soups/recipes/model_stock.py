@@ -27,16 +27,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..checkpoint.format import DTYPES
-from ..checkpoint.reader import CheckpointReader
 from ..errors import SoupError
-from ..merge.ops import weighted_sum
-from ..merge.plan import output_dtype
-from ..merge.stats import SoupStats, TensorStats, collect_stats
+
+if TYPE_CHECKING:  # torch is imported where a soup is made, not when the registry is read (CLI --help)
+    import torch
+
+    from ..checkpoint.reader import CheckpointReader
+    from ..merge.stats import SoupStats, TensorStats
 
 __all__ = ["PAPER", "NORM_FLOOR", "SINGULAR_DENOMINATOR", "StockWeights", "stock_weights", "stock_plan",
            "summarise_ratios", "model_stock_state_dict", "model_stock_to_directory"]
@@ -157,6 +156,11 @@ def model_stock_state_dict(
     Raises:
         [`SoupError`]: as [`collect_stats`] and [`stock_plan`].
     """
+    from ..checkpoint.format import DTYPES
+    from ..merge.ops import weighted_sum
+    from ..merge.plan import output_dtype
+    from ..merge.stats import collect_stats
+
     stats = stats or collect_stats(readers, base, names=names, progress=progress)
     plan = stock_plan(stats)
     out: dict[str, torch.Tensor] = {}
@@ -205,11 +209,14 @@ def model_stock_to_directory(
     Raises:
         [`SoupError`]: as [`collect_stats`] and [`stock_plan`].
     """
+    import torch
     from huggingface_hub.utils import tqdm
 
     from .. import constants
+    from ..checkpoint.format import DTYPES
     from ..checkpoint.writer import ShardedSafetensorsWriter
-    from ..merge.stats import one_thread
+    from ..merge.plan import output_dtype
+    from ..merge.stats import collect_stats, one_thread
 
     plan = stock_plan(collect_stats(readers, base, names=names, progress=progress))
     first = readers[0].tensors
@@ -236,6 +243,8 @@ def _write_chunks(writer: Any, readers: Sequence[CheckpointReader], base: Checkp
                   bar: Any) -> None:
     """The writing pass: every output chunk from one chunk of each input."""
     from .. import constants
+    from ..checkpoint.format import DTYPES
+    from ..merge.ops import weighted_sum
     from ..merge.stats import read_chunk
 
     first = readers[0].tensors
