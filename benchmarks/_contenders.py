@@ -127,16 +127,17 @@ def mergekit(out: str, inputs: list[str]) -> None:
 
 
 def hf_soups_model_stock(out: str, inputs: list[str]) -> None:
-    """hf_soups' Model Stock (statistics pass, then the writing pass) on BENCH_BASE and the fine-tunes."""
-    from hf_soups.checkpoint.reader import open_checkpoint
-    from hf_soups.recipes.model_stock import model_stock_to_directory
+    """hf_soups' Model Stock (`soup_from_hub(method="model_stock")`: the statistics pass, then the engine) on
+    BENCH_BASE and the fine-tunes."""
+    import transformers
 
+    from hf_soups import MergeOptions, soup_from_hub
+
+    getattr(transformers, "BertForSequenceClassification")  # imports outside the timer, as for the uniform soup
     anon = rss_anon()
     start = time.perf_counter()
-    readers = [open_checkpoint(p) for p in inputs]
-    os.makedirs(out, exist_ok=True)
-    model_stock_to_directory(readers, open_checkpoint(os.environ["BENCH_BASE"]), out, max_shard_size=SHARD,
-                             progress=False)
+    soup_from_hub(inputs, method="model_stock", base=os.environ["BENCH_BASE"], output_dir=out,
+                  merge_options=MergeOptions(progress=False, max_shard_size=SHARD))
     report(start, anon)
 
 

@@ -4,7 +4,7 @@ On the same synthetic checkpoints (a random BERT base, and K fine-tunes θ_i = b
 √0.6·noise_i) per tensor, so that the task-vector cosines are about 0.4 as in real fine-tunes of one base), in fp32
 and in bf16:
 
-- hf_soups' Model Stock (statistics pass, then the writing pass; `hf_soups.recipes.model_stock`),
+- hf_soups' Model Stock (`soup_from_hub(method="model_stock", base=...)`: the statistics pass, then the engine),
 - mergekit 0.1.5's `model_stock` (its default, not filter-wise), run in its own venv (`make bench-setup`); in bf16
   twice: computing in bf16 (`dtype: bfloat16`, mergekit's usual config) and computing in fp32, writing bf16
   (`dtype: float32, out_dtype: bfloat16`, what hf_soups does),
@@ -131,8 +131,8 @@ def main() -> None:
     mergekit_py = os.path.join(MERGEKIT_BIN, "python")
     have_mergekit = os.path.exists(mergekit_py)
     notes = [
-        "work_s is the time after imports; compare work, not wall: the uniform contender runs soup_from_hub (its "
-        "verdict imports transformers' model class), the Model Stock contender only the two passes",
+        "work_s is the time after imports; both hf_soups contenders run soup_from_hub (verdict, plan, engine); "
+        "Model Stock adds the statistics pass and reads the base",
         "hf_soups accumulates the statistics in fp64; mergekit in the tensors' dtype: t_on_the_largest_tensor shows "
         "the t each gives, the gap that separates the outputs beyond the order of the additions",
     ]

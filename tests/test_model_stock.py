@@ -220,9 +220,16 @@ def test_stats_pass_reads_one_chunk_of_each_input_at_a_time(tmp_path, small_chun
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_streamed_model_stock_equals_in_memory(tmp_path, small_chunks, dtype):
-    """The two-pass writer (signed weights, chunks, two read buffers) writes the in-memory soup bit for bit."""
-    from hf_soups.recipes.model_stock import model_stock_to_directory
+def test_engine_model_stock_equals_in_memory(tmp_path, small_chunks, dtype):
+    """The registered method's plan (signed per-tensor weights, the base as an input, integer tensors from the base)
+    through the engine's threaded, chunked writer is the in-memory soup bit for bit."""
+    from conftest import state_dict_of
+
+    from hf_soups.merge.engine import merge_to_directory
+    from hf_soups.merge.plan import build_plan
+    from hf_soups.merge.stats import tensor_statistics
+    from hf_soups.recipes import MethodContext
+    from hf_soups.recipes.model_stock import model_stock
 
     base_path, paths = _shared_family(tmp_path, 3, dtype=dtype)
     # a tensor whose task vectors point apart: t < 0, so the base weight exceeds 1 and the others are negative
@@ -231,14 +238,17 @@ def test_streamed_model_stock_equals_in_memory(tmp_path, small_chunks, dtype):
     away = [base["layer.1.dense.bias"] + s for s in (0.3, -0.2, -0.25)]
     for p, sd, v in zip(paths, fts, away):
         _save(p, {**sd, "layer.1.dense.bias": v.to(dtype)})
-    want, plan = model_stock_state_dict(_open(paths), open_checkpoint(base_path))
-    assert plan["layer.1.dense.bias"].t < 0
+    want, weights = model_stock_state_dict(_open(paths), open_checkpoint(base_path))
+    assert weights["layer.1.dense.bias"].t < 0
+    readers = [*_open(paths), open_checkpoint(base_path)]
+    plan = build_plan([r.tensors for r in readers[:3]], [1.0] * 3).with_base()
+    ctx = MethodContext(names=("a", "b", "c"), plan=plan, readers=readers, base=readers[-1],
+                        statistics=tensor_statistics(plan, readers, progress=False))
+    result = model_stock(ctx)
+    assert result.parameters["t"] == {n: w.t for n, w in weights.items()}
     os.makedirs(tmp_path / "out")
-    files, streamed = model_stock_to_directory(_open(paths), open_checkpoint(base_path), str(tmp_path / "out"),
-                                               progress=False, max_shard_size="1KB")
-    assert streamed == plan and len(files) > 2  # sharded
-    from conftest import state_dict_of
-
+    files = merge_to_directory(result.plan, readers, str(tmp_path / "out"), max_shard_size="1KB", progress=False)
+    assert len(files) > 2  # sharded
     got = state_dict_of(tmp_path / "out")
     assert set(got) == set(want)
     for name, tensor in want.items():
@@ -296,3 +306,39 @@ def test_plan_statistics_align_classifier_rows(tmp_path, small_chunks):
         assert sum(aligned.tensors[name].sq_distances, ()) == pytest.approx(sum(ts.sq_distances, ()), rel=1e-12)
     assert unaligned.tensors["head.weight"].sq_distances[0][1] != pytest.approx(
         want.tensors["head.weight"].sq_distances[0][1], rel=1e-3)
+
+
+def test_soup_from_hub_model_stock_equals_reference_and_replays(tmp_path, family):
+    """method="model_stock" end to end on tiny BERTs (a sharded fp32, a bf16 and an fp32 fine-tune): the soup
+    equals the fp64 reference, the recipe records t per tensor and its summary per group, and replays bit for bit."""
+    from conftest import state_dict_of
+
+    from hf_soups import replay_recipe, soup_from_hub
+    from hf_soups.recipes.model_stock import PAPER
+
+    refs = [family["a"], family["c"], family["d"]]
+    soup = soup_from_hub(refs, method="model_stock", base=family["base"], output_dir=tmp_path / "soup")
+    got = state_dict_of(tmp_path / "soup")
+    base = state_dict_of(family["base"])
+    fts = [state_dict_of(p) for p in refs]
+    for name, tensor in got.items():
+        if not tensor.is_floating_point():
+            continue
+        b = base[name].double().flatten()
+        taus = [f[name].double().flatten() - b for f in fts]
+        cos = [float(torch.clamp(x @ y / torch.clamp(x.norm() * y.norm(), min=1e-6), -1, 1))
+               for x, y in itertools.combinations(taus, 2)]
+        c = sum(cos) / 3
+        t = 0.0 if abs(1 + 2 * c) < 1e-6 else 3 * c / (1 + 2 * c)
+        want = t * sum(f[name].double() for f in fts) / 3 + (1 - t) * base[name].double()
+        assert float((tensor.double() - want).abs().max()) <= 2e-6 * max(1.0, float(want.abs().max())), name
+        assert soup.recipe.parameters["t"][name] == pytest.approx(t, abs=1e-9)
+    groups = soup.recipe.parameters["t_by_group"]
+    assert "bert.encoder.layer.*.attention.self.query" in groups
+    from hf_soups.recipes import METHODS
+
+    assert METHODS["model_stock"].paper == PAPER
+    again = replay_recipe(soup.recipe, tmp_path / "again", allow_local=True)
+    assert again is not None
+    replayed = state_dict_of(tmp_path / "again")
+    assert all(torch.equal(replayed[n], got[n]) for n in got)

@@ -31,7 +31,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..errors import SoupError
 from .numerics import computable
 
-__all__ = ["TensorStats", "SoupStats", "collect_stats", "tensor_statistics", "read_chunk", "one_thread"]
+__all__ = ["TensorStats", "SoupStats", "collect_stats", "tensor_statistics"]
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -134,7 +134,7 @@ def _floating_tensors(readers: Sequence[CheckpointReader], names: Sequence[str],
     return chosen
 
 
-def read_chunk(reader: CheckpointReader, name: str, start: int, count: int, scratch: list[torch.Tensor]) -> torch.Tensor:
+def _read_chunk(reader: CheckpointReader, name: str, start: int, count: int, scratch: list[torch.Tensor]) -> torch.Tensor:
     """Elements `[start, start + count)` of one tensor: a mapped view, else a copy into the reused byte buffer."""
     view = reader.view_range(name, start, count)
     if view is None:
@@ -151,12 +151,12 @@ def _aligned_chunk(reader: CheckpointReader, index: int, name: str, start: int, 
                    row_orders: Callable[[int, str], Sequence[int] | None] | None) -> torch.Tensor:
     order = row_orders(index, name) if row_orders is not None else None
     if order is None:
-        return read_chunk(reader, name, start, count, scratch)
+        return _read_chunk(reader, name, start, count, scratch)
     return computable(reader.read(name))[list(order)].reshape(-1)[start : start + count]
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
+def _one_thread() -> Iterator[None]:
     """Run torch's kernels on one intra-op thread, then restore the setting. A chunk (1 MiB) is too small to split:
     with two threads on a loaded 2-core machine, the fp32->fp64 copies and the small fp64 products of a chunk
     measured 5-15x slower than on one."""
@@ -237,7 +237,7 @@ def collect_stats(
                desc=f"Statistics of {k} checkpoints", disable=not progress or constants.progress_disabled())
     out: dict[str, TensorStats] = {}
     try:
-        with one_thread():
+        with _one_thread():
             for name in chosen:
                 numel = readers[0].tensors[name].numel
                 with_base = base is not None and name in base.tensors

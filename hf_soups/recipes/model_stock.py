@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SoupError
+from .protocol import MethodContext, MethodResult, Needs
+from .registry import register_method
 
 if TYPE_CHECKING:  # torch is imported where a soup is made, not when the registry is read (CLI --help)
     import torch
@@ -37,8 +39,8 @@ if TYPE_CHECKING:  # torch is imported where a soup is made, not when the regist
     from ..checkpoint.reader import CheckpointReader
     from ..merge.stats import SoupStats, TensorStats
 
-__all__ = ["PAPER", "NORM_FLOOR", "SINGULAR_DENOMINATOR", "StockWeights", "stock_weights", "stock_plan",
-           "summarise_ratios", "model_stock_state_dict", "model_stock_to_directory"]
+__all__ = ["model_stock", "PAPER", "NORM_FLOOR", "SINGULAR_DENOMINATOR", "StockWeights", "stock_weights", "stock_plan",
+           "summarise_ratios", "model_stock_state_dict"]
 
 PAPER = "https://arxiv.org/abs/2403.19522"
 
@@ -130,6 +132,36 @@ def summarise_ratios(weights: Mapping[str, StockWeights]) -> dict[str, dict[str,
             for g, ts in groups.items()}
 
 
+@register_method(
+    "model_stock", paper=PAPER, needs=Needs(base=True, statistics=True),
+    description="Model Stock (Jang et al. 2024): per tensor, t = K·cos / (1 + (K−1)·cos) from the task vectors' mean "
+                "pairwise cosine, then t·mean + (1−t)·base. Data-free; needs the base and two or more fine-tunes.",
+)
+def model_stock(ctx: MethodContext) -> MethodResult:
+    """Model Stock's per-tensor weights from the statistics pass: t/K per ingredient, 1 − t for the base.
+
+    Records t per tensor, its summary per tensor group, and the tensors where the denominator was singular. Integer
+    tensors are the base's (where it has them), as in [`model_stock_state_dict`].
+    """
+    weights = stock_plan(ctx.statistics)
+    per_tensor = {name: [*w.ingredients, w.base] for name, w in weights.items()}
+    singular = [name for name, w in weights.items() if w.singular]
+    warnings = [f"Model Stock kept the base for {len(singular)} tensor(s) whose task vectors cancel out "
+                f"(|1 + (K-1)·cos| < {SINGULAR_DENOMINATOR}): {', '.join(singular[:5])}"] if singular else []
+    parameters = {
+        "t": {name: w.t for name, w in weights.items()},
+        "t_by_group": summarise_ratios(weights),
+        "singular": singular,
+        "norm_floor": NORM_FLOOR,
+        "singular_denominator": SINGULAR_DENOMINATOR,
+    }
+    plan = ctx.plan.with_tensor_weights(per_tensor)
+    if ctx.base is not None:  # integer tensors (never averaged): the base's, where it has them
+        plan = plan.with_sources({tp.name: ctx.k for tp in plan.tensors
+                                  if not tp.average and tp.name in ctx.base.tensors})
+    return MethodResult(plan, warnings=warnings, parameters=parameters)
+
+
 def model_stock_state_dict(
     readers: Sequence[CheckpointReader],
     base: CheckpointReader,
@@ -177,91 +209,3 @@ def model_stock_state_dict(
         code = output_dtype([r.tensors[name].dtype for r in readers])
         out[name] = weighted_sum(inputs, weights).to(DTYPES[code])
     return out, plan
-
-
-def model_stock_to_directory(
-    readers: Sequence[CheckpointReader],
-    base: CheckpointReader,
-    directory: str,
-    *,
-    names: Sequence[str] | None = None,
-    max_shard_size: int | str = "5GB",
-    progress: bool = True,
-) -> tuple[list[str], dict[str, StockWeights]]:
-    """Model Stock streamed to safetensors shards: the statistics pass, then a second pass that writes.
-
-    Each output chunk is Σ_i (t/K)·θ_i + (1−t)·θ_base over one chunk of each input (fp32, [`weighted_sum`]), so
-    memory stays a few chunks whatever K and the model size. The weights may be negative (t < 0 when the task
-    vectors point apart), which the uniform engine's plans do not take; this writer is folded into the engine once
-    plans carry signed per-tensor weights.
-
-    Args:
-        readers (`Sequence[CheckpointReader]`): the K ≥ 2 fine-tunes.
-        base (`CheckpointReader`): their pretrained base.
-        directory (`str`): where the shards go (the caller makes it atomic).
-        names (`Sequence[str]`, *optional*): the ingredients' names, for errors.
-        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): the shard size.
-        progress (`bool`, *optional*, defaults to `True`): progress bars for both passes.
-
-    Returns:
-        `tuple[list[str], dict[str, StockWeights]]`: the files written and each floating tensor's weights.
-
-    Raises:
-        [`SoupError`]: as [`collect_stats`] and [`stock_plan`].
-    """
-    import torch
-    from huggingface_hub.utils import tqdm
-
-    from .. import constants
-    from ..checkpoint.format import DTYPES
-    from ..checkpoint.writer import ShardedSafetensorsWriter
-    from ..merge.plan import output_dtype
-    from ..merge.stats import collect_stats, one_thread
-
-    plan = stock_plan(collect_stats(readers, base, names=names, progress=progress))
-    first = readers[0].tensors
-    codes = {n: output_dtype([r.tensors[n].dtype for r in readers]) if n in plan else first[n].dtype for n in first}
-    writer = ShardedSafetensorsWriter(directory, [(n, DTYPES[codes[n]], tuple(first[n].shape)) for n in first],
-                                      max_shard_size)
-    slots = [[torch.empty(0, dtype=torch.uint8)], [torch.empty(0, dtype=torch.uint8)]]
-    bar = tqdm(total=sum(i.nbytes for i in first.values()), unit="B", unit_scale=True, unit_divisor=1024,
-               desc="Writing the Model Stock soup", disable=not progress or constants.progress_disabled())
-    try:
-        with one_thread():
-            _write_chunks(writer, readers, base, plan, codes, slots, bar)
-        files = writer.close()
-        for reader in [*readers, base]:
-            reader.check_unchanged()
-        return files, plan
-    finally:
-        writer.abort()
-        bar.close()
-
-
-def _write_chunks(writer: Any, readers: Sequence[CheckpointReader], base: CheckpointReader,
-                  plan: Mapping[str, StockWeights], codes: Mapping[str, str], slots: list[list[torch.Tensor]],
-                  bar: Any) -> None:
-    """The writing pass: every output chunk from one chunk of each input."""
-    from .. import constants
-    from ..checkpoint.format import DTYPES
-    from ..merge.ops import weighted_sum
-    from ..merge.stats import read_chunk
-
-    first = readers[0].tensors
-    step = constants.chunk_elements()
-    for name in writer.order:
-        w = plan.get(name)
-        numel = first[name].numel
-        if w is None:  # an integer tensor: the base's (else the first ingredient's), never averaged
-            writer.write(name, (base if name in base.tensors else readers[0]).read(name).reshape(-1), 0)
-            continue
-        inputs = list(readers) + ([base] if name in base.tensors else [])
-        weights = list(w.ingredients) + ([w.base] if name in base.tensors else [])
-        for start in range(0, numel, step):
-            count = min(step, numel - start)
-            # each input is read (a mapped view, else a copy into one of two byte buffers) just before it is
-            # added: the kernel holds at most two inputs at once, as in the engine
-            chunk = weighted_sum((read_chunk(r, name, start, count, slots[n % 2]) for n, r in enumerate(inputs)),
-                                 weights)
-            writer.write(name, chunk.to(DTYPES[codes[name]]), start)
-            bar.update(first[name].nbytes * count // max(numel, 1))
