@@ -342,3 +342,21 @@ def test_soup_from_hub_model_stock_equals_reference_and_replays(tmp_path, family
     assert again is not None
     replayed = state_dict_of(tmp_path / "again")
     assert all(torch.equal(replayed[n], got[n]) for n in got)
+
+
+def test_cli_soup_method_model_stock(tmp_path, family):
+    """`hf-soups soup --method model_stock --base BASE` writes the soup soup_from_hub writes; without a base the
+    method refuses in the CLI's words, with a non-1 exit code."""
+    from conftest import state_dict_of
+
+    from hf_soups import soup_from_hub
+    from hf_soups.cli.main import main
+
+    refs = [family["a"], family["d"]]
+    assert main(["soup", *refs, "--method", "model_stock", "--base", family["base"],
+                 "--output", str(tmp_path / "cli")]) == 0
+    soup_from_hub(refs, method="model_stock", base=family["base"], output_dir=tmp_path / "api")
+    cli, api = state_dict_of(tmp_path / "cli"), state_dict_of(tmp_path / "api")
+    assert set(cli) == set(api) and all(torch.equal(cli[n], api[n]) for n in api)
+    code = main(["soup", *refs, "--method", "model_stock", "--output", str(tmp_path / "nobase")])
+    assert code not in (0, 1) and not os.path.exists(tmp_path / "nobase")
