@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from _hutto import ID2LABEL, splits  # noqa: E402
+from hf_soups import HubAccess
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKEN = "hf_demo_write_token"
@@ -160,9 +161,10 @@ def main() -> None:
         out = os.path.join(workdir, "soups")
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(workdir, "hf-cache")
-        quiet = MergeOptions(progress=False, base_model=MINILM)
-        kw = dict(eval_dataset=data["val"], cache_dir=cache, merge_options=quiet)
-        uniform = soup_from_hub(refs, method="uniform", output_dir=os.path.join(out, "uniform"), cache_dir=cache,
+        quiet = MergeOptions(progress=False)  # the card's base_model: the fine-tunes' cards agree on MINILM
+        kw = dict(eval_dataset=data["val"], access=HubAccess(cache_dir=cache), merge_options=quiet)
+        uniform = soup_from_hub(refs, method="uniform", output_dir=os.path.join(out, "uniform"),
+                                access=HubAccess(cache_dir=cache),
                                 merge_options=quiet)
         t = time.time()
         greedy = soup_from_hub(refs, method="greedy", output_dir=os.path.join(out, "greedy"), **kw)

@@ -302,7 +302,8 @@ def test_soup_with_callable_metric_evaluates_and_replay_asks_for_it(family, tmp_
 
     data = Dataset.from_dict(sentiment_examples(16, seed=1))
     scorer = _Scorer()
-    soup = soup_from_hub([family["a"], family["d"]], method="greedy", eval_dataset=data, metric=scorer,
+    soup = soup_from_hub([family["a"], family["d"]], method="greedy", eval_dataset=data,
+                         eval_spec=EvalSpec(metric=scorer),
                          output_dir=tmp_path / "g", merge_options=MergeOptions(progress=False))
     assert soup.recipe.to_dict()["evaluation"]["metric_callable"] == "test_r3_card._Scorer"
     report = soup.evaluate({"val": data}, methods=["soup"], bootstrap=0, progress=False)  # was "cannot load 'metric'"

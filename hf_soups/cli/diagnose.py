@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default=None, metavar="REF", help="the pretrained checkpoint (task-vector cosines)")
     p.add_argument("--eval-dataset", default=None,
                    help="held-out data (as `hf-soups soup`): adds scores and the interpolation curves")
-    p.add_argument("--split", default=None, help="dataset split (Hub datasets and DatasetDicts)")
+    p.add_argument("--eval-split", default=None, help="split of --eval-dataset (Hub datasets and DatasetDicts)")
     p.add_argument("--max-eval-samples", type=int, default=None, metavar="N",
                    help="evaluate only the first N examples of --eval-dataset")
     p.add_argument("--metric", default="accuracy", help="the metric of the curves (default accuracy)")
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow auto_map model classes (evaluation)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.set_defaults(command_parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnosis import diagnose
 
     found = diagnose(args.refs, base=args.base, eval_dataset=args.eval_dataset, revision=args.revision,
-                     token=args.token, split=args.split, metric=args.metric, text_column=args.text_column,
+                     token=args.token, split=args.eval_split, metric=args.metric, text_column=args.text_column,
                      label_column=args.label_column, max_samples=args.max_eval_samples,
                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     if args.plot:

@@ -9,26 +9,16 @@ caller scores each trial soup (in memory or offloaded, always through the merge 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EvaluationError
-from .protocol import MethodContext, MethodResult, Needs
+from .protocol import MethodContext, MethodResult, Needs, Trial
 from .registry import register_method
 
 if TYPE_CHECKING:  # torch is imported by the code that runs a greedy soup, not by the registry (CLI --help)
     import torch
 
 __all__ = ["greedy_soup", "greedy_select", "greedy_ensemble", "degenerate_steps", "Trial"]
-
-
-@dataclass(frozen=True)
-class Trial:
-    """The outcome of scoring one trial soup: its held-out score and, when its outputs are degenerate (non-finite,
-    absurdly large, or the same for every example), why; such a trial is rejected whatever its score."""
-
-    score: float
-    problem: str | None = None
 
 
 @register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs=Needs(held_out=True), progress_steps=1,

@@ -53,10 +53,17 @@ if TYPE_CHECKING:  # torch is imported where a soup is made, not by the registry
 
     from ..checkpoint.reader import CheckpointReader
     from ..merge.plan import MergePlan
-    from .greedy import Trial
-    from .recipe import EvalSpec
 
-__all__ = ["Needs", "HeldOut", "MethodContext", "MethodResult", "as_result", "statistics_pass"]
+__all__ = ["Trial", "Needs", "HeldOut", "MethodContext", "MethodResult", "as_result", "statistics_pass"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The outcome of scoring one trial soup: its held-out score and, when its outputs are degenerate (non-finite,
+    absurdly large, or the same for every example), why; such a trial is rejected whatever its score."""
+
+    score: float
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class HeldOut(Protocol):
     scores: Sequence[float]  # each ingredient's own score, in input order
     problems: Sequence[str | None]  # why each ingredient's own outputs are degenerate (None: they are not)
     higher_is_better: bool
-    spec: EvalSpec
+    spec: Any  # the `EvalSpec` (typed loosely: recipe.py validates methods through this registry)
     seed: int
 
     def score(self, plan: MergePlan) -> Trial:
