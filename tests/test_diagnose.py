@@ -125,17 +125,16 @@ def test_diagnose_refuses_a_single_ref(family):
             hf_soups.diagnose(refs)
 
 
-def test_cli_diagnose_writes_json_and_plot(family, tmp_path, capsys):
-    out = tmp_path / "d.json"
-    code = main(["diagnose", family["a"], family["d"], "--base", family["base"], "--json", str(out),
-                 "--plot", str(tmp_path / "d.png")])
-    assert code == 0
+def test_cli_diagnose_prints_table_and_json_and_writes_plot(family, tmp_path, capsys):
+    args = ["diagnose", family["a"], family["d"], "--base", family["base"]]
+    assert main([*args, "--plot", str(tmp_path / "d.png")]) == 0
     printed = capsys.readouterr().out
     assert "Relative distances" in printed and "Task-vector cosines" in printed
-    data = json.loads(out.read_text())
+    assert (tmp_path / "d.png").stat().st_size > 0
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     want = hf_soups.diagnose([family["a"], family["d"]], base=family["base"], progress=False).to_dict()
     assert data["relative_distances"] == want["relative_distances"] and data["cosines"] == want["cosines"]
-    assert (tmp_path / "d.png").stat().st_size > 0
     assert main(["diagnose", family["a"]]) == dict(EXIT_CODES)[InvalidArgumentError] != 1
 
 
