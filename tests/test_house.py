@@ -57,7 +57,7 @@ def test_unknown_method_suggests_the_registered_one(family):
 
 
 def test_registry_is_the_one_method_list():
-    assert method_names() == ("uniform", "weighted", "greedy", "learned")
+    assert method_names() == ("uniform", "weighted", "greedy", "learned", "model_stock")
     for entry in METHODS.values():
         assert callable(entry.fn) and entry.paper.startswith("https://") and entry.description
     assert [m.name for m in METHODS.values() if m.needs_eval] == ["greedy", "learned"]
