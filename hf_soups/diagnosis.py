@@ -204,14 +204,8 @@ def diagnose(
     eval_dataset: Any = None,
     *,
     revision: str | Sequence[str | None] | None = None,
-    token: str | bool | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | None = None,
-    split: str | None = None,
-    metric: Any = "accuracy",
-    text_column: str | None = None,
-    label_column: str | None = None,
-    max_samples: int | None = None,
+    access: Any = None,
+    eval_spec: Any = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
@@ -226,8 +220,9 @@ def diagnose(
         eval_dataset (*optional*):
             Held-out data in any form `soup_from_hub` reads: adds each ingredient's score and the interpolation
             curves (best → second best, best → uniform soup) with their reading.
-        revision, token, endpoint, cache_dir: as in `soup_from_hub`.
-        split, metric, text_column, label_column, max_samples: the evaluation, as in `soup_from_hub`.
+        revision (`str` or `Sequence`, *optional*), access ([`HubAccess`], *optional*): as in `soup_from_hub`.
+        eval_spec ([`EvalSpec`], *optional*): the evaluation settings (split, columns, metric, `max_samples`), as
+            in `soup_from_hub`.
         trust_remote_code, allow_pickle: as in `soup_from_hub`.
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
 
@@ -248,15 +243,25 @@ def diagnose(
     if isinstance(refs, (str, os.PathLike)) or len(refs) < 2:
         raise InvalidArgumentError("diagnose compares two or more checkpoints.", param="refs",
                                    fix="pass a list of two or more repo ids or checkpoint directories.")
+    from .hub.access import HubAccess
+    from .recipes import EvalSpec
+
+    access = access if access is not None else HubAccess()
+    spec = eval_spec if eval_spec is not None else EvalSpec()
+    if not isinstance(access, HubAccess) or not isinstance(spec, EvalSpec):
+        raise InvalidArgumentError("access= takes a HubAccess and eval_spec= an EvalSpec.", param="access",
+                                   fix="pass access=HubAccess(endpoint=..., token=...), eval_spec=EvalSpec(...).")
+    if eval_dataset is None and spec.dataset is not None:
+        eval_dataset = spec.dataset
     if eval_dataset is not None:  # loaded and checked before any download
         from .evaluation.data import as_eval_dataset
 
-        eval_dataset = as_eval_dataset(eval_dataset, split, max_samples=max_samples)
-    ingredients = api._resolve_all(refs, revision, token, endpoint, cache_dir, allow_pickle=allow_pickle)
-    base_ings = api._resolve_all([base], None, token, endpoint, cache_dir, allow_pickle=allow_pickle) if base else []
+        eval_dataset = as_eval_dataset(eval_dataset, spec.split, max_samples=spec.max_samples)
+    ingredients = api._resolve_all(refs, revision, access, allow_pickle=allow_pickle)
+    base_ings = api._resolve_all([base], None, access, allow_pickle=allow_pickle) if base else []
     with contextlib.ExitStack() as stack:
-        opened, readers = api._open_readers(ingredients + base_ings, stream=False, token=token, endpoint=endpoint,
-                                            cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
+        opened, readers = api._open_readers(ingredients + base_ings, stream=False, access=access,
+                                            allow_pickle=allow_pickle, stack=stack)
         names = [ing.name for ing in opened[: len(ingredients)]]
         base_reader = readers[len(ingredients)] if base_ings else None
         stats = collect_stats(readers[: len(ingredients)], base_reader, names=names,
@@ -267,9 +272,9 @@ def diagnose(
             return found
         directory = local_dir_of(opened[0])
         config = read_config(os.path.join(directory, "config.json"), names[0])
-        return _with_curves(found, readers[: len(ingredients)], directory, config, eval_dataset, metric=metric,
-                            text_column=text_column, label_column=label_column, max_samples=max_samples,
-                            trust_remote_code=trust_remote_code, progress=progress)
+        return _with_curves(found, readers[: len(ingredients)], directory, config, eval_dataset,
+                            metric=spec.metric, text_column=spec.text_column, label_column=spec.label_column,
+                            max_samples=spec.max_samples, trust_remote_code=trust_remote_code, progress=progress)
 
 
 def _with_curves(found: Diagnosis, readers: Sequence[Any], directory: str, config: Any, eval_dataset: Any, *,
