@@ -151,3 +151,28 @@ def test_unsupported_tasks_are_refused_by_name(config):
         diagonal_fisher(torch.nn.Linear(2, 2), [], task)
     assert isinstance(info.value, SoupError)
     assert task.title in str(info.value) and "method=" in str(info.value)
+
+
+def test_fisher_soup_from_held_out_data_records_examples(trio):
+    from types import SimpleNamespace
+
+    from hf_soups import EvalSpec
+    from hf_soups.evaluation.fisher import fisher_soup
+
+    refs = trio["refs"][:2]
+    readers = [open_checkpoint(r) for r in refs]
+    plan = build_plan([r.tensors for r in readers], [1.0, 1.0])
+    config = read_config(os.path.join(refs[0], "config.json"), refs[0])
+    ingredients = [SimpleNamespace(name=f"ft{i}", local_dir=r) for i, r in enumerate(refs)]
+    with fisher_soup(plan, readers, ingredients, config, trio["data"], EvalSpec(max_samples=3), device="cpu") as soup:
+        assert soup.examples == 3 and set(soup.zero) == {"ft0", "ft1"}
+        assert {name for name, _ in soup.tensors()} == {tp.name for tp in plan.tensors if tp.average}
+
+
+def test_fisher_soup_refuses_an_unsupported_task_before_reading_weights():
+    from hf_soups import EvalSpec
+    from hf_soups.evaluation.fisher import fisher_soup
+
+    config = {"architectures": ["BertForSequenceClassification"], "num_labels": 1, "problem_type": "regression"}
+    with pytest.raises(EvaluationError, match="regression"):
+        fisher_soup(None, [], [], config, None, EvalSpec())  # nothing else is touched

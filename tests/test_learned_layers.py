@@ -153,3 +153,23 @@ def test_ingredient_tensors_alive_at_once_do_not_grow_with_k(family, k):
     learn_layer_weights(soup, evaluator.batches, evaluator.loss, lambda m: 0.0, steps=2)
     assert counter["peak"] <= 2, counter
     assert counter["alive"] == 0
+
+
+def test_learn_by_layer_from_held_out_data(family):
+    from types import SimpleNamespace
+
+    from hf_soups import EvalSpec
+    from hf_soups.evaluation.learned_stream import learn_by_layer
+
+    refs = [family["a"], family["d"]]
+    readers = [open_checkpoint(r) for r in refs]
+    plan = build_plan([r.tensors for r in readers], [1.0, 1.0])
+    config = read_config(os.path.join(refs[0], "config.json"), refs[0])
+    ingredients = [SimpleNamespace(name=f"ft{i}", local_dir=r) for i, r in enumerate(refs)]
+    result, evaluator = learn_by_layer(plan, readers, ingredients, config, DATA,
+                                       EvalSpec(learned_steps=2, batch_size=4), device="cpu")
+    assert len(evaluator) == 10 and result.steps == 2
+    record = result.to_dict()["groups"]
+    assert list(record) == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "bert.pooler",
+                            "classifier"]
+    assert all(len(w) == 2 and abs(sum(w) - 1) < 1e-6 for w in record.values())

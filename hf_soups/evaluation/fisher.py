@@ -31,7 +31,7 @@ import torch
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan, normalize_weights
 
-__all__ = ["FISHER_TASKS", "FLOOR", "Fisher", "FisherSoup", "diagonal_fisher", "fisher_merge"]
+__all__ = ["FISHER_TASKS", "FLOOR", "Fisher", "FisherSoup", "diagonal_fisher", "fisher_merge", "fisher_soup"]
 
 #: Task names (see `evaluation/tasks/`) whose Fisher is computed: a softmax over the classes of one example.
 FISHER_TASKS = ("text", "image")
@@ -311,3 +311,22 @@ def fisher_merge(plan: MergePlan, readers: Sequence[Any], holder: Any,
         soup.close()
         raise
     return soup
+
+
+def fisher_soup(plan: MergePlan, readers: Sequence[Any], ingredients: Sequence[Any], config: dict[str, Any],
+                eval_dataset: Any, spec: Any, *, weights: Sequence[float] | None = None,
+                trust_remote_code: bool = False, device: str | torch.device | None = None) -> FisherSoup:
+    """The Fisher-weighted soup from the ingredients and held-out data (`spec.max_samples` caps the examples).
+
+    Raises:
+        [`EvaluationError`]: the task is not supported (checked before any weight is read), or the data cannot be
+            used.
+    """
+    from .learned_stream import held_out_model
+    from .tasks import task_for
+
+    _check_task(task_for(config))
+    holder, evaluator = held_out_model(ingredients, config, eval_dataset, spec,
+                                       trust_remote_code=trust_remote_code, device=device)
+    return fisher_merge(plan, readers, holder, evaluator.batches, evaluator.task_impl, weights=weights,
+                        names=[i.name for i in ingredients], max_examples=spec.max_samples)

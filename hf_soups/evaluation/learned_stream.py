@@ -34,7 +34,8 @@ from ..merge.ops import weighted_sum
 from ..merge.plan import MergePlan
 from .candidates import _aligned
 
-__all__ = ["group_of", "layer_groups", "LayerWeights", "StreamedSoup", "learn_layer_weights"]
+__all__ = ["group_of", "layer_groups", "LayerWeights", "StreamedSoup", "learn_layer_weights", "held_out_model",
+           "learn_by_layer"]
 
 _BLOCK = re.compile(r"^((?:.*?\.)?(?:layer|layers|blocks|block|h)\.\d+)\.")
 
@@ -226,3 +227,63 @@ def learn_layer_weights(
              {"ingredient": f"learned weights ({size} group{'s' if size != 1 else ''})", "score": learned_score,
               "accepted": keep, "soup_size": k, "groups": size}]
     return LayerWeights(soup.groups, learned if keep else uniform, dict(soup.tensor_groups), trace, steps)
+
+
+def held_out_model(ingredients: Sequence[Any], config: dict[str, Any], eval_dataset: Any, spec: Any, *,
+                   trust_remote_code: bool = False, device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """The model skeleton (the first ingredient) and the [`Evaluator`] of a held-out method that optimises or
+    differentiates on `eval_dataset` (learned soups, Fisher): batches of `spec.batch_size`, else the CPU batch size
+    on any device (the optimisation does not depend on the device).
+
+    Returns:
+        `tuple[ModelHolder, Evaluator]`
+
+    Raises:
+        [`EvaluationError`] / [`LabelMismatchError`]: the data or the task cannot be used.
+    """
+    from .candidates import ModelHolder
+    from .device import CPU_BATCH_SIZE, resolve_eval_device
+    from .evaluator import Evaluator
+    from .tasks import settle_spec
+
+    spec = settle_spec(spec, config)
+    reference_dir = ingredients[0].local_dir
+    if reference_dir is None:
+        raise EvaluationError("the first ingredient's files are not on disk; it cannot be evaluated.",
+                              ingredient=ingredients[0].name, fix="report this bug.")
+    eval_device = resolve_eval_device(device if device is not None else spec.device)
+    evaluator = Evaluator(eval_dataset, reference_dir, config, metric=spec.metric, text_column=spec.text_column,
+                          label_column=spec.label_column, image_column=spec.image_column,
+                          batch_size=spec.batch_size if spec.batch_size is not None else CPU_BATCH_SIZE,
+                          name=ingredients[0].name, device=eval_device, dtype=spec.dtype,
+                          max_samples=spec.max_samples, threshold=spec.threshold)
+    return ModelHolder(reference_dir, config, trust_remote_code, device=eval_device), evaluator
+
+
+def learn_by_layer(plan: MergePlan, readers: Sequence[Any], ingredients: Sequence[Any], config: dict[str, Any],
+                   eval_dataset: Any, spec: Any, *, groups: str = "layer", seed: int = 0,
+                   trust_remote_code: bool = False, device: str | torch.device | None = None
+                   ) -> tuple[LayerWeights, Any]:
+    """A learned soup on the memory-light path, from the ingredients to the recorded weights.
+
+    Args:
+        plan ([`MergePlan`]), readers, ingredients ([`Ingredient`]), config: the soup being made.
+        eval_dataset: the held-out data (any form [`as_eval_dataset`] reads).
+        spec ([`EvalSpec`]): columns, metric, batch size, `learned_steps`, `max_samples`, device.
+        groups (`str`, *optional*, defaults to `"layer"`): `"layer"` (learned_by_layer) or `"model"` (learned).
+        seed (`int`, *optional*, defaults to `0`): the batch-order seed.
+
+    Returns:
+        `tuple[LayerWeights, Evaluator]`: the weights per group (recorded in the recipe by `to_dict()`) and the
+        evaluator that scored them.
+
+    Raises:
+        [`EvaluationError`] / [`LabelMismatchError`]: the data or the task cannot be used.
+    """
+    holder, evaluator = held_out_model(ingredients, config, eval_dataset, spec,
+                                       trust_remote_code=trust_remote_code, device=device)
+    soup = StreamedSoup(plan, readers, holder, groups)
+    result = learn_layer_weights(soup, evaluator.batches, evaluator.loss, lambda m: evaluator.score(m)[0],
+                                 steps=spec.learned_steps, seed=seed,
+                                 higher_is_better=evaluator.metric.higher_is_better)
+    return result, evaluator
