@@ -17,20 +17,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from .checkpoint.adapter import (
-    ADAPTER_CONFIG,
-    ADAPTER_PICKLE,
-    ADAPTER_WEIGHTS,
     AdapterConfig,
     AdapterLayout,
     AdapterReader,
     adapter_refusals,
     build_layout,
     delta_shape,
-    is_adapter_listing,
     layout_tensors,
     parse_adapter_config,
 )
 from .checkpoint.format import TensorInfo, parse_header
+from .checkpoint.layout import ADAPTER, ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, FULL_MODEL, is_adapter_listing
 from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, SafetensorsReader, StateDictReader, load_pickled_state, open_checkpoint
 from .checkpoint.safe_files import open_inside, read_inside
@@ -67,13 +64,13 @@ def _listing(ing: Ingredient) -> list[str]:
 
 def _read_adapter_files(ing: Ingredient, token: Any, endpoint: str | None, cache_dir: str | None,
                         allow_pickle: bool) -> tuple[AdapterConfig, dict[str, TensorInfo]]:
-    files = _listing(ing)
-    pickled = ADAPTER_WEIGHTS not in files
-    if pickled and not (allow_pickle and ADAPTER_PICKLE in files):
-        if ADAPTER_PICKLE in files:
+    found = ADAPTER.find(_listing(ing))
+    pickled = found is None or found.pickled
+    if pickled and not (allow_pickle and found is not None):
+        if found is not None:
             raise NoSafetensorsError(
                 "the adapter has no adapter_model.safetensors, only a pickled adapter_model.bin, and loading pickles "
-                "can run arbitrary code.", ingredient=ing.name, file=ADAPTER_PICKLE, param="allow_pickle",
+                "can run arbitrary code.", ingredient=ing.name, file=found.file, param="allow_pickle",
                 fix="re-save the adapter with peft (`save_pretrained(..., safe_serialization=True)`), or pass "
                     "allow_pickle=True to load it with torch.load(weights_only=True).")
         raise NoSafetensorsError(
@@ -102,7 +99,8 @@ def _read_adapter_files(ing: Ingredient, token: Any, endpoint: str | None, cache
 def _open_adapter_file(directory: str, name: str, allow_pickle: bool = False) -> CheckpointReader:
     """The adapter's weights: adapter_model.safetensors, else (only with `allow_pickle`) adapter_model.bin loaded
     with `torch.load(weights_only=True)`."""
-    if allow_pickle and not os.path.lexists(os.path.join(directory, ADAPTER_WEIGHTS)):
+    found = ADAPTER.find(lambda file: os.path.lexists(os.path.join(directory, file)))
+    if allow_pickle and (found is None or found.pickled):
         return StateDictReader(load_pickled_state(directory, ADAPTER_PICKLE, name), name, file=ADAPTER_PICKLE)
     fd = open_inside(directory, ADAPTER_WEIGHTS, ingredient=name)
     source = LocalFileSource(os.path.join(directory, ADAPTER_WEIGHTS), name=ADAPTER_WEIGHTS, fd=fd)
@@ -279,14 +277,14 @@ def _weights_digests(ing: Ingredient) -> dict[str, set[str]]:
     if ing.repo_id is not None and ing.local_dir is None:
         out: dict[str, set[str]] = {}
         for f in ing.files:
-            if f.endswith(".safetensors"):
+            if FULL_MODEL.is_safetensors_weight(f):
                 lfs, blob = ing.lfs_sha256.get(f), ing.blob_ids.get(f)
                 out[f] = {f"lfs:{lfs}"} if lfs else ({f"git:{blob}"} if blob else set())
         return out
     out = {}
     local_dir = local_dir_of(ing)
     for f in sorted(os.listdir(local_dir)):
-        if f.endswith(".safetensors"):
+        if FULL_MODEL.is_safetensors_weight(f):
             sha256, git = hashlib.sha256(), hashlib.sha1()  # noqa: S324 (git's blob id, not a security digest)
             with os.fdopen(open_inside(local_dir, f), "rb") as fh:
                 git.update(f"blob {os.fstat(fh.fileno()).st_size}\0".encode())

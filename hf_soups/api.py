@@ -19,7 +19,6 @@ from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
     architecture_findings,
-    init_distance_warnings,
     label_permutations,
     normalize_id2label,
     remote_code_problems,
@@ -27,6 +26,7 @@ from .compat import (
     tied_extras,
     verdict,
 )
+from .distance import init_distance_warnings
 from .errors import InvalidArgumentError, SoupError
 from .merge import MergeOptions, build_plan, merge_to_directory
 from .modeling import check_remote_code

@@ -38,13 +38,13 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import constants
+from .atomic_file import write_atomic
 
 if TYPE_CHECKING:
     from .checkpoint.format import TensorInfo
@@ -258,18 +258,8 @@ def _secret() -> bytes | None:
 
 
 def _create_secret(path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(os.urandom(32).hex())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # never replaces: a concurrent first use keeps the key the other process wrote
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+    # never replaces: a concurrent first use keeps the key the other process wrote
+    write_atomic(path, os.urandom(32).hex(), mode=0o600, replace=False)
 
 
 def _load_secret(path: str) -> tuple[bytes | None, str]:
@@ -318,16 +308,7 @@ def _write_cache(path: str, entry: dict[str, Any]) -> None:
     entry = {**entry, "mac": _mac(secret, path, entry)}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f)
-            os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one
-        except BaseException:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(entry), mode=0o600)  # a concurrent reader sees the old entry or the new one
     except OSError as e:  # a read-only or full cache only costs the next run its start-up
         logger.warning("Cannot write the architecture cache entry %s (%s): every soup of this architecture builds "
                        "it again. Set HF_SOUPS_CACHE to a writable folder (or HF_SOUPS_ARCH_CACHE=0).", path, e)

@@ -39,9 +39,6 @@ LISTING_MAX_BYTES: int = int(os.environ.get("HF_SOUPS_LISTING_MAX_BYTES", 64 * 1
 #: Size of the byte window fetched in one HTTP range request while streaming from the Hub.
 STREAM_CHUNK_SIZE: int = int(os.environ.get("HF_SOUPS_STREAM_CHUNK_SIZE", 32 * 1024 * 1024))
 
-#: Weight files of a checkpoint that hf_soups downloads (everything else is skipped).
-WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.index.json")
-
 #: Files whose content identifies a tokenizer, in order of preference.
 TOKENIZER_IDENTITY_FILES: tuple[str, ...] = (
     "tokenizer.json",

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .atomic_file import write_atomic
 from .card import build_card
 from .checkpoint.atomic import record_files
 from .checkpoint.meta import read_config
@@ -33,10 +34,7 @@ PLOT_FILE = "soup_plot.png"
 
 
 def _write_text(path: str, text: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 

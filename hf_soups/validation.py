@@ -22,6 +22,7 @@ __all__ = [
     "normalize_weights",
     "validate_dtype",
     "validate_max_shard_size",
+    "parse_size",
     "validate_int_rule",
     "mask_secrets",
     "dtype_name",
@@ -158,29 +159,53 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).replace("torch.", "")
 
 
-def validate_max_shard_size(size: Any, *, parameter: str = "max_shard_size") -> int:
-    """The largest output shard in bytes, from an int or a string like `"5GB"`, `"500MB"`, `"1000"`.
+#: The units of a size (huggingface_hub's `max_shard_size` convention: decimal KB/MB/GB/TB, binary KiB/MiB/GiB/TiB).
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>[KMGT]I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(size: Any, *, parameter: str = "max_shard_size") -> int:
+    """A size in bytes, from an int or a string: `"5GB"` -> 5_000_000_000, `"5GiB"` -> 5_368_709_120, `"1.5GB"` ->
+    1_500_000_000, `"1000"` -> 1000 (huggingface_hub's `max_shard_size` units: GB = 10**9, GiB = 2**30; case and
+    spaces between number and unit do not matter). The one size parser of hf_soups.
+
+    Args:
+        size (`int` or `str`): the size.
+        parameter (`str`, *optional*, defaults to `"max_shard_size"`): the argument's name, for the error.
+
+    Returns:
+        `int`: the size in bytes, at least 1.
 
     Raises:
-        [`InvalidArgumentError`]: not a positive size.
+        [`InvalidArgumentError`]: not a positive size (a bool, a float, a negative or zero size, an unknown unit).
     """
-    fix = "pass a positive size such as '5GB', '500MB' or an integer number of bytes."
+    fix = "pass a positive size such as '5GB', '500MB', '2GiB' or an integer number of bytes."
     if isinstance(size, bool):
         raise _bad(parameter, f"{size!r} is not a size.", fix)
     if isinstance(size, numbers.Integral):
         value = int(size)
     elif isinstance(size, str):
-        from huggingface_hub.serialization._base import parse_size_to_int  # what the writer's parse_size uses
-
-        try:
-            value = int(size) if size.strip().isdigit() else parse_size_to_int(size)
-        except (ValueError, TypeError):
-            raise _bad(parameter, f"cannot read {size!r} as a size.", fix) from None
+        match = _SIZE.match(size)
+        if match is None:
+            raise _bad(parameter, f"cannot read {size!r} as a size.", fix)
+        number, unit = match["number"], (match["unit"] or "").upper()
+        if not unit and number.isdigit():
+            value = int(number)
+        else:
+            scaled = float(number) * SIZE_UNITS.get(unit, 1)
+            if not math.isfinite(scaled):
+                raise _bad(parameter, f"{size!r} is too large.", fix)
+            value = int(scaled)
     else:
         raise _bad(parameter, f"expected an int or a string like '5GB', got {type(size).__name__}.", fix)
     if value <= 0:
         raise _bad(parameter, f"{size!r} is not positive.", fix)
     return value
+
+
+#: The name the API's argument checks use.
+validate_max_shard_size = parse_size
 
 
 def validate_int_rule(rule: Any, *, parameter: str = "int_rule") -> str:

@@ -1,4 +1,4 @@
-"""The weight-space init check (`compat.init_distances`): the same distances as a direct computation on the full
+"""The weight-space init check (`distance.init_distances`): the same distances as a direct computation on the full
 tensors, whatever the reader (mapped file, HTTP-like copying reader, in-memory state dict, plain dict) or the chunk
 size, and peak memory that does not grow with the number of ingredients."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_soups import compat
+from hf_soups import compat, distance
 from hf_soups.checkpoint import open_checkpoint
 from hf_soups.checkpoint.reader import SafetensorsReader, StateDictReader
 from hf_soups.checkpoint.sources import LocalFileSource
@@ -56,7 +56,7 @@ def _direct(readers, sample):
 @pytest.mark.parametrize("chunk", [None, 1000, 7])
 def test_distances_equal_a_direct_computation_for_every_reader(tmp_path, monkeypatch, chunk):
     if chunk is not None:
-        monkeypatch.setattr(compat, "DISTANCE_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(distance, "DISTANCE_CHUNK_ELEMENTS", chunk)
     base = _state(0)
     mapped_dir, copied_dir = tmp_path / "mapped", tmp_path / "copied"
     mapped_dir.mkdir()
@@ -75,9 +75,9 @@ def test_distances_equal_a_direct_computation_for_every_reader(tmp_path, monkeyp
     names = ["mapped", "copied", "memory", "duplicate", "stranger"]
     sample = list(SHAPES)
     try:
-        dist = compat.init_distances(readers, sample)
+        dist = distance.init_distances(readers, sample)
         direct = _direct(readers, sample)
-        warnings, returned = compat.init_distance_warnings(names, readers, sample)
+        warnings, returned = distance.init_distance_warnings(names, readers, sample)
     finally:
         readers[0].close()
         readers[1].close()
@@ -119,7 +119,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_ingredients():
     readers = [StateDictReader({n: (t + 0.01 * torch.randn(numel, generator=gen)).to(torch.bfloat16)
                                 for n, t in base.items()}) for _ in range(k)]  # 64 MB of bf16 inputs, resident
     small = [StateDictReader({"x": r["x"][:4096]}) for r in readers]
-    compat.init_distances(small, ["x"])  # warm-up: the code paths' pages are resident before measuring
-    growth = _peak_rss_growth(lambda: compat.init_distances(readers, ["x", "y"]))
+    distance.init_distances(small, ["x"])  # warm-up: the code paths' pages are resident before measuring
+    growth = _peak_rss_growth(lambda: distance.init_distances(readers, ["x", "y"]))
     one_fp32_copy_each = k * numel * 4  # 64 MiB: what holding every ingredient's tensor as fp32 at once costs
     assert growth < 32 * 2**20 < one_fp32_copy_each, f"peak growth {growth / 2**20:.1f} MiB"

@@ -27,27 +27,17 @@ import torch
 
 from ..errors import CorruptCheckpointError
 from .format import TensorInfo
+from .layout import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, is_adapter_listing
 from .reader import CheckpointReader
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterConfig", "AdapterLayout", "Delta", "AdapterReader",
            "is_adapter_listing", "parse_adapter_config", "adapter_refusals", "build_layout"]
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_PICKLE = "adapter_model.bin"
 _PREFIX = "base_model.model."
-_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                  "pytorch_model.bin.index.json")
 #: The longest `rank_pattern`/`alpha_pattern` key accepted (peft matches them as regular expressions).
 _MAX_PATTERN = 256
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
                        r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
-
-
-def is_adapter_listing(files: Any) -> bool:
-    """Whether a folder's (or repo's) file names are a PEFT adapter's: `adapter_config.json` and no model weights."""
-    names = set(files)
-    return ADAPTER_CONFIG in names and not names.intersection(_MODEL_WEIGHTS)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from .. import constants
+from ..atomic_file import write_atomic
 from ..errors import DiskFullError, OutputExistsError, OutputNotWritableError, SoupError
 from .safe_files import is_inside
 
@@ -107,10 +108,7 @@ def record_files(directory: str | os.PathLike[str], names: list[str]) -> None:
     if marker is None or not os.path.isfile(path):
         return
     marker["files"] = sorted(set(marker["files"]) | set(names))
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=1)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(marker, indent=1) + "\n")
 
 
 def _soup_file(name: object) -> bool:

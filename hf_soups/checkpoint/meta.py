@@ -13,9 +13,28 @@ from .. import constants
 from ..errors import CorruptCheckpointError, IngredientNotFoundError, SoupError
 from .safe_files import check_files_inside, open_inside, read_inside
 
-__all__ = ["read_config", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
+__all__ = ["read_config", "normalize_id2label", "git_blob_sha", "tokenizer_identity", "vocabulary_identity", "local_tokenizer_identity",
            "card_base_model", "card_metadata", "find_files",
            "read_processor_config"]
+
+
+def normalize_id2label(config: Mapping[str, Any]) -> dict[int, str] | None:
+    """A config's `id2label` with int keys (JSON keeps them as strings): the one place that converts them.
+
+    Args:
+        config (`Mapping`): a parsed `config.json`.
+
+    Returns:
+        `dict[int, str]` or `None`: `None` when the config has no `id2label`, or one that is not a mapping of integer
+        ids (a malformed label map is reported by the verdict, never guessed).
+    """
+    raw = config.get("id2label")
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return None
 
 
 def read_config(path: str, ingredient: str) -> dict[str, Any]:

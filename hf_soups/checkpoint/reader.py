@@ -19,6 +19,13 @@ from ..errors import (
     UnsafeCheckpointError,
 )
 from .format import DTYPES, TensorInfo, dtype_code, parse_header
+from .layout import (
+    FULL_MODEL,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    Layout,
+    WeightFiles,
+)
 from .safe_files import open_inside, read_inside, resolve_inside
 from .sources import ByteSource, LocalFileSource
 
@@ -34,10 +41,6 @@ __all__ = [
     "SAFETENSORS_INDEX",
 ]
 
-SAFETENSORS_SINGLE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
 class CheckpointReader(Mapping[str, torch.Tensor]):
@@ -250,7 +253,8 @@ def load_weight_map(path: str, ingredient: str | None, index_name: str = SAFETEN
 
 
 def open_checkpoint(
-    directory: str | os.PathLike[str], *, ingredient: str | None = None, allow_pickle: bool = False
+    directory: str | os.PathLike[str], *, ingredient: str | None = None, allow_pickle: bool = False,
+    layout: Layout = FULL_MODEL,
 ) -> CheckpointReader:
     """Open the weights of a transformers checkpoint directory lazily.
 
@@ -264,6 +268,8 @@ def open_checkpoint(
             Name used in errors; defaults to the directory.
         allow_pickle (`bool`, *optional*, defaults to `False`):
             Accept `pytorch_model.bin` checkpoints, loaded with `torch.load(weights_only=True)`.
+        layout ([`Layout`], *optional*, defaults to the full-model layout):
+            Which files hold the weights (see `checkpoint/layout.py`).
 
     Returns:
         [`CheckpointReader`]: a lazy mapping of tensor names to tensors.
@@ -281,12 +287,13 @@ def open_checkpoint(
             "no such checkpoint directory.", ingredient=ingredient, fix="check the path, or pass a Hub repo id."
         )
     weight_map: dict[str, str] | None
-    if os.path.lexists(os.path.join(directory, SAFETENSORS_INDEX)):
-        weight_map, files = read_shard_index(directory, ingredient)
-    elif os.path.lexists(os.path.join(directory, SAFETENSORS_SINGLE)):
-        weight_map, files = None, [SAFETENSORS_SINGLE]
+    found = layout.find(lambda name: os.path.lexists(os.path.join(directory, name)))
+    if found is None or found.pickled:
+        return _open_pickle(directory, ingredient, allow_pickle, layout, found)
+    if found.index:
+        weight_map, files = read_shard_index(directory, ingredient, found.file)
     else:
-        return _open_pickle(directory, ingredient, allow_pickle)
+        weight_map, files = None, [found.file]
     sources: dict[str, ByteSource] = {}
     try:
         for file in files:
@@ -307,22 +314,22 @@ def open_checkpoint(
         raise
 
 
-def _open_pickle(directory: str, ingredient: str, allow_pickle: bool) -> CheckpointReader:
-    has_single = os.path.lexists(os.path.join(directory, PICKLE_SINGLE))
-    has_index = os.path.lexists(os.path.join(directory, PICKLE_INDEX))
-    if not (has_single or has_index):
+def _open_pickle(directory: str, ingredient: str, allow_pickle: bool, layout: Layout,
+                 found: WeightFiles | None) -> CheckpointReader:
+    if found is None:
+        named = " nor ".join(n for n in (layout.safetensors, layout.safetensors_index) if n)
         raise NoSafetensorsError(
-            "no weights found (neither model.safetensors nor model.safetensors.index.json).",
+            f"no weights found (neither {named}).",
             ingredient=ingredient, fix="point to a directory written by `save_pretrained`.",
         )
     if not allow_pickle:
         raise NoSafetensorsError(
-            f"only pickled weights ({PICKLE_INDEX if has_index else PICKLE_SINGLE}) were found, and loading pickles "
+            f"only pickled weights ({found.file}) were found, and loading pickles "
             "can run arbitrary code.", ingredient=ingredient,
             fix="convert the checkpoint to safetensors, or pass allow_pickle=True to load it with "
             "torch.load(weights_only=True).",
         )
-    files = read_shard_index(directory, ingredient, PICKLE_INDEX)[1] if has_index else [PICKLE_SINGLE]
+    files = read_shard_index(directory, ingredient, found.file)[1] if found.index else [found.file]
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_pickled_state(directory, file, ingredient))

@@ -17,36 +17,13 @@ from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
 from .. import constants
 from ..errors import SoupError
+from ..validation import parse_size
 from .atomic import AtomicDirectory
 from .format import build_header, dtype_code
 from .format import nbytes as tensor_nbytes
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 __all__ = ["AtomicDirectory", "ShardedSafetensorsWriter", "parse_size"]
-
-
-_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-               "TIB": 2**40}
-
-
-def parse_size(size: int | str) -> int:
-    """`"5GB"` -> 5_000_000_000, `"40MiB"` -> 41_943_040 (the units of `save_pretrained(max_shard_size=)`); ints pass
-    through.
-
-    Raises:
-        [`SoupError`]: not a size.
-    """
-    if isinstance(size, int):
-        return size
-    text = str(size).strip().upper()
-    if text.isdigit():
-        return int(text)
-    number, unit = text.rstrip("BITKMG"), text[len(text.rstrip("BITKMG")):]
-    try:
-        return int(float(number) * _SIZE_UNITS[unit])
-    except (KeyError, ValueError):
-        raise SoupError(f"cannot read {size!r} as a size.", fix="write max_shard_size like '5GB', '500MB' or "
-                        "an integer number of bytes.") from None
 
 
 class ShardedSafetensorsWriter:

@@ -505,6 +505,7 @@ def _retarget_card(directory: str, repo_id: str) -> None:
         return
     from huggingface_hub import ModelCard
 
+    from ..atomic_file import write_atomic
     from ..card import is_soup_card, retarget_card
     from ..checkpoint.meta import read_config
 
@@ -512,9 +513,7 @@ def _retarget_card(directory: str, repo_id: str) -> None:
     if not is_soup_card(card):  # not hf_soups' card: the user's own, pushed as it is
         return
     text = str(retarget_card(card, repo_id, read_config(os.path.join(directory, "config.json"), directory)))
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, text)
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:

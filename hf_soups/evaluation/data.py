@@ -245,9 +245,19 @@ def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: Any
 
 
 def model_id2label(config: Mapping[str, Any]) -> dict[int, str]:
-    """The model's `id2label` with int keys (transformers' default `LABEL_i` names when the config has none)."""
-    return {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} or \
-        {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+    """The model's `id2label` with int keys (transformers' default `LABEL_i` names when the config has none).
+
+    Raises:
+        [`LabelMismatchError`]: the config's `id2label` does not map integer ids to names.
+    """
+    from ..checkpoint.meta import normalize_id2label
+
+    labels = normalize_id2label(config)
+    if labels is None and config.get("id2label"):
+        raise LabelMismatchError("config.json's id2label must map integer ids to names; got keys "
+                                 f"{sorted(str(k)[:20] for k in config['id2label'])[:5]}.",
+                                 fix="fix id2label in config.json (transformers cannot load it either).")
+    return labels or {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
 
 
 
@@ -404,7 +414,7 @@ def check_labels(dataset: Any, label_column: str, id2label: Mapping[int, str], m
             to_model = [model_lowered.index(n) for n in lowered]
             logger.warning("the dataset's class ids differ from the model's id2label (%s vs %s); labels are mapped "
                            "by name.", names, model_names)
-    label2id = {str(v).lower(): int(k) for k, v in id2label.items()}
+    label2id = {str(v).lower(): k for k, v in id2label.items()}
     ids: list[int] = []
     invalid: list[tuple[int, Any]] = []
     unknown: dict[str, None] = {}

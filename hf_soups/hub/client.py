@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Sequence
@@ -12,10 +11,11 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
 
 from .. import constants
-from ..checkpoint.adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
+from ..atomic_file import write_atomic
 from ..checkpoint.format import TensorInfo
+from ..checkpoint.layout import FULL_MODEL, download_patterns
 from ..checkpoint.meta import card_base_model, read_config, read_processor_config, tokenizer_identity
-from ..checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, read_shard_index
+from ..checkpoint.reader import read_shard_index
 from ..errors import CorruptCheckpointError, HubConnectionError, NoSafetensorsError, SoupError
 from ..refs import Ingredient, IngredientMeta, IngredientRef
 from ..validation import mask_secrets
@@ -95,19 +95,9 @@ def _walk(root: str) -> list[str]:
 
 
 def needed_patterns(files: Sequence[str], *, weights: bool = True, allow_pickle: bool = False) -> list[str]:
-    """The files of a repo worth downloading: config, tokenizer/processor files, card, and safetensors weights."""
-    wanted = set(constants.AUX_FILES) | {"README.md", ADAPTER_CONFIG}
-    patterns = [f for f in files if f in wanted]
-    if weights and ADAPTER_WEIGHTS in files:  # the adapter layout: its one weight file (the base is pulled apart)
-        patterns.append(ADAPTER_WEIGHTS)
-    elif weights and allow_pickle and ADAPTER_PICKLE in files:
-        patterns.append(ADAPTER_PICKLE)
-    if weights:
-        if SAFETENSORS_INDEX in files or SAFETENSORS_SINGLE in files:
-            patterns += [f for f in files if f.endswith(".safetensors") or f == SAFETENSORS_INDEX]
-        elif allow_pickle:
-            patterns += [f for f in files if fnmatch.fnmatch(f, "pytorch_model*.bin") or f == "pytorch_model.bin.index.json"]
-    return sorted(set(patterns))
+    """The files of a repo worth downloading: config, tokenizer/processor files, card, and each layout's weights
+    and marker (`checkpoint/layout.py`: a full model, an adapter)."""
+    return download_patterns(files, weights=weights, allow_pickle=allow_pickle)
 
 
 def _hub_id(ing: Ingredient) -> str:
@@ -147,15 +137,16 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
     processor = read_processor_config(_download_small(ing, "preprocessor_config.json", token, cache_dir, endpoint), name)
     blob_ids = ing.blob_ids
     tensors: dict[str, TensorInfo] = {}
-    if SAFETENSORS_INDEX in ing.files:
-        index_path = _download_small(ing, SAFETENSORS_INDEX, token, cache_dir, endpoint)
+    found = FULL_MODEL.find(ing.files)
+    if found is not None and not found.pickled and found.index:
+        index_path = _download_small(ing, found.file, token, cache_dir, endpoint)
         if index_path is None:  # listed in its files, so downloaded or an error was raised
-            raise CorruptCheckpointError("the shard index could not be read.", ingredient=name, file=SAFETENSORS_INDEX)
-        weight_map, shards = read_shard_index(os.path.dirname(index_path), name)
-    elif SAFETENSORS_SINGLE in ing.files:
-        weight_map, shards = None, [SAFETENSORS_SINGLE]
+            raise CorruptCheckpointError("the shard index could not be read.", ingredient=name, file=found.file)
+        weight_map, shards = read_shard_index(os.path.dirname(index_path), name, found.file)
+    elif found is not None and not found.pickled:
+        weight_map, shards = None, [found.file]
     else:
-        if allow_pickle and any(f.startswith("pytorch_model") and f.endswith(".bin") for f in ing.files):
+        if allow_pickle and FULL_MODEL.has_pickle(ing.files):
             return IngredientMeta(name, config, None, tokenizer_identity(blob_ids), base_model,  # names unknown until read
                                   processor=processor)
         raise NoSafetensorsError(
@@ -179,7 +170,8 @@ def fetch_meta(ing: Ingredient, *, token: str | bool | None = None, cache_dir: s
         if lost:  # the local reader refuses this too
             raise CorruptCheckpointError(
                 f"the index maps it to '{weight_map[lost[0]]}', whose header does not hold it.", ingredient=name,
-                tensor=lost[0], file=SAFETENSORS_INDEX, fix="re-upload the checkpoint; the index and shards disagree.",
+                tensor=lost[0], file=FULL_MODEL.safetensors_index,
+                fix="re-upload the checkpoint; the index and shards disagree.",
             )
     return IngredientMeta(name, config, tensors, tokenizer_identity(blob_ids), base_model,
                           vocabulary=_lazy_vocabulary(ing, token, cache_dir, endpoint), processor=processor)
@@ -206,8 +198,6 @@ def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
     The cache layout is huggingface_hub's documented one (`<cache>/models--org--name/refs/<revision>` holds the
     sha); the file is written atomically, and only when it is missing or stale.
     """
-    import tempfile
-
     from huggingface_hub.file_download import repo_folder_name  # public (no underscore), not re-exported
 
     requested = ing.requested_revision or "main"
@@ -223,10 +213,7 @@ def _remember_revision(ing: Ingredient, cache_dir: str | None) -> None:
     except OSError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hf-soups-ref-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(ing.revision)
-    os.replace(tmp, path)
+    write_atomic(path, ing.revision, mode=0o600)
 
 
 def download(ing: Ingredient, *, token: str | bool | None = None, cache_dir: str | None = None,

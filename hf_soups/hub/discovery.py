@@ -30,6 +30,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import tqdm
 
 from .. import constants
+from ..atomic_file import write_atomic
 from ..compat import CompatibilityReport, IngredientMeta, Problem, compare, normalize_id2label
 from ..errors import HubConnectionError, IngredientNotFoundError, InvalidArgumentError, SoupError
 from ..refs import Ingredient, IngredientRef, _shown_id, repo_id_problem
@@ -173,10 +174,7 @@ class CandidateSet:
         text = (f"# {self.query.command()}\n# {self.query.date}: {len(self.ingredients)} compatible, "
                 f"{len(self.rejected)} rejected\n" + "".join(f"{r}\n" for r in self.refs))
         path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
         return path
 
 

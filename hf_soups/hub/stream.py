@@ -13,7 +13,8 @@ from huggingface_hub.utils import build_hf_headers, get_session
 
 from .. import constants
 from ..checkpoint.format import TensorInfo, parse_header
-from ..checkpoint.reader import SAFETENSORS_INDEX, SafetensorsReader, read_shard_index
+from ..checkpoint.layout import FULL_MODEL, SAFETENSORS_SINGLE, Layout
+from ..checkpoint.reader import SafetensorsReader, read_shard_index
 from ..errors import CorruptCheckpointError, HubConnectionError
 from ..refs import Ingredient
 from ._errors import TransportError, hub_errors
@@ -153,7 +154,8 @@ def _pinned(ing: Ingredient) -> tuple[str, str]:
 
 
 def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, endpoint: str | None = None,
-                          snapshot_dir: str | None = None, window: int | None = None) -> SafetensorsReader:
+                          snapshot_dir: str | None = None, window: int | None = None,
+                          layout: Layout = FULL_MODEL) -> SafetensorsReader:
     """Open an ingredient's safetensors weights over HTTP ranges, pinned to its resolved sha.
 
     Args:
@@ -161,19 +163,20 @@ def open_streaming_reader(ing: Ingredient, *, token: str | bool | None = None, e
         snapshot_dir (`str`, *optional*): a local snapshot holding its small files (the index, when sharded).
         window (`int`, *optional*): read-ahead window in bytes (defaults to `HF_SOUPS_STREAM_CHUNK_SIZE`); `1` reads
             exactly the bytes asked for (a few sampled tensors).
+        layout ([`Layout`], *optional*): which files hold the weights (defaults to the full-model layout).
 
     Raises:
         [`CorruptCheckpointError`], [`UnsafeCheckpointError`], [`AuthenticationError`].
     """
     repo_id, revision = _pinned(ing)
     weight_map = None
-    if SAFETENSORS_INDEX in ing.files:
-        if snapshot_dir is None or not os.path.isfile(os.path.join(snapshot_dir, SAFETENSORS_INDEX)):
-            raise CorruptCheckpointError("the shard index was not downloaded.", ingredient=ing.name,
-                                         file=SAFETENSORS_INDEX)
-        weight_map, files = read_shard_index(snapshot_dir, ing.name)
-    else:
-        files = ["model.safetensors"]
+    found = layout.find(ing.files)
+    if found is not None and found.index and not found.pickled:
+        if snapshot_dir is None or not os.path.isfile(os.path.join(snapshot_dir, found.file)):
+            raise CorruptCheckpointError("the shard index was not downloaded.", ingredient=ing.name, file=found.file)
+        weight_map, files = read_shard_index(snapshot_dir, ing.name, found.file)
+    else:  # streaming reads safetensors only: a missing file is named by the request that fails
+        files = [layout.safetensors or SAFETENSORS_SINGLE]
     sources = {}
     with hub_errors(ing.name, token_given=bool(token), token=token):
         for file in files:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..checkpoint.layout import ADAPTER_WEIGHTS, CHECKPOINT_RE, TRAINER_CHECKPOINT, TRAINER_STATE
 from ..errors import InvalidArgumentError, SoupError
 from ..hub.discovery import Candidate, CandidateSet, DiscoveryQuery
 from ..card import run_sentence
@@ -35,16 +36,11 @@ __all__ = ["run_checkpoints", "RunCheckpoints", "RunCheckpoint", "read_log_histo
 
 logger = logging.getLogger(__name__)
 
-#: A Trainer checkpoint folder: `checkpoint-<global step>`.
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: The step in the commit messages of `hub_strategy="every_save"` pushes ("Training in progress, step 800").
 _STEP_IN_MESSAGE = re.compile(r"\bstep (\d+)\b", re.IGNORECASE)
-#: Files of a checkpoint folder that are never read, downloaded or carried into a soup.
-TRAINING_STATE_PATTERNS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth",
-                           "training_args.bin", "trainer_state.json", "*.distcp", "pytorch_model_fsdp*",
-                           "optimizer_*", "global_step*", "zero_to_fp32.py", "latest")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+#: The files of a checkpoint folder (`checkpoint/layout.py`): its weights, and the training state never read.
+TRAINING_STATE_PATTERNS = TRAINER_CHECKPOINT.never_read
+_WEIGHT_FILES = TRAINER_CHECKPOINT.weight_names
 _STATE_LIMIT = 64 << 20  # a trainer_state.json larger than 64 MB is refused
 
 
@@ -204,7 +200,7 @@ def consolidation_problem(entries: Sequence[str], name: str) -> None:
     Raises:
         [`SoupError`]: the folder holds no `model.safetensors` (or pickled) weights.
     """
-    if any(e in _WEIGHT_FILES for e in entries):
+    if TRAINER_CHECKPOINT.find(entries) is not None:
         return
     if any(e.startswith("pytorch_model_fsdp") or e.endswith(".distcp") for e in entries):
         shard = next((e for e in entries if e.startswith("pytorch_model_fsdp")), "pytorch_model_fsdp_0")
@@ -215,7 +211,7 @@ def consolidation_problem(entries: Sequence[str], name: str) -> None:
         raise SoupError("holds DeepSpeed ZeRO shards, not consolidated weights: a soup averages full tensors.",
                         ingredient=name, fix=f"consolidate it first: `python {name}/zero_to_fp32.py {name} {name} "
                         "--safe_serialization` (or set stage3_gather_16bit_weights_on_model_save: true).")
-    if "adapter_model.safetensors" in entries:
+    if ADAPTER_WEIGHTS in entries:
         raise SoupError("holds a PEFT adapter only, not full weights.", ingredient=name,
                         fix="merge each checkpoint's adapter into the base (peft's merge_and_unload()) and save it.")
     raise SoupError("holds no model weights (model.safetensors).", ingredient=name,
@@ -391,8 +387,8 @@ def _local_run(path: str) -> list[RunCheckpoint]:
 def _local_state(path: str, listed: Sequence[RunCheckpoint]) -> tuple[str, str] | None:
     """The newest `trainer_state.json` (by `global_step`) of the run, the newest checkpoint's or the output_dir's own
     (`trainer.save_state()`), with its name relative to the run."""
-    states = [os.path.join(c.local_dir, "trainer_state.json") for c in listed[-1:] if c.local_dir]
-    states.append(os.path.join(path, "trainer_state.json"))
+    states = [os.path.join(c.local_dir, TRAINER_STATE) for c in listed[-1:] if c.local_dir]
+    states.append(os.path.join(path, TRAINER_STATE))
     states = [s for s in states if os.path.isfile(s)]
     if not states:
         return None

@@ -10,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
+from ..checkpoint.layout import TRAINER_STATE
 from ..errors import SoupError
 from ..refs import IngredientRef
 from . import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
@@ -73,8 +74,8 @@ def _all_checkpoints(repo_id: str, sha: str, folders: dict[int, list[str]], toke
               for step in sorted(folders)]
     newest = listed[-1].step
     history = None
-    if "trainer_state.json" in folders[newest]:
-        path = _download(repo_id, sha, f"checkpoint-{newest}/trainer_state.json", token, endpoint, cache_dir)
+    if TRAINER_STATE in folders[newest]:
+        path = _download(repo_id, sha, f"checkpoint-{newest}/{TRAINER_STATE}", token, endpoint, cache_dir)
         history = (path, f"{repo_id}@{sha}/checkpoint-{newest}/trainer_state.json")
 
     def fetch(chosen: list[RunCheckpoint]) -> list[RunCheckpoint]:
@@ -135,7 +136,7 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
                 ) -> tuple[list[RunCheckpoint], tuple[str, str] | None]:
     """Each commit that changed the weights (oldest first), named by the step in its message or its trainer state."""
     commits = list(reversed(api.list_repo_commits(repo_id, revision=sha, token=token)))
-    wanted = [*_WEIGHT_FILES, "trainer_state.json"]
+    wanted = [*_WEIGHT_FILES, TRAINER_STATE]
     previous: tuple[tuple[str, str], ...] = ()
     previous_state: str | None = None
     by_step: dict[int, RunCheckpoint] = {}
@@ -146,9 +147,9 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
         blobs = {i.path: (i.lfs.sha256 if getattr(i, "lfs", None) else getattr(i, "blob_id", "")) for i in infos
                  if hasattr(i, "size")}
         weights = tuple(sorted((p, b or "") for p, b in blobs.items() if p in _WEIGHT_FILES))
-        head_state = "trainer_state.json" in blobs
-        state_changed = head_state and blobs["trainer_state.json"] != previous_state
-        previous_state = blobs.get("trainer_state.json")
+        head_state = TRAINER_STATE in blobs
+        state_changed = head_state and blobs[TRAINER_STATE] != previous_state
+        previous_state = blobs.get(TRAINER_STATE)
         if not weights or weights == previous:
             continue
         previous = weights
@@ -157,7 +158,7 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
         if step is None and state_changed:  # a trainer state carried over from an older commit names no step here
             from . import _global_step
 
-            found = _global_step(_download(repo_id, commit.commit_id, "trainer_state.json", token, endpoint,
+            found = _global_step(_download(repo_id, commit.commit_id, TRAINER_STATE, token, endpoint,
                                            cache_dir))
             step = found if found >= 0 else None
         if step is None:
@@ -172,6 +173,6 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
         raise SoupError("the repo has no commit.", ingredient=repo_id, fix="push the run with the Trainer first.")
     history = None
     if head_state:
-        path = _download(repo_id, sha, "trainer_state.json", token, endpoint, cache_dir)
+        path = _download(repo_id, sha, TRAINER_STATE, token, endpoint, cache_dir)
         history = (path, f"{repo_id}@{sha}/trainer_state.json")
     return sorted(by_step.values(), key=lambda c: c.step), history

@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from ..atomic_file import write_atomic
+
 __all__ = ["LoopbackHub"]
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -172,10 +174,7 @@ class LoopbackHub:
         sha256 = hashlib.sha256(data).hexdigest()
         path = self._blob_path(sha256)
         if not os.path.exists(path):
-            tmp = f"{path}.{threading.get_ident()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         blob_id = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
         return _File(blob_id, sha256, len(data), False)
 

@@ -53,7 +53,7 @@ class MultiLabel(SequenceTask):
         column = found["label"]
         id2label = model_id2label(self.config)
         n = num_labels_of(self.config)
-        label2id = {str(v).lower(): int(k) for k, v in id2label.items()}
+        label2id = {str(v).lower(): k for k, v in id2label.items()}
         expected = (f"a multi-hot list of {n} zeros and ones, or a list of label names from "
                     f"{[id2label[i] for i in sorted(id2label)][:10]}")
         rows, invalid, unknown = [], [], []
