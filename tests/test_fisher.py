@@ -176,3 +176,22 @@ def test_fisher_soup_refuses_an_unsupported_task_before_reading_weights():
     config = {"architectures": ["BertForSequenceClassification"], "num_labels": 1, "problem_type": "regression"}
     with pytest.raises(EvaluationError, match="regression"):
         fisher_soup(None, [], [], config, None, EvalSpec())  # nothing else is touched
+
+
+@pytest.mark.parametrize("value, memmapped", [("1", True), ("1GB", False)])
+def test_memmap_threshold_from_the_environment(trio, monkeypatch, value, memmapped):
+    refs, data = trio["refs"], trio["data"]
+    plan, readers, holder, evaluator = _setup(refs[:1], data)
+    monkeypatch.setenv("HF_SOUPS_FISHER_MEMMAP_BYTES", value)
+    with fisher_merge(plan, readers, holder, evaluator.batches, evaluator.task_impl, max_examples=1) as soup:
+        assert soup.memmapped is memmapped
+
+
+def test_bad_memmap_threshold_is_named(trio, monkeypatch):
+    from hf_soups.errors import InvalidArgumentError
+
+    refs, data = trio["refs"], trio["data"]
+    plan, readers, holder, evaluator = _setup(refs[:1], data)
+    monkeypatch.setenv("HF_SOUPS_FISHER_MEMMAP_BYTES", "64 lemons")
+    with pytest.raises(InvalidArgumentError, match="HF_SOUPS_FISHER_MEMMAP_BYTES.*64 lemons"):
+        fisher_merge(plan, readers, holder, evaluator.batches, evaluator.task_impl, max_examples=1)

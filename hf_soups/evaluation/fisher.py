@@ -37,8 +37,9 @@ __all__ = ["FISHER_TASKS", "FLOOR", "Fisher", "FisherSoup", "diagonal_fisher", "
 FISHER_TASKS = ("text", "image")
 #: The floor of every Fisher value, so that a weight never divides by zero.
 FLOOR = 1e-6
-#: Running buffers larger than this many bytes (numerator + denominator) are memory-mapped files.
-MEMMAP_BYTES = int(os.environ.get("HF_SOUPS_FISHER_MEMMAP_BYTES", str(256 * 2**20)))
+#: Running buffers larger than this many bytes (numerator + denominator) are memory-mapped files, unless the
+#: environment variable HF_SOUPS_FISHER_MEMMAP_BYTES says otherwise.
+MEMMAP_BYTES = 64 * 2**20
 _CHUNK_BYTES = 64 * 2**20  # per-example gradients alive at once: at most max(one model, this)
 
 
@@ -167,6 +168,18 @@ def diagonal_fisher(model: Any, batches: Sequence[tuple[torch.Tensor, Mapping[st
     return Fisher(sums, no_gradient, zero, examples, batched)
 
 
+def _memmap_bytes() -> int:
+    """HF_SOUPS_FISHER_MEMMAP_BYTES (a size: bytes, or "64MiB"), else [`MEMMAP_BYTES`].
+
+    Raises:
+        [`InvalidArgumentError`]: the variable is not a positive size.
+    """
+    from ..validation import parse_size
+
+    text = os.environ.get("HF_SOUPS_FISHER_MEMMAP_BYTES")
+    return MEMMAP_BYTES if text is None else parse_size(text, parameter="HF_SOUPS_FISHER_MEMMAP_BYTES")
+
+
 class _Buffers:
     """fp32 running buffers, one slot per tensor name, in memory or in one memory-mapped file."""
 
@@ -260,7 +273,7 @@ def fisher_merge(plan: MergePlan, readers: Sequence[Any], holder: Any,
         floor (`float`, *optional*, defaults to `1e-6`): the Fisher floor.
         max_examples (`int`, *optional*): held-out examples used per Fisher.
         memmap_bytes (`int`, *optional*): buffers above this size (numerator + denominator) are memory-mapped;
-            defaults to `HF_SOUPS_FISHER_MEMMAP_BYTES` or 256 MiB.
+            defaults to `HF_SOUPS_FISHER_MEMMAP_BYTES` or 64 MiB.
         workdir (`str`, *optional*): where memory-mapped buffers are created (a new temporary directory by default).
 
     Returns:
@@ -275,7 +288,7 @@ def fisher_merge(plan: MergePlan, readers: Sequence[Any], holder: Any,
     names = list(names) if names is not None else [f"ingredient {i}" for i in range(k)]
     averaged = [tp for tp in plan.tensors if tp.average]
     shapes = {tp.name: tuple(tp.shape) for tp in averaged}
-    limit = MEMMAP_BYTES if memmap_bytes is None else memmap_bytes
+    limit = _memmap_bytes() if memmap_bytes is None else memmap_bytes
     mapped = 8 * sum(_numel(s) for s in shapes.values()) > limit
     directory = tempfile.mkdtemp(prefix="hf-soups-fisher-", dir=workdir) if mapped else None
     soup = FisherSoup(tuple(ws), 0, (), memmapped=mapped, _workdir=directory)
