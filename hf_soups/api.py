@@ -28,10 +28,11 @@ from .compat import (
 )
 from .distance import init_distance_warnings
 from .errors import InvalidArgumentError, SoupError
-from .merge import MergeOptions, build_plan, merge_to_directory
+from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
 from .modeling import check_remote_code
 from .options import resolve_options
-from .recipes import EvalSpec, Recipe, get_method
+from .recipes import EvalSpec, MethodContext, MethodResult, Recipe, get_method
+from .recipes.protocol import as_result, statistics_pass
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
 from .soup import Soup
@@ -481,6 +482,9 @@ def soup_from_hub(
         raise InvalidArgumentError(f"method={method!r} needs held-out data.",
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
+    if entry.needs.base and base is None:
+        raise InvalidArgumentError(f"method={method!r} needs the base (pretrained) checkpoint.",
+                                   fix="pass base=<the base model's repo id or directory>.", param="base")
     if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise InvalidArgumentError(f"writing the soup as an adapter needs its rank, a positive integer; got {rank!r}.",
                                    fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
@@ -505,10 +509,11 @@ def soup_from_hub(
     metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, options=options,
                                      needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
+    base_input = _resolve_all([base], None, token, endpoint, cache_dir)[0] if entry.needs.base and base else None
     return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
                  options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
-                 as_adapter=rank if as_adapter else None)
+                 as_adapter=rank if as_adapter else None, base_input=base_input)
 
 
 def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
@@ -532,7 +537,7 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     if arch is not None and (needs_eval or any(i.repo_id is not None for i in ingredients)):
         arch.settle(report)  # before any weight is downloaded or evaluated
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
-        from .evaluation.data import check_eval_data
+        from .evaluation.tasks import check_eval_data
 
         if spec is None:
             raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")
@@ -546,12 +551,14 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None,
+          base_input: Ingredient | None = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
     commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
-    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
+    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank. With `base_input`
+    (the pinned base, for a method that `Needs(base=True)`), the base is the plan's last input.
     """
     entry = get_method(method)
     if entry.needs_eval or eval_dataset is not None:  # the task's default metric and threshold, for the recipe
@@ -577,19 +584,35 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=options.dtype,
                           int_rule=options.int_rule, label_permutations=perms, num_labels=num_labels,
                           check_finite=options.check_finite)
-        trace: list[dict[str, Any]] = []
-        scores: dict[str, float] = {}
-        held_out_warnings: list[str] = []
-        if entry.needs_eval:
-            from .evaluation import held_out
-
-            # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
-            evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir) for i in ingredients]
-            chosen = held_out.choose_weights(method, plan, readers, evaluated, metas[0].config, eval_data, spec,
-                                             trust_remote_code=trust_remote_code, progress=options.progress)
-            plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
+        inputs = list(readers)  # the plan's inputs: the ingredients, then the base when the method takes it
+        if base_input is not None:
+            (base_input,), (base_reader,) = _open_readers([base_input], stream=options.stream, token=token,
+                                                          endpoint=endpoint, cache_dir=cache_dir,
+                                                          allow_pickle=allow_pickle, stack=stack)
+            plan, inputs = plan.with_base(), [*inputs, base_reader]
+        if recipe is not None:  # a replay: the recorded plan, applied as it is (the method is not re-run)
+            plan = plan.with_weights(recipe.weights).with_overrides(recipe.tensors)
+            result = MethodResult(plan, parameters=dict(recipe.parameters or {}))
         else:
-            plan = plan.with_weights(entry.fn(len(readers), weights))
+            ctx = MethodContext(names=tuple(names), plan=plan, readers=inputs, base=inputs[-1] if plan.base else None,
+                                weights=tuple(normalize_weights(weights)) if weights is not None else None,
+                                statistics=statistics_pass(plan, inputs) if entry.needs.statistics else None)
+            if entry.needs_eval:
+                from .evaluation import held_out
+
+                # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
+                evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir)
+                             for i in ingredients]
+                chosen = held_out.choose_weights(entry, ctx, evaluated, metas[0].config, eval_data, spec,
+                                                 trust_remote_code=trust_remote_code, progress=options.progress)
+                result = MethodResult(chosen.plan, chosen.trace, chosen.scores, chosen.warnings, chosen.parameters)
+            else:
+                result = as_result(entry.fn(ctx), method)
+        plan, trace, scores, held_out_warnings = result.plan, result.trace, result.scores, result.warnings
+        if as_adapter is not None and (plan.base or plan.overrides()):
+            raise InvalidArgumentError(f"method={method!r} weighs tensors one by one; a soup written as an adapter "
+                                       "takes one weight per ingredient.", fix="drop as_adapter=True.",
+                                       param="as_adapter")
         ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
                        for ing, w in zip(ingredients, plan.weights)]
         target = os.path.expanduser(os.fspath(output_dir)) if output_dir is not None else os.path.join(
@@ -599,7 +622,9 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
-                base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
+                base=base_input.name if base_input is not None else adapters.pinned_base(ingredients),
+                as_adapter=as_adapter, tensors=tuple(plan.overrides()), parameters=result.parameters or None,
+                base_input=plan.base,
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
@@ -613,7 +638,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 if as_adapter is not None:
                     soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
                 else:
-                    merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                    merge_to_directory(plan, inputs, tmp, max_shard_size=options.max_shard_size, names=names,
                                        progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
@@ -792,7 +817,9 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
-                 as_adapter=recipe.as_adapter)
+                 as_adapter=recipe.as_adapter,
+                 base_input=_resolve_all([recipe.base], None, token, endpoint, cache_dir)[0]
+                 if recipe.base_input and recipe.base else None)
     soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
     if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
         soup.metric = recipe.evaluation.metric_name

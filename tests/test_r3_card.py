@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard
 from markdown_it import MarkdownIt
 
 from hf_soups import RecipeError, SoupError
-from hf_soups.card import _PIPELINES, build_card, escape_markdown, recipe_from_card, usage_lines
+from hf_soups.card import build_card, escape_markdown, recipe_from_card, usage_lines
 from hf_soups.compat import Problem
 from hf_soups.errors import EvaluationError
 from hf_soups.evaluation.metrics import UserCallableMetric, resolve_metric
@@ -241,7 +241,9 @@ def test_every_usage_snippet_names_an_installed_pipeline_and_class():
 
     tasks = set(PIPELINE_REGISTRY.get_supported_tasks())
     archs = _all_architectures()
-    suffixes = {suffix for suffix, *_ in _PIPELINES}
+    from hf_soups.evaluation.tasks import TASKS
+
+    suffixes = {suffix for task in TASKS for suffix in task.architectures}
     assert {s for s in suffixes if any(a.endswith(s) for a in archs)} == suffixes  # every entry is exercised
     seen = 0
     for arch in sorted(a for a in archs if any(a.endswith(s) for s in suffixes)):

@@ -537,8 +537,9 @@ def test_a_trainer_state_that_is_a_fifo_or_huge_is_never_read(run, tmp_path, mon
     with open(huge, "wb") as f:
         f.truncate(65 << 20)
     opened = []
-    monkeypatch.setattr(runs_module, "open", lambda p, *a, **k: opened.append(p) or builtins.open(p, *a, **k),
-                        raising=False)
+    for module in (runs_module, runs_module.folders):  # read_log_history, and _global_step (runs/folders.py)
+        monkeypatch.setattr(module, "open", lambda p, *a, **k: opened.append(p) or builtins.open(p, *a, **k),
+                            raising=False)
     assert run_checkpoints(copied, last=2).steps == [8, 12]
     assert huge not in opened
     os.remove(os.path.join(copied, "checkpoint-12", "trainer_state.json"))
