@@ -173,3 +173,26 @@ def test_learn_by_layer_from_held_out_data(family):
     assert list(record) == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "bert.pooler",
                             "classifier"]
     assert all(len(w) == 2 and abs(sum(w) - 1) < 1e-6 for w in record.values())
+
+
+def test_soup_from_hub_learned_by_layer_records_and_writes_the_weights(family, tmp_path):
+    from hf_soups import EvalSpec, soup_from_hub
+    from hf_soups.testing import write_csv
+
+    refs = [family["a"], family["d"]]
+    val = write_csv(tmp_path / "val.csv", DATA)
+    soup = soup_from_hub(refs, method="learned_by_layer", output_dir=tmp_path / "out",
+                         eval_spec=EvalSpec(dataset=os.fspath(val), batch_size=4, learned_steps=2))
+    recorded = json.loads(json.dumps(soup.recipe.to_dict()))
+    assert recorded["method"] == "learned_by_layer"
+    groups = recorded["parameters"]["groups"]
+    assert list(groups) == ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "bert.pooler",
+                            "classifier"]
+    assert len({tuple(w) for w in groups.values()}) > 1  # per-layer weights, not one weight per model
+    # the written soup is the streamed soup with the recorded weights, bit for bit
+    again, _ = _soup(refs)
+    model = again.load([groups[g] for g in again.groups])
+    written = state_dict_of(tmp_path / "out")
+    for name, value in model.state_dict().items():
+        if name in written and value.is_floating_point():
+            assert torch.equal(written[name], value), name
