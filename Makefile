@@ -77,6 +77,7 @@ bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/adapters.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/model_stock.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/learned_memory.py
 
 clean:
 	rm -rf $(VENV) .venv-mergekit .venv-olah .venv-min build *.egg-info benchmarks/.work
