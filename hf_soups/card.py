@@ -95,9 +95,9 @@ def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient], base_inp
     if n == 1:
         return [f"A single-ingredient **{method} model soup** made with {link} (allowed for testing): its weights are "
                 f"those of {_code(kept[0].repo_id or kept[0].ref)}."]
-    kept_text = f"{k} of {n}" if k < n else f"{n}"
+    kept_text = f"that kept {k} of {n}" if k < n else f"of {n}"
     base = " and their pretrained base" if base_input else ""
-    return [f"A **{method} model soup** made with {link} from {kept_text} fine-tuned checkpoints{base}. "
+    return [f"A **{method} model soup** made with {link} {kept_text} fine-tuned checkpoints{base}. "
             + _describe(method)]
 
 

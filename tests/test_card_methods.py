@@ -156,3 +156,25 @@ def test_render_reads_no_file(stock_soup, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert "alice/stock" in card.text and card.data.pipeline_tag == "text-classification"
     assert card.text == again == expected
+
+
+def test_model_stock_section_escapes_tensor_names():
+    from hf_soups.recipes.card_sections import model_stock_section
+
+    out = model_stock_section({"t": {"x|y\n# z.weight": 0.5, "`a`.bias": 0.25}, "singular": ["<b>|</b>"]}, [])
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "tensor group" not in line]
+    assert len(rows) == 2 and all(_cells(r) == 6 for r in rows)
+    assert "<b>" not in out and "\n# z" not in out
+
+
+def test_cli_soup_help_lists_every_registered_method(capsys, toy_methods):
+    from hf_soups.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["soup", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare on collapsed blanks
+    methods = text.split("methods:", 1)[1]
+    for entry in METHODS.values():  # the toy methods registered by the fixture too: no hand-written list
+        line = f"{entry.name}: {' '.join(entry.description.split())}"
+        assert line in methods and f"paper: {entry.paper}" in methods, entry.name
