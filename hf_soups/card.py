@@ -16,7 +16,8 @@ from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 from .text import escape_markdown, one_line
 
-__all__ = ["ModelFacts", "CardValues", "render_card", "build_card", "escape_markdown", "one_line", "pipeline_tag_for", "recipe_from_card", "retarget_card",
+__all__ = ["ModelFacts", "CardValues", "render_card", "build_card", "escape_markdown", "one_line", "pipeline_tag_for",
+           "recipe_from_card", "retarget_card",
            "usage_lines", "INHERITED_FIELDS"]
 
 _TAGS = ["merge", "model-soup", "hf-soups"]
@@ -264,7 +265,8 @@ def build_card(
             statistics were recalibrated for a like-for-like comparison).
 
     Returns:
-        `ModelCard`: [`render_card`] of these values (`config` as [`ModelFacts`]): front matter with `base_model` (the ingredients in the soup, plus the pretrained base),
+        `ModelCard`: [`render_card`] of these values (`config` as [`ModelFacts`]): front matter with `base_model`
+        (the ingredients in the soup, plus the pretrained base),
         `base_model_relation: merge`, tags, pipeline tag, inherited metadata and `model-index` results (rounded to
         4 decimals); body with the method, ingredient table, trace, results, plot, compatibility warnings, recipe
         and usage.

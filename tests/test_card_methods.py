@@ -96,7 +96,8 @@ def _toy(ctx):
 
 
 def _toy_section(parameters, ingredients):
-    return f"TOY SECTION: alpha={parameters['alpha']} over {len(ingredients)} ingredients, sum={sum(parameters['secret'])}"
+    return (f"TOY SECTION: alpha={parameters['alpha']} over {len(ingredients)} ingredients, "
+            f"sum={sum(parameters['secret'])}")
 
 
 @pytest.fixture()
