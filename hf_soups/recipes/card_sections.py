@@ -31,7 +31,7 @@ def model_stock_section(parameters: Mapping[str, Any], ingredients: Sequence[str
     Returns:
         `str`: markdown (`""` without a t per tensor).
     """
-    from ..evaluation.learned_stream import group_of  # the learned soup by layer's groups (the card has torch)
+    from ..merge.groups import group_of  # the learned soup by layer's groups
 
     per_tensor = parameters.get("t")
     groups: dict[str, list[float]] = {}
