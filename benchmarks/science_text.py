@@ -189,11 +189,8 @@ def main() -> None:
         suffix = "_quick" if args.quick else ""
         plot = plot_soup(report, os.path.join(args.results, f"science_text{suffix}.png"), in_domain="test", ood=ood,
                          title="MiniLM sentiment soups: in-domain vs. shifted")
-        shutil.copyfile(plot, os.path.join(greedy.output_dir, "soup_plot.png"))
-        greedy.plot_file = "soup_plot.png"
-        greedy.results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")}
-                          for s, r in report.results.items()}
-        commit = greedy.push_to_hub("demo/minilm-sentiment-greedy-soup", token=TOKEN)
+        pushed = greedy.with_evaluation(report)  # (the Soup is immutable: a new one whose card shows the report)
+        commit = pushed.push_to_hub("demo/minilm-sentiment-greedy-soup", token=TOKEN)
         from huggingface_hub import ModelCard
 
         card = ModelCard.load("demo/minilm-sentiment-greedy-soup")
