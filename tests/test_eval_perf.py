@@ -20,6 +20,12 @@ from hf_soups.testing import (finetune_tiny_classifier, make_tiny_bert, perturb_
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own logits cache (the suite shares one HF_HOME)."""
+    monkeypatch.setenv("HF_SOUPS_CACHE", os.fspath(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """K=6: four close fine-tunes of one base and two destroyed ones (far off), and a held-out set of 96."""
@@ -144,3 +150,88 @@ def test_greedy_with_accuracy_imports_no_sklearn(sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"sklearn": False, "evaluate": False, "steps": 3}
+
+
+def _count_passes(monkeypatch):
+    """Count forward passes over an evaluation set (whole or stopped early) by wrapping the evaluator's loop."""
+    calls = []
+    run = Evaluator._run
+
+    def counted(self, model, *args, **kwargs):
+        calls.append(len(self))
+        return run(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "_run", counted)
+    return calls
+
+
+def test_logits_computed_once_greedy_then_evaluate(sweep, tmp_path, monkeypatch):
+    """Greedy over 3 ingredients (one destroyed) makes 5 passes over val (3 ingredients, 2 candidates); evaluate on
+    val right after makes 1 (the uniform soup): the ingredients, the ensembles and the greedy soup (greedy's last
+    accepted candidate) come from the cache. Without the cache it is 5 + 5."""
+    from hf_soups.evaluation import logit_cache
+
+    refs = [sweep["refs"][0], sweep["refs"][1], sweep["refs"][2]]  # the third is destroyed: uniform != greedy
+    with monkeypatch.context() as m:
+        m.setenv("HF_SOUPS_LOGIT_CACHE", "0")
+        calls = _count_passes(m)
+        soup = soup_from_hub(refs, method="greedy", output_dir=tmp_path / "nocache", eval_dataset=sweep["val"],
+                             eval_spec=EvalSpec(), merge_options=MergeOptions(progress=False))
+        greedy_passes = len(calls)
+        uncached = soup.evaluate({"val": sweep["val"]})
+        assert (greedy_passes, len(calls) - greedy_passes) == (5, 5)
+    calls = _count_passes(monkeypatch)
+    soup = soup_from_hub(refs, method="greedy", output_dir=tmp_path / "cached", eval_dataset=sweep["val"],
+                         eval_spec=EvalSpec(), merge_options=MergeOptions(progress=False))
+    assert len(calls) == 5
+    report = soup.evaluate({"val": sweep["val"]})
+    assert len(calls) == 5 + 1
+    assert report.results == uncached.results  # the same numbers, from the cache
+    assert os.listdir(logit_cache.cache_dir())
+
+
+def test_logits_cache_reused_by_the_next_process_and_planted_entries_ignored(sweep, tmp_path):
+    """A second process on the same data runs no pass for what the first computed in full; entries that are not
+    this user's private, authenticated files are ignored (recomputed), whatever they hold."""
+    script = (
+        "import sys, json\n"
+        "from hf_soups import EvalSpec, MergeOptions, soup_from_hub\n"
+        "from hf_soups.evaluation import Evaluator\n"
+        "calls = []\n"
+        "run = Evaluator._run\n"
+        "Evaluator._run = lambda self, model, *a, **k: calls.append(1) or run(self, model, *a, **k)\n"
+        f"refs = {json.dumps(sweep['refs'][:2])}\n"
+        f"soup = soup_from_hub(refs, method='greedy', output_dir=sys.argv[1], eval_spec=EvalSpec("
+        f"dataset={json.dumps(sweep['val'])}, batch_size=8), merge_options=MergeOptions(progress=False))\n"
+        "print(json.dumps({'passes': len(calls), 'scores': soup.scores, 'weights': list(soup.weights), "
+        "'stopped': sum(bool(s.get('stopped_early')) for s in soup.trace)}))\n")
+    env = {**os.environ, "HF_SOUPS_CACHE": os.fspath(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+
+    def run(name):
+        out = subprocess.run([sys.executable, "-c", script, os.fspath(tmp_path / name)], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = run("a"), run("b")
+    # 2 ingredients + 1 candidate, then only a candidate stopped early (its partial logits are not kept)
+    assert first["passes"] == 3 and second["passes"] == first["stopped"]
+    assert first["scores"] == second["scores"] and first["weights"] == second["weights"]
+    folder = tmp_path / "cache" / "logits"
+    entries = sorted(folder.iterdir())
+    assert len(entries) == 3 - first["stopped"] >= 2
+    # planted: same names, other bytes (a forged tensor without this user's MAC), group-writable, a link
+    from safetensors.torch import load, save
+
+    original = {p: p.read_bytes() for p in entries}
+    forged = save({"logits": torch.zeros_like(load(original[entries[0]])["logits"])}, metadata={"key": "x"})
+    entries[0].write_bytes(forged)
+    if len(entries) == 3:
+        os.chmod(entries[1], 0o664)
+    target = tmp_path / "elsewhere.safetensors"
+    target.write_bytes(original[entries[-1]])
+    entries[-1].unlink()
+    os.symlink(target, entries[-1])
+    third = run("c")
+    assert third["passes"] == 3 and third["scores"] == first["scores"]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import EvaluationError
+from . import logit_cache
 from .data import as_eval_dataset, untransformed
 from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
 from .metrics import Metric, resolve_metric
@@ -124,6 +125,10 @@ class Evaluator:
         self.dtype = resolve_eval_dtype(dtype)
         self.batch_size = default_batch_size(self.device, batch_size)
         self.evaluations = 0
+        self.cache_hits = 0  # models whose logits came from the on-disk cache (see `logit_cache`)
+        self.max_length, self.max_samples = max_length, max_samples
+        self._fingerprint = getattr(dataset, "_fingerprint", None)
+        self._dataset_key: str | None | bool = False  # computed on first use
         self.inputs_vary = False  # set once a model gives different logits on different examples of this set
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
@@ -176,8 +181,41 @@ class Evaluator:
         was asked for); the logits are copied back to the CPU once per evaluation. Under `accelerate launch`, each
         process computes its share of the batches on its own device and the logits are summed across processes
         (each example is computed by exactly one), so every process returns the full logits.
+
+        Logits of a model in memory are kept in the on-disk cache of `hf_soups.evaluation.logit_cache`, keyed by the
+        model's tensors and this evaluation set: a model already scored here (an ingredient, the greedy soup) is
+        not run again, in this process or the next.
         """
-        return self._run(model)[0]
+        key = self._cache_key(model)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        logits = self._run(model)[0]
+        if key is not None:
+            logit_cache.put(key, logits)
+        return logits
+
+    def _cache_key(self, model: Any) -> str | None:
+        from .distributed import is_distributed
+
+        if logit_cache.cache_dir() is None or is_distributed():
+            return None
+        if self._dataset_key is False:
+            self._dataset_key = logit_cache.dataset_key(self, self._fingerprint)
+        if self._dataset_key is None:
+            return None
+        digest = logit_cache.model_digest(model)
+        return None if digest is None else f"{digest}:{self._dataset_key}"
+
+    def _cached(self, key: str | None) -> torch.Tensor | None:
+        logits = logit_cache.get(key) if key is not None else None
+        if logits is None or tuple(logits.shape) != (self.prepared.rows, *self.prepared.shape):
+            return None
+        self.cache_hits += 1
+        if not self.inputs_vary and len(logits) > 1 and bool(torch.isfinite(logits).all()) \
+                and not _collapsed(logits):
+            self.inputs_vary = True
+        return logits
 
     def _run(self, model: Any, stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
              every: int = 1) -> tuple[torch.Tensor, int, bool]:
@@ -258,6 +296,10 @@ class Evaluator:
         if not self.decides_early or not math.isfinite(reach_end) or not math.isfinite(bar) or total == 0:
             logits = self.logits(model)
             return self.score_logits(logits), logits, total, None
+        key = self._cache_key(model)
+        cached = self._cached(key)
+        if cached is not None:
+            return self.score_logits(cached), cached, total, None
         margin = 1e-9 * max(1.0, abs(bar))
         reached: list[float] = []
 
@@ -276,6 +318,8 @@ class Evaluator:
         logits, computed, stopped = self._run(model, stop, every)
         if stopped:
             return None, None, computed, reached[0]
+        if key is not None:
+            logit_cache.put(key, logits)
         return self.score_logits(logits), logits, total, None
 
     def problem(self, logits: torch.Tensor) -> str | None:
