@@ -204,7 +204,7 @@ def test_logits_cache_reused_by_the_next_process_and_planted_entries_ignored(swe
         f"soup = soup_from_hub(refs, method='greedy', output_dir=sys.argv[1], eval_spec=EvalSpec("
         f"dataset={json.dumps(sweep['val'])}, batch_size=8), merge_options=MergeOptions(progress=False))\n"
         "print(json.dumps({'passes': len(calls), 'scores': soup.scores, 'weights': list(soup.weights), "
-        "'stopped': sum(bool(s.get('stopped_early')) for s in soup.trace)}))\n")
+        "'rejected': sum(not s['accepted'] for s in soup.trace)}))\n")
     env = {**os.environ, "HF_SOUPS_CACHE": os.fspath(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
 
@@ -215,12 +215,12 @@ def test_logits_cache_reused_by_the_next_process_and_planted_entries_ignored(swe
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     first, second = run("a"), run("b")
-    # 2 ingredients + 1 candidate, then only a candidate stopped early (its partial logits are not kept)
-    assert first["passes"] == 3 and second["passes"] == first["stopped"]
+    # 2 ingredients + 1 candidate, then only a rejected candidate (its logits are not kept: never needed again)
+    assert first["passes"] == 3 and second["passes"] == first["rejected"]
     assert first["scores"] == second["scores"] and first["weights"] == second["weights"]
     folder = tmp_path / "cache" / "logits"
     entries = sorted(folder.iterdir())
-    assert len(entries) == 3 - first["stopped"] >= 2
+    assert len(entries) == 3 - first["rejected"] >= 2
     # planted: same names, other bytes (a forged tensor without this user's MAC), group-writable, a link
     from safetensors.torch import load, save
 

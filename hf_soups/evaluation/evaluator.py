@@ -127,7 +127,6 @@ class Evaluator:
         self.evaluations = 0
         self.cache_hits = 0  # models whose logits came from the on-disk cache (see `logit_cache`)
         self.max_length, self.max_samples = max_length, max_samples
-        self._fingerprint = getattr(dataset, "_fingerprint", None)
         self._dataset_key: str | None | bool = False  # computed on first use
         self.inputs_vary = False  # set once a model gives different logits on different examples of this set
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
@@ -201,7 +200,7 @@ class Evaluator:
         if logit_cache.cache_dir() is None or is_distributed():
             return None
         if self._dataset_key is False:
-            self._dataset_key = logit_cache.dataset_key(self, self._fingerprint)
+            self._dataset_key = logit_cache.dataset_key(self)
         if self._dataset_key is None:
             return None
         digest = logit_cache.model_digest(model)
@@ -283,7 +282,8 @@ class Evaluator:
 
         Returns:
             `tuple`: `(score, logits, examples evaluated, None)` when evaluated in full; `(None, None, examples
-            evaluated, best reachable score)` when stopped early.
+            evaluated, best reachable score)` when stopped early. Only the logits of a model that passes the bar
+            go to the logits cache (a rejected candidate is not scored again).
         """
         import math
 
@@ -318,9 +318,12 @@ class Evaluator:
         logits, computed, stopped = self._run(model, stop, every)
         if stopped:
             return None, None, computed, reached[0]
-        if key is not None:
+        score = self.score_logits(logits)
+        sign = 1.0 if metric.higher_is_better else -1.0
+        passes = sign * score > sign * bar if strict else sign * score >= sign * bar
+        if key is not None and passes:  # a candidate that joins the soup is kept (the last one is the soup)
             logit_cache.put(key, logits)
-        return self.score_logits(logits), logits, total, None
+        return score, logits, total, None
 
     def problem(self, logits: torch.Tensor) -> str | None:
         """Why `logits` from this evaluator are degenerate, or `None` (see [`logit_problem`]); collapse counts only

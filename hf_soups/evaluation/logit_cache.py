@@ -4,8 +4,8 @@ Every model an [`Evaluator`] scores in memory is identified by the sha256 of the
 of its `state_dict`, fp32 as evaluated, with its config and class): an ingredient is the same model in greedy's
 ranking pass, in `Soup.evaluate`'s rows (best individual, ensembles, greedy ensemble), in the diagnosis and in the
 next run; the greedy soup is bit for bit greedy's last accepted candidate, so its logits are found too. The
-evaluation set is identified by its preprocessed inputs (text: the token batches themselves; images: the dataset's
-fingerprint and the processor), the task, its columns, `max_samples`, the batch size, the maximum length, the device
+evaluation set is identified by its preprocessed inputs (the token batches themselves; a set preprocessed lazily,
+one batch at a time, e.g. images through a processor or a transform, is not cached), the task, its columns, `max_samples`, the batch size, the maximum length, the device
 type, the autocast dtype, the torch thread count and the torch/transformers versions.
 
 Where: `$HF_SOUPS_CACHE/logits/` (else `$HF_HOME/hf_soups/logits/`), one safetensors file per entry (no pickle),
@@ -85,9 +85,9 @@ def model_digest(model: Any) -> str | None:
     return h.hexdigest()
 
 
-def dataset_key(evaluator: Any, fingerprint: str | None) -> str | None:
-    """The sha256 of an evaluator's set and settings (see the module docstring); `None` when the set has no stable
-    identity (a lazily preprocessed set without a dataset fingerprint)."""
+def dataset_key(evaluator: Any) -> str | None:
+    """The sha256 of an evaluator's set and settings (see the module docstring); `None` when the inputs are not held
+    as tensors (a lazily preprocessed set: images through a processor or a transform)."""
     from importlib.metadata import PackageNotFoundError, version
 
     h = hashlib.sha256(_FORMAT.encode())
@@ -100,15 +100,14 @@ def dataset_key(evaluator: Any, fingerprint: str | None) -> str | None:
                          "rows": prepared.rows, "shape": list(prepared.shape), "batch_size": evaluator.batch_size,
                          "max_length": evaluator.max_length, "max_samples": evaluator.max_samples,
                          "device": evaluator.device.type, "dtype": str(evaluator.dtype),
-                         "threads": torch.get_num_threads(), "fingerprint": fingerprint},
+                         "threads": torch.get_num_threads()},
                         sort_keys=True, default=str).encode())
-    if isinstance(evaluator.batches, (list, tuple)):
-        for idx, inputs in evaluator.batches:
-            _hash_tensor(h, "rows", idx)
-            for name in sorted(inputs):
-                _hash_tensor(h, name, inputs[name])
-    elif fingerprint is None:
+    if not isinstance(evaluator.batches, (list, tuple)):
         return None
+    for idx, inputs in evaluator.batches:
+        _hash_tensor(h, "rows", idx)
+        for name in sorted(inputs):
+            _hash_tensor(h, name, inputs[name])
     return h.hexdigest()
 
 
