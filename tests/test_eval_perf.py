@@ -235,3 +235,34 @@ def test_logits_cache_reused_by_the_next_process_and_planted_entries_ignored(swe
     os.symlink(target, entries[-1])
     third = run("c")
     assert third["passes"] == 3 and third["scores"] == first["scores"]
+
+
+def test_offloaded_candidates_are_released_before_the_next(sweep, tmp_path, monkeypatch):
+    """Offloaded greedy (`max_memory` below one model): when a candidate is loaded, every model loaded before it
+    is already freed (accelerate's hooks removed, collected), so memory stays flat in K; same decisions as in
+    memory."""
+    import weakref
+
+    import hf_soups.modeling as modeling
+
+    loaded: list[weakref.ref] = []
+    alive_at_load: list[int] = []
+    original = modeling.load_model
+
+    def tracking(*args, **kwargs):
+        alive_at_load.append(sum(r() is not None for r in loaded))
+        model = original(*args, **kwargs)
+        if kwargs.get("device_map"):
+            loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(modeling, "load_model", tracking)
+    refs = sweep["refs"][:4]
+    offloaded = _greedy({"refs": refs, "val": sweep["val"]}, tmp_path, "off",
+                        max_memory={"cpu": "40KB"}, offload_folder=os.fspath(tmp_path / "off-folder"))
+    monkeypatch.setattr(modeling, "load_model", original)
+    in_memory = _greedy({"refs": refs, "val": sweep["val"]}, tmp_path, "mem")
+    assert len(loaded) >= 2 * len(refs) - 1  # every ingredient and candidate went through the offload
+    assert max(alive_at_load) == 0, alive_at_load
+    assert [s["accepted"] for s in offloaded.trace] == [s["accepted"] for s in in_memory.trace]
+    assert list(offloaded.weights) == list(in_memory.weights)

@@ -71,6 +71,7 @@ class OffloadedCandidates:
         from ..merge.engine import merge_to_directory
         from ..modeling import load_model
 
+        gc.collect()  # whatever still referenced the previous candidate (its caller's frame) is gone by now
         target = os.path.join(self.workdir, "candidate")
         shutil.rmtree(target, ignore_errors=True)
         os.makedirs(target)
