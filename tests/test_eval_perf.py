@@ -72,6 +72,7 @@ def test_greedy_early_decisions_equal_full_evaluation(sweep, tmp_path, monkeypat
     stopped = {e["ingredient"] for e in early.trace if e.get("stopped_early")}
     assert bad <= stopped  # the destroyed candidates stopped early (so may rejected close ones)
     assert all(e["examples"] <= n // 2 for e in early.trace if e["ingredient"] in bad)
+    assert "at best" in str(early.card) and "at best" not in str(full.card)  # the card shows a bound as a bound
     evaluated = sum(e["examples"] for e in early.trace[1:])
     assert evaluated < n * (k - 1) == sum(f["examples"] for f in full.trace[1:])
 
@@ -266,3 +267,26 @@ def test_offloaded_candidates_are_released_before_the_next(sweep, tmp_path, monk
     assert max(alive_at_load) == 0, alive_at_load
     assert [s["accepted"] for s in offloaded.trace] == [s["accepted"] for s in in_memory.trace]
     assert list(offloaded.weights) == list(in_memory.weights)
+
+
+def test_logits_cache_is_bounded_least_recently_used_first(monkeypatch):
+    """Beyond HF_SOUPS_LOGIT_CACHE_MB the least recently used entries go (a read counts as a use); what stays reads
+    back bit for bit, and a key never written is a miss."""
+    import time
+
+    from hf_soups.evaluation import logit_cache
+
+    entry = torch.randn(1000, 10)  # ~40 KB each
+    monkeypatch.setenv("HF_SOUPS_LOGIT_CACHE_MB", str(130 / 1024))  # room for three
+    for i in range(3):
+        logit_cache.put(f"k{i}", entry + i)
+        time.sleep(0.02)
+    assert torch.equal(logit_cache.get("k0"), entry)  # k0 is now the most recently used
+    time.sleep(0.02)
+    logit_cache.put("k3", entry + 3)
+    folder = logit_cache.cache_dir()
+    assert sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) <= 130 * 1024
+    assert logit_cache.get("k1") is None  # the least recently used went first
+    assert torch.equal(logit_cache.get("k0"), entry) and torch.equal(logit_cache.get("k3"), entry + 3)
+    assert logit_cache.get("never") is None
+    assert all(os.stat(os.path.join(folder, f)).st_mode & 0o077 == 0 for f in os.listdir(folder))
