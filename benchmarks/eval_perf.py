@@ -93,7 +93,8 @@ def bert_base_sweep(root: str, k: int, full_size: bool) -> list[str]:
         path = os.path.join(root, f"bb{i}")
         if not os.path.exists(os.path.join(path, "config.json")):
             torch.manual_seed(0 if i == 0 else 1000 + i)
-            shape = {} if full_size else dict(hidden_size=256, num_hidden_layers=4, intermediate_size=1024)
+            shape = {} if full_size else dict(hidden_size=256, num_hidden_layers=4, intermediate_size=1024,
+                                                num_attention_heads=4)
             model = BertForSequenceClassification(BertConfig(num_labels=2, **shape))
             if i:  # fine-tunes of one init: the first model plus a small perturbation
                 first = BertForSequenceClassification.from_pretrained(refs[0]).state_dict()
@@ -194,6 +195,9 @@ def worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.worker)
     os.environ["HF_SOUPS_CACHE"] = tempfile.mkdtemp(prefix="eval-perf-cache-")  # a cold cache: no head start
     kind, refs = spec["kind"], spec["refs"]
+    import hf_soups.api  # noqa: F401  (imports are not the measured call's memory or time)
+    import transformers  # noqa: F401
+
     start = time.perf_counter()
     with RssAnon() as mem:
         if kind == "reference":
@@ -244,7 +248,12 @@ def main() -> None:
     if args.worker:
         return worker(args)
     os.makedirs(args.workdir, exist_ok=True)
-    result: dict = {"rounds": args.rounds, "n_held_out": args.n, "load": os.getloadavg(), "cpus": os.cpu_count()}
+    result: dict = {}
+    if os.path.exists(args.output):  # runs of some parts (--only) add to the same file
+        with open(args.output) as f:
+            result = json.load(f)
+    result.setdefault("runs", []).append({"only": args.only, "rounds": args.rounds, "n_held_out": args.n,
+                                          "load_before": os.getloadavg(), "cpus": os.cpu_count()})
     val = val_csv(args.workdir, args.n)
     if "a" in args.only:
         for label, k, weak in (("tiny_fine_tunes_k6", 6, 0), ("k16_half_under_trained", 16, 8)):
