@@ -54,7 +54,7 @@ STAGES: dict[str, str | None] = {
     "guards.py": "resolve", "metas.py": "resolve", "hub/__init__.py": "resolve", "hub/client.py": "resolve",
     "checkpoint/__init__.py": "resolve", "checkpoint/local.py": "resolve", "checkpoint/adapter.py": "resolve",
     # verdict: can these be souped?
-    "preflight.py": "verdict", "compat.py": "verdict", "architecture.py": "verdict",
+    "preflight.py": "verdict", "compat.py": "verdict", "architecture.py": "verdict", "base.py": "verdict",
     "distance.py": "verdict",  # the weight-space init check: warnings of the verdict, read from the opened weights
     # plan: which weights, for which tensors (methods, statistics, held-out selection)
     "merge/__init__.py": "plan", "merge/stats.py": "plan", "recipes/": "plan",

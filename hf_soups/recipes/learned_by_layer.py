@@ -3,7 +3,7 @@ a softmax-normalised weight per ingredient per parameter group (the embeddings, 
 optimised on held-out data with the task's loss.
 
 Memory-light: one soup and its gradient are held, the ingredients are streamed from their checkpoint files
-(`hf_soups.evaluation.learned_stream`), so private memory does not grow with K. The plan carries the learned weights
+(the held-out evaluation's `learn`, `hf_soups.evaluation.learned_stream`), so private memory does not grow with K. The plan carries the learned weights
 per tensor; the recipe records every group's weights (`parameters["groups"]`), and replay is bit for bit.
 """
 
@@ -26,17 +26,10 @@ def learned_by_layer(ctx: MethodContext) -> MethodResult:
     Raises:
         [`EvaluationError`]: no held-out evaluation, or an offloaded one (`max_memory`).
     """
-    from ..evaluation.learned_stream import StreamedSoup, learn_layer_weights
-
     held = ctx.held_out
-    holder = getattr(held, "holder", None)
-    if held is None or holder is None:
+    if held is None or getattr(held, "holder", None) is None:
         raise EvaluationError("method='learned_by_layer' needs held-out data and the model in memory.",
                               fix="pass eval_dataset=..., without EvalSpec(max_memory=...).")
-    soup = StreamedSoup(ctx.plan, ctx.readers, holder, "layer")
-    evaluator = held.evaluator
-    result = learn_layer_weights(soup, held.batches, held.loss, lambda model: evaluator.score(model)[0],
-                                 steps=held.spec.learned_steps, seed=held.seed,
-                                 higher_is_better=held.higher_is_better)
+    result = held.learn(ctx.plan, ctx.readers, "layer")
     plan = ctx.plan.with_tensor_weights({name: result.of(name) for name in result.tensor_groups})
     return MethodResult(plan, result.trace, parameters=result.to_dict())
