@@ -74,6 +74,7 @@ bench-setup: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/merge.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/greedy.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/eval_perf.py --bert-base
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/adapters.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/model_stock.py

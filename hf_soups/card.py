@@ -341,7 +341,9 @@ def render_card(values: CardValues) -> ModelCard:
                   "|---|---|---|---|---|"]
         for k, step in enumerate(trace, 1):
             reason = f": {escape_markdown(step['reason'])}" if step.get("reason") else ""
-            lines.append(f"| {k} | {escape_markdown(step['ingredient'])} | {_fmt(step['score'])} | "
+            early = f"at best {_fmt(step['score'])} (stopped after {int(step.get('examples') or 0)} examples)" \
+                if step.get("stopped_early") else _fmt(step['score'])  # a bound that fails the bar (greedy.py)
+            lines.append(f"| {k} | {escape_markdown(step['ingredient'])} | {early} | "
                          f"{'accepted' if step['accepted'] else 'rejected'}{reason} | {step['soup_size']} |")
     if adapter_export:
         lines += _adapter_lines(adapter_export)

@@ -27,6 +27,12 @@ class Metric:
             array` (e.g. an entity F1's correct/predicted/true counts per sentence), so that the bootstrap sums them
             per resample instead of recomputing the metric; with `from_stats`.
         from_stats (`Callable`, *optional*): the score of summed statistics, `(r, k) array -> (r,) array`.
+        per_example (`Callable`, *optional*): when the metric is the mean of one value per example (accuracy, exact
+            match, squared error), that value, `(predictions, references) -> (n,) array` (numpy or torch). Greedy
+            then bounds the score a partly evaluated candidate can still reach and stops evaluating it once it
+            cannot reach the bar (see `Evaluator.score_against`); `None` (F1, Pearson): always evaluated in full.
+        per_example_range (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`): the smallest and largest
+            value `per_example` can give (`math.inf` when unbounded, e.g. squared error's upper end).
     """
 
     name: str
@@ -35,6 +41,8 @@ class Metric:
     higher_is_better: bool = True
     unit_stats: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
     from_stats: Callable[[Any], Any] | None = field(default=None, compare=False)
+    per_example: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    per_example_range: tuple[float, float] = field(default=(0.0, 1.0), compare=False)
 
     def better(self, a: float, b: float) -> bool:
         """Whether score `a` is strictly better than `b` in this metric's direction."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import EvaluationError
+from . import logit_cache
 from .data import as_eval_dataset, untransformed
 from .device import autocast, default_batch_size, input_device, resolve_eval_device, resolve_eval_dtype
 from .metrics import Metric, resolve_metric
@@ -124,6 +125,9 @@ class Evaluator:
         self.dtype = resolve_eval_dtype(dtype)
         self.batch_size = default_batch_size(self.device, batch_size)
         self.evaluations = 0
+        self.cache_hits = 0  # models whose logits came from the on-disk cache (see `logit_cache`)
+        self.max_length, self.max_samples = max_length, max_samples
+        self._dataset_key: str | None | bool = False  # computed on first use
         self.inputs_vary = False  # set once a model gives different logits on different examples of this set
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
@@ -176,32 +180,150 @@ class Evaluator:
         was asked for); the logits are copied back to the CPU once per evaluation. Under `accelerate launch`, each
         process computes its share of the batches on its own device and the logits are summed across processes
         (each example is computed by exactly one), so every process returns the full logits.
+
+        Logits of a model in memory are kept in the on-disk cache of `hf_soups.evaluation.logit_cache`, keyed by the
+        model's tensors and this evaluation set: a model already scored here (an ingredient, the greedy soup) is
+        not run again, in this process or the next.
         """
+        key = self._cache_key(model)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        logits = self._run(model)[0]
+        if key is not None:
+            logit_cache.put(key, logits)
+        return logits
+
+    def _cache_key(self, model: Any) -> str | None:
+        from .distributed import is_distributed
+
+        if logit_cache.cache_dir() is None or is_distributed():
+            return None
+        if self._dataset_key is False:
+            self._dataset_key = logit_cache.dataset_key(self)
+        if self._dataset_key is None:
+            return None
+        digest = logit_cache.model_digest(model)
+        return None if digest is None else f"{digest}:{self._dataset_key}"
+
+    def _cached(self, key: str | None) -> torch.Tensor | None:
+        logits = logit_cache.get(key) if key is not None else None
+        if logits is None or tuple(logits.shape) != (self.prepared.rows, *self.prepared.shape):
+            return None
+        self.cache_hits += 1
+        if not self.inputs_vary and len(logits) > 1 and bool(torch.isfinite(logits).all()) \
+                and not _collapsed(logits):
+            self.inputs_vary = True
+        return logits
+
+    def _run(self, model: Any, stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
+             every: int = 1) -> tuple[torch.Tensor, int, bool]:
+        """The forward passes of [`logits`]; with `stop`, called every `every` batches with the logits so far and
+        the rows they fill, the passes end as soon as it returns `True`. Returns `(logits, rows computed, stopped)`
+        (a stopped run's logits are zero on the rows not computed)."""
         from .distributed import sum_across
 
         model = self.place(model)
         model.eval()
         device = input_device(model)
         start = time.perf_counter()
-        indices, outputs = [], []
+        indices: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        done: list[torch.Tensor] = []
         shape = self.prepared.shape
+        out = torch.zeros(self.prepared.rows, *shape)
+        stopped = False
         with torch.inference_mode(), autocast(device, self.dtype):
-            for idx, inputs in self._inputs(device):
+            for b, (idx, inputs) in enumerate(self._inputs(device)):
                 output = self.task_impl.output(model(**inputs))
                 if output.dim() > 2 and output.shape[1] < shape[0]:  # per-token outputs: padded to the widest batch
                     output = torch.nn.functional.pad(output, (0, 0, 0, shape[0] - output.shape[1]))
                 outputs.append(output)
                 indices.append(idx)
                 del inputs  # (image batches: preprocessed per batch, so only one is alive at a time)
-        out = torch.zeros(self.prepared.rows, *shape)
-        if outputs:
-            out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
+                if stop is not None and (b + 1) % every == 0:
+                    _fill(out, indices, outputs)
+                    done += indices
+                    indices, outputs = [], []
+                    if stop(out, torch.cat(done)):
+                        stopped = True
+                        break
+        _fill(out, indices, outputs)
+        done += indices
         self.forward_seconds += time.perf_counter() - start
         self.evaluations += 1
+        computed = sum(len(i) for i in done)
+        if stopped:
+            return out, computed, True
         out = sum_across(out)
         if not self.inputs_vary and len(out) > 1 and bool(torch.isfinite(out).all()) and not _collapsed(out):
             self.inputs_vary = True
-        return out
+        return out, computed, False
+
+    @property
+    def decides_early(self) -> bool:
+        """Whether [`score_against`] can stop a candidate early: the metric is a mean of per-example values (see
+        `Metric.per_example`), each output row is one example, and one process computes them all."""
+        from .distributed import is_distributed
+
+        return (self.metric.per_example is not None and self.prepared.rows == len(self.references)
+                and not is_distributed())
+
+    def score_against(self, model: Any, bar: float, *, strict: bool = False
+                      ) -> tuple[float | None, torch.Tensor | None, int, float | None]:
+        """Score `model` against `bar`, stopping as soon as its score is certain to fail it.
+
+        For a metric that is a mean of per-example values in `[lo, hi]` ([`decides_early`]), the length-sorted
+        batches run in about 20 chunks; after each, the best score the model can still reach (every remaining
+        example at `hi`, or `lo` for a lower-is-better metric) is compared with `bar`. When it is worse than `bar`
+        (by more than a rounding margin, so a score that would tie is always evaluated in full), the model cannot
+        pass (`score >= bar`, or `>` with `strict`) and the evaluation stops. Otherwise (and for every other metric)
+        the score is exactly [`score`]'s.
+
+        Returns:
+            `tuple`: `(score, logits, examples evaluated, None)` when evaluated in full; `(None, None, examples
+            evaluated, best reachable score)` when stopped early. Only the logits of a model that passes the bar
+            go to the logits cache (a rejected candidate is not scored again).
+        """
+        import math
+
+        import numpy as np
+
+        metric = self.metric
+        lo, hi = metric.per_example_range
+        reach_end = hi if metric.higher_is_better else lo
+        total = len(self.references)
+        if not self.decides_early or not math.isfinite(reach_end) or not math.isfinite(bar) or total == 0:
+            logits = self.logits(model)
+            return self.score_logits(logits), logits, total, None
+        key = self._cache_key(model)
+        cached = self._cached(key)
+        if cached is not None:
+            return self.score_logits(cached), cached, total, None
+        margin = 1e-9 * max(1.0, abs(bar))
+        reached: list[float] = []
+
+        def stop(out: torch.Tensor, rows: torch.Tensor) -> bool:
+            if len(rows) >= total:  # every example is in: the exact score decides
+                return False
+            predictions = self.predictions(out)
+            take = rows if isinstance(predictions, torch.Tensor) else rows.numpy()
+            refs = self.references[rows] if isinstance(self.references, torch.Tensor) else self.references[rows.numpy()]
+            values = np.asarray(metric.per_example(predictions[take], refs), dtype=np.float64)
+            reach = (float(values.sum()) + (total - len(rows)) * reach_end) / total
+            reached[:] = [reach]
+            return reach < bar - margin if metric.higher_is_better else reach > bar + margin
+
+        every = max(1, math.ceil(len(self.batches) / 20))
+        logits, computed, stopped = self._run(model, stop, every)
+        if stopped:
+            return None, None, computed, reached[0]
+        score = self.score_logits(logits)
+        sign = 1.0 if metric.higher_is_better else -1.0
+        passes = sign * score > sign * bar if strict else sign * score >= sign * bar
+        if key is not None and passes:  # a candidate that joins the soup is kept (the last one is the soup)
+            logit_cache.put(key, logits)
+        return score, logits, total, None
 
     def problem(self, logits: torch.Tensor) -> str | None:
         """Why `logits` from this evaluator are degenerate, or `None` (see [`logit_problem`]); collapse counts only
@@ -210,7 +332,10 @@ class Evaluator:
 
     def score_logits(self, logits: torch.Tensor, metric: Metric | None = None) -> float:
         """The metric (this evaluator's, or `metric`) of the task's predictions against the references."""
-        return (metric or self.metric)(_plain(self.predictions(logits)), _plain(self.references))
+        metric = metric or self.metric
+        if metric.per_example is not None:  # a native mean of per-example values reads the tensors as they are
+            return metric(self.predictions(logits), self.references)
+        return metric(_plain(self.predictions(logits)), _plain(self.references))
 
     def scores(self, logits: torch.Tensor) -> dict[str, float]:
         """Every native metric of the task (the default one and those reported beside it) of `logits`."""
@@ -229,6 +354,12 @@ class Evaluator:
         """`(metric, logits)` of `model`."""
         logits = self.logits(model)
         return self.score_logits(logits), logits
+
+
+def _fill(out: torch.Tensor, indices: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+    """Copy the batches' `outputs` into the rows `indices` of `out` (on the CPU), with one transfer."""
+    if outputs:
+        out[torch.cat(indices)] = torch.cat([o.to(outputs[0].device) for o in outputs]).cpu()
 
 
 def _plain(values: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,20 @@ from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
 from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import paired_bootstrap, separation_warning
 
-__all__ = ["Chosen", "HeldOutEvaluation", "choose_weights"]
+__all__ = ["Chosen", "HeldOutEvaluation", "choose_weights", "release_model"]
+
+
+def release_model(model: Any) -> None:
+    """Remove accelerate's dispatch hooks from a dispatched/offloaded `model` (they hold its offloaded weights and
+    references back to the model), so that dropping the last reference frees it without waiting for the garbage
+    collector."""
+    if getattr(model, "hf_device_map", None) is None:
+        return
+    try:
+        from accelerate.hooks import remove_hook_from_submodules
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return
+    remove_hook_from_submodules(model)
 
 
 class OffloadedCandidates:
@@ -47,30 +60,32 @@ class OffloadedCandidates:
         self.workdir = tempfile.mkdtemp(prefix="hf-soups-greedy-")
         self.offload_folder = offload_folder or os.path.join(self.workdir, "offload")
 
-    def _evaluate_dir(self, directory: str) -> tuple[float, torch.Tensor]:
-        from ..modeling import load_model
-
-        model = load_model(directory, trust_remote_code=self.trust_remote_code, device_map="auto",
-                           max_memory=self.max_memory, offload_folder=self.offload_folder, dtype=torch.float32)
-        try:
-            return self.evaluator.score(model)
-        finally:
-            del model
-
-    def score_plan(self, plan: MergePlan, evaluator: Evaluator) -> tuple[float, torch.Tensor]:
-        """Write the soup `plan` describes to a temporary checkpoint and score it through accelerate's offload."""
+    @contextlib.contextmanager
+    def load_plan(self, plan: MergePlan) -> Iterator[Any]:
+        """Write the soup `plan` describes to a temporary checkpoint and load it through accelerate's offload; the
+        model is released when the block ends (accelerate's hooks removed, `del`, `gc.collect()`), so memory does
+        not grow with the number of candidates."""
+        import gc
         import shutil
 
         from ..merge.engine import merge_to_directory
+        from ..modeling import load_model
 
-        self.evaluator = evaluator
+        gc.collect()  # whatever still referenced the previous candidate (its caller's frame) is gone by now
         target = os.path.join(self.workdir, "candidate")
         shutil.rmtree(target, ignore_errors=True)
         os.makedirs(target)
         merge_to_directory(plan, self.readers, target, progress=False)
         copy_companion_files(self.ingredients[0].local_dir or "", target, ingredient=self.ingredients[0].name,
                              names=("config.json",))
-        return self._evaluate_dir(target)
+        model = load_model(target, trust_remote_code=self.trust_remote_code, device_map="auto",
+                           max_memory=self.max_memory, offload_folder=self.offload_folder, dtype=torch.float32)
+        try:
+            yield model
+        finally:
+            release_model(model)
+            del model
+            gc.collect()
 
     def __enter__(self) -> OffloadedCandidates:
         return self
@@ -121,16 +136,33 @@ class HeldOutEvaluation:
         self._states: list[dict[str, Any]] | None = None
         self._ranked: list[float] = []
 
-    def score(self, plan: MergePlan) -> Trial:
-        value, logits = self._score_plan(plan, self.evaluator)
-        return Trial(value, self.evaluator.problem(logits))
+    def score(self, plan: MergePlan, bar: float | None = None) -> Trial:
+        by = self.evaluator
+        if bar is None:
+            value, logits = self._score_plan(plan, by)
+            return Trial(value, by.problem(logits), examples=len(by))
+        with self._model(plan) as model:
+            value, logits, examples, reach = by.score_against(model, bar, strict=self.spec.strict)
+        if value is None or logits is None:
+            return Trial(float(reach if reach is not None else bar), examples=examples, stopped_early=True)
+        full = None if by.decides_early else (f"{by.metric.name} is not a mean of per-example values: every "
+                                              "candidate is evaluated on every example")
+        return Trial(value, by.problem(logits), examples=examples, full_reason=full)
 
-    def _score_plan(self, plan: MergePlan, by: Evaluator) -> tuple[float, torch.Tensor]:
+    @contextlib.contextmanager
+    def _model(self, plan: MergePlan) -> Iterator[Any]:
+        """The soup `plan` describes as a model: computed into the skeleton, or loaded through the offload."""
         if self.offload is not None:
-            return self.offload.score_plan(plan, by)
+            with self.offload.load_plan(plan) as model:
+                yield model
+            return
         if self.holder is None:
             raise EvaluationError("no model to score candidates with.", fix="report this bug.")
-        return by.score(self.holder.load_plan(plan, self.readers))
+        yield self.holder.load_plan(plan, self.readers)
+
+    def _score_plan(self, plan: MergePlan, by: Evaluator) -> tuple[float, torch.Tensor]:
+        with self._model(plan) as model:
+            return by.score(model)
 
     @property
     def model(self) -> Any:

@@ -7,6 +7,7 @@ definition: the fraction of exact matches), so offline runs work; every other na
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,12 +16,23 @@ import numpy as np
 from ..errors import EvaluationError
 from ..metric_spec import Metric, UserCallableMetric, callable_name, metric_record
 
-__all__ = ["Metric", "UserCallableMetric", "callable_name", "metric_record", "resolve_metric"]
+__all__ = ["Metric", "UserCallableMetric", "accuracy_metric", "callable_name", "metric_record", "resolve_metric"]
 
 
 def _native_accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
     p, r = np.asarray(predictions), np.asarray(references)
     return float((p == r).mean()) if len(r) else 0.0
+
+
+def _correct(predictions: Any, references: Any) -> np.ndarray:
+    """1.0 per example whose prediction is its reference (accuracy is their mean)."""
+    return (np.asarray(predictions) == np.asarray(references)).astype(np.float64)
+
+
+def accuracy_metric() -> Metric:
+    """The native accuracy: the fraction of exact matches, a mean of per-example values (see `Metric.per_example`),
+    computed with numpy on the predictions as they are (no scikit-learn, no `evaluate.load`)."""
+    return Metric("accuracy", _native_accuracy, "accuracy", per_example=_correct)
 
 
 #: `evaluate` metrics whose lower values are better.
@@ -72,19 +84,24 @@ def resolve_metric(metric: Any = "accuracy", task: Any = None) -> Metric:
             "replay.",
             fix="pass the callable again: metric=<the function> (soup.evaluate(..., metric=f), "
                 "soup_from_hub(..., eval_spec=EvalSpec(metric=f))), or use a metric name evaluate.load can load.")
-    try:
-        import evaluate
-    except ImportError:  # pragma: no cover - evaluate is a dependency
-        evaluate = None
     inputs = task.evaluate_inputs if task is not None else _label_ids
-    if evaluate is not None and isinstance(metric, evaluate.EvaluationModule):
-        return _from_module(metric, inputs=inputs)
     if isinstance(metric, str):
-        native = task.metrics() if task is not None else {"accuracy": Metric("accuracy", _native_accuracy, "accuracy")}
+        native = task.metrics() if task is not None else {"accuracy": accuracy_metric()}
         if metric == "accuracy" and not os.path.exists(metric):  # the library default: the task's default metric
             return next(iter(native.values()))
         if metric in native and not os.path.exists(metric):
             return native[metric]
+    # `evaluate` (and the scipy/scikit-learn its modules pull in) is imported only for a metric it serves: an
+    # EvaluationModule instance means it is imported already, and a name that is not native is loaded through it
+    evaluate = sys.modules.get("evaluate")
+    if evaluate is not None and isinstance(metric, getattr(evaluate, "EvaluationModule", ())):
+        return _from_module(metric, inputs=inputs)
+    if isinstance(metric, str):
+        try:
+            import evaluate
+        except ImportError:  # pragma: no cover - evaluate is a dependency
+            raise EvaluationError(f"cannot load metric '{metric}': the evaluate package is not installed.",
+                                  fix="pip install evaluate, or pass 'accuracy'.") from None
         try:
             return _from_module(evaluate.load(metric), metric, inputs)
         except Exception as e:

@@ -38,25 +38,26 @@ def greedy_soup(ctx: MethodContext) -> MethodResult:
     def onehot(members: Sequence[int]) -> list[float]:
         return [1.0 if i in members else 0.0 for i in range(ctx.k)]
 
-    def score_with(members: list[int], candidate: int) -> Trial:
-        return held_out.score(ctx.plan.with_weights(onehot([*members, candidate])))
+    def score_with(members: list[int], candidate: int, bar: float) -> Trial:
+        return held_out.score(ctx.plan.with_weights(onehot([*members, candidate])), bar=bar)
 
     accepted, trace = greedy_select(ctx.names, held_out.scores, score_with, strict=held_out.spec.strict,
                                     progress=ctx.progress, problems=held_out.problems,
-                                    higher_is_better=held_out.higher_is_better)
+                                    higher_is_better=held_out.higher_is_better, bounded=True)
     return MethodResult(ctx.plan.with_weights(onehot(accepted)), trace, warnings=degenerate_steps(trace))
 
 
 def greedy_select(
     names: Sequence[str],
     scores: Sequence[float],
-    score_with: Callable[[list[int], int], float | Trial],
+    score_with: Callable[..., float | Trial],
     *,
     accept: Callable[[int], None] | None = None,
     strict: bool = False,
     progress: Callable[[], None] | None = None,
     problems: Sequence[str | None] | None = None,
     higher_is_better: bool = True,
+    bounded: bool = False,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run the greedy recipe.
 
@@ -69,7 +70,9 @@ def greedy_select(
         names (`Sequence[str]`): ingredient names, for the trace.
         scores (`Sequence[float]`): individual held-out scores.
         score_with (`Callable[[list[int], int], float | Trial]`): the held-out score (or [`Trial`]) of the uniform
-            soup of the accepted ingredients plus one candidate.
+            soup of the accepted ingredients plus one candidate; with `bounded`, called with the bar (the current
+            best score) as a third argument, and it may return a [`Trial`] `stopped_early` once the soup cannot
+            reach the bar (rejected, exactly as its full score would have been).
         accept (`Callable[[int], None]`, *optional*): called when a candidate joins the soup (e.g. to keep a
             candidate).
         strict (`bool`, *optional*, defaults to `False`): accept only strict improvements.
@@ -78,10 +81,14 @@ def greedy_select(
             they are not).
         higher_is_better (`bool`, *optional*, defaults to `True`): the metric's direction; with `False` (e.g. MSE)
             ingredients are ranked lowest first and "does not drop" means "does not rise".
+        bounded (`bool`, *optional*, defaults to `False`): pass the bar to `score_with` (early decisions).
 
     Returns:
         `tuple[list[int], list[dict]]`: accepted ingredient indices, and the trace (one entry per candidate with
-        `ingredient`, `score`, `accepted`, `soup_size`, and `reason` when it was rejected as degenerate).
+        `ingredient`, `score`, `accepted`, `soup_size`, and `reason` when it was rejected as degenerate; for a
+        scored trial that reports them, `examples` evaluated, and either `stopped_early` (its `score` is then the
+        best score it could still have reached, which already fails the bar) or `evaluated_in_full` saying why the
+        metric allows no early decision).
 
     Raises:
         [`EvaluationError`]: every ingredient's outputs are degenerate.
@@ -104,21 +111,31 @@ def greedy_select(
         progress()
     for i in order[1:]:
         if problems[i] is not None:
+            trial = Trial(scores[i])
             score: float = scores[i]
             problem: str | None = f"the ingredient alone gives {problems[i]}"
         else:
-            result = score_with(list(accepted), i)
-            score, problem = (result.score, result.problem) if isinstance(result, Trial) else (result, None)
+            result = score_with(list(accepted), i, best_score) if bounded else score_with(list(accepted), i)
+            trial = result if isinstance(result, Trial) else Trial(result)
+            score, problem = trial.score, trial.problem
             problem = f"the soup with it gives {problem}" if problem is not None else None
-        ok = problem is None and (sign * score > sign * best_score if strict else sign * score >= sign * best_score)
+        ok = problem is None and not trial.stopped_early and (
+            sign * score > sign * best_score if strict else sign * score >= sign * best_score)
         if ok:
             accepted.append(i)
             best_score = score
             if accept:
                 accept(i)
-        entry: dict[str, Any] = {"ingredient": names[i], "score": score, "accepted": ok, "soup_size": len(accepted)}
+        entry: dict[str, Any] = {"ingredient": names[i], "score": score,
+                                 "accepted": ok, "soup_size": len(accepted)}
         if problem is not None:
             entry["reason"] = problem
+        if trial.examples is not None:
+            entry["examples"] = trial.examples
+        if trial.stopped_early:
+            entry["stopped_early"] = True
+        elif trial.full_reason is not None:
+            entry["evaluated_in_full"] = trial.full_reason
         trace.append(entry)
         if progress:
             progress()

@@ -60,10 +60,23 @@ __all__ = ["Trial", "Needs", "HeldOut", "MethodContext", "MethodResult", "as_res
 @dataclass(frozen=True)
 class Trial:
     """The outcome of scoring one trial soup: its held-out score and, when its outputs are degenerate (non-finite,
-    absurdly large, or the same for every example), why; such a trial is rejected whatever its score."""
+    absurdly large, or the same for every example), why; such a trial is rejected whatever its score.
+
+    Attributes:
+        score (`float`): the held-out score; when `stopped_early`, the best score the soup could still have reached
+            (a bound that fails the bar, not the score).
+        problem (`str`, *optional*): why the outputs are degenerate.
+        examples (`int`, *optional*): the examples evaluated (`None`: not reported).
+        stopped_early (`bool`): the evaluation stopped once the soup could no longer reach the bar it was given.
+        full_reason (`str`, *optional*): why a soup given a bar was evaluated in full whatever its score (the
+            metric is not a mean of per-example values, e.g. F1 or Pearson's r).
+    """
 
     score: float
     problem: str | None = None
+    examples: int | None = None
+    stopped_early: bool = False
+    full_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,10 @@ class HeldOut(Protocol):
     spec: Any  # the `EvalSpec` (typed loosely: recipe.py validates methods through this registry)
     seed: int
 
-    def score(self, plan: MergePlan) -> Trial:
-        """The held-out score of the soup `plan` describes (and why its outputs are degenerate, if they are)."""
+    def score(self, plan: MergePlan, bar: float | None = None) -> Trial:
+        """The held-out score of the soup `plan` describes (and why its outputs are degenerate, if they are). With
+        `bar`, the evaluation may stop as soon as the soup is certain to fail it (`spec.strict`'s comparison in the
+        metric's direction): the trial is then `stopped_early` (see `Evaluator.score_against`)."""
 
     # with Needs(gradients=True) only:
     model: Any

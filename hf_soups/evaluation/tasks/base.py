@@ -266,11 +266,14 @@ def num_labels_of(config: Mapping[str, Any]) -> int:
 
 
 def metric(name: str, compute: Callable[[Any, Any], float], higher_is_better: bool = True,
-           stats: tuple[Callable[[Any, Any], Any], Callable[[Any], Any]] | None = None) -> Metric:
+           stats: tuple[Callable[[Any, Any], Any], Callable[[Any], Any]] | None = None,
+           per_example: Callable[[Any, Any], Any] | None = None,
+           per_example_range: tuple[float, float] = (0.0, 1.0)) -> Metric:
     """A native [`Metric`] named `name` (recorded and replayed by that name); `stats` are its additive per-unit
-    statistics and their score, for a vectorised bootstrap (see [`Metric`])."""
+    statistics and their score, for a vectorised bootstrap; `per_example` (with its range) when the metric is the
+    mean of one value per example, for greedy's early decisions (see [`Metric`])."""
     unit_stats, from_stats = stats if stats is not None else (None, None)
-    return Metric(name, compute, name, higher_is_better, unit_stats, from_stats)
+    return Metric(name, compute, name, higher_is_better, unit_stats, from_stats, per_example, per_example_range)
 
 
 def read_column(raw: Any, column: str, name: str, expected: str) -> list[Any]:

@@ -9,7 +9,7 @@ import torch
 
 from ..data import IMAGE_COLUMNS, LABEL_COLUMNS, check_labels, find_column, model_id2label
 from ..images import image_batches
-from ..metrics import Metric, _native_accuracy
+from ..metrics import Metric, accuracy_metric
 from .base import Columns, Prepared, Task, num_labels_of, register_task
 
 __all__ = ["ImageClassification"]
@@ -51,4 +51,4 @@ class ImageClassification(Task):
         return Prepared(batches, len(references), (num_labels_of(self.config),), targets=references)
 
     def metrics(self) -> dict[str, Metric]:
-        return {"accuracy": Metric("accuracy", _native_accuracy, "accuracy")}
+        return {"accuracy": accuracy_metric()}

@@ -84,7 +84,8 @@ class MultiLabel(SequenceTask):
         rows_equal = (lambda p, r: scores.mean_stats((np.asarray(p, dtype=bool) == np.asarray(r, dtype=bool))
                                                      .all(axis=-1)), scores.mean_from_stats)
         return {"micro_f1": metric("micro_f1", scores.micro_f1, stats=(scores.multi_hot_stats, scores.f1_from_stats)),
-                "exact_match": metric("exact_match", scores.exact_match_rows, stats=rows_equal)}
+                "exact_match": metric("exact_match", scores.exact_match_rows, stats=rows_equal,
+                                      per_example=scores.rows_equal)}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
         return {"predictions": [[int(v) for v in p] for p in predictions],

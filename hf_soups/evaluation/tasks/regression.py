@@ -55,7 +55,8 @@ class Regression(SequenceTask):
                    scores.mean_from_stats)
         return {"pearsonr": metric("pearsonr", scores.pearsonr, stats=(scores.moment_stats, scores.pearson_from_stats)),
                 "spearmanr": metric("spearmanr", scores.spearmanr),
-                "mse": metric("mse", scores.mse, higher_is_better=False, stats=squared)}
+                "mse": metric("mse", scores.mse, higher_is_better=False, stats=squared,
+                              per_example=scores.squared_errors, per_example_range=(0.0, math.inf))}
 
     def evaluate_inputs(self, predictions: Any, references: Any) -> dict[str, Any]:
         return {"predictions": [float(p) for p in predictions], "references": [float(r) for r in references]}

@@ -62,6 +62,18 @@ def exact_match_rows(predictions: Any, references: Any) -> float:
     return float((p == r).all(axis=-1).mean()) if len(r) else 0.0
 
 
+def rows_equal(predictions: Any, references: Any) -> np.ndarray:
+    """1.0 per row whose every label is right ([`exact_match_rows`] is their mean)."""
+    p, r = np.asarray(predictions, dtype=bool), np.asarray(references, dtype=bool)
+    return (p == r).all(axis=-1).astype(np.float64)
+
+
+def squared_errors(predictions: Any, references: Any) -> np.ndarray:
+    """The squared error of each example ([`mse`] is their mean)."""
+    p, r = np.asarray(predictions, dtype=np.float64), np.asarray(references, dtype=np.float64)
+    return (p - r) ** 2
+
+
 _TAG = re.compile(r"^(O|[BIES]-.+)$")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..data import LABEL_COLUMNS, check_labels, find_column, model_id2label
-from ..metrics import Metric, _native_accuracy
+from ..metrics import Metric, accuracy_metric
 from .base import Columns, Prepared, Task, num_labels_of, register_task
 from .pairs import find_text_columns, texts
 
@@ -74,4 +74,4 @@ class TextClassification(SequenceTask):
         return torch.tensor(check_labels(raw, found["label"], model_id2label(self.config), name))
 
     def metrics(self) -> dict[str, Metric]:
-        return {"accuracy": Metric("accuracy", _native_accuracy, "accuracy")}
+        return {"accuracy": accuracy_metric()}
