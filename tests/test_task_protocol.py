@@ -141,6 +141,8 @@ def test_toy_task_evaluates_a_soup_with_intervals_and_appears_in_the_card(toy_ta
     assert (interval.value, interval.low, interval.high) == pytest.approx((expected, low, high))
     assert low < expected < high
 
+    assert "type: balanced_accuracy" not in open(os.path.join(soup.output_dir, "README.md"), encoding="utf-8").read()
+    soup = soup.with_evaluation(report)  # (evaluate changes nothing: the evaluated soup's card shows the report)
     card = open(os.path.join(soup.output_dir, "README.md"), encoding="utf-8").read()
     assert f"pipeline_tag: {_TAG}" in card and f"type: {_TAG}" in card  # front matter and model-index task
     assert "type: balanced_accuracy" in card
