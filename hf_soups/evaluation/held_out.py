@@ -93,6 +93,7 @@ class Chosen:
     warnings: list[str] = field(default_factory=list)
     spec: EvalSpec | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
 
 
 def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder: ModelHolder) -> list[dict[str, Any]]:
@@ -258,4 +259,4 @@ def choose_weights(
         held.problems = [evaluators[i].problem(own_logits[i]) for i in range(k)]
         result = as_result(entry.fn(dataclasses.replace(ctx, held_out=held, progress=bar.update)), method)
     return Chosen(result.plan, result.trace, {**score_map, **result.scores}, held.evaluator,
-                  warnings + result.warnings, spec, result.parameters)
+                  warnings + result.warnings, spec, result.parameters, result.inputs)
