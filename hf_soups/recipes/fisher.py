@@ -39,8 +39,9 @@ def fisher(ctx: MethodContext) -> MethodResult:
         [`EvaluationError`]: no held-out evaluation, an offloaded one (`max_memory`), or a task other than
             single-label classification.
     """
-    from safetensors.torch import save_file
+    import torch
 
+    from ..checkpoint.writer import ShardedSafetensorsWriter
     from ..evaluation.fisher import fisher_merge
 
     held = ctx.held_out
@@ -55,8 +56,12 @@ def fisher(ctx: MethodContext) -> MethodResult:
     with fisher_merge(ctx.plan, readers, holder, held.batches, held.evaluator.task_impl, weights=ctx.plan.weights, names=ctx.names,
                       max_examples=cap, workdir=ctx.workdir) as soup:
         uniform = set(soup.uniform)
-        merged = {name: t.contiguous() for name, t in soup.tensors() if name not in uniform}
-        save_file(merged, os.path.join(directory, "model.safetensors"))
+        merged = [tp.name for tp in ctx.plan.tensors if tp.average and tp.name not in uniform]
+        # streamed into the private checkpoint one tensor at a time (never a second model in memory)
+        writer = ShardedSafetensorsWriter(directory, [(n, torch.float32, ctx.plan.tensor(n).shape) for n in merged])
+        for name in merged:
+            writer.write(name, soup.tensor(name), start=0)
+        writer.close()
         examples, zero = soup.examples, {k: len(v) for k, v in soup.zero.items()}
     index = ctx.plan.num_inputs
     plan = ctx.plan.with_private_inputs(1).with_sources({name: index for name in merged})
@@ -64,5 +69,4 @@ def fisher(ctx: MethodContext) -> MethodResult:
     parameters = {"examples": examples, "max_examples": cap, "batch_size": held.evaluator.batch_size,
                   "fisher_tensors": len(merged),
                   "uniform_tensors": sorted(uniform), "zero_gradient": zero}
-    del merged
     return MethodResult(plan, inputs=[directory], parameters=parameters)
