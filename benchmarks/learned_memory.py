@@ -5,11 +5,15 @@ the end, the growth over that start reported, also as a multiple of one fp32 mod
 
 - `learned_by_layer`: `evaluation/learned_stream.py`, one weight per ingredient per layer group, ingredients streamed
   from their memory-mapped safetensors files;
-- `learned_streamed`: the same optimiser with one group (the per-model learned soup on the memory-light path);
-- `learned_in_memory`: today's `recipes/learned.py` path (every ingredient's fp32 state in memory, autograd through
-  their sum), only where K models fit in `--in-memory-limit-gb`;
-- `fisher`: `evaluation/fisher.py`'s Fisher-weighted merge (running buffers memory-mapped), against `uniform`: the
-  engine's uniform soup written to disk; both wall times reported.
+- `learned`: `method="learned"` as registered today: the same optimiser with one group (the per-model learned soup
+  on the memory-light path; called `learned_streamed` in runs measured before it became the method's path);
+- `learned_in_memory`: the earlier `method="learned"` path (`recipes/learned.learn_weights`: every ingredient's fp32
+  state in memory, autograd through their sum), only where K models fit in `--in-memory-limit-gb`;
+- `fisher`: the registered `method="fisher"` (`recipes/fisher.py`: the Fisher-weighted merge of
+  `evaluation/fisher.py`, its merged tensors streamed into a private checkpoint) and the engine writing the soup
+  from it, against `uniform`: the engine's uniform soup written to disk; both wall times reported.
+
+`--only` re-measures some contenders and keeps the other runs already in `--out` (each run carries its load).
 
 The model is BERT-base-shaped by default (hidden 768, 12 layers, vocab 30522: 110M parameters, 418 MiB fp32),
 randomly initialised and perturbed per ingredient, saved as safetensors; the held-out set is synthetic sentences.
@@ -36,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GOAL = 4.0  # growth <= 4x one model, flat in K
-CONTENDERS = ("learned_by_layer", "learned_streamed", "learned_in_memory", "fisher", "uniform")
+CONTENDERS = ("learned_by_layer", "learned", "learned_in_memory", "fisher", "uniform")
 
 
 def prepare(work: str, k: int, hidden: int, layers: int) -> list[str]:
@@ -104,13 +108,20 @@ def measure(contender: str, paths: list[str], steps: int, examples: int) -> dict
             merge_to_directory(plan, readers, out, progress=False)
     else:
         holder = ModelHolder(paths[0], config, device="cpu")
-        if contender == "fisher":
-            from hf_soups.evaluation.fisher import fisher_merge
+        if contender == "fisher":  # the registered method, then the engine reading its private input
+            from types import SimpleNamespace
 
-            with fisher_merge(plan, readers, holder, evaluator.batches, evaluator.task_impl) as soup:
-                for _name, _tensor in soup.tensors():
-                    pass
-                extra = {"examples": soup.examples, "memmapped": soup.memmapped}
+            from hf_soups.merge.engine import merge_to_directory
+            from hf_soups.recipes import EvalSpec, MethodContext
+            from hf_soups.recipes.fisher import fisher
+
+            held = SimpleNamespace(holder=holder, batches=evaluator.batches, evaluator=evaluator, spec=EvalSpec())
+            with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
+                ctx = MethodContext(names=tuple(paths), plan=plan, readers=readers, held_out=held, workdir=work)
+                result = fisher(ctx)
+                private = [open_checkpoint(d) for d in result.inputs]
+                merge_to_directory(result.plan, [*readers, *private], out, progress=False)
+            extra = {"examples": result.parameters["examples"]}
         elif contender == "learned_in_memory":
             from hf_soups.evaluation.held_out import _learned_states
             from hf_soups.recipes.learned import learn_weights
@@ -123,7 +134,7 @@ def measure(contender: str, paths: list[str], steps: int, examples: int) -> dict
         else:
             from hf_soups.evaluation.learned_stream import StreamedSoup, learn_layer_weights
 
-            groups = "layer" if contender == "learned_by_layer" else "model"
+            groups = "layer" if contender == "learned_by_layer" else "model"  # learned: one group
             soup = StreamedSoup(plan, readers, holder, groups)
             result = learn_layer_weights(soup, evaluator.batches, evaluator.loss,
                                          lambda m: evaluator.score(m)[0], steps=steps)
@@ -147,7 +158,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--in-memory-limit-gb", type=float, default=4.0)
-    parser.add_argument("--fisher-k", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--fisher-k", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS,
+                        help="measure only these contenders (at --k / --fisher-k); keep the other runs in --out")
     parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".work",
                                                        "learned_memory"))
     parser.add_argument("--out", default=os.path.join(RESULTS, "learned_memory.json"))
@@ -164,17 +177,23 @@ def main() -> None:
     model_mib = os.path.getsize(os.path.join(paths[0], "model.safetensors")) / 2**20
     plan: list[tuple[str, int]] = []
     for k in sorted(args.k):
-        plan += [("learned_by_layer", k), ("learned_streamed", k)]
+        plan += [("learned_by_layer", k), ("learned", k)]
         if k * model_mib / 1024 <= args.in_memory_limit_gb:
             plan.append(("learned_in_memory", k))
     fisher = [(c, k) for k in sorted(args.fisher_k) for c in ("fisher", "uniform")]
     plan = plan[:-2] + fisher + plan[-2:]  # Fisher before the largest K: a run cut short still has it
     runs: list[dict] = []
+    if args.only:
+        plan = [(c, k) for c, k in plan if c in args.only]
+        if os.path.exists(args.out):
+            with open(args.out) as f:
+                runs = [r for r in json.load(f)["runs"] if (r["contender"], r["k"]) not in plan]
     for _ in range(args.repeats):
         for contender, k in plan:
             out = subprocess.run([sys.executable, __file__, "--child", contender, ",".join(paths[:k]),
                                   str(args.steps), str(args.examples)], capture_output=True, text=True, check=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append({**json.loads(out.stdout.strip().splitlines()[-1]), "load_average": os.getloadavg()[0],
+                         "cpu_count": os.cpu_count()})
             print({key: v for key, v in runs[-1].items() if key != "weights"}, flush=True)
             write(args, runs, model_mib)  # after every run: an interrupted benchmark keeps what it measured
 
@@ -188,10 +207,11 @@ def write(args: argparse.Namespace, runs: list[dict], model_mib: float) -> None:
             "median_growth_mib": statistics.median(r["growth_mib"] for r in mine),
             "max_growth_models": max(r["growth_models"] for r in mine),
             "median_seconds": statistics.median(r["seconds"] for r in mine)}
-    streamed = [row for c in ("learned_by_layer", "learned_streamed") for row in table.get(c, {}).values()]
+    streamed = [row for c in ("learned_by_layer", "learned", "learned_streamed", "fisher")
+                for row in table.get(c, {}).values()]
     flat = {c: (max(r["median_growth_mib"] for r in table[c].values()) - min(r["median_growth_mib"]
                                                                              for r in table[c].values()))
-            for c in ("learned_by_layer", "learned_streamed", "fisher") if c in table}
+            for c in ("learned_by_layer", "learned", "learned_streamed", "fisher") if c in table}
     result = {
         "task": f"learned soups on BERT-shaped classifiers (hidden {args.hidden}, {args.layers} layers, "
                 f"{model_mib:.0f} MiB fp32 each), {args.steps} optimisation steps on {args.examples} synthetic "

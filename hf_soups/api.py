@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from .base import pin_base, shared_base_model
 from .errors import InvalidArgumentError, UnknownArgumentError
 from .hub.access import HubAccess
 from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
+from .merge.plan import MergePlan
 from .metas import read_metas
 from .options import guard_keywords, resolve_options
 from .preflight import Preflight, preflight, verdict
@@ -480,9 +482,12 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
             plan = plan.with_weights(recipe.weights).with_overrides(recipe.tensors)
             result = MethodResult(plan, parameters=dict(recipe.parameters or {}))
         else:
+            workdir = tempfile.mkdtemp(prefix="hf-soups-method-")  # the method's private files, removed after
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             ctx = MethodContext(names=tuple(names), plan=plan, readers=inputs, base=inputs[-1] if plan.base else None,
                                 weights=tuple(normalize_weights(weights)) if weights is not None else None,
-                                statistics=statistics_pass(plan, inputs) if entry.needs.statistics else None)
+                                statistics=statistics_pass(plan, inputs) if entry.needs.statistics else None,
+                                workdir=workdir)
             if entry.needs_eval:
                 from .evaluation import held_out
 
@@ -491,10 +496,13 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                              for i in ingredients]
                 chosen = held_out.choose_weights(entry, ctx, evaluated, metas[0].config, eval_data, spec,
                                                  trust_remote_code=trust_remote_code, progress=options.progress)
-                result = MethodResult(chosen.plan, chosen.trace, chosen.scores, chosen.warnings, chosen.parameters)
+                result = MethodResult(chosen.plan, chosen.trace, chosen.scores, chosen.warnings, chosen.parameters,
+                                      chosen.inputs)
             else:
                 result = as_result(entry.fn(ctx), method)
         plan, trace, scores, held_out_warnings = result.plan, result.trace, result.scores, result.warnings
+        for directory in result.inputs:  # a method's private inputs (precomputed tensors), read like the others
+            inputs.append(stack.enter_context(open_checkpoint(directory, ingredient=f"{method} (precomputed)")))
         if as_adapter is not None and (plan.base or plan.overrides()):
             raise InvalidArgumentError(f"method={method!r} weighs tensors one by one; a soup written as an adapter "
                                        "takes one weight per ingredient.", fix="drop as_adapter=.",
@@ -510,7 +518,8 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
                 base=recorded_base.name if recorded_base is not None else adapters.pinned_base(ingredients),
-                as_adapter=as_adapter, tensors=tuple(plan.overrides()), parameters=result.parameters or None,
+                as_adapter=as_adapter, tensors=tuple(_public_overrides(plan)),
+                parameters={**result.parameters, "replay": "rerun"} if plan.private else result.parameters or None,
                 base_input=plan.base,
             )
         made = dict(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
@@ -550,6 +559,52 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
             checked.settle()
             soup = Soup(**made)
     return soup
+
+
+def _rerun_spec(recipe: Recipe) -> EvalSpec | None:
+    """The recorded evaluation a replay re-runs the method on, for a recipe whose method wrote precomputed tensors
+    (Fisher; `parameters["replay"] == "rerun"`); `None` for any other recipe (its recorded plan is applied).
+
+    Raises:
+        [`RecipeError`]: the recipe records no held-out data, or only an in-memory one it cannot re-load.
+    """
+    from .errors import RecipeError
+    from .recipes.recipe import IN_MEMORY
+
+    if (recipe.parameters or {}).get("replay") != "rerun":
+        return None
+    spec = recipe.evaluation
+    if spec is None or spec.dataset in (None, IN_MEMORY):
+        raise RecipeError(f"method={recipe.method!r} computed its soup from held-out data that the recipe cannot "
+                          "re-load (eval_dataset was an in-memory object); replay re-runs the method on it.",
+                          fix=f"re-create the soup with soup_from_hub(..., method={recipe.method!r}, "
+                              "eval_dataset=<the same data>), or pass the data as a path or Hub id.")
+    return spec
+
+
+def _rerun(recipe: Recipe, spec: EvalSpec, ingredients: list[Ingredient], output_dir: Any, output: Any,
+           access: HubAccess, options: MergeOptions) -> Soup:
+    """Replay of a recipe whose method wrote precomputed tensors (Fisher): the method is re-run on the recorded
+    held-out data (`spec`, from [`_rerun_spec`]), with the recorded evaluation settings."""
+    from .evaluation.data import as_eval_dataset
+
+    batch_size = (recipe.parameters or {}).get("batch_size")  # recorded by the method: its summation order
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+        spec = dataclasses.replace(spec, batch_size=batch_size)
+    eval_data = as_eval_dataset(spec.dataset, spec.split, max_samples=spec.max_samples)
+    checked = preflight(ingredients, read_metas(ingredients, access, False), trust_remote_code=False,
+                        align_labels=options.align_labels, arch_check=options.arch_check, needs_eval=True,
+                        eval_data=eval_data, spec=spec)
+    return _brew(ingredients, checked, recipe.method, None, output_dir, output, access=access,
+                 eval_dataset=spec.dataset, eval_data=eval_data, spec=spec, options=options,
+                 trust_remote_code=False, allow_pickle=False)
+
+
+def _public_overrides(plan: MergePlan) -> list[dict[str, Any]]:
+    """The plan's per-tensor part a recipe can hold: without copies from a method's private inputs (replay re-runs
+    that method instead)."""
+    first_private = plan.num_inputs - plan.private
+    return [e for e in plan.overrides() if e.get("source", -1) < first_private]
 
 
 def _agreed_card_metadata(ingredients: Sequence[Ingredient]) -> dict[str, Any]:
@@ -671,6 +726,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
     replayable_base(recipe, allow_local=allow_local)  # the adapters' base: pinned as the ingredients are
+    rerun = _rerun_spec(recipe)  # refused before any download when the held-out data cannot be re-loaded
     calibration = None
     bn = recipe.batchnorm
     if bn is not None:  # the calibration data is loaded before any download (its sha256 is checked in the commit)
@@ -697,6 +753,8 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     check_ingredient_set(ingredients)  # as soup_from_hub does
     checked = preflight(ingredients, read_metas(ingredients, access, False), trust_remote_code=False,
                         align_labels=options.align_labels, arch_check=options.arch_check, needs_eval=False)
+    if rerun is not None:  # the soup holds tensors the method computed from held-out data: re-run it
+        return _rerun(recipe, rerun, ingredients, output_dir, output, access, options)
     soup = _brew(ingredients, checked, "weighted", list(recipe.weights), output_dir, output, access=access,
                  eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,

@@ -57,10 +57,10 @@ def test_unknown_method_suggests_the_registered_one(family):
 
 
 def test_registry_is_the_one_method_list():
-    assert method_names() == ("uniform", "weighted", "greedy", "learned", "model_stock", "learned_by_layer")
+    assert method_names() == ("uniform", "weighted", "greedy", "learned", "model_stock", "learned_by_layer", "fisher")
     for entry in METHODS.values():
         assert callable(entry.fn) and entry.paper.startswith("https://") and entry.description
-    assert [m.name for m in METHODS.values() if m.needs_eval] == ["greedy", "learned", "learned_by_layer"]
+    assert [m.name for m in METHODS.values() if m.needs_eval] == ["greedy", "learned", "learned_by_layer", "fisher"]
     soup_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()  # noqa: SLF001
                        if a.prog.endswith(" soup"))
     method_action = next(a for a in soup_parser._actions if a.dest == "method")  # noqa: SLF001

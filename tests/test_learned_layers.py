@@ -196,3 +196,26 @@ def test_soup_from_hub_learned_by_layer_records_and_writes_the_weights(family, t
     for name, value in model.state_dict().items():
         if name in written and value.is_floating_point():
             assert torch.equal(written[name], value), name
+
+
+def test_method_learned_streams_the_ingredients_and_never_holds_their_states(family, tmp_path, monkeypatch):
+    """method='learned' runs on the streamed path: the K fp32 states (K models in memory) are never loaded, and the
+    written soup is the streamed soup with the recorded per-ingredient weights, bit for bit."""
+    from hf_soups import EvalSpec, soup_from_hub
+    from hf_soups.evaluation.held_out import HeldOutEvaluation
+
+    def refuse(self):
+        raise AssertionError("the ingredients' states were loaded into memory")
+
+    monkeypatch.setattr(HeldOutEvaluation, "states", refuse)
+    refs = [family["a"], family["c"], family["d"]]
+    soup = soup_from_hub(refs, method="learned", eval_dataset=DATA, output_dir=tmp_path / "out",
+                         eval_spec=EvalSpec(batch_size=4, learned_steps=3, device="cpu"))
+    assert len(soup.weights) == 3 and abs(sum(soup.weights) - 1) < 1e-9
+    assert [s["ingredient"] for s in soup.trace] == ["uniform weights", "learned weights"]
+    again, _ = _soup(refs, groups="model")
+    model = again.load([list(soup.weights)])
+    written = state_dict_of(tmp_path / "out")
+    for name, value in model.state_dict().items():
+        if name in written and value.is_floating_point():
+            assert torch.equal(written[name], value), name

@@ -108,6 +108,7 @@ class Chosen:
     warnings: list[str] = field(default_factory=list)
     spec: EvalSpec | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
 
 
 def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder: ModelHolder) -> list[dict[str, Any]]:
@@ -284,12 +285,8 @@ def choose_weights(
             # the model skeleton lives on the evaluation device; each candidate is computed into it by the merge
             # kernel, tensor by tensor, so it is bit for bit the soup the engine would write for these weights
             held.holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
-        if entry.needs.gradients:  # the states are loaded once; each ingredient is scored from its own
-            for i in range(k):
-                individual(i, evaluators[i].score(held._holder().load(held.states()[i])))
-        else:
-            for i in range(k):
-                individual(i, held._score_plan(plan.with_weights([float(j == i) for j in range(k)]), evaluators[i]))
+        for i in range(k):  # streamed from the files: the states (K fp32 models) load only if a method asks
+            individual(i, held._score_plan(plan.with_weights([float(j == i) for j in range(k)]), evaluators[i]))
         score_map = dict(zip(names, held.scores))
         metric = held.evaluator.metric
         held._ranked = [metric.key(s) for s in held.scores]  # larger is better, whatever the metric's direction
@@ -303,4 +300,4 @@ def choose_weights(
         held.problems = [evaluators[i].problem(own_logits[i]) for i in range(k)]
         result = as_result(entry.fn(dataclasses.replace(ctx, held_out=held, progress=bar.update)), method)
     return Chosen(result.plan, result.trace, {**score_map, **result.scores}, held.evaluator,
-                  warnings + result.warnings, spec, result.parameters)
+                  warnings + result.warnings, spec, result.parameters, result.inputs)

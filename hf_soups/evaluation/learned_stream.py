@@ -210,7 +210,8 @@ def learn_layer_weights(
     size = len(soup.groups)
     trace = [{"ingredient": "uniform weights", "score": uniform_score, "accepted": not keep, "soup_size": k,
               "groups": size},
-             {"ingredient": f"learned weights ({size} group{'s' if size != 1 else ''})", "score": learned_score,
+             {"ingredient": f"learned weights ({size} groups)" if size != 1 else "learned weights",
+              "score": learned_score,
               "accepted": keep, "soup_size": k, "groups": size}]
     return LayerWeights(soup.groups, learned if keep else uniform, dict(soup.tensor_groups), trace, steps)
 

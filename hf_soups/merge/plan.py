@@ -90,6 +90,7 @@ class MergePlan:
         tensors (`tuple[TensorPlan, ...]`): every output tensor, in the first ingredient's order.
         weights (`tuple[float, ...]`): one weight per ingredient, summing to 1 (0 skips an ingredient).
         base (`bool`): the base checkpoint is an extra input (index `len(weights)`), used by per-tensor weights.
+        private (`int`): inputs a method wrote itself (precomputed tensors), after the ingredients and the base.
         int_rule (`IntRule`): how differing integer buffers are resolved.
         label_permutations (`tuple[tuple[int, ...] | None, ...]`): per ingredient, the row order that aligns its
             classifier with the first ingredient's labels (`None`: already aligned).
@@ -103,11 +104,19 @@ class MergePlan:
     check_finite: bool = True
     metadata: tuple[tuple[str, str], ...] = field(default=())
     base: bool = False
+    private: int = 0
 
     @property
     def num_inputs(self) -> int:
-        """Readers the engine needs: one per ingredient, plus the base when the plan has one."""
-        return len(self.weights) + int(self.base)
+        """Readers the engine needs: one per ingredient, plus the base when the plan has one, plus the method's
+        private inputs (precomputed tensors, [`with_private_inputs`])."""
+        return len(self.weights) + int(self.base) + self.private
+
+    def with_private_inputs(self, count: int) -> MergePlan:
+        """The same plan with `count` more inputs after the ingredients and the base: checkpoints a method wrote
+        (precomputed tensors, e.g. Fisher-weighted ones), which `with_sources` can copy from. Their rows are taken
+        as stored (already aligned to the first ingredient's labels)."""
+        return dataclasses.replace(self, private=self.private + int(count))
 
     def with_weights(self, weights: Sequence[float]) -> MergePlan:
         """The same plan with other plan-wide weights (normalised); per-tensor weights and sources are kept."""
@@ -241,6 +250,8 @@ class MergePlan:
                     del t[key]
         if not data["base"]:
             del data["base"]
+        if not data["private"]:
+            del data["private"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

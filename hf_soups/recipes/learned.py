@@ -1,5 +1,11 @@
 """Learned soup (Wortsman et al., 2022, arXiv:2203.05482, appendix): mixing weights optimised on held-out data.
 
+`method="learned"` runs on the memory-light path of `hf_soups.evaluation.learned_stream` with one group (one weight
+per ingredient): the soup is computed into the model by the merge kernel, the gradient with respect to the weights
+is a dot product streamed over the ingredients' files, so private memory stays flat in K (before, all K fp32
+states were held: +1,566 MiB for 8 BERT-base-sized ingredients). [`learn_weights`] below is the earlier in-memory
+optimiser, kept for callers holding the states themselves:
+
 The soup's parameters are `sum_k softmax(alpha)_k * theta_k`; `alpha` is trained by gradient descent on the held-out
 loss of the task (cross-entropy; MSE, BCE, span cross-entropy for other tasks) through `torch.func.functional_call`, so one model skeleton serves every step. Each step's
 combination is built on the model's device; the ingredients are moved there once by the caller when they fit, else
@@ -30,19 +36,27 @@ __all__ = ["learned_soup", "learn_weights"]
 @register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs=Needs(gradients=True),
                  description="Learned soup: mixing weights optimised on held-out data (arXiv:2203.05482, appendix).")
 def learned_soup(ctx: MethodContext) -> MethodResult:
-    """The learned recipe on the held-out evaluation: [`learn_weights`] (the one optimiser call) with
-    `EvalSpec.learned_steps` steps and the recipe's seed.
+    """The learned recipe on the held-out evaluation, on the memory-light path: one weight per ingredient
+    (`hf_soups.evaluation.learned_stream`, `groups="model"`: one soup and its gradient held, the ingredients streamed
+    from their files, so private memory does not grow with K), `EvalSpec.learned_steps` steps and the recipe's seed;
+    the uniform weights are kept when the learned ones do not beat them on held-out data.
 
     Raises:
-        [`EvaluationError`]: no held-out evaluation was given.
+        [`EvaluationError`]: no held-out evaluation was given, or an offloaded one (`max_memory`).
     """
+    from ..evaluation.learned_stream import StreamedSoup, learn_layer_weights
+
     held_out = ctx.held_out
-    if held_out is None:
-        raise EvaluationError("method='learned' needs held-out data.", fix="pass eval_dataset=...")
-    weights, trace = learn_weights(held_out.model, held_out.states(), held_out.batches, held_out.references,
-                                   held_out.score_states, steps=held_out.spec.learned_steps, seed=held_out.seed,
-                                   loss=held_out.loss, higher_is_better=held_out.higher_is_better)
-    return MethodResult(ctx.plan.with_weights(weights), trace)
+    holder = getattr(held_out, "holder", None)
+    if held_out is None or holder is None:
+        raise EvaluationError("method='learned' needs held-out data and the model in memory.",
+                              fix="pass eval_dataset=..., without EvalSpec(max_memory=...).")
+    soup = StreamedSoup(ctx.plan, ctx.readers, holder, "model")
+    evaluator = held_out.evaluator  # type: ignore[attr-defined]
+    result = learn_layer_weights(soup, held_out.batches, held_out.loss, lambda model: evaluator.score(model)[0],
+                                 steps=held_out.spec.learned_steps, seed=held_out.seed,
+                                 higher_is_better=held_out.higher_is_better)
+    return MethodResult(ctx.plan.with_weights(result.weights[0]), result.trace)
 
 
 def learn_weights(

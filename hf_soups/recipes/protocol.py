@@ -156,6 +156,8 @@ class MethodContext:
         statistics (*optional*): the streaming statistics pass (`Needs.statistics`).
         seed (`int`): the random seed a method must use (recorded in the recipe).
         progress (`Callable[[], None]`): advance the progress bar by one step.
+        workdir (`str`, *optional*): a private temporary directory, removed once the soup is written, where a method
+            may write checkpoints of precomputed tensors (see `MethodResult.inputs`).
     """
 
     names: tuple[str, ...]
@@ -167,6 +169,7 @@ class MethodContext:
     statistics: Any = None
     seed: int = 0
     progress: Callable[[], None] = field(default=lambda: None)
+    workdir: str | None = None
 
     @property
     def k(self) -> int:
@@ -192,6 +195,11 @@ class MethodResult:
         warnings (`list[str]`): shown in the card and logged.
         parameters (`dict[str, Any]`): the method's own parameters (JSON-safe: numbers, strings, lists, mappings),
             recorded in the recipe and the card.
+        inputs (`list[str]`): checkpoint directories the method wrote under `ctx.workdir` (e.g. a `model.safetensors`
+            of tensors it computed element by element), read by the engine as the plan's private inputs
+            `ctx.plan.num_inputs + j` (the plan says `.with_private_inputs(len(inputs))` and copies from them with
+            `with_sources`). Such a soup depends on more than the recorded weights: replay re-runs the method on
+            the recorded held-out data (the recipe's `parameters["replay"] == "rerun"`).
     """
 
     plan: MergePlan
@@ -199,6 +207,7 @@ class MethodResult:
     scores: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
 
 
 def as_result(value: Any, method: str) -> MethodResult:
@@ -213,6 +222,9 @@ def as_result(value: Any, method: str) -> MethodResult:
     if isinstance(value, MergePlan):
         return MethodResult(value)
     if isinstance(value, MethodResult) and isinstance(value.plan, MergePlan):
+        if len(value.inputs) != value.plan.private:
+            raise RecipeError(f"method {method!r} returned {len(value.inputs)} private inputs for a plan with "
+                              f"{value.plan.private}.", fix="return plan.with_private_inputs(len(inputs)).")
         try:  # recorded in the recipe's YAML: JSON-like values only (tuples become lists)
             parameters = json.loads(json.dumps(value.parameters, allow_nan=False))
         except (TypeError, ValueError) as e:
