@@ -105,20 +105,28 @@ def test_cli_method_fisher(pair, tmp_path):
     assert "fisher" in (out / "README.md").read_text()
 
 
-@register_method("_test_private_bias", paper="https://example.org", needs=Needs(),
-                 description="Test only: the classifier bias set to 7 from a private input.")
-def _private_bias(ctx: MethodContext) -> MethodResult:
-    from safetensors.torch import save_file
+@pytest.fixture()
+def private_bias_method():
+    """A test-only method registered for one test (and removed after it: the registry is the house's one list)."""
+    from hf_soups.recipes import METHODS
 
-    directory = os.path.join(ctx.workdir, "mine")
-    os.makedirs(directory)
-    shape = ctx.plan.tensor("classifier.bias").shape
-    save_file({"classifier.bias": torch.full(shape, 7.0)}, os.path.join(directory, "model.safetensors"))
-    plan = ctx.plan.with_private_inputs(1).with_sources({"classifier.bias": ctx.plan.num_inputs})
-    return MethodResult(plan, inputs=[directory])
+    @register_method("_test_private_bias", paper="https://example.org", needs=Needs(),
+                     description="Test only: the classifier bias set to 7 from a private input.")
+    def _private_bias(ctx: MethodContext) -> MethodResult:
+        from safetensors.torch import save_file
+
+        directory = os.path.join(ctx.workdir, "mine")
+        os.makedirs(directory)
+        shape = ctx.plan.tensor("classifier.bias").shape
+        save_file({"classifier.bias": torch.full(shape, 7.0)}, os.path.join(directory, "model.safetensors"))
+        plan = ctx.plan.with_private_inputs(1).with_sources({"classifier.bias": ctx.plan.num_inputs})
+        return MethodResult(plan, inputs=[directory])
+
+    yield "_test_private_bias"
+    METHODS.pop("_test_private_bias", None)
 
 
-def test_a_private_input_is_read_by_the_engine_and_left_out_of_the_recipe(pair, tmp_path):
+def test_a_private_input_is_read_by_the_engine_and_left_out_of_the_recipe(pair, tmp_path, private_bias_method):
     import tempfile
 
     before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("hf-soups-method-")}

@@ -203,6 +203,13 @@ class HeldOutEvaluation:
                                    steps=self.spec.learned_steps, seed=self.seed,
                                    higher_is_better=self.higher_is_better)
 
+    def fisher_merge(self, plan: MergePlan, readers: Sequence[CheckpointReader], **kwargs: Any) -> Any:
+        """The Fisher-weighted merge of `readers` on the held-out batches (`evaluation.fisher.fisher_merge`, with this
+        evaluation's model skeleton and task): a context manager giving the merged tensors."""
+        from .fisher import fisher_merge
+
+        return fisher_merge(plan, readers, self._holder(), self.batches, self.evaluator.task_impl, **kwargs)
+
     def _holder(self) -> ModelHolder:
         if self.holder is None:
             raise EvaluationError("max_memory (offloaded evaluation) supports methods that only score candidate "

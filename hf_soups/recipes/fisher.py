@@ -42,7 +42,6 @@ def fisher(ctx: MethodContext) -> MethodResult:
     import torch
 
     from ..checkpoint.writer import ShardedSafetensorsWriter
-    from ..evaluation.fisher import fisher_merge
 
     held = ctx.held_out
     holder = getattr(held, "holder", None)
@@ -53,8 +52,8 @@ def fisher(ctx: MethodContext) -> MethodResult:
     directory = os.path.join(ctx.workdir, "fisher")
     os.makedirs(directory, exist_ok=True)
     readers = list(ctx.readers[: ctx.k])
-    with fisher_merge(ctx.plan, readers, holder, held.batches, held.evaluator.task_impl, weights=ctx.plan.weights, names=ctx.names,
-                      max_examples=cap, workdir=ctx.workdir) as soup:
+    with held.fisher_merge(ctx.plan, readers, weights=ctx.plan.weights, names=ctx.names, max_examples=cap,
+                           workdir=ctx.workdir) as soup:
         uniform = set(soup.uniform)
         merged = [tp.name for tp in ctx.plan.tensors if tp.average and tp.name not in uniform]
         # streamed into the private checkpoint one tensor at a time (never a second model in memory)

@@ -44,18 +44,11 @@ def learned_soup(ctx: MethodContext) -> MethodResult:
     Raises:
         [`EvaluationError`]: no held-out evaluation was given, or an offloaded one (`max_memory`).
     """
-    from ..evaluation.learned_stream import StreamedSoup, learn_layer_weights
-
     held_out = ctx.held_out
-    holder = getattr(held_out, "holder", None)
-    if held_out is None or holder is None:
+    if held_out is None or getattr(held_out, "holder", None) is None:
         raise EvaluationError("method='learned' needs held-out data and the model in memory.",
                               fix="pass eval_dataset=..., without EvalSpec(max_memory=...).")
-    soup = StreamedSoup(ctx.plan, ctx.readers, holder, "model")
-    evaluator = held_out.evaluator  # type: ignore[attr-defined]
-    result = learn_layer_weights(soup, held_out.batches, held_out.loss, lambda model: evaluator.score(model)[0],
-                                 steps=held_out.spec.learned_steps, seed=held_out.seed,
-                                 higher_is_better=held_out.higher_is_better)
+    result = held_out.learn(ctx.plan, ctx.readers, "model")
     return MethodResult(ctx.plan.with_weights(result.weights[0]), result.trace)
 
 

@@ -133,6 +133,11 @@ class HeldOut(Protocol):
     def score_states(self, weights: Sequence[float]) -> float:
         """The held-out score of `sum_k w_k * states()[k]`."""
 
+    def fisher_merge(self, plan: MergePlan, readers: Sequence[CheckpointReader], **kwargs: Any) -> Any:
+        """The Fisher-weighted merge of `readers` on the held-out batches (diagonal expected Fisher of each, one at a
+        time into running numerator and denominator buffers): a context manager giving the merged tensors
+        (`.tensor(name)`, `.uniform`, `.examples`, `.zero`)."""
+
     def learn(self, plan: MergePlan, readers: Sequence[CheckpointReader], groups: str) -> Any:
         """Softmax mixing weights per ingredient and parameter group (`"layer"`: embeddings, each block, the head;
         `"model"`: one per ingredient), optimised with the task's loss on the held-out batches while the ingredients
