@@ -131,6 +131,10 @@ def test_candidates_live_on_the_evaluation_device(family, monkeypatch, tmp_path)
             seen.append({p.device.type for p in model.parameters()})
             return next(scores), torch.zeros(len(self), 2)
 
+        def score_against(self, model, bar, *, strict=False):  # greedy's trials (early decisions): in full here
+            value, logits = self.score(model)
+            return value, logits, len(self), None
+
     def recording_sum(tensors, weights, out=None):
         result = candidates_mod.__dict__["_kernel"](tensors, weights, out=out)
         kernel.add(result.device.type)
@@ -153,8 +157,10 @@ def test_candidates_live_on_the_evaluation_device(family, monkeypatch, tmp_path)
     assert {t.device.type for s in states for t in s.values()} == {"meta"}
 
 
-def test_inference_mode_exact_fp32_and_autocast(family):
+def test_inference_mode_exact_fp32_and_autocast(family, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setenv("HF_SOUPS_LOGIT_CACHE", "0")  # the forward pass itself is under test, not a cached result
 
     path = family["refs"][1]
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()

@@ -96,6 +96,9 @@ def test_greedy_scores_exactly_the_soup_it_writes(family, tmp_path, monkeypatch)
     refs = [family["a"], family["c"], family["d"]]
     scripted = _Scripted([0.5, 0.3, 0.9, 0.95, 0.96])  # individuals a, c, d; then trials d+a, d+a+c
     monkeypatch.setattr(evaluator_module.Evaluator, "score", lambda self, model: scripted(model))
+    # greedy scores its trials against the bar (early decisions): scripted too, as a full evaluation
+    monkeypatch.setattr(evaluator_module.Evaluator, "score_against",
+                        lambda self, model, bar, strict=False: (*scripted(model), len(self.references), None))
     soup = soup_from_hub(refs, "greedy", eval_dataset=_val(), output_dir=tmp_path / "g",
                          merge_options=MergeOptions(progress=False))
     assert [s["ingredient"] for s in soup.trace] == [str(family[x]) for x in "dac"]

@@ -31,6 +31,7 @@ import torch
 from ..errors import EvaluationError
 from ..merge.groups import group_of
 from ..merge.ops import weighted_sum
+from ..merge.plan import normalize_weights
 from ..merge.plan import MergePlan
 from .candidates import _aligned
 
@@ -52,7 +53,7 @@ def layer_groups(names: Sequence[str], groups: str = "layer") -> dict[str, str]:
         return {n: "model" for n in names}
     if groups != "layer":
         raise EvaluationError(f"unknown parameter grouping {groups!r}.", param="groups",
-                              fix="use groups='layer' (learned_by_layer) or groups='model' (learned).")
+                              fix="use 'layer' (learned_by_layer) or 'model' (learned).")
     return {n: group_of(n) for n in names}
 
 
@@ -201,7 +202,8 @@ def learn_layer_weights(
         opt.zero_grad()
         alpha.grad = grad
         opt.step()
-    learned = tuple(tuple(row) for row in torch.softmax(alpha.detach(), 1).tolist())
+    # normalised as a plan normalises its weights, so that the soup scored here is bit for bit the one written
+    learned = tuple(tuple(normalize_weights(row)) for row in torch.softmax(alpha.detach(), 1).tolist())
     uniform = tuple(tuple([1.0 / k] * k) for _ in soup.groups)
     uniform_score = score(soup.load(uniform))
     learned_score = score(soup.load(learned))
