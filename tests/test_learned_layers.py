@@ -58,7 +58,7 @@ def test_group_of_names(name, group):
 
 
 def test_unknown_grouping_is_refused():
-    with pytest.raises(EvaluationError, match="groups='layer'"):
+    with pytest.raises(EvaluationError, match=r"use 'layer' \(learned_by_layer\) or 'model'"):
         layer_groups(["a.weight"], groups="tensor")
 
 
