@@ -31,8 +31,7 @@ import torch
 from ..errors import EvaluationError
 from ..merge.groups import group_of
 from ..merge.ops import weighted_sum
-from ..merge.plan import normalize_weights
-from ..merge.plan import MergePlan
+from ..merge.plan import MergePlan, normalize_weights
 from .candidates import _aligned
 
 __all__ = ["group_of", "layer_groups", "LayerWeights", "StreamedSoup", "learn_layer_weights", "held_out_model",
