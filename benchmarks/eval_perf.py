@@ -7,13 +7,14 @@ its value just before the measured call.
 
 (a) greedy vs a 60-line reference loop (length-sorted batches, `inference_mode`, every candidate evaluated in full,
     the same `>=` rule), same decisions asserted, on K=6 tiny real fine-tunes and on a K=16 sweep where half the
-    candidates are under-trained; the ratio and examples evaluated / (examples x candidates).
+    candidates are under-trained; the ratio and examples evaluated / (examples x candidates); greedy's profile:
+    the selection's wall time, its forward passes, and the non-forward share of the selection.
 (b) offloaded greedy (`EvalSpec(max_memory={"cpu": "100MiB"})`) at K=4/8 on a BERT-base-shaped model (random init).
 (c) `Soup.evaluate` with the ensembles at K=8 on the same model.
 (d) the workflow: greedy, `Soup.evaluate` on val and test, then a learned soup on val; this tree against
     `--base-tree` (a checkout of main before this change), the same numbers asserted.
 
-Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree /tmp/perf-base]
+Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree /tmp/perf-base] [--note ...]
 """
 
 from __future__ import annotations
@@ -155,16 +156,32 @@ def reference_loop(refs: list[str], val: str, batch_size: int = 64) -> dict:
 
 
 def greedy_run(refs: list[str], val: str, **spec: object) -> dict:
+    """Greedy through `soup_from_hub`, with its profile: the selection (`choose_weights`: every ingredient scored,
+    then the candidates) and the forward passes inside it (`Evaluator.forward_seconds`)."""
     from hf_soups import EvalSpec, MergeOptions, soup_from_hub
+    from hf_soups.evaluation import held_out
 
-    with tempfile.TemporaryDirectory() as out:
-        soup = soup_from_hub(refs, method="greedy", output_dir=os.path.join(out, "soup"),
-                             eval_spec=EvalSpec(dataset=val, **spec), merge_options=MergeOptions(progress=False))
+    profile: dict = {}
+    choose = held_out.choose_weights
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        chosen = choose(*args, **kwargs)
+        profile.update(selection_s=time.perf_counter() - start, forward_s=chosen.evaluator.forward_seconds)
+        return chosen
+
+    held_out.choose_weights = timed
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            soup = soup_from_hub(refs, method="greedy", output_dir=os.path.join(out, "soup"),
+                                 eval_spec=EvalSpec(dataset=val, **spec), merge_options=MergeOptions(progress=False))
+    finally:
+        held_out.choose_weights = choose
     n = len(open(val).read().strip().splitlines()) - 1
     examples = len(refs) * n + sum(s.get("examples", n) for s in soup.trace[1:])
     return {"decisions": [[s["ingredient"], s["accepted"]] for s in soup.trace], "examples": examples,
             "candidate_examples": sum(s.get("examples", n) for s in soup.trace[1:]),
-            "candidates": len(refs) - 1, "n": n}
+            "candidates": len(refs) - 1, "n": n, **profile}
 
 
 def evaluate_run(refs: list[str], val: str) -> dict:
@@ -243,6 +260,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work", "eval_perf"))
     parser.add_argument("--output", default=os.path.join(HERE, "results", "eval_perf.json"))
     parser.add_argument("--only", default="abcd")
+    parser.add_argument("--note", default=None, help="recorded with this run (e.g. the machine's load)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -253,7 +271,8 @@ def main() -> None:
         with open(args.output) as f:
             result = json.load(f)
     result.setdefault("runs", []).append({"only": args.only, "rounds": args.rounds, "n_held_out": args.n,
-                                          "load_before": os.getloadavg(), "cpus": os.cpu_count()})
+                                          "load_before": os.getloadavg(), "cpus": os.cpu_count(),
+                                          **({"note": args.note} if args.note else {})})
     val = val_csv(args.workdir, args.n)
     if "a" in args.only:
         for label, k, weak in (("tiny_fine_tunes_k6", 6, 0), ("k16_half_under_trained", 16, 8)):
@@ -268,7 +287,11 @@ def main() -> None:
                              "greedy_s": median(runs["greedy"], "seconds"),
                              "reference_s": median(runs["reference"], "seconds"),
                              "ratio": median(runs["reference"], "seconds") / median(runs["greedy"], "seconds"),
-                             "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"])}
+                             "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"]),
+                             "greedy_selection_s": median(runs["greedy"], "selection_s"),
+                             "greedy_forward_s": median(runs["greedy"], "forward_s"),
+                             "non_forward_fraction_of_selection": statistics.median(
+                                 1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
             print(label, json.dumps(result[label]))
     if "b" in args.only or "c" in args.only:
         refs = bert_base_sweep(os.path.join(args.workdir, "bert" + ("-base" if args.bert_base else "-small")), 8,

@@ -28,11 +28,11 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int | None = None,
-                 replace: bool = True) -> bool:
+                 replace: bool = True, durable: bool = True) -> bool:
     """Write `data` to `path` atomically.
 
     The bytes go to a temporary file created next to `path` with `tempfile.mkstemp` (a fresh name, mode 0600 while it
-    is written), are flushed and fsynced, and the file gets its final permissions before it takes `path`'s name.
+    is written), are flushed and fsynced (unless `durable=False`), and the file gets its final permissions before it takes `path`'s name.
 
     Args:
         path (`str` or `os.PathLike`):
@@ -45,6 +45,9 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int |
         replace (`bool`, *optional*, defaults to `True`):
             Replace an existing `path`. With `False`, an existing `path` is kept as it is (a concurrent first writer
             wins) and `False` is returned.
+        durable (`bool`, *optional*, defaults to `True`):
+            fsync the bytes before the rename. `False` for a cache whose entries are verified when read (a crash
+            may then leave a torn file under `path`, never a partly written one under another name).
 
     Returns:
         `bool`: whether `path` now holds `data` (always `True` with `replace=True`).
@@ -61,7 +64,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int |
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if not replace:

@@ -290,3 +290,50 @@ def test_logits_cache_is_bounded_least_recently_used_first(monkeypatch):
     assert torch.equal(logit_cache.get("k0"), entry) and torch.equal(logit_cache.get("k3"), entry + 3)
     assert logit_cache.get("never") is None
     assert all(os.stat(os.path.join(folder, f)).st_mode & 0o077 == 0 for f in os.listdir(folder))
+
+
+def test_model_digest_reads_the_weights_in_place():
+    """A model's digest hashes each tensor's own buffer: no bytes copy of the model (4 MiB of weights here), and
+    the digest is the documented one (class, then each tensor's name, dtype, shape and bytes, sorted by name),
+    whatever the dtype or layout (a bf16 buffer, a transposed one)."""
+    import hashlib
+    import tracemalloc
+
+    from hf_soups.evaluation import logit_cache
+
+    model = torch.nn.Linear(1024, 1024)
+    model.register_buffer("low", torch.arange(6, dtype=torch.bfloat16).reshape(2, 3))
+    model.register_buffer("transposed", torch.arange(12, dtype=torch.float32).reshape(3, 4).t())
+    h = hashlib.sha256(b"Linear")
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tracemalloc.start()
+    try:
+        digest = logit_cache.model_digest(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest == h.hexdigest()
+    assert peak < 1024 * 1024, f"hashing allocated {peak} bytes for 4 MiB of weights"
+
+
+def test_logits_cache_writes_without_fsync_and_ignores_a_torn_entry(monkeypatch, tmp_path):
+    """Cache entries are not fsynced (write_atomic(durable=False)); a torn entry (cut short, as a crash may leave
+    it) fails its HMAC and is a miss. Other atomic writes still fsync."""
+    from hf_soups.atomic_file import write_atomic
+    from hf_soups.evaluation import logit_cache
+
+    assert logit_cache.cache_dir() is not None  # the cache secret exists (its first write is fsynced)
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    logits = torch.randn(50, 3)
+    logit_cache.put("torn", logits)
+    assert synced == [] and torch.equal(logit_cache.get("torn"), logits)
+    (path,) = [os.path.join(logit_cache.cache_dir(), f) for f in os.listdir(logit_cache.cache_dir())]
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 7)
+    assert logit_cache.get("torn") is None
+    write_atomic(tmp_path / "card.md", "durable")
+    assert len(synced) == 1

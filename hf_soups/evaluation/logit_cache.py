@@ -64,8 +64,8 @@ def max_bytes() -> int:
 def _hash_tensor(h: Any, name: str, t: torch.Tensor) -> None:
     t = t.detach()
     h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-    if t.numel():
-        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if t.numel():  # the tensor's own buffer (no bytes copy of the model); `.cpu()` only copies off-CPU tensors
+        h.update(memoryview(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
 
 
 def model_digest(model: Any) -> str | None:
@@ -200,7 +200,7 @@ def put(key: str, logits: torch.Tensor) -> None:
         if mac is None:
             return
         data = save({"logits": tensor}, metadata={**meta, "mac": mac})
-        write_atomic(_path(folder, key), data, mode=0o600)
+        write_atomic(_path(folder, key), data, mode=0o600, durable=False)  # a torn entry fails its HMAC
         _evict(folder)
     except OSError as e:
         logger.debug("not writing the logits cache in %s: %s", folder, e)
