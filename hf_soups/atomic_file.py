@@ -32,7 +32,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int |
     """Write `data` to `path` atomically.
 
     The bytes go to a temporary file created next to `path` with `tempfile.mkstemp` (a fresh name, mode 0600 while it
-    is written), are flushed and fsynced (unless `durable=False`), and the file gets its final permissions before it takes `path`'s name.
+    is written), are flushed and fsynced (unless `durable=False`), and the file gets its final permissions before it
+    takes `path`'s name.
 
     Args:
         path (`str` or `os.PathLike`):

@@ -216,8 +216,8 @@ def test_logits_cache_reused_by_the_next_process_and_planted_entries_ignored(swe
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     first, second = run("a"), run("b")
-    # 2 ingredients + 1 candidate, then only a rejected candidate (its logits are not kept: never needed again)
-    assert first["passes"] == 3 and second["passes"] == first["rejected"]
+    # 2 ingredients + 1 candidate, then only the candidate (never looked up: hashed only once it passes)
+    assert first["passes"] == 3 and second["passes"] == 1
     assert first["scores"] == second["scores"] and first["weights"] == second["weights"]
     folder = tmp_path / "cache" / "logits"
     entries = sorted(folder.iterdir())
@@ -337,3 +337,27 @@ def test_logits_cache_writes_without_fsync_and_ignores_a_torn_entry(monkeypatch,
     assert logit_cache.get("torn") is None
     write_atomic(tmp_path / "card.md", "durable")
     assert len(synced) == 1
+
+
+def test_greedy_hashes_only_the_candidates_it_keeps(sweep, tmp_path, monkeypatch):
+    """Every ingredient is hashed (its logits are looked up and kept), a candidate only when it passes the bar
+    (its logits are kept: the last one is the soup); a rejected candidate, stopped early or not, is never hashed.
+    The soup's logits are still found by `Soup.evaluate`."""
+    from hf_soups.evaluation import logit_cache
+
+    import shutil
+
+    twin = shutil.copytree(sweep["refs"][0], tmp_path / "twin")  # ties with it: accepted (the soup is the same)
+    refs = [sweep["refs"][0], os.fspath(twin), sweep["refs"][1], sweep["refs"][2]]
+    hashed: list[int] = []
+    digest = logit_cache.model_digest
+    monkeypatch.setattr(logit_cache, "model_digest", lambda model: hashed.append(1) or digest(model))
+    soup = _greedy({"refs": refs, "val": sweep["val"]}, tmp_path, "soup")
+    accepted = sum(step["accepted"] for step in soup.trace)
+    assert 1 < accepted < len(refs) and any(step.get("stopped_early") for step in soup.trace), soup.trace
+    assert len(hashed) == len(refs) + accepted - 1
+    runs: list[int] = []
+    run = Evaluator._run
+    monkeypatch.setattr(Evaluator, "_run", lambda self, model, *a, **kw: runs.append(1) or run(self, model, *a, **kw))
+    soup.evaluate({"val": sweep["val"]}, progress=False, batch_size=8)
+    assert len(runs) == 1  # the uniform soup; the ingredients and the greedy soup come from the cache

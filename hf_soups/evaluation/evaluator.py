@@ -282,8 +282,10 @@ class Evaluator:
 
         Returns:
             `tuple`: `(score, logits, examples evaluated, None)` when evaluated in full; `(None, None, examples
-            evaluated, best reachable score)` when stopped early. Only the logits of a model that passes the bar
-            go to the logits cache (a rejected candidate is not scored again).
+            evaluated, best reachable score)` when stopped early. The candidate is not looked up in the logits
+            cache and is hashed ([`logit_cache.model_digest`]) only when it passes the bar: its logits are then
+            kept (the last one is the soup, which `Soup.evaluate` finds); a rejected candidate is never needed
+            again.
         """
         import math
 
@@ -293,13 +295,18 @@ class Evaluator:
         lo, hi = metric.per_example_range
         reach_end = hi if metric.higher_is_better else lo
         total = len(self.references)
+        sign = 1.0 if metric.higher_is_better else -1.0
+
+        def kept(score: float, logits: torch.Tensor) -> tuple[float, torch.Tensor, int, None]:
+            passes = sign * score > sign * bar if strict else sign * score >= sign * bar
+            key = self._cache_key(model) if passes else None  # the model still holds this candidate's weights
+            if key is not None:
+                logit_cache.put(key, logits)
+            return score, logits, total, None
+
         if not self.decides_early or not math.isfinite(reach_end) or not math.isfinite(bar) or total == 0:
-            logits = self.logits(model)
-            return self.score_logits(logits), logits, total, None
-        key = self._cache_key(model)
-        cached = self._cached(key)
-        if cached is not None:
-            return self.score_logits(cached), cached, total, None
+            logits = self._run(model)[0]
+            return kept(self.score_logits(logits), logits)
         margin = 1e-9 * max(1.0, abs(bar))
         reached: list[float] = []
 
@@ -318,12 +325,7 @@ class Evaluator:
         logits, computed, stopped = self._run(model, stop, every)
         if stopped:
             return None, None, computed, reached[0]
-        score = self.score_logits(logits)
-        sign = 1.0 if metric.higher_is_better else -1.0
-        passes = sign * score > sign * bar if strict else sign * score >= sign * bar
-        if key is not None and passes:  # a candidate that joins the soup is kept (the last one is the soup)
-            logit_cache.put(key, logits)
-        return score, logits, total, None
+        return kept(self.score_logits(logits), logits)
 
     def problem(self, logits: torch.Tensor) -> str | None:
         """Why `logits` from this evaluator are degenerate, or `None` (see [`logit_problem`]); collapse counts only

@@ -3,15 +3,16 @@
 Every model an [`Evaluator`] scores in memory is identified by the sha256 of the tensors it runs with (every entry
 of its `state_dict`, fp32 as evaluated, with its config and class): an ingredient is the same model in greedy's
 ranking pass, in `Soup.evaluate`'s rows (best individual, ensembles, greedy ensemble), in the diagnosis and in the
-next run; the greedy soup is bit for bit greedy's last accepted candidate, so its logits are found too. The
+next run; the greedy soup is bit for bit greedy's last accepted candidate, so its logits are found too (a greedy
+candidate is hashed and kept only once it passes the bar: see `Evaluator.score_against`). The
 evaluation set is identified by its preprocessed inputs (the token batches themselves; a set preprocessed lazily,
 one batch at a time, e.g. images through a processor or a transform, is not cached), the task, its columns, `max_samples`, the batch size, the maximum length, the device
 type, the autocast dtype, the torch thread count and the torch/transformers versions.
 
 Where: `$HF_SOUPS_CACHE/logits/` (else `$HF_HOME/hf_soups/logits/`), one safetensors file per entry (no pickle),
-written atomically ([`write_atomic`]), at most `HF_SOUPS_LOGIT_CACHE_MB` (default 1024) MiB in all: the least
-recently used entries are removed beyond it. `HF_SOUPS_LOGIT_CACHE=0` turns the cache off. Offloaded (dispatched)
-models and `accelerate launch` runs are not cached.
+written atomically ([`write_atomic`], not fsynced: a torn entry fails its HMAC), at most `HF_SOUPS_LOGIT_CACHE_MB`
+(default 1024) MiB in all: the least recently used entries are removed beyond it. `HF_SOUPS_LOGIT_CACHE=0` turns the
+cache off. Offloaded (dispatched) models and `accelerate launch` runs are not cached.
 
 Trust: an entry is used only when it is a regular file (not a link) owned by this user and not writable by group or
 others, in a folder with the same properties, and when its HMAC under this user's cache secret (the architecture
