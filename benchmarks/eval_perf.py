@@ -314,12 +314,14 @@ def main() -> None:
         refs = tiny_sweep(os.path.join(args.workdir, "k16_half_under_trained"), 16, 8)[:8]
         spec = {"kind": "workflow", "refs": refs, "val": val, "test": val_csv(args.workdir, args.n, seed=11)}
         runs = alternate({"this": (spec, ROOT), "base": (spec, args.base_tree)}, args.rounds)
-        same = runs["this"][0]["results"] == runs["base"][0]["results"] and \
-            runs["this"][0]["greedy_weights"] == runs["base"][0]["greedy_weights"] and \
-            runs["this"][0]["learned_weights"] == runs["base"][0]["learned_weights"]
+        this, base = runs["this"][0], runs["base"][0]
+        same = {part: this[part] == base[part] for part in ("greedy_weights", "results", "learned_weights")}
         result["workflow"] = {"this_s": median(runs["this"], "seconds"), "base_s": median(runs["base"], "seconds"),
                               "speedup": median(runs["base"], "seconds") / median(runs["this"], "seconds"),
-                              "same_numbers": same}
+                              "same_numbers": all(same.values()), "same": same,
+                              "learned_weights_max_abs_difference": max(
+                                  abs(a - b) for a, b in zip(this["learned_weights"], base["learned_weights"])),
+                              "base_tree": args.base_tree}
         print("workflow", json.dumps(result["workflow"]))
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
