@@ -229,21 +229,28 @@ def probe(workdir: str) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     texts = list(data["test"]["text"][:1024])
-    c, t = _cpu_seconds(), time.time()
-    with torch.inference_mode():
-        for start in range(0, len(texts), 64):
-            model(**tok(texts[start : start + 64], return_tensors="pt", padding=True, truncation=True, max_length=64))
-    eval_cpu, eval_wall = _cpu_seconds() - c, time.time() - t
+    lengths = sorted(len(ids) for ids in tok(list(data["test"]["text"]))["input_ids"])
+    print(f"test token lengths: median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * len(lengths))]},"
+          f" max {lengths[-1]}")
+    for order in ("sorted by length", "as is"):
+        batch_texts = sorted(texts, key=len) if order != "as is" else texts
+        c, t = _cpu_seconds(), time.time()
+        with torch.inference_mode():
+            for start in range(0, len(batch_texts), 64):
+                model(**tok(batch_texts[start : start + 64], return_tensors="pt", padding=True, truncation=True,
+                            max_length=512))
+        eval_cpu, eval_wall = _cpu_seconds() - c, time.time() - t
+        print(f"eval ({order}): {len(texts)} examples in {eval_cpu:.1f} CPU-s ({eval_wall:.1f} s wall)")
     train_rate, eval_rate = 320 / train_cpu, len(texts) / eval_cpu  # examples per CPU-second
     epochs = sum(d["epochs"] for d in draw_search())
     n_eval = sum(len(v) for k, v in data.items() if k != "train")
     print(f"sizes: { {k: len(v) for k, v in data.items()} }")
     print(f"train: 320 examples in {train_cpu:.1f} CPU-s ({train_wall:.1f} s wall): {train_rate:.1f} examples/CPU-s")
-    print(f"eval: {len(texts)} examples in {eval_cpu:.1f} CPU-s ({eval_wall:.1f} s wall): {eval_rate:.1f} examples/CPU-s")
-    print(f"plan: {K} draws, {epochs} epochs in all on {N_TRAIN} snippets = {epochs * N_TRAIN} training examples "
-          f"= {epochs * N_TRAIN / train_rate / 2 / 60:.1f} idle 2-core minutes")
-    print(f"plan: {n_eval} evaluation examples per model; each evaluated model costs "
-          f"{n_eval / eval_rate / 2 / 60:.2f} idle 2-core minutes")
+    cores = torch.get_num_threads()
+    print(f"plan ({cores} thread(s); idle 2-core minutes = CPU time / 2): {K} draws, {epochs} epochs in all on "
+          f"{N_TRAIN} snippets = {epochs * N_TRAIN} training examples = {epochs * N_TRAIN / train_rate / 2 / 60:.1f} min;"
+          f" {n_eval} evaluation examples per model = {n_eval / eval_rate / 2 / 60:.2f} min per evaluated model "
+          f"(as is)")
 
 
 def _soup_kwargs(entry, data, base: str) -> dict:
@@ -267,8 +274,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 one-epoch fine-tunes on 600 sentences (a smoke run)")
     parser.add_argument("--probe", action="store_true", help="time a few training and evaluation steps, then stop")
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     t0, c0 = time.time(), _cpu_seconds()
     if args.probe:
         return probe(args.workdir)
