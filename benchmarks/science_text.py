@@ -211,6 +211,11 @@ def finetune(base: str, out: str, train, draw: dict, batch_size: int = TRAINING[
     return out
 
 
+def by_length(ds):
+    """The dataset sorted by text length (stable), for batches that pad little."""
+    return ds.select(sorted(range(len(ds)), key=lambda i: len(ds[i]["text"])))
+
+
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -347,7 +352,9 @@ def main() -> None:
         greedy.notes.append(f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
                             + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
                             + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
-        sets = {k: v for k, v in data.items() if k != "train"}
+        # Each set in length order: the evaluator's batches then pad little (about 1.5x faster on the CPU, measured by
+        # --probe); every method sees the same order, and the paired bootstrap does not depend on it.
+        sets = {k: by_length(v) for k, v in data.items() if k != "train"}
         extra = {f"{m}_soup": s.output_dir for m, s in soups.items() if m not in ("greedy", "uniform")}
         report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=(0.0, 0.25, 0.5, 0.75),
                                  progress=False)
