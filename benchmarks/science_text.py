@@ -26,7 +26,6 @@ Usage: python benchmarks/science_text.py [--quick] [--probe] [--workdir .cache/d
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import socket
@@ -49,69 +48,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from _hutto import ID2LABEL, splits  # noqa: E402
+from _search import K, N_TRAIN, N_VAL, SEARCH_SEED, SEARCH_SPACE, SPLIT_SEED, augment, draw_search  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKEN = "hf_demo_write_token"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 # ---- the protocol (fixed before the first run; see the module docstring) ----
-SPLIT_SEED = 0
-N_VAL = 3000  # held-out: greedy's and best_individual's choices
-N_TRAIN = 2000  # trimmed for time, never the held-out set: set only from `--probe`'s throughput, before any full run
-SEARCH_SEED = 28
-K = 8
-SEARCH_SPACE = {
-    "learning_rate": {"distribution": "log-uniform", "low": 3e-5, "high": 3e-4},
-    "weight_decay": {"distribution": "log-uniform", "low": 1e-4, "high": 1e-1},
-    "epochs": {"distribution": "integer-uniform", "low": 1, "high": 3},
-    "label_smoothing": {"distribution": "uniform", "low": 0.0, "high": 0.2},
-    "augmentation": {"distribution": "choice", "values": ["none", "word_dropout", "span_mask"]},
-    "augmentation_rate": {"distribution": "uniform", "low": 0.05, "high": 0.25},
-}
 TRAINING = {"optimizer": "AdamW", "batch_size": 32, "max_length": 64, "warmup": 0.1, "schedule": "linear",
             "frozen": "nothing (the whole model is fine-tuned)", "start": "LP-FT: shared linear probe on frozen features"}
 LINEAR_PROBE = {"features": "pooled output of the frozen pretrained MiniLM", "l2": 1e-3, "optimizer": "L-BFGS",
                 "max_iter": 200, "head_seed": 1234}
 QUICK = {"n_train": 600, "n_val": 300, "n_test": 400, "n_ood": 300, "k": 3, "max_epochs": 1}
-
-
-def draw_search(k: int = K, seed: int = SEARCH_SEED, space: dict = SEARCH_SPACE) -> list[dict]:
-    """The random search's `k` draws, in order (each with its own training seed: its index)."""
-    rng = random.Random(seed)
-
-    def sample(spec: dict):
-        kind = spec["distribution"]
-        if kind == "log-uniform":
-            return math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"])))
-        if kind == "uniform":
-            return rng.uniform(spec["low"], spec["high"])
-        if kind == "integer-uniform":
-            return rng.randint(spec["low"], spec["high"])
-        return rng.choice(spec["values"])
-
-    draws = []
-    for i in range(k):
-        d = {name: sample(spec) for name, spec in space.items()}
-        if d["augmentation"] == "none":
-            d["augmentation_rate"] = 0.0
-        d["seed"] = i
-        d["name"] = f"rs{i:02d}"
-        draws.append(d)
-    return draws
-
-
-def augment(text: str, kind: str, rate: float, rng: random.Random, mask_token: str) -> str:
-    """Word dropout (each word dropped with probability `rate`, one always kept) or one random span of about
-    `rate` of the words replaced by the mask token."""
-    words = text.split()
-    if kind == "none" or rate <= 0 or len(words) < 2:
-        return text
-    if kind == "word_dropout":
-        kept = [w for w in words if rng.random() >= rate]
-        return " ".join(kept or [rng.choice(words)])
-    span = max(1, round(rate * len(words)))
-    start = rng.randrange(0, len(words) - span + 1)
-    return " ".join(words[:start] + [mask_token] * span + words[start + span:])
 
 
 def minilm_dir() -> str:
@@ -213,7 +161,8 @@ def finetune(base: str, out: str, train, draw: dict, batch_size: int = TRAINING[
 
 def by_length(ds):
     """The dataset sorted by text length (stable), for batches that pad little."""
-    return ds.select(sorted(range(len(ds)), key=lambda i: len(ds[i]["text"])))
+    lengths = [len(t) for t in ds["text"]]
+    return ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
 
 
 def _cpu_seconds() -> float:
