@@ -298,9 +298,6 @@ def main() -> None:
         print(f"[{time.time() - t0:6.0f}s] soups ready; greedy kept {kept} of {len(refs)}", flush=True)
         search = {"seed": SEARCH_SEED, "k": len(draws), "space": SEARCH_SPACE, "draws": draws, "training": TRAINING,
                   "linear_probe": LINEAR_PROBE, "n_train": len(data["train"]), "split_seed": SPLIT_SEED}
-        greedy.notes.append(f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
-                            + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
-                            + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
         # Each set in length order: the evaluator's batches then pad little (about 1.5x faster on the CPU, measured by
         # --probe); every method sees the same order, and the paired bootstrap does not depend on it.
         sets = {k: by_length(v) for k, v in data.items() if k != "train"}
@@ -308,6 +305,10 @@ def main() -> None:
         report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=(0.0, 0.25, 0.5, 0.75),
                                  progress=False)
         print(f"[{time.time() - t0:6.0f}s] evaluated", flush=True)
+        greedy.notes.append(  # after evaluate, which sets the notes
+            f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
+                            + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
+                            + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
         ood = ["ood_amazon", "ood_tweets", "ood_nyt"]
         os.makedirs(args.results, exist_ok=True)
         suffix = "_quick" if args.quick else ""
