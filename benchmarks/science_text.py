@@ -306,9 +306,9 @@ def main() -> None:
                                  progress=False)
         print(f"[{time.time() - t0:6.0f}s] evaluated", flush=True)
         greedy.notes.append(  # after evaluate, which sets the notes
-            f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
-                            + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
-                            + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
+            f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over " + ", ".join(SEARCH_SPACE)
+            + "; LP-FT from one shared linear probe. Draws: "
+            + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
         ood = ["ood_amazon", "ood_tweets", "ood_nyt"]
         os.makedirs(args.results, exist_ok=True)
         suffix = "_quick" if args.quick else ""
