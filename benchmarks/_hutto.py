@@ -41,7 +41,8 @@ def splits(n_train: int = 2000, n_val: int = 500, n_test: int | None = 1000, n_o
     """In-domain train/val/test from movie reviews, and shifted sets from Amazon reviews, tweets and NYT editorials.
 
     The movie snippets are shuffled once (`seed`) and cut in order: train (`n_train`), val (`n_val`), test (`n_test`,
-    or every remaining snippet when `None`), so the three never overlap. Each shifted set is shuffled and cut to `n_ood` (whole when `None`).
+    or every remaining snippet when `None`), so the three never overlap. Each shifted set is shuffled and cut to
+    `n_ood` (whole when `None`).
     """
     from datasets import ClassLabel, Dataset, Features, Value
 

@@ -56,7 +56,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 # ---- the protocol (fixed before the first run; see the module docstring) ----
 TRAINING = {"optimizer": "AdamW", "batch_size": 32, "max_length": 64, "warmup": 0.1, "schedule": "linear",
-            "frozen": "nothing (the whole model is fine-tuned)", "start": "LP-FT: shared linear probe on frozen features"}
+            "frozen": "nothing (the whole model is fine-tuned)",
+            "start": "LP-FT: shared linear probe on frozen features"}
 LINEAR_PROBE = {"features": "pooled output of the frozen pretrained MiniLM", "l2": 1e-3, "optimizer": "L-BFGS",
                 "max_iter": 200, "head_seed": 1234}
 QUICK = {"n_train": 600, "n_val": 300, "n_test": 400, "n_ood": 300, "k": 3, "max_epochs": 1}
@@ -184,8 +185,8 @@ def probe(workdir: str) -> None:
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     texts = list(data["test"]["text"][:1024])
     lengths = sorted(len(ids) for ids in tok(list(data["test"]["text"]))["input_ids"])
-    print(f"test token lengths: median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * len(lengths))]},"
-          f" max {lengths[-1]}")
+    print(f"test token lengths: median {lengths[len(lengths) // 2]}, "
+          f"95th percentile {lengths[int(0.95 * len(lengths))]}, max {lengths[-1]}")
     for order in ("sorted by length", "as is"):
         batch_texts = sorted(texts, key=len) if order != "as is" else texts
         c, t = _cpu_seconds(), time.time()
@@ -202,7 +203,8 @@ def probe(workdir: str) -> None:
     print(f"train: 320 examples in {train_cpu:.1f} CPU-s ({train_wall:.1f} s wall): {train_rate:.1f} examples/CPU-s")
     cores = torch.get_num_threads()
     print(f"plan ({cores} thread(s); idle 2-core minutes = CPU time / 2): {K} draws, {epochs} epochs in all on "
-          f"{N_TRAIN} snippets = {epochs * N_TRAIN} training examples = {epochs * N_TRAIN / train_rate / 2 / 60:.1f} min;"
+          f"{N_TRAIN} snippets = {epochs * N_TRAIN} training examples = "
+          f"{epochs * N_TRAIN / train_rate / 2 / 60:.1f} min;"
           f" {n_eval} evaluation examples per model = {n_eval / eval_rate / 2 / 60:.2f} min per evaluated model "
           f"(as is)")
 
@@ -398,7 +400,8 @@ def main() -> None:
 
 
 def _describe(draw: dict) -> str:
-    aug = "no augmentation" if draw["augmentation"] == "none" else f"{draw['augmentation']} {draw['augmentation_rate']:.2f}"
+    aug = ("no augmentation" if draw["augmentation"] == "none"
+           else f"{draw['augmentation']} {draw['augmentation_rate']:.2f}")
     return (f"lr {draw['learning_rate']:.2e}, wd {draw['weight_decay']:.1e}, {draw['epochs']} epoch(s), "
             f"label smoothing {draw['label_smoothing']:.2f}, {aug}")
 
