@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sys
+from hf_soups import HubAccess
 
 _s = socket.socket()
 _s.bind(("127.0.0.1", 0))
@@ -46,10 +47,12 @@ def main() -> None:
             AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
             api.create_repo(f"bench/minilm-{labels}-labels")
             api.upload_folder(folder_path=path, repo_id=f"bench/minilm-{labels}-labels")
-            sizes[f"bench/minilm-{labels}-labels"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+            sizes[f"bench/minilm-{labels}-labels"] = sum(os.path.getsize(os.path.join(path,
+                                                         f)) for f in os.listdir(path))
         hub.reset_counters()
         try:
-            soup_from_hub(["bench/minilm-2-labels", "bench/minilm-3-labels"], cache_dir=os.path.join(work, "cache"),
+            soup_from_hub(["bench/minilm-2-labels", "bench/minilm-3-labels"],
+                          access=HubAccess(cache_dir=os.path.join(work, "cache")),
                           merge_options=MergeOptions(progress=False))
             raise SystemExit("expected an incompatible verdict")
         except IncompatibleIngredientsError as e:

@@ -238,7 +238,7 @@ def main() -> None:
         return probe(args.workdir)
     from huggingface_hub import HfApi
 
-    from hf_soups import MergeOptions, find_ingredients, soup_from_hub
+    from hf_soups import HubAccess, MergeOptions, find_ingredients, soup_from_hub
     from hf_soups.plots import plot_soup
     from hf_soups.recipes import get_method, method_names
     from hf_soups.testing.hub import LoopbackHub
@@ -283,7 +283,8 @@ def main() -> None:
         out = os.path.join(workdir, "soups")
         shutil.rmtree(out, ignore_errors=True)
         cache = os.path.join(workdir, "hf-cache")
-        quiet = MergeOptions(progress=False, base_model=MINILM)
+        quiet = MergeOptions(progress=False)  # the card's base_model: the fine-tunes' cards agree on MINILM
+        access = HubAccess(cache_dir=cache)
         soups, skipped, seconds = {}, {}, {}
         for method in method_names():  # every registered method, none named here
             entry = get_method(method)
@@ -291,7 +292,7 @@ def main() -> None:
                 skipped[method] = "needs user-given weights (the demo has no principled choice of them)"
                 continue
             t = time.time()
-            soups[method] = soup_from_hub(refs, method=method, output_dir=os.path.join(out, method), cache_dir=cache,
+            soups[method] = soup_from_hub(refs, method=method, output_dir=os.path.join(out, method), access=access,
                                           merge_options=quiet, **_soup_kwargs(entry, data, base))
             seconds[method] = time.time() - t
             print(f"[{time.time() - t0:6.0f}s] {method} soup ready ({seconds[method]:.0f}s)", flush=True)

@@ -33,6 +33,7 @@ _LAZY = {
     "EvalSpec": ".recipes",
     "EvalSet": ".evaluation.data",
     "MergeOptions": ".merge.options",
+    "HubAccess": ".hub.access",
     "CompatibilityReport": ".compat",
     "Problem": ".compat",
 }
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .callback import SoupCallback
     from .hub.discovery import CandidateSet, find_ingredients
     from .runs import RunCheckpoints, run_checkpoints
+    from .hub.access import HubAccess
     from .merge.options import MergeOptions
     from .recipes import EvalSpec, Recipe
     from .refs import Ingredient, IngredientRef
@@ -67,6 +69,7 @@ __all__ = [
     "EvalSpec",
     "EvalSet",
     "MergeOptions",
+    "HubAccess",
     "CompatibilityReport",
     "Problem",
     *_errors.__all__,

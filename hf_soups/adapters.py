@@ -341,9 +341,9 @@ def export_adapter(ingredients: Sequence[Ingredient], readers: Sequence[Checkpoi
 
     if not all(is_adapter(i) for i in ingredients):
         full = next(i.name for i in ingredients if not is_adapter(i))
-        raise InvalidArgumentError(f"as_adapter=True needs every ingredient to be a LoRA adapter; '{full}' is a full "
+        raise InvalidArgumentError(f"as_adapter=<rank> needs every ingredient to be a LoRA adapter; '{full}' is a full "
                                    "model, whose weight delta is not low-rank.",
-                                   fix="drop as_adapter=True (the soup is then a full model), or soup adapters only.",
+                                   fix="drop as_adapter= (the soup is then a full model), or soup adapters only.",
                                    param="as_adapter")
     sources: list[AdapterSource] = [i.adapter for i in ingredients]  # type: ignore[attr-defined]
     targets = sorted(set().union(*(s.layout.deltas for s in sources)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 import os
 import tempfile
@@ -27,11 +26,14 @@ from .compat import (
     verdict,
 )
 from .distance import init_distance_warnings
-from .errors import InvalidArgumentError, SoupError
-from .merge import MergeOptions, build_plan, merge_to_directory
+from .errors import InvalidArgumentError, SoupError, UnknownArgumentError
+from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
 from .modeling import check_remote_code
-from .options import resolve_options
-from .recipes import EvalSpec, Recipe, get_method
+from .base import pin_base, shared_base_model
+from .hub.access import HubAccess
+from .options import guard_keywords, resolve_options
+from .recipes import EvalSpec, MethodContext, MethodResult, Recipe, get_method
+from .recipes.protocol import as_result, statistics_pass
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
 from .soup import Soup
@@ -321,6 +323,7 @@ def _from_collection(refs: Any, collection: str, **kwargs: Any) -> Any:
     return found
 
 
+@guard_keywords
 def soup_from_hub(
     refs: Sequence[RefLike] | Any = None,
     method: str = "uniform",
@@ -328,13 +331,8 @@ def soup_from_hub(
     output_dir: str | os.PathLike[str] | None = None,
     *,
     revision: str | Sequence[str | None] | None = None,
-    token: str | bool | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | None = None,
+    access: HubAccess | None = None,
     eval_dataset: Any = None,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    metric: Any = "accuracy",
     eval_spec: EvalSpec | None = None,
     merge_options: MergeOptions | None = None,
     overwrite: bool = False,
@@ -343,15 +341,17 @@ def soup_from_hub(
     allow_single: bool = False,
     collection: str | None = None,
     base: str | os.PathLike[str] | None = None,
-    as_adapter: bool = False,
-    rank: int | None = None,
-    **deprecated: Any,
+    as_adapter: int | None = None,
 ) -> Soup:
     """Make a model soup from fine-tuned checkpoints on the Hub (or on disk).
 
     Each reference is pinned to a commit sha, the compatibility verdict runs on config files and safetensors
     headers before any weight is downloaded, then the soup is computed tensor by tensor in fp32 with bounded memory
     and written atomically as sharded safetensors with config, tokenizer files and a model card.
+
+    Each setting has one name: evaluation settings are [`EvalSpec`] fields, merge settings [`MergeOptions`] fields,
+    the Hub endpoint, token and cache one [`HubAccess`]. Any other keyword raises [`UnknownArgumentError`] (a
+    `TypeError`) naming the right one: `split="validation"` says `eval_spec=EvalSpec(split=...)`.
 
     Args:
         refs (`Sequence[str]` or [`CandidateSet`]):
@@ -362,30 +362,24 @@ def soup_from_hub(
             A registered method (`hf_soups.recipes.METHODS`): `"uniform"` (mean), `"weighted"` (`weights`,
             normalised to sum to 1), `"greedy"` or `"learned"` (both need held-out data).
         weights (`Sequence[float]`, *optional*):
-            One weight per ingredient, for `method="weighted"` (passing weights with the default method implies it).
+            One weight per ingredient, for `method="weighted"` (with any other method they are an error).
         output_dir (`str`, *optional*):
             Where to write the soup; a new temporary directory when omitted. Must be absent or empty unless
             `overwrite=True`. If it changes during the run, [`OutputExistsError`] is raised and the new soup is kept
             next to it as `<output_dir>.hf-soups-new-<timestamp>`.
         revision (`str` or `Sequence[str | None]`, *optional*):
             Revision for references without their own `@rev`: one for all, or one per reference.
-        token (`str` or `bool`, *optional*):
-            Hub token for private repos. Never logged or stored.
-        endpoint (`str`, *optional*):
-            The Hub endpoint (defaults to `HF_ENDPOINT`).
-        cache_dir (`str`, *optional*):
-            The huggingface_hub cache directory.
+        access ([`HubAccess`], *optional*):
+            The Hub endpoint (defaults to `HF_ENDPOINT`), token (never logged or stored) and cache directory.
         eval_dataset (`datasets.Dataset`, `DatasetDict`, `pandas.DataFrame`, `dict` or `str`, *optional*):
-            Held-out data for greedy and learned soups: a `Dataset`, a `DatasetDict` (the split is `eval_spec.split`),
-            an `IterableDataset` (its first `eval_spec.max_samples` examples), a pandas DataFrame, a dict of lists, a
-            csv/json/parquet file, a `save_to_disk` directory, an imagefolder or a Hub dataset id (loaded with
-            `eval_spec.split`); every form [`as_eval_dataset`] reads. Defaults to `eval_spec.dataset`. Its columns,
-            label values and label names are checked against the ingredients' config before any weight is
-            downloaded.
-        text_column, label_column (`str`, *optional*):
-            Column names of `eval_dataset`; override the `eval_spec`'s.
-        metric (`str` or `evaluate.EvaluationModule`, *optional*, defaults to `"accuracy"`):
-            Metric for held-out scores; a value other than the default overrides the `eval_spec`'s.
+            The held-out data itself, for greedy and learned soups: a `Dataset`, a `DatasetDict` (the split is
+            `eval_spec.split`), an `IterableDataset` (its first `eval_spec.max_samples` examples), a pandas
+            DataFrame, a dict of lists, a csv/json/parquet file, a `save_to_disk` directory, an imagefolder or a Hub
+            dataset id (loaded with `eval_spec.split`); every form [`as_eval_dataset`] reads. It stays a top-level
+            argument because it is data, often in memory, that a recipe cannot hold; [`EvalSpec`] holds the
+            settings, and `EvalSpec.dataset` the recordable name (a file or Hub id), used when this is omitted.
+            Its columns, label values and label names are checked against the ingredients' config before any
+            weight is downloaded.
         eval_spec ([`EvalSpec`], *optional*):
             Every evaluation setting (split, columns, metric, `strict`, batch size, learned steps, offloading).
         merge_options ([`MergeOptions`], *optional*):
@@ -406,26 +400,24 @@ def soup_from_hub(
             checked by [`find_ingredients`] (headers only), the compatible ones are souped, each rejected one is
             logged with its reason, and the card records the collection and the date.
         base (`str`, *optional*):
-            The base model of LoRA adapter ingredients (a Hub id, `id@rev` or a directory), instead of each
-            adapter's `base_model_name_or_path`. It is resolved to a commit sha and pulled once.
-        as_adapter (`bool`, *optional*, defaults to `False`):
-            Write the soup of LoRA adapters as one LoRA adapter of rank `rank` (the truncated SVD of the souped
-            ΔW per module) instead of a full model; `soup.adapter_export` and the card report the relative
-            Frobenius error per module and the worst.
-        rank (`int`, *optional*):
-            The rank of the adapter written with `as_adapter=True`.
-        **deprecated:
-            The former keywords `strict`, `max_memory`, `offload_folder`, `eval_kwargs` (now [`EvalSpec`] fields)
-            and `dtype`, `int_rule`, `align_labels`, `max_shard_size`, `device`, `stream`, `check_finite`,
-            `arch_check`, `base_model`, `progress` (now [`MergeOptions`] fields) still work for one release, with
-            a `FutureWarning`.
+            The pretrained checkpoint the ingredients were fine-tuned from (a Hub id, `id@rev` or a directory). It
+            is resolved to a commit sha like the ingredients, checked against their tensor names and shapes from
+            headers (a head the base lacks is a warning), and recorded as `repo@sha` in the recipe and as the
+            card's `base_model`. For LoRA adapters it replaces each adapter's `base_model_name_or_path`. When
+            omitted, a method that needs the base reads the ingredients' agreed `base_model` card metadata; a
+            uniform soup never downloads a base.
+        as_adapter (`int`, *optional*):
+            Write the soup of LoRA adapters as one LoRA adapter of this rank (the truncated SVD of the souped ΔW
+            per module) instead of a full model; `soup.adapter_export` and the card report the relative Frobenius
+            error per module and the worst.
 
     Returns:
         [`Soup`]: with `.output_dir`, `.method`, `.ingredients` (pinned `.revision`, `.weight`), a lazy `.model`,
         `.card`, `.save_pretrained()` and `.push_to_hub()`.
 
     Raises:
-        [`IncompatibleIngredientsError`]: the verdict is negative (its `.report` lists every problem).
+        [`IncompatibleIngredientsError`]: the verdict is negative (its `.report` lists every problem), or the base
+            lacks a tensor of the ingredients' body.
         [`IngredientNotFoundError`], [`RevisionNotFoundError`], [`AuthenticationError`]: a reference cannot be resolved.
         [`NoSafetensorsError`], [`UnsafeCheckpointError`], [`CorruptCheckpointError`]: an ingredient cannot be read
             safely.
@@ -435,9 +427,9 @@ def soup_from_hub(
         [`RecipeError`]: `method` is not registered (the message names the closest one).
         [`InvalidArgumentError`]: fewer than two ingredients, one ingredient twice, weights that do not fit the
             method, or a held-out method without data (all raised before any weight is downloaded).
+        [`UnknownArgumentError`]: a keyword this function does not take (the message names the right one).
         [`EvaluationError`], [`LabelMismatchError`]: the held-out data lacks a column or its labels do not match
             the ingredients' `id2label` (raised before any weight is downloaded).
-        `TypeError`: an unknown keyword argument (the message names the closest one).
 
     Example:
         ```python
@@ -451,9 +443,13 @@ def soup_from_hub(
         >>> soup.push_to_hub("user/my-soup")
         ```
     """
-    spec, options = resolve_options(eval_spec=eval_spec, merge_options=merge_options, eval_dataset=eval_dataset,
-                                    text_column=text_column, label_column=label_column, metric=metric,
-                                    deprecated=deprecated, parameters=_SOUP_PARAMETERS)
+    spec, options = resolve_options(eval_spec, merge_options, eval_dataset)
+    if access is None:
+        access = HubAccess()
+    elif not isinstance(access, HubAccess):
+        raise UnknownArgumentError(f"access must be a HubAccess, got {type(access).__name__}.", param="access",
+                                   fix="pass access=HubAccess(endpoint=..., token=..., cache_dir=...).")
+    token, endpoint, cache_dir = access.token, access.endpoint, access.cache_dir
     if collection is not None:
         refs = _from_collection(refs, collection, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                 progress=options.progress)
@@ -468,25 +464,22 @@ def soup_from_hub(
     options = dataclasses.replace(options, dtype=validate_dtype(options.dtype),
                                   int_rule=validate_int_rule(options.int_rule),  # type: ignore[arg-type]
                                   max_shard_size=validate_max_shard_size(options.max_shard_size))
-    if method == "uniform" and weights is not None:  # weights given: the user wants them applied
-        method = "weighted"
     entry = get_method(method)
     if entry.user_weights and weights is None:
         raise InvalidArgumentError(f"method={method!r} needs weights.",
                                    fix="pass weights=[...] with one weight per ingredient.", param="weights")
     if not entry.user_weights and weights is not None:
-        raise InvalidArgumentError(f"method={method!r} chooses the weights itself.",
-                                   fix="drop weights=, or use method='weighted'.", param="weights")
+        raise InvalidArgumentError(f"method={method!r} chooses the weights itself, so weights= would be ignored.",
+                                   fix="pass method='weighted' to apply your weights, or drop weights=.",
+                                   param="weights")
     if entry.needs_eval and eval_dataset is None and spec.dataset is None:
         raise InvalidArgumentError(f"method={method!r} needs held-out data.",
                                    fix="pass eval_dataset=<datasets.Dataset or file>, or "
                                        "eval_spec=EvalSpec(dataset=...).", param="eval_dataset")
-    if as_adapter and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise InvalidArgumentError(f"writing the soup as an adapter needs its rank, a positive integer; got {rank!r}.",
-                                   fix="pass rank=8 (say): the rank of the adapter written.", param="rank")
-    if rank is not None and not as_adapter:
-        raise InvalidArgumentError("a rank is only used when the soup is written as an adapter.",
-                                   fix="pass as_adapter=True too, or drop rank=.", param="rank")
+    if as_adapter is not None and (isinstance(as_adapter, bool) or not isinstance(as_adapter, int) or as_adapter < 1):
+        raise InvalidArgumentError(f"as_adapter is the rank of the adapter written, a positive integer; got "
+                                   f"{as_adapter!r}.", fix="pass as_adapter=8 (say), or omit it for a full model.",
+                                   param="as_adapter")
     output = None
     if output_dir is not None:  # fail fast, before any download; the commit re-checks against this very state
         output = AtomicDirectory(output_dir, overwrite=overwrite, ingredients=_local_dirs(refs),
@@ -505,10 +498,13 @@ def soup_from_hub(
     metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, options=options,
                                      needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
+    pinned_base = None
+    if not any(adapters.is_adapter(i) for i in ingredients):  # adapters pinned theirs in _resolve_all
+        pinned_base = pin_base(base, metas, report, access, needed=entry.needs.base, allow_pickle=allow_pickle)
     return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
                  options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
-                 as_adapter=rank if as_adapter else None)
+                 as_adapter=as_adapter, base=pinned_base, base_input=pinned_base if entry.needs.base else None)
 
 
 def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
@@ -532,7 +528,7 @@ def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str |
     if arch is not None and (needs_eval or any(i.repo_id is not None for i in ingredients)):
         arch.settle(report)  # before any weight is downloaded or evaluated
     if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
-        from .evaluation.data import check_eval_data
+        from .evaluation.tasks import check_eval_data
 
         if spec is None:
             raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")
@@ -546,12 +542,14 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
           *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
-          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None) -> Soup:
+          discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None,
+          base: Ingredient | None = None, base_input: Ingredient | None = None) -> Soup:
     """readers -> plan -> weights (registry) -> one atomic commit of weights, companion files and card -> `Soup`.
 
     With `recipe` (a replay), the soup carries that recipe and its method label, and the card written inside the
     commit is the recipe's; a recorded BatchNorm recalibration is replayed on `calibration` inside the commit.
-    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank.
+    With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank. With `base_input`
+    (the pinned base, for a method that `Needs(base=True)`), the base is the plan's last input.
     """
     entry = get_method(method)
     if entry.needs_eval or eval_dataset is not None:  # the task's default metric and threshold, for the recipe
@@ -577,32 +575,53 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         plan = build_plan(tensor_maps, [1.0] * len(readers), names=names, dtype=options.dtype,
                           int_rule=options.int_rule, label_permutations=perms, num_labels=num_labels,
                           check_finite=options.check_finite)
-        trace: list[dict[str, Any]] = []
-        scores: dict[str, float] = {}
-        held_out_warnings: list[str] = []
-        if entry.needs_eval:
-            from .evaluation import held_out
-
-            # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
-            evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir) for i in ingredients]
-            chosen = held_out.choose_weights(method, plan, readers, evaluated, metas[0].config, eval_data, spec,
-                                             trust_remote_code=trust_remote_code, progress=options.progress)
-            plan, trace, scores, held_out_warnings = chosen.plan, chosen.trace, chosen.scores, chosen.warnings
+        inputs = list(readers)  # the plan's inputs: the ingredients, then the base when the method takes it
+        if base_input is not None:
+            (base_input,), (base_reader,) = _open_readers([base_input], stream=options.stream, token=token,
+                                                          endpoint=endpoint, cache_dir=cache_dir,
+                                                          allow_pickle=allow_pickle, stack=stack)
+            plan, inputs = plan.with_base(), [*inputs, base_reader]
+        if recipe is not None:  # a replay: the recorded plan, applied as it is (the method is not re-run)
+            plan = plan.with_weights(recipe.weights).with_overrides(recipe.tensors)
+            result = MethodResult(plan, parameters=dict(recipe.parameters or {}))
         else:
-            plan = plan.with_weights(entry.fn(len(readers), weights))
+            ctx = MethodContext(names=tuple(names), plan=plan, readers=inputs, base=inputs[-1] if plan.base else None,
+                                weights=tuple(normalize_weights(weights)) if weights is not None else None,
+                                statistics=statistics_pass(plan, inputs) if entry.needs.statistics else None)
+            if entry.needs_eval:
+                from .evaluation import held_out
+
+                # an adapter is evaluated with its base's tokenizer, processor and config (its merged model's)
+                evaluated = [dataclasses.replace(i, local_dir=adapters.companion_source(i).local_dir)
+                             for i in ingredients]
+                chosen = held_out.choose_weights(entry, ctx, evaluated, metas[0].config, eval_data, spec,
+                                                 trust_remote_code=trust_remote_code, progress=options.progress)
+                result = MethodResult(chosen.plan, chosen.trace, chosen.scores, chosen.warnings, chosen.parameters)
+            else:
+                result = as_result(entry.fn(ctx), method)
+        plan, trace, scores, held_out_warnings = result.plan, result.trace, result.scores, result.warnings
+        if as_adapter is not None and (plan.base or plan.overrides()):
+            raise InvalidArgumentError(f"method={method!r} weighs tensors one by one; a soup written as an adapter "
+                                       "takes one weight per ingredient.", fix="drop as_adapter=.",
+                                       param="as_adapter")
         ingredients = [dataclasses.replace(ing, weight=w, score=scores.get(ing.name))
                        for ing, w in zip(ingredients, plan.weights)]
         target = os.path.expanduser(os.fspath(output_dir)) if output_dir is not None else os.path.join(
             tempfile.mkdtemp(prefix="hf-soup-"), "soup")
+        recorded_base = base_input if base_input is not None else base  # the pinned base, when there is one
         if recipe is None:
             recipe = Recipe(
                 method=method, ingredients=tuple(names), weights=plan.weights, dtype=options.dtype_name,
                 int_rule=options.int_rule, align_labels=options.align_labels,
                 evaluation=spec if entry.needs_eval or eval_dataset is not None else None,
-                base=adapters.pinned_base(ingredients), as_adapter=as_adapter,
+                base=recorded_base.name if recorded_base is not None else adapters.pinned_base(ingredients),
+                as_adapter=as_adapter, tensors=tuple(plan.overrides()), parameters=result.parameters or None,
+                base_input=plan.base,
             )
         soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
-                    trace=trace, scores=scores, base_model=options.base_model or _shared_base_model(metas),
+                    trace=trace, scores=scores,
+                    base_model=shared_base_model(metas) if recorded_base is None else
+                    recorded_base.repo_id or recorded_base.name,
                     metric=spec.metric_name, metric_fn=None if spec.metric_replayable else spec.metric,
                     trust_remote_code=trust_remote_code, discovery=discovery,
                     warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))
@@ -613,7 +632,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 if as_adapter is not None:
                     soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
                 else:
-                    merge_to_directory(plan, readers, tmp, max_shard_size=options.max_shard_size, names=names,
+                    merge_to_directory(plan, inputs, tmp, max_shard_size=options.max_shard_size, names=names,
                                        progress=options.progress, device=options.device)
                 if arch is not None:
                     arch.settle(report)  # an architecture error voids the soup before the card and the commit
@@ -633,19 +652,6 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
         if arch is not None:
             arch.settle(report)  # (processes that did not merge)
     return soup
-
-
-_SOUP_PARAMETERS = tuple(inspect.signature(soup_from_hub).parameters)[:-1]
-
-
-def _shared_base_model(metas: Sequence[IngredientMeta]) -> str | None:
-    """The pretrained base every ingredient's card declares, when they all declare the same single one."""
-    declared = {m.base_model for m in metas}
-    if len(declared) == 1:
-        only = next(iter(declared))
-        if only is not None and len(only) == 1:
-            return only[0]
-    return None
 
 
 def _agreed_card_metadata(ingredients: Sequence[Ingredient]) -> dict[str, Any]:
@@ -727,10 +733,10 @@ def _parse_card(text: str, source: str) -> Any:
                           fix="pass a recipe YAML file, a soup directory or a soup repo id.") from None
 
 
+@guard_keywords
 def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = None, *,
-                  token: str | bool | None = None, overwrite: bool = False, progress: bool = True,
-                  endpoint: str | None = None, cache_dir: str | None = None, allow_local: bool = False,
-                  calibration_dataset: Any = None) -> Soup:
+                  access: HubAccess | None = None, overwrite: bool = False, progress: bool = True,
+                  allow_local: bool = False, calibration_dataset: Any = None) -> Soup:
     """Re-create a soup bit for bit from its recipe: the same pinned ingredients, weights, dtype and rules, and the
     same BatchNorm recalibration when the recipe records one.
 
@@ -739,7 +745,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     Args:
         recipe ([`Recipe`]): from [`load_recipe`] or a soup's `.recipe`.
         output_dir (`str`, *optional*): where to write the soup (a temporary directory when omitted).
-        token (`str` or `bool`, *optional*): Hub token for private ingredients.
+        access ([`HubAccess`], *optional*): the Hub endpoint, token (for private ingredients) and cache directory.
         overwrite (`bool`, *optional*, defaults to `False`): replace a soup hf_soups wrote at `output_dir`.
         allow_local (`bool`, *optional*, defaults to `False`): accept local directories among the ingredients (only
             for a recipe you wrote yourself; a recipe from a model card may only name Hub repos pinned to shas).
@@ -756,9 +762,13 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
         [`InvalidArgumentError`]: the recipe recomputes BatchNorm statistics on an in-memory set and
             `calibration_dataset` is not given (raised before anything is downloaded).
         [`SoupError`]: the calibration data differs from the recorded one (nothing is written then).
+        [`UnknownArgumentError`]: a keyword this function does not take (`token=` names `access=HubAccess(...)`).
         Everything [`soup_from_hub`] raises.
     """
     from .recipes.recipe import check_replayable, replayable_base
+
+    access = access if access is not None else HubAccess()
+    token, endpoint, cache_dir = access.token, access.endpoint, access.cache_dir
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
@@ -792,7 +802,9 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
                  endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
-                 as_adapter=recipe.as_adapter)
+                 as_adapter=recipe.as_adapter,
+                 base_input=_resolve_all([recipe.base], None, token, endpoint, cache_dir)[0]
+                 if recipe.base_input and recipe.base else None)
     soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
     if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
         soup.metric = recipe.evaluation.metric_name

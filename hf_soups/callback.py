@@ -184,7 +184,7 @@ class SoupCallback(TrainerCallback):
 
             kwargs_ = {"overwrite": True, "allow_single": True, **self.soup_kwargs}
             if self.method != "uniform":
-                kwargs_.update(self._selection(kwargs.get("model")))
+                kwargs_.update(self._selection(kwargs.get("model"), kwargs_.get("eval_spec")))
             self.soup = soup_from_hub(chosen, self.method, output_dir=target, **kwargs_)
         if self.trainer is not None:
             self.metrics = self._evaluate(target)
@@ -199,7 +199,13 @@ class SoupCallback(TrainerCallback):
                 api.create_repo(self.push_to_hub, exist_ok=True)
                 api.upload_folder(folder_path=target, repo_id=self.push_to_hub, commit_message="Upload soup")
 
-    def _selection(self, model: Any) -> dict[str, Any]:
+    def _selection(self, model: Any, spec: Any = None) -> dict[str, Any]:
+        """The trainer's eval_dataset, and `spec` (an [`EvalSpec`], default one) with the compute_metrics key as its
+        metric."""
+        import dataclasses
+
+        from .recipes import EvalSpec
+
         trainer = self.trainer
         if trainer.eval_dataset is None or trainer.compute_metrics is None:
             raise InvalidArgumentError(f"method={self.method!r} needs the trainer's eval_dataset and compute_metrics.",
@@ -207,8 +213,9 @@ class SoupCallback(TrainerCallback):
                                            "method='uniform'.", param="method")
         key = self.selection_metric or self.metric.removeprefix("eval_")
         num_labels = int(getattr((model or trainer.model).config, "num_labels", 2))
+        metric = _metric_from_compute_metrics(trainer.compute_metrics, key, num_labels)
         return {"eval_dataset": trainer.eval_dataset,
-                "metric": _metric_from_compute_metrics(trainer.compute_metrics, key, num_labels)}
+                "eval_spec": dataclasses.replace(spec if spec is not None else EvalSpec(), metric=metric)}
 
     def _evaluate(self, target: str) -> dict[str, float]:
         """Evaluate the soup with the trainer (its metrics logged with the `soup_` prefix), then restore the trained

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -12,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .evaluation.tasks import head_for, usage_code
 from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 from .text import escape_markdown, one_line
@@ -23,23 +22,6 @@ _TAGS = ["merge", "model-soup", "hf-soups"]
 
 #: Card metadata a soup inherits from its ingredients' cards when they all agree.
 INHERITED_FIELDS: tuple[str, ...] = ("license", "language", "datasets")
-
-#: `config.architectures` suffix -> (the Hub's pipeline tag, the transformers Auto class for that head, the pipeline
-#: class that serves the tag in transformers: the snippet names the pipeline only where the installed one has it).
-_PIPELINES = (
-    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification",
-     "TextClassificationPipeline"),
-    ("ForImageClassification", "image-classification", "AutoModelForImageClassification",
-     "ImageClassificationPipeline"),
-    ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification",
-     "TokenClassificationPipeline"),
-    ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering", "QuestionAnsweringPipeline"),
-    ("ForCausalLM", "text-generation", "AutoModelForCausalLM", "TextGenerationPipeline"),
-    ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM", "FillMaskPipeline"),
-    ("ForConditionalGeneration", "text2text-generation", "AutoModelForSeq2SeqLM", "Text2TextGenerationPipeline"),
-    ("ForAudioClassification", "audio-classification", "AutoModelForAudioClassification",
-     "AudioClassificationPipeline"),
-)
 
 _USAGE_HEADING = "## How to use"
 #: The fenced recipe block's opening line starts with a fence and `yaml`; its first YAML line is this key.
@@ -53,30 +35,11 @@ def _code(text: Any) -> str:
     return escape_markdown(text, code=True)
 
 
-def pipeline_tag_for(architectures: Sequence[str] | None) -> str | None:
-    """Infer the pipeline tag from `config.architectures` (`BertForSequenceClassification` -> `text-classification`)."""
-    head = _head_for(architectures)
-    return head[1] if head else None
-
-
-def _head_for(architectures: Sequence[str] | None) -> tuple[str, str, str, str] | None:
-    for arch in architectures or []:
-        for entry in _PIPELINES:
-            if isinstance(arch, str) and arch.endswith(entry[0]):
-                return entry
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _has_class(name: str) -> bool:
-    """Whether the installed transformers exports `name`, without importing it (transformers 5 dropped some
-    pipelines, e.g. `question-answering`, that the Hub still uses as pipeline tags)."""
-    try:
-        import transformers
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    exported = getattr(transformers, "_class_to_module", None)  # the lazy module's table: no import of pipelines
-    return name in exported if isinstance(exported, dict) else name in dir(transformers)
+def pipeline_tag_for(architectures: Sequence[str] | None, config: Mapping[str, Any] | None = None) -> str | None:
+    """The pipeline tag of the head (`BertForSequenceClassification` -> `text-classification`), from the task
+    registry ([`hf_soups.evaluation.tasks.head_for`]); `config` lets a task of its `problem_type` decide."""
+    head = head_for({**(config or {}), "architectures": architectures})
+    return head.pipeline_tag if head else None
 
 
 def _describe(method: str) -> str:
@@ -104,34 +67,15 @@ def _shown_path(path: str | os.PathLike[str]) -> str:
 
 
 def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
-    """The "How to use" section: the model class named in `config.architectures`, and the matching pipeline.
+    """The "How to use" section: the task of the head writes the code ([`Task.usage`]).
 
     Args:
         config (`Mapping`): the soup's `config.json`.
         model_path (`str`): the repo id (or local directory) the snippet loads.
     """
-    arch = next(iter(config.get("architectures") or []), None)
-    if not (isinstance(arch, str) and arch.isidentifier()):  # a config's text never becomes code
-        arch = None
-    auto_map = config.get("auto_map") or {}
-    head = _head_for(config.get("architectures"))
-    task = head[1] if head and _has_class(head[3]) else None
-    path = json.dumps(str(model_path))  # a Python string literal on one line, whatever the path holds
-    lines = [_USAGE_HEADING, "", "```python"]
-    if arch and not auto_map:
-        lines += [f"from transformers import {arch}" + (", pipeline" if task else ""), "",
-                  f"model = {arch}.from_pretrained({path})"]
-    elif head and not task:  # custom code and no pipeline for this head: its Auto class resolves it
-        lines += [f"from transformers import {head[2]}", "",
-                  f"model = {head[2]}.from_pretrained({path}, trust_remote_code=True)"]
-    else:  # custom code: the Auto class resolves it (and needs trust_remote_code)
-        lines += ["from transformers import AutoModel" + (", pipeline" if task else ""), "",
-                  f"model = AutoModel.from_pretrained({path}, trust_remote_code=True)"]
-    if task:
-        lines.append(f'pipe = pipeline("{task}", model={path}' + (", trust_remote_code=True" if auto_map else "")
-                     + ")")
-    lines += ["```", ""]
-    return lines
+    head = head_for(config)
+    code = head.usage(config, model_path) if head else usage_code(config, model_path, None)
+    return [_USAGE_HEADING, "", "```python", *code, "```", ""]
 
 
 def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient]) -> list[str]:
@@ -228,7 +172,7 @@ def build_card(
     bases = list(dict.fromkeys(i.repo_id for i in kept if i.repo_id))
     if base_model and base_model not in bases:
         bases.append(base_model)
-    pipeline_tag = pipeline_tag_for(config.get("architectures"))
+    pipeline_tag = pipeline_tag_for(config.get("architectures"), config)
     name = str(repo_id).split("/")[-1] if repo_id else "model-soup"
     model_path = repo_id or (_shown_path(local_path) if local_path else "path/to/soup")
     eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})

@@ -387,6 +387,60 @@ def architecture_findings(
     return problems
 
 
+@dataclass(frozen=True)
+class BaseFindings:
+    """What [`base_findings`] found on a pretrained base against the ingredients.
+
+    Attributes:
+        problems (`list[Problem]`): blocking: a tensor of the ingredients' body that the base lacks or holds in
+            another shape, or a base of another `model_type`.
+        missing_heads (`tuple[str, ...]`): head tensors (a classifier, a score layer) the ingredients have and the
+            base lacks, as a base fine-tuned on no task does. Not a problem by itself: each method that reads the
+            base decides (WiSE-FT and Model Stock keep the ingredients' heads there).
+    """
+
+    problems: list[Problem] = field(default_factory=list)
+    missing_heads: tuple[str, ...] = ()
+
+
+def base_findings(base: IngredientMeta, metas: Sequence[IngredientMeta]) -> BaseFindings:
+    """Does the pretrained `base` have the ingredients' tensor names and shapes? Pure: headers and configs only.
+
+    The ingredients are compared with the first one (the verdict has checked that they agree). Tensors only the base
+    holds (a pretraining head) are ignored.
+
+    Args:
+        base ([`IngredientMeta`]): the base's config and safetensors header.
+        metas (`Sequence[IngredientMeta]`): the ingredients'.
+
+    Returns:
+        [`BaseFindings`]
+    """
+    ref = metas[0]
+    found = BaseFindings()
+    fix = "pass base=<the checkpoint the ingredients were fine-tuned from> (the repo their cards name as base_model)."
+    base_type, ref_type = base.config.get("model_type"), ref.config.get("model_type")
+    if base_type != ref_type:
+        found.problems.append(Problem(base.name, "model_type", f"the base is a {base_type!r} model, the ingredients "
+                                      f"are {ref_type!r}.", fix))
+    if base.tensors is None or ref.tensors is None:
+        return found
+    heads, lacking, reshaped = [], [], []
+    for name, info in ref.tensors.items():
+        other = base.tensors.get(name)
+        if other is None:
+            (heads if any(m in name for m in constants.CLASSIFIER_MARKERS) else lacking).append(name)
+        elif tuple(other.shape) != tuple(info.shape):
+            reshaped.append(f"{name} {list(other.shape)} vs {list(info.shape)}")
+    if lacking:
+        found.problems.append(Problem(base.name, f"tensor {lacking[0]}", f"the base lacks {len(lacking)} tensor(s) "
+                                      f"the ingredients have: {_names(lacking)}.", fix))
+    if reshaped:
+        found.problems.append(Problem(base.name, f"tensor {reshaped[0].split()[0]}", f"the base holds "
+                                      f"{len(reshaped)} tensor(s) in another shape: {_names(reshaped)}.", fix))
+    return BaseFindings(found.problems, tuple(heads))
+
+
 def label_permutations(metas: Sequence[IngredientMeta]) -> list[list[int] | None]:
     """Per ingredient, the classifier row order that aligns its `id2label` with the first one's (`None`: aligned).
 

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "SoupError",
+    "UnknownArgumentError",
     "IncompatibleIngredientsError",
     "IngredientNotFoundError",
     "RevisionNotFoundError",
@@ -162,6 +163,11 @@ class RecipeError(SoupError, ValueError):
 
 class InvalidArgumentError(SoupError, ValueError):
     """An argument (weights, dtype, max_shard_size, ...) is invalid; raised before anything is read or downloaded."""
+
+
+class UnknownArgumentError(InvalidArgumentError, TypeError):
+    """A keyword argument the function does not take; the message names the argument or option field that says it
+    (`split=` -> `eval_spec=EvalSpec(split=...)`). A `TypeError` too, as Python's own error for it is."""
 
 
 class HubError(SoupError):

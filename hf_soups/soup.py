@@ -57,7 +57,7 @@ class Soup:
             best individual, low, high)}}`.
         warnings (`list[str]`): warnings about the held-out set (e.g. too small to separate the candidates).
         evaluation_warnings (`list[str]`): the same for the sets of the last [`Soup.evaluate`].
-        base_model (`str`, *optional*): the shared pretrained checkpoint, when known (`MergeOptions(base_model=...)`,
+        base_model (`str`, *optional*): the shared pretrained checkpoint, when known (the repo of `soup_from_hub(base=...)`,
             or the one every ingredient's card declares).
         metric (`str`): the metric name of the held-out scores and results (a callable's qualified name).
         metric_fn (*optional*): the metric itself when its name cannot re-load it: the user's callable (reused by

@@ -100,7 +100,7 @@ print(check_compatibility(refs).to_table())
 """,
 """
 soup = soup_from_hub(refs, method="greedy", eval_dataset=data["val"], output_dir=os.path.join(work, "soup"),
-                     merge_options=MergeOptions(base_model="sentence-transformers/all-MiniLM-L6-v2", progress=False))
+                     merge_options=MergeOptions(progress=False))
 for step in soup.trace:
     print(f"{step['ingredient']}: {step['score']:.3f} {'accepted' if step['accepted'] else 'rejected'}")
 """,

@@ -235,7 +235,8 @@ def _share_a(source: str, target: str) -> None:
 
     a, t = load_file(os.path.join(source, "adapter_model.safetensors")), load_file(os.path.join(target,
                                                                                               "adapter_model.safetensors"))
-    save_file({k: (a[k] if "lora_A" in k else v) for k, v in t.items()}, os.path.join(target, "adapter_model.safetensors"))
+    save_file({k: (a[k] if "lora_A" in k else v) for k, v in t.items()}, os.path.join(target,
+              "adapter_model.safetensors"))
 
 
 def _deltas(base: str, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -248,7 +249,7 @@ def test_as_adapter_reproduces_a_rank_r_soup_exactly(base, tmp_path):
     adapters = [make_adapter(base, str(tmp_path / f"s{i}"), seed=40 + i, task_type="SEQ_CLS") for i in range(3)]
     for other in adapters[1:]:
         _share_a(adapters[0], other)
-    soup = soup_from_hub(adapters, output_dir=tmp_path / "soup", as_adapter=True, rank=4, merge_options=_quiet())
+    soup = soup_from_hub(adapters, output_dir=tmp_path / "soup", as_adapter=4, merge_options=_quiet())
     export = soup.adapter_export
     assert export["exact"] and export["worst"][1] < 1e-6 and len(export["errors"]) == 4
     assert "exact" in soup.card.text and "As a LoRA adapter" in soup.card.text
@@ -265,7 +266,7 @@ def test_as_adapter_reproduces_a_rank_r_soup_exactly(base, tmp_path):
 
 
 def test_as_adapter_reports_the_truncation_error_per_module(base, plain, tmp_path):
-    soup = soup_from_hub(plain, "weighted", weights=[3, 2, 1], output_dir=tmp_path / "soup", as_adapter=True, rank=2,
+    soup = soup_from_hub(plain, "weighted", weights=[3, 2, 1], output_dir=tmp_path / "soup", as_adapter=2,
                          merge_options=_quiet())
     export = soup.adapter_export
     assert not export["exact"]
@@ -285,12 +286,12 @@ def test_as_adapter_reports_the_truncation_error_per_module(base, plain, tmp_pat
 def test_as_adapter_arguments_are_checked_first(base, plain, tmp_path):
     from hf_soups.errors import InvalidArgumentError
 
-    for kwargs in ({"as_adapter": True}, {"as_adapter": True, "rank": 0}, {"rank": 4}):
+    for kwargs in ({"as_adapter": True}, {"as_adapter": 0}, {"as_adapter": "8"}, {"rank": 4}):
         with pytest.raises(InvalidArgumentError, match="rank"):
             soup_from_hub(plain, output_dir=tmp_path / "soup", merge_options=_quiet(), **kwargs)
     full = perturb_checkpoint(base, tmp_path / "full", seed=7)
     with pytest.raises(InvalidArgumentError, match="full model"):
-        soup_from_hub([plain[0], full], output_dir=tmp_path / "soup", as_adapter=True, rank=2, merge_options=_quiet())
+        soup_from_hub([plain[0], full], output_dir=tmp_path / "soup", as_adapter=2, merge_options=_quiet())
     assert not os.path.exists(tmp_path / "soup")
 
 

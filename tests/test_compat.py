@@ -11,6 +11,7 @@ import torch
 
 from hf_soups import IncompatibleIngredientsError, check_compatibility, soup_from_hub
 from hf_soups.testing import make_tiny_bert, make_tiny_vit
+from hf_soups import MergeOptions
 
 
 def _clone(src, dst, edit_config=None):
@@ -142,7 +143,7 @@ def test_soup_from_hub_raises_incompatible_before_reading_weights(family, tmp_pa
 
     monkeypatch.setattr(reader.SafetensorsReader, "read_range", no_weights)
     with pytest.raises(IncompatibleIngredientsError) as err:
-        soup_from_hub([family["a"], two], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([family["a"], two], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert err.value.report.problems and "num_labels" in str(err.value)
     assert not (tmp_path / "soup").exists()
 

@@ -27,6 +27,7 @@ from hf_soups import (
 from hf_soups.hub.discovery import read_refs
 from hf_soups.testing import make_tiny_bert, perturb_checkpoint
 from hf_soups.testing.hub import LoopbackHub
+from hf_soups import HubAccess
 
 TOKEN = "hf_disco_write_token_0123456789"
 BASE = "disco/tiny-base"
@@ -162,7 +163,7 @@ def test_collection_gives_the_same_verdict_and_checks_declarations(dapi, disco_h
 def test_soup_from_a_candidate_set_records_the_query(disco_hub, sweep, tmp_path):
     found = find_ingredients(BASE, search="sweep-lr", endpoint=disco_hub.url, progress=False)
     assert [c.repo_id for c in found.ingredients] == GOOD[:3]
-    soup = soup_from_hub(found, output_dir=tmp_path / "soup", endpoint=disco_hub.url,
+    soup = soup_from_hub(found, output_dir=tmp_path / "soup", access=HubAccess(endpoint=disco_hub.url),
                          merge_options=MergeOptions(progress=False))
     assert [i.revision for i in soup.ingredients] == [sweep["shas"][r] for r in GOOD[:3]]
     assert soup.recipe.ingredients == found.refs
@@ -288,7 +289,8 @@ def test_soup_from_a_collection_soups_the_compatible_models(dapi, disco_hub, swe
     for repo in [*GOOD[:3], "disco/sweep-mlm"]:
         dapi.add_collection_item(coll.slug, repo, "model")
     with caplog.at_level(logging.WARNING, logger="hf_soups"):
-        soup = soup_from_hub(collection=coll.slug, output_dir=tmp_path / "soup", endpoint=disco_hub.url,
+        soup = soup_from_hub(collection=coll.slug, output_dir=tmp_path / "soup",
+                             access=HubAccess(endpoint=disco_hub.url),
                              merge_options=MergeOptions(progress=False))
     assert [i.revision for i in soup.ingredients] == [sweep["shas"][r] for r in GOOD[:3]]
     assert any("disco/sweep-mlm" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
@@ -299,6 +301,6 @@ def test_soup_from_a_collection_soups_the_compatible_models(dapi, disco_hub, swe
     card = ModelCard.load(os.path.join(soup.output_dir, "README.md"))
     assert "## How the ingredients were found" in card.text and coll.slug in card.text
     with pytest.raises(InvalidArgumentError, match="both"):
-        soup_from_hub(GOOD[:2], collection=coll.slug, endpoint=disco_hub.url)
+        soup_from_hub(GOOD[:2], collection=coll.slug, access=HubAccess(endpoint=disco_hub.url))
     with pytest.raises(InvalidArgumentError, match="no ingredients"):
-        soup_from_hub(endpoint=disco_hub.url)
+        soup_from_hub(access=HubAccess(endpoint=disco_hub.url))

@@ -23,6 +23,7 @@ from hf_soups.checkpoint import ShardedSafetensorsWriter, open_checkpoint
 from hf_soups.checkpoint.format import build_header
 from hf_soups.checkpoint.reader import SafetensorsReader
 from hf_soups.merge import build_plan, merge_to_directory
+from hf_soups import HubAccess, MergeOptions
 
 
 def _checkpoints(tmp_path, k, dtype, seed=0):
@@ -162,7 +163,7 @@ def test_threads_give_identical_bytes(family, tmp_path, monkeypatch):
     for threads in ("1", "2", "5"):
         monkeypatch.setenv("HF_SOUPS_NUM_THREADS", threads)
         soup = soup_from_hub([family["a"], family["b"], family["c"]], output_dir=tmp_path / threads,
-                             max_shard_size="30KB", progress=False)
+                             merge_options=MergeOptions(max_shard_size="30KB", progress=False))
         files = sorted(f for f in os.listdir(soup.output_dir) if f.startswith("model"))
         outputs.append({f: (tmp_path / threads / f).read_bytes() for f in files})
     assert len(outputs[0]) > 2 and outputs[0] == outputs[1] == outputs[2]
@@ -171,8 +172,9 @@ def test_threads_give_identical_bytes(family, tmp_path, monkeypatch):
 def test_streamed_soup_is_the_independent_mean(hub, api, family, tmp_path):
     for key in ("a", "c"):
         publish(api, family[key], f"alice/engine-{key}")
-    soup = soup_from_hub(["alice/engine-a", "alice/engine-c"], output_dir=tmp_path / "st", stream=True,
-                         cache_dir=str(tmp_path / "cache"), progress=False)
+    soup = soup_from_hub(["alice/engine-a", "alice/engine-c"], output_dir=tmp_path / "st",
+                         merge_options=MergeOptions(stream=True, progress=False),
+                         access=HubAccess(cache_dir=str(tmp_path / "cache")))
     a, c, out = state_dict_of(family["a"]), state_dict_of(family["c"]), state_dict_of(soup.output_dir)
     for name in a:
         expected = torch.stack([a[name], c[name]]).sum(0) / 2 if a[name].is_floating_point() else a[name]
@@ -197,7 +199,7 @@ def test_input_modified_during_merge_is_refused(family, tmp_path, monkeypatch):
 
     monkeypatch.setattr(writer_mod.ShardedSafetensorsWriter, "close", rewrite_then_close)
     with pytest.raises(CorruptCheckpointError) as err:
-        soup_from_hub([family["a"], victim], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([family["a"], victim], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert "model.safetensors" in str(err.value) and str(victim) in str(err.value) and "Fix:" in str(err.value)
     assert not (tmp_path / "soup").exists()
     assert not [p for p in os.listdir(tmp_path) if "hf-soups-tmp" in p]
@@ -218,7 +220,7 @@ def test_architecture_check_runs_beside_the_merge_and_still_blocks_the_commit(fa
         save_file(t, d / "model.safetensors", metadata={"format": "pt"})
         renamed.append(d)
     with pytest.raises(IncompatibleIngredientsError, match="classifier.kernel"):
-        soup_from_hub(renamed, output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub(renamed, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert not (tmp_path / "soup").exists() and not [p for p in os.listdir(tmp_path) if "hf-soups-tmp" in p]
 
 

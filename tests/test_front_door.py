@@ -20,14 +20,18 @@ from huggingface_hub import ModelCard
 
 from hf_soups import (
     EvaluationError,
+    HubAccess,
+    IncompatibleIngredientsError,
     InvalidArgumentError,
     LabelMismatchError,
     RecipeError,
     SoupError,
+    UnknownArgumentError,
     check_compatibility,
     soup_from_hub,
 )
 from hf_soups.evaluation.data import EvalSet, as_eval_dataset
+from hf_soups.merge.options import MergeOptions
 from hf_soups.recipes import EvalSpec, Recipe
 from hf_soups.testing import make_tiny_bert, perturb_checkpoint
 
@@ -175,7 +179,7 @@ def test_eval_data_is_checked_before_any_weight_is_downloaded(hub, fd_repos, lab
     data = _eval_data()
     kwargs = {}
     if case == "column":
-        kwargs["text_column"] = "txt"
+        kwargs["eval_spec"] = EvalSpec(text_column="txt")
         expected = EvaluationError
     elif case == "label_value":
         data["label"][3] = "postive"
@@ -189,7 +193,7 @@ def test_eval_data_is_checked_before_any_weight_is_downloaded(hub, fd_repos, lab
     hub.reset_counters()
     with pytest.raises(expected) as err:
         soup_from_hub(fd_repos, "greedy", eval_dataset=data, output_dir=tmp_path / "soup",
-                      cache_dir=str(tmp_path / "cache"), **kwargs)
+                      access=HubAccess(cache_dir=str(tmp_path / "cache")), **kwargs)
     assert not _weight_downloads(hub)
     weights = os.path.getsize(os.path.join(labelled["a"], "model.safetensors"))
     assert sum(hub.bytes_served.values()) < weights * len(fd_repos) / 2  # configs, cards, headers: no weights
@@ -373,3 +377,192 @@ def test_readme_loopback_hub_runs_standalone(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- one name per concept: the signature, the wrong ways, the base (#23 item 5, #25 item 4) ----------------------
+
+
+def test_the_front_door_has_at_most_16_parameters_and_no_kwargs():
+    import inspect
+
+    parameters = inspect.signature(soup_from_hub).parameters
+    assert len(parameters) <= 16
+    assert all(p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in parameters.values())
+    # the signature is the real one: every parameter it shows is accepted (no hidden **kwargs behind a wrapper)
+    assert soup_from_hub.__wrapped__.__code__.co_flags & inspect.CO_VARKEYWORDS == 0
+
+
+@pytest.mark.parametrize("keyword, value, right", [
+    ("split", "validation", "eval_spec=EvalSpec(split=...)"),
+    ("text_column", "sentence", "eval_spec=EvalSpec(text_column=...)"),
+    ("label_column", "y", "eval_spec=EvalSpec(label_column=...)"),
+    ("metric", "f1", "eval_spec=EvalSpec(metric=...)"),
+    ("max_memory", {"cpu": "1GB"}, "eval_spec=EvalSpec(max_memory=...)"),
+    ("eval_kwargs", {"strict": True}, "eval_spec=EvalSpec(...)"),
+    ("dtype", "bfloat16", "merge_options=MergeOptions(dtype=...)"),
+    ("device", "cuda", "eval_spec=EvalSpec(device=...)"),
+    ("progress", False, "merge_options=MergeOptions(progress=...)"),
+    ("stream", True, "merge_options=MergeOptions(stream=...)"),
+    ("token", "hf_x", "access=HubAccess(token=...)"),
+    ("endpoint", "http://127.0.0.1:1", "access=HubAccess(endpoint=...)"),
+    ("cache_dir", "/tmp/c", "access=HubAccess(cache_dir=...)"),
+    ("use_auth_token", "hf_x", "access=HubAccess(token=...)"),
+    ("rank", 8, "as_adapter=<rank>"),
+    ("base_model", "org/base", "base=..."),
+    ("splt", "validation", "did you mean 'split'? Pass eval_spec=EvalSpec(split=...)"),
+    ("overwrit", True, "did you mean 'overwrite'? Pass overwrite=..."),
+])
+def test_a_keyword_said_another_way_names_the_right_one(keyword, value, right, tmp_path):
+    # raised before anything is read: the refs do not even exist
+    with pytest.raises(UnknownArgumentError) as err:
+        soup_from_hub([str(tmp_path / "no-a"), str(tmp_path / "no-b")], output_dir=tmp_path / "soup",
+                      **{keyword: value})
+    assert isinstance(err.value, TypeError) and isinstance(err.value, SoupError)
+    assert f"unexpected keyword argument '{keyword}'" in str(err.value) and right in err.value.fix
+    assert not (tmp_path / "soup").exists()
+
+
+@pytest.mark.parametrize("keyword", ["token", "endpoint", "cache_dir"])
+def test_replay_recipe_takes_the_hub_access_one_way(keyword, tmp_path):
+    from hf_soups import replay_recipe
+
+    recipe = Recipe(method="uniform", ingredients=("alice/fd-a@" + "0" * 40, "alice/fd-c@" + "1" * 40),
+                    weights=(0.5, 0.5))
+    with pytest.raises(UnknownArgumentError) as err:
+        replay_recipe(recipe, tmp_path / "soup", **{keyword: "x"})
+    assert isinstance(err.value, TypeError) and f"access=HubAccess({keyword}=...)" in err.value.fix
+    assert not (tmp_path / "soup").exists()
+
+
+def test_option_objects_of_the_wrong_type_name_the_class(labelled, tmp_path):
+    for kwargs, right in (({"eval_spec": {"split": "x"}}, "EvalSpec(**{...})"),
+                          ({"merge_options": "bf16"}, "MergeOptions(...)"),
+                          ({"access": {"token": "x"}}, "HubAccess(")):
+        with pytest.raises(UnknownArgumentError) as err:
+            soup_from_hub([labelled["a"], labelled["c"]], output_dir=tmp_path / "soup", **kwargs)
+        assert isinstance(err.value, TypeError) and right in err.value.fix
+
+
+@pytest.mark.parametrize("method", ["uniform", "greedy"])
+def test_weights_with_a_method_that_chooses_them_is_an_error_naming_weighted(labelled, method, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="method='weighted'") as err:
+        soup_from_hub([labelled["a"], labelled["c"]], method, weights=[0.7, 0.3], output_dir=tmp_path / "soup",
+                      eval_dataset=_eval_data() if method == "greedy" else None)
+    assert err.value.param == "weights" and not (tmp_path / "soup").exists()
+
+
+@pytest.mark.parametrize("argv, right", [
+    (["soup", "x", "y", "--split", "validation", "--output", "OUT"], "--eval-split"),
+    (["soup", "x", "y", "--split=validation", "--output", "OUT"], "--eval-split"),
+    (["soup", "x", "y", "--output-dir", "OUT", "--output", "OUT"], "use --output"),
+    (["soup", "x", "y", "--cache-dir", "c", "--output", "OUT"], "HF_HUB_CACHE"),
+    (["check", "x", "y", "--push-to", "u/r"], "`hf-soups soup / recipe`"),
+    (["check", "x", "y", "--revison", "v1"], "did you mean --revision?"),
+])
+def test_cli_a_flag_said_another_way_is_one_line_naming_the_right_one(argv, right, tmp_path, capsys):
+    from hf_soups.cli.main import main
+
+    code = main([a.replace("OUT", str(tmp_path / "soup")) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "error:" in err and right in err and "Traceback" not in err
+    assert not (tmp_path / "soup").exists()
+
+
+def test_cli_flags_come_from_one_table_and_each_shows_once_per_subcommand():
+    from hf_soups.cli.main import FLAG_TABLE, build_parser
+
+    parser = build_parser()
+    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    for command, sub in subparsers.items():
+        shown = [s for a in sub._actions for s in a.option_strings if s not in ("-h", "--help")]  # noqa: SLF001
+        assert len(shown) == len(set(shown)), command
+        expected = {n for f in FLAG_TABLE if command in f.commands for n in f.names if n.startswith("-")}
+        assert set(shown) == expected, command
+        text = sub.format_help()
+        for flag in expected:
+            assert len(re.findall(rf"(?<![\w-]){re.escape(flag)}(?![\w-])\s", text.split("options:")[1])) >= 1
+    assert len({f.names for f in FLAG_TABLE}) == len(FLAG_TABLE)  # one row per flag
+
+
+def _without(src, dst, drop):
+    """A copy of checkpoint `src` whose weights lack the tensors named by `drop(name)`."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "model.safetensors")
+    tensors = load_file(path)
+    save_file({k: v for k, v in tensors.items() if not drop(k)}, path, metadata={"format": "pt"})
+    return str(dst)
+
+
+def test_the_base_is_pinned_and_recorded_in_the_recipe_and_the_card(api, fd_repos, labelled, tmp_path):
+    sha = publish(api, labelled["base"], "alice/fd-base")
+    soup = soup_from_hub(fd_repos[:2], output_dir=tmp_path / "soup", base="alice/fd-base",
+                         merge_options=MergeOptions(progress=False))
+    assert soup.recipe.base == f"alice/fd-base@{sha}"
+    card = ModelCard.load(os.path.join(soup.output_dir, "README.md"))
+    # the card's base_model lists the ingredients and the pinned base, not the cards' org/tiny-base
+    assert "alice/fd-base" in card.data.base_model and "org/tiny-base" not in card.data.base_model
+    assert Recipe.load(os.path.join(soup.output_dir, "recipe.yaml")).base == f"alice/fd-base@{sha}"
+    # a local base is recorded as its directory; the weights are the plain mean either way
+    local = soup_from_hub(fd_repos[:2], output_dir=tmp_path / "local", base=labelled["base"],
+                          merge_options=MergeOptions(progress=False))
+    assert local.recipe.base == labelled["base"]
+    a, b = state_dict_of(soup.output_dir), state_dict_of(local.output_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_base_lacking_a_body_tensor_is_refused_and_a_missing_head_is_a_warning(labelled, tmp_path):
+    refs = [labelled["a"], labelled["c"]]
+    body = _without(labelled["base"], tmp_path / "no-body", lambda k: "layer.1.output.dense" in k)
+    with pytest.raises(IncompatibleIngredientsError) as err:
+        soup_from_hub(refs, output_dir=tmp_path / "soup", base=body, merge_options=MergeOptions(progress=False))
+    assert "layer.1.output.dense" in str(err.value) and "base=" in str(err.value)
+    assert not (tmp_path / "soup").exists()
+    headless = _without(labelled["base"], tmp_path / "no-head", lambda k: k.startswith("classifier."))
+    soup = soup_from_hub(refs, output_dir=tmp_path / "soup", base=headless, merge_options=MergeOptions(progress=False))
+    heads = [w for w in soup.report.warnings if "head" in w.message]
+    assert heads and "classifier." in heads[0].message and soup.recipe.base == headless
+
+
+def test_base_findings_is_pure_and_reports_shapes_and_heads():
+    from hf_soups.checkpoint.format import TensorInfo
+    from hf_soups.compat import base_findings
+    from hf_soups.refs import IngredientMeta
+
+    def meta(name, shapes, model_type="bert"):
+        tensors = {n: TensorInfo(n, "F32", s, "model.safetensors", 0, 4) for n, s in shapes.items()}
+        return IngredientMeta(name, {"model_type": model_type}, tensors)
+
+    ft = meta("ft", {"embed.weight": (10, 4), "layer.0.weight": (4, 4), "score.weight": (3, 4)})
+    good = base_findings(meta("base", {"embed.weight": (10, 4), "layer.0.weight": (4, 4), "lm_head.weight": (10, 4)}),
+                         [ft])
+    assert good.problems == [] and good.missing_heads == ("score.weight",)
+    bad = base_findings(meta("base", {"embed.weight": (12, 4), "score.weight": (3, 4)}, model_type="roberta"), [ft])
+    fields = sorted(p.field for p in bad.problems)
+    assert fields == ["model_type", "tensor embed.weight", "tensor layer.0.weight"] and bad.missing_heads == ()
+    assert all(p.severity == "error" and p.ingredient == "base" for p in bad.problems)
+
+
+def test_a_uniform_soup_never_requests_the_base_its_cards_name(hub, fd_repos, tmp_path):
+    hub.reset_counters()
+    soup = soup_from_hub(fd_repos[:2], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
+    assert not any("tiny-base" in path for _, path, _ in hub.requests)  # the cards' base_model: org/tiny-base
+    assert soup.recipe.base is None and "org/tiny-base" in soup.card.data.base_model  # named, not pinned
+
+
+def test_a_method_that_needs_the_base_reads_it_from_the_cards(api, hub, labelled, tmp_path):
+    from hf_soups.base import pin_base
+    from hf_soups.compat import CompatibilityReport
+    from hf_soups.refs import IngredientMeta
+
+    sha = publish(api, labelled["base"], "alice/declared-base")
+    metas = [IngredientMeta(n, {"model_type": "bert"}, None, base_model=("alice/declared-base",)) for n in "ab"]
+    access = HubAccess(endpoint=hub.url, cache_dir=str(tmp_path / "cache"))
+    assert pin_base(None, metas, CompatibilityReport(["a", "b"]), access, needed=False) is None
+    pinned = pin_base(None, metas, CompatibilityReport(["a", "b"]), access, needed=True)
+    assert (pinned.repo_id, pinned.revision) == ("alice/declared-base", sha)
+    disagree = [metas[0], IngredientMeta("c", {"model_type": "bert"}, None, base_model=("org/other",))]
+    with pytest.raises(InvalidArgumentError, match="base="):
+        pin_base(None, disagree, CompatibilityReport(["a", "c"]), access, needed=True)

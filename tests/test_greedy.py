@@ -14,6 +14,7 @@ from hf_soups import LabelMismatchError, soup_from_hub
 from hf_soups.evaluation import Evaluator, resolve_metric
 from hf_soups.recipes.greedy import greedy_select
 from hf_soups.testing import make_tiny_sweep, sentiment_examples
+from hf_soups import EvalSpec, MergeOptions
 
 METRIC_DIR = os.path.join(os.path.dirname(__file__), "data", "metrics", "exact_match_rate")
 
@@ -39,7 +40,7 @@ def _accuracy(path, ds):
 def test_greedy_accepts_good_and_rejects_bad(trained, tmp_path):
     refs = [*trained["good"], trained["bad"]]
     soup = soup_from_hub(refs, method="greedy", eval_dataset=trained["val"], output_dir=tmp_path / "g",
-                         progress=False)
+                         merge_options=MergeOptions(progress=False))
     scores = {str(p): _accuracy(p, trained["val"])[1] for p in refs}  # independent truth
     assert soup.scores == pytest.approx(scores)
     assert len(soup.trace) == len(refs)
@@ -78,7 +79,7 @@ def test_strict_rule_rejects_ties():
 def test_evaluate_baselines_and_ensemble_equals_mean_logits(trained, tmp_path):
     refs = [*trained["good"], trained["bad"]]
     soup = soup_from_hub(refs, method="greedy", eval_dataset=trained["val"], output_dir=tmp_path / "g",
-                         progress=False)
+                         merge_options=MergeOptions(progress=False))
     report = soup.evaluate({"val": trained["val"], "test": trained["test"]}, base=trained["base"])
     for name in ("best_individual", "uniform_soup", "greedy_soup", "ensemble", "greedy_ensemble", "wise_ft@0.5"):
         assert name in report.results["test"], name
@@ -98,9 +99,9 @@ def test_evaluate_baselines_and_ensemble_equals_mean_logits(trained, tmp_path):
 def test_learned_soup_weights_sum_to_one_and_beat_uniform(trained, tmp_path):
     refs = [*trained["good"], trained["bad"]]
     learned = soup_from_hub(refs, method="learned", eval_dataset=trained["val"], output_dir=tmp_path / "l",
-                            progress=False)
+                            merge_options=MergeOptions(progress=False))
     assert sum(learned.weights) == pytest.approx(1.0) and all(w >= 0 for w in learned.weights)
-    uniform = soup_from_hub(refs, output_dir=tmp_path / "u", progress=False)
+    uniform = soup_from_hub(refs, output_dir=tmp_path / "u", merge_options=MergeOptions(progress=False))
     _, learned_acc = _accuracy(learned.output_dir, trained["val"])
     _, uniform_acc = _accuracy(uniform.output_dir, trained["val"])
     assert learned_acc >= uniform_acc
@@ -116,7 +117,7 @@ def test_label_map_mismatch_is_a_clear_error(trained, tmp_path):
     other_names = ds.cast_column("label", ClassLabel(names=["good", "bad"]))
     with pytest.raises(LabelMismatchError) as err:
         soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=other_names, output_dir=tmp_path / "x",
-                      progress=False)
+                      merge_options=MergeOptions(progress=False))
     assert "negative" in str(err.value) and "Fix:" in str(err.value)
     assert not (tmp_path / "x").exists()
     # the same names with other ids are mapped by name (tests/test_vision_soups.py checks scores on an imagefolder)
@@ -125,7 +126,8 @@ def test_label_map_mismatch_is_a_clear_error(trained, tmp_path):
     assert Evaluator(swapped, trained["good"][0], config).references.tolist() == [1 - y for y in ds["label"]]
     out_of_range = Dataset.from_dict({"text": ["good movie"], "label": [5]})
     with pytest.raises(LabelMismatchError, match="outside"):
-        soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=out_of_range, progress=False)
+        soup_from_hub(trained["good"][:2], method="greedy", eval_dataset=out_of_range,
+                      merge_options=MergeOptions(progress=False))
     named = Dataset.from_dict({"text": ["good movie", "awful plot"], "label": ["positive", "negative"]})
     config = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "negative", "1": "positive"}}
     assert Evaluator(named, trained["good"][0], config).references.tolist() == [1, 0]
@@ -143,10 +145,11 @@ def test_metrics_offline_and_from_local_scripts(trained, tmp_path):
     for metric in (module, METRIC_DIR):
         m = resolve_metric(metric)
         assert m.name == "exact_match_rate" and m([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
-    a = soup_from_hub(trained["good"], method="greedy", eval_dataset=trained["val"], metric=module,
-                      output_dir=tmp_path / "a", progress=False)
+    a = soup_from_hub(trained["good"], method="greedy", eval_dataset=trained["val"],
+                      merge_options=MergeOptions(progress=False), eval_spec=EvalSpec(metric=module),
+                      output_dir=tmp_path / "a")
     b = soup_from_hub(trained["good"], method="greedy", eval_dataset=trained["val"], output_dir=tmp_path / "b",
-                      progress=False)
+                      merge_options=MergeOptions(progress=False))
     assert a.scores == b.scores and a.trace == b.trace
 
 
@@ -164,7 +167,8 @@ def test_image_classifier_greedy_and_evaluate(tmp_path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(40)]
     ds = Dataset.from_dict({"img": images, "label": [i % 3 for i in range(40)]}).cast_column("img", ImageFeature())
-    soup = soup_from_hub(refs, method="greedy", eval_dataset=ds, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(refs, method="greedy", eval_dataset=ds, output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     processor = AutoImageProcessor.from_pretrained(refs[0])
     pixels = processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
     labels = torch.tensor([i % 3 for i in range(40)])

@@ -1,4 +1,4 @@
-"""The house: `soup_from_hub`'s option objects and deprecation path, the method registry, and the two bugs that the
+"""The house: `soup_from_hub`'s option objects (the old keywords name them), the method registry, and the two bugs that the
 old wiring let in (remote code in greedy evaluation, pickled Hub ingredients at preflight)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -16,38 +15,33 @@ from conftest import publish, state_dict_of
 from datasets import Dataset
 
 import hf_soups
-from hf_soups import EvalSpec, MergeOptions, Recipe, RecipeError, SoupError, soup_from_hub
+from hf_soups import EvalSpec, HubAccess, MergeOptions, Recipe, RecipeError, SoupError, soup_from_hub
 from hf_soups.cli.main import build_parser
 from hf_soups.recipes import METHODS, get_method, method_names
 from hf_soups.testing import sentiment_examples
 
 
-def _no_future_warnings(fn):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)
-        return fn()
-
-
-def test_option_objects_and_deprecated_keywords_make_the_same_soup(family, tmp_path):
+def test_option_objects_make_the_soup_and_the_old_keywords_name_them(family, tmp_path):
     refs = [family["a"], family["b"]]
-    new = _no_future_warnings(lambda: soup_from_hub(
-        refs, output_dir=tmp_path / "new", merge_options=MergeOptions(dtype=torch.float16, max_shard_size="30KB",
-                                                                      progress=False)))
-    with pytest.warns(FutureWarning, match=r"MergeOptions\(dtype=\.\.\.\)"):
-        old = soup_from_hub(refs, output_dir=tmp_path / "old", dtype=torch.float16, max_shard_size="30KB",
-                            progress=False)
-    a, b = state_dict_of(new.output_dir), state_dict_of(old.output_dir)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float16 for k in a)
+    new = soup_from_hub(refs, output_dir=tmp_path / "new", merge_options=MergeOptions(dtype=torch.float16,
+                                                                                      max_shard_size="30KB",
+                                                                                      progress=False))
+    a = state_dict_of(new.output_dir)
+    assert all(t.dtype == torch.float16 for t in a.values())
     assert os.path.exists(os.path.join(new.output_dir, "model.safetensors.index.json"))  # max_shard_size applied
-    assert new.recipe.dtype == old.recipe.dtype == "float16"
+    assert new.recipe.dtype == "float16"
+    for old in ({"max_shard_size": "30KB"}, {"progress": False}, {"int_rule": "max"}):
+        with pytest.raises(TypeError, match=rf"MergeOptions\({next(iter(old))}=\.\.\.\)"):
+            soup_from_hub(refs, output_dir=tmp_path / "old", **old)
+    assert not os.path.exists(tmp_path / "old")
 
 
-def test_unknown_keyword_and_eval_kwargs_key_name_the_closest(family):
-    with pytest.raises(TypeError, match="'strct'.*Did you mean 'strict'"):
+def test_unknown_keyword_and_eval_kwargs_name_the_closest(family):
+    with pytest.raises(TypeError, match=r"'strct'.*did you mean 'strict'\? Pass eval_spec=EvalSpec\(strict"):
         soup_from_hub([family["a"], family["d"]], strct=True)
-    with pytest.raises(TypeError, match="'merge_option'.*Did you mean 'merge_options'"):
+    with pytest.raises(TypeError, match="'merge_option'.*did you mean 'merge_options'"):
         soup_from_hub([family["a"], family["d"]], merge_option=MergeOptions())
-    with pytest.raises(TypeError, match="'text_colum'.*Did you mean 'text_column'"):
+    with pytest.raises(TypeError, match=r"'eval_kwargs'.*eval_spec=EvalSpec\(\.\.\.\)"):
         soup_from_hub([family["a"], family["d"]], eval_kwargs={"text_colum": "x"})
 
 
@@ -103,17 +97,18 @@ def _val(n=24):
     return Dataset.from_dict(sentiment_examples(n, seed=5))
 
 
-def test_top_level_columns_and_metric_override_the_eval_spec(family, tmp_path):
+def test_the_eval_spec_is_the_one_home_of_columns_and_metric(family, tmp_path):
     val = _val().rename_column("text", "sentence")
-    spec = EvalSpec(text_column="wrong", metric="accuracy", strict=True)
-    soup = soup_from_hub([family["a"], family["d"]], "greedy", eval_dataset=val, text_column="sentence",
-                         eval_spec=spec, output_dir=tmp_path / "g", merge_options=MergeOptions(progress=False))
+    spec = EvalSpec(text_column="sentence", metric="accuracy", strict=True)
+    soup = soup_from_hub([family["a"], family["d"]], "greedy", eval_dataset=val, eval_spec=spec,
+                         output_dir=tmp_path / "g", merge_options=MergeOptions(progress=False))
     assert soup.recipe.evaluation.text_column == "sentence" and soup.recipe.evaluation.strict is True
     assert set(soup.scores) == {i.name for i in soup.ingredients}
-    with pytest.warns(FutureWarning, match=r"EvalSpec\(strict=\.\.\.\)"):
-        old = soup_from_hub([family["a"], family["d"]], "greedy", eval_dataset=val, strict=True,
-                            eval_kwargs={"text_column": "sentence"}, output_dir=tmp_path / "old", progress=False)
-    assert old.scores == soup.scores and old.weights == soup.weights
+    for old in ({"text_column": "sentence"}, {"label_column": "label"}, {"metric": "f1"}, {"strict": True}):
+        name = next(iter(old))
+        with pytest.raises(TypeError, match=rf"eval_spec=EvalSpec\({name}=\.\.\.\)"):
+            soup_from_hub([family["a"], family["d"]], "greedy", eval_dataset=val, output_dir=tmp_path / "old", **old)
+    assert not os.path.exists(tmp_path / "old")
 
 
 def test_trust_remote_code_reaches_greedy_evaluation(family, tmp_path):
@@ -148,7 +143,8 @@ def test_pickled_hub_ingredients_pass_preflight_with_allow_pickle(api, hub, fami
     assert report.compatible, report.to_table()
     assert any("pickled" in w.message and w.ingredient.startswith("alice/ft-d-bin@") for w in report.warnings)
     soup = soup_from_hub(["alice/ft-a-house", "alice/ft-d-bin"], allow_pickle=True, output_dir=tmp_path / "s",
-                         cache_dir=str(tmp_path / "cache"), merge_options=MergeOptions(progress=False))
+                         access=HubAccess(cache_dir=str(tmp_path / "cache")),
+                         merge_options=MergeOptions(progress=False))
     got = state_dict_of(soup.output_dir)
     a, d = state_dict_of(family["a"]), state_dict_of(family["d"])
     assert got.keys() == a.keys()

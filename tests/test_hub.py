@@ -19,6 +19,7 @@ from hf_soups import (
     soup_from_hub,
 )
 from hf_soups.testing import make_tiny_bert
+from hf_soups import HubAccess, MergeOptions
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +33,13 @@ def repos(api, family):
 
 
 def test_soup_from_hub_pins_revisions_and_matches_local_soup(hub, repos, family, tmp_path):
-    soup = soup_from_hub(["alice/ft-a@v1", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "hub", progress=False)
+    soup = soup_from_hub(["alice/ft-a@v1", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "hub",
+                         merge_options=MergeOptions(progress=False))
     assert [i.revision for i in soup.ingredients] == [repos["ft-a"], repos["ft-c"], repos["ft-d"]]
     assert [i.repo_id for i in soup.ingredients] == ["alice/ft-a", "alice/ft-c", "alice/ft-d"]
     assert soup.ingredients[0].ref == "alice/ft-a@v1"
-    local = soup_from_hub([family["a"], family["c"], family["d"]], output_dir=tmp_path / "local", progress=False)
+    local = soup_from_hub([family["a"], family["c"], family["d"]], output_dir=tmp_path / "local",
+                          merge_options=MergeOptions(progress=False))
     hub_sd, local_sd = state_dict_of(soup.output_dir), state_dict_of(local.output_dir)
     assert hub_sd.keys() == local_sd.keys()
     assert all(torch.equal(hub_sd[k], local_sd[k]) for k in hub_sd)
@@ -50,16 +53,19 @@ def test_revision_keyword_and_new_commits_are_pinned(api, hub, family, tmp_path)
     first = publish(api, family["a"], "alice/moving")
     second = publish(api, family["d"], "alice/moving")  # main moves on
     assert first != second
-    soup = soup_from_hub(["alice/moving", "alice/ft-c"], revision=[first, None], output_dir=tmp_path / "s", progress=False)
+    soup = soup_from_hub(["alice/moving", "alice/ft-c"], revision=[first, None], output_dir=tmp_path / "s",
+                         merge_options=MergeOptions(progress=False))
     assert soup.ingredients[0].revision == first
     api.create_branch("alice/moving", branch="stable", revision=first)
     api.create_branch("alice/ft-c", branch="stable")
-    both = soup_from_hub(["alice/moving", "alice/ft-c"], revision="stable", output_dir=tmp_path / "b", progress=False)
+    both = soup_from_hub(["alice/moving", "alice/ft-c"], revision="stable", output_dir=tmp_path / "b",
+                         merge_options=MergeOptions(progress=False))
     assert both.ingredients[0].revision == first
-    pinned = soup_from_hub([f"alice/moving@{first}", "alice/ft-c"], output_dir=tmp_path / "p", progress=False)
+    pinned = soup_from_hub([f"alice/moving@{first}", "alice/ft-c"], output_dir=tmp_path / "p",
+                           merge_options=MergeOptions(progress=False))
     assert pinned.ingredients[0].revision == first
     assert soup_from_hub(["alice/moving", "alice/ft-c"], output_dir=tmp_path / "m",
-                         progress=False).ingredients[0].revision == second
+                         merge_options=MergeOptions(progress=False)).ingredients[0].revision == second
 
 
 def test_preflight_refuses_incompatible_set_after_headers_only(api, hub, tmp_path):
@@ -71,7 +77,8 @@ def test_preflight_refuses_incompatible_set_after_headers_only(api, hub, tmp_pat
     assert weights > 5_000_000
     hub.reset_counters()
     with pytest.raises(IncompatibleIngredientsError) as err:
-        soup_from_hub(["alice/big-3labels", "alice/big-2labels"], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub(["alice/big-3labels", "alice/big-2labels"], output_dir=tmp_path / "soup",
+                      merge_options=MergeOptions(progress=False))
     assert "num_labels" in str(err.value)
     served = dict(hub.bytes_served)
     assert set(served) == {"alice/big-3labels", "alice/big-2labels"}
@@ -91,7 +98,8 @@ def test_download_only_what_is_needed(api, hub, family, tmp_path):
     (repo_dir / "training_args.bin").write_bytes(b"\0" * 128)
     publish(api, repo_dir, "alice/cluttered")
     hub.reset_counters()
-    soup = soup_from_hub(["alice/cluttered", "alice/ft-c"], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(["alice/cluttered", "alice/ft-c"], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     fetched = {p.split("/resolve/")[1].split("/", 1)[1] for m, p, s in hub.requests if m == "GET" and "/resolve/" in p
                and p.startswith("/alice/cluttered/")}
     assert not fetched & {"pytorch_model.bin", "optimizer.pt", "flax_model.msgpack", "training_args.bin"}
@@ -103,10 +111,12 @@ def test_download_only_what_is_needed(api, hub, family, tmp_path):
 def test_stream_equals_download_with_bounded_disk(hub, repos, tmp_path):
     import glob
 
-    downloaded = soup_from_hub(["alice/ft-a", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "dl", progress=False)
+    downloaded = soup_from_hub(["alice/ft-a", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "dl",
+                               merge_options=MergeOptions(progress=False))
     cache = tmp_path / "fresh-cache"
-    streamed = soup_from_hub(["alice/ft-a", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "st", stream=True,
-                             cache_dir=str(cache), progress=False)
+    streamed = soup_from_hub(["alice/ft-a", "alice/ft-c", "alice/ft-d"], output_dir=tmp_path / "st",
+                             merge_options=MergeOptions(stream=True, progress=False),
+                             access=HubAccess(cache_dir=str(cache)))
     a, b = state_dict_of(downloaded.output_dir), state_dict_of(streamed.output_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # nothing but small files landed in the cache: no ingredient weights on disk
@@ -120,7 +130,8 @@ def test_stream_equals_download_with_bounded_disk(hub, repos, tmp_path):
 def test_push_then_load_from_the_hub(hub, repos, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     info = soup.push_to_hub("alice/soup", token=WRITE_TOKEN)
     assert info.oid and "alice/soup" in info.commit_url
     remote = AutoModelForSequenceClassification.from_pretrained("alice/soup").eval()
@@ -144,7 +155,8 @@ def test_push_then_load_from_the_hub(hub, repos, tmp_path):
 
 
 def test_failed_push_keeps_local_soup_and_retry_works(hub, repos, tmp_path):
-    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     import hashlib
 
     def snapshot():  # every file but the card, which a push refreshes with the target repo id
@@ -167,23 +179,25 @@ def test_failed_push_keeps_local_soup_and_retry_works(hub, repos, tmp_path):
 
 def test_missing_repo_and_revision(hub, repos, tmp_path):
     with pytest.raises(IngredientNotFoundError) as err:
-        soup_from_hub(["alice/does-not-exist", "alice/ft-a"], token=WRITE_TOKEN, progress=False)
+        soup_from_hub(["alice/does-not-exist", "alice/ft-a"], merge_options=MergeOptions(progress=False),
+                      access=HubAccess(token=WRITE_TOKEN))
     assert "alice/does-not-exist" in str(err.value)
     with pytest.raises(RevisionNotFoundError) as err:
-        soup_from_hub(["alice/ft-a@no-such-branch", "alice/ft-d"], progress=False)
+        soup_from_hub(["alice/ft-a@no-such-branch", "alice/ft-d"], merge_options=MergeOptions(progress=False))
     assert "no-such-branch" in str(err.value) and "alice/ft-a@no-such-branch" in str(err.value)
 
 
 def test_private_repo_needs_token_and_token_never_leaks(api, hub, family, tmp_path, caplog):
     publish(api, family["a"], "alice/private-ft", private=True)
     with pytest.raises(AuthenticationError) as err:
-        soup_from_hub(["alice/private-ft", "alice/ft-d"], progress=False)
+        soup_from_hub(["alice/private-ft", "alice/ft-d"], merge_options=MergeOptions(progress=False))
     assert "token=" in str(err.value) and "private" in str(err.value)
     with pytest.raises(AuthenticationError) as err:
-        soup_from_hub(["alice/private-ft", "alice/ft-d"], token="hf_wrong_secret_token", progress=False)
+        soup_from_hub(["alice/private-ft", "alice/ft-d"], merge_options=MergeOptions(progress=False),
+                      access=HubAccess(token="hf_wrong_secret_token"))
     assert "hf_wrong_secret_token" not in str(err.value)
-    soup = soup_from_hub(["alice/private-ft", "alice/ft-d"], token=WRITE_TOKEN, output_dir=tmp_path / "s",
-                         progress=False)
+    soup = soup_from_hub(["alice/private-ft", "alice/ft-d"], merge_options=MergeOptions(progress=False),
+                         access=HubAccess(token=WRITE_TOKEN), output_dir=tmp_path / "s")
     for text in (repr(soup), str(soup.card), soup.recipe.to_yaml(), caplog.text, repr(soup.ingredients)):
         assert WRITE_TOKEN not in text
     with pytest.raises(AuthenticationError):  # bob cannot write to alice's namespace
@@ -197,26 +211,27 @@ def test_repo_without_safetensors(api, hub, tmp_path):
     torch.save({"w": torch.zeros(2)}, d / "pytorch_model.bin")
     publish(api, d, "alice/bin-only")
     with pytest.raises(NoSafetensorsError) as err:
-        soup_from_hub(["alice/bin-only", "alice/ft-a"], progress=False)
+        soup_from_hub(["alice/bin-only", "alice/ft-a"], merge_options=MergeOptions(progress=False))
     assert "alice/bin-only" in str(err.value) and "allow_pickle=True" in str(err.value)
 
 
 def test_offline_from_prepopulated_cache(hub, repos, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
-    online = soup_from_hub(["alice/ft-a@v1", "alice/ft-d"], output_dir=tmp_path / "on", cache_dir=cache,
-                           progress=False)
+    online = soup_from_hub(["alice/ft-a@v1", "alice/ft-d"], output_dir=tmp_path / "on",
+                           merge_options=MergeOptions(progress=False), access=HubAccess(cache_dir=cache))
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub.reset_counters()
-    offline = soup_from_hub(["alice/ft-a@v1", "alice/ft-d"], output_dir=tmp_path / "off", cache_dir=cache,
-                            progress=False)
+    offline = soup_from_hub(["alice/ft-a@v1", "alice/ft-d"], output_dir=tmp_path / "off",
+                            merge_options=MergeOptions(progress=False), access=HubAccess(cache_dir=cache))
     assert not hub.requests  # nothing went over the network
     assert [i.revision for i in offline.ingredients] == [i.revision for i in online.ingredients]
     a, b = state_dict_of(online.output_dir), state_dict_of(offline.output_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(IngredientNotFoundError, match="HF_HUB_OFFLINE"):
-        soup_from_hub(["alice/ft-c", "alice/ft-d"], cache_dir=cache, progress=False)
+        soup_from_hub(["alice/ft-c", "alice/ft-d"], merge_options=MergeOptions(progress=False),
+                      access=HubAccess(cache_dir=cache))
 
 
 def test_evaluating_a_streamed_soup_says_what_to_do(hub, repos, tmp_path):
@@ -224,8 +239,9 @@ def test_evaluating_a_streamed_soup_says_what_to_do(hub, repos, tmp_path):
 
     from hf_soups import EvaluationError
 
-    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "s", stream=True,
-                         cache_dir=str(tmp_path / "c"), progress=False)
+    soup = soup_from_hub(["alice/ft-a", "alice/ft-d"], output_dir=tmp_path / "s",
+                         merge_options=MergeOptions(stream=True, progress=False),
+                         access=HubAccess(cache_dir=str(tmp_path / "c")))
     ds = Dataset.from_dict({"text": ["good movie"], "label": [0]})
     with pytest.raises(EvaluationError, match="stream=False"):
         soup.evaluate({"val": ds})

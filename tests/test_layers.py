@@ -134,3 +134,60 @@ def test_the_checker_sees_loops_and_root_imports(tmp_path):
     # the real package is parsed: it has layers and edges between them
     edges, _ = _graph()
     assert {"hf_soups.api", "hf_soups.merge", "hf_soups.checkpoint"} <= set(edges)
+
+
+def _file_graph() -> dict[str, dict[str, list[str]]]:
+    """`{module: {imported module: [file:line, ...]}}` between the package's files: every `import` and `from ...
+    import` counts, lazy ones inside functions included (a package's `__init__` is a file of its own; the implicit
+    import of a parent package is not counted)."""
+    modules = _modules()
+    edges: dict[str, dict[str, list[str]]] = {}
+    for name, path in modules.items():
+        for target, line in _imports(name, path, modules):
+            if target != name and target in modules:
+                where = f"{os.path.relpath(path, os.path.dirname(PACKAGE_DIR))}:{line}"
+                edges.setdefault(name, {}).setdefault(target, []).append(where)
+    return edges
+
+
+def test_no_import_circle_between_files():
+    """No two files of the package import each other, directly or through others (issue #23 item 6)."""
+    edges = _file_graph()
+    circles = _cycles(edges)
+    detail = [f"{a} -> {b} ({', '.join(edges[a][b][:2])})"
+              for component in circles for a in component for b in component if b in edges.get(a, {})]
+    assert not circles, "import circles between files:\n" + "\n".join(detail)
+
+
+def test_the_file_graph_sees_a_lazy_import_circle(tmp_path):
+    """The file-level checker itself: a circle closed by an import inside a function is found."""
+    pkg = tmp_path / "hf_soups" / "evaluation"
+    pkg.mkdir(parents=True)
+    (pkg / "data.py").write_text("def check():\n    from .tasks import task_for\n")
+    (pkg / "tasks.py").write_text("from .data import find_column\n")
+    modules = {"hf_soups.evaluation.data": str(pkg / "data.py"), "hf_soups.evaluation.tasks": str(pkg / "tasks.py")}
+    edges = {name: {t: [f"{name}:{line}"] for t, line in _imports(name, path, modules)}
+             for name, path in modules.items()}
+    assert _cycles(edges) == [["hf_soups.evaluation.data", "hf_soups.evaluation.tasks"]]
+    # the real package is parsed file by file: evaluator imports the task registry
+    assert "hf_soups.evaluation.tasks" in _file_graph()["hf_soups.evaluation.evaluator"]
+
+
+def test_loopback_hub_routes_are_small_modules():
+    """#23 item 7: the loopback Hub's handler is route modules over a small dispatcher, not one closure: no function
+    of `hf_soups/testing` spans more than 80 lines, and the handler class is composed of the route mixins."""
+    from hf_soups.testing.hub import LoopbackHub
+
+    long = []
+    for name, path in _modules().items():
+        if name.startswith("hf_soups.testing"):
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            long += [f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
+                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, "\n".join(long)
+    with LoopbackHub() as hub:
+        handler = hub._server.RequestHandlerClass
+        owners = {cls.__module__ for cls in handler.__mro__}
+    assert {f"hf_soups.testing.hub_routes.{m}" for m in ("base", "models", "files", "upload", "listing",
+                                                         "collections")} <= owners

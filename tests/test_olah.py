@@ -17,6 +17,7 @@ from conftest import state_dict_of
 
 from hf_soups import IncompatibleIngredientsError, soup_from_hub
 from hf_soups.testing import make_tiny_bert
+from hf_soups import HubAccess, MergeOptions
 
 OLAH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-olah", "bin", "olah-cli")
 
@@ -68,13 +69,16 @@ def test_soup_through_olah_matches_local_soup(olah, family, tmp_path):
     shas = olah["shas"]
     refs = [f"org/a@{shas['a']}", f"org/c@{shas['c']}", f"org/d@{shas['d']}"]
     cache = str(tmp_path / "cache")
-    soup = soup_from_hub(refs, endpoint=olah["url"], cache_dir=cache, output_dir=tmp_path / "olah", progress=False)
+    soup = soup_from_hub(refs, merge_options=MergeOptions(progress=False), access=HubAccess(endpoint=olah["url"],
+                         cache_dir=cache), output_dir=tmp_path / "olah")
     assert [i.revision for i in soup.ingredients] == [shas["a"], shas["c"], shas["d"]]
-    local = soup_from_hub([family["a"], family["c"], family["d"]], output_dir=tmp_path / "local", progress=False)
+    local = soup_from_hub([family["a"], family["c"], family["d"]], output_dir=tmp_path / "local",
+                          merge_options=MergeOptions(progress=False))
     a, b = state_dict_of(soup.output_dir), state_dict_of(local.output_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    streamed = soup_from_hub(refs, endpoint=olah["url"], cache_dir=str(tmp_path / "c2"), stream=True,
-                             output_dir=tmp_path / "stream", progress=False)
+    streamed = soup_from_hub(refs, merge_options=MergeOptions(stream=True, progress=False),
+                             access=HubAccess(endpoint=olah["url"], cache_dir=str(tmp_path / "c2")),
+                             output_dir=tmp_path / "stream")
     c = state_dict_of(streamed.output_dir)
     assert all(torch.equal(a[k], c[k]) for k in a)
 
@@ -82,8 +86,9 @@ def test_soup_through_olah_matches_local_soup(olah, family, tmp_path):
 def test_preflight_refuses_through_olah(olah, tmp_path):
     shas = olah["shas"]
     with pytest.raises(IncompatibleIngredientsError, match="num_labels"):
-        soup_from_hub([f"org/a@{shas['a']}", f"org/two@{shas['two']}"], endpoint=olah["url"],
-                      cache_dir=str(tmp_path / "cache"), output_dir=tmp_path / "x", progress=False)
+        soup_from_hub([f"org/a@{shas['a']}", f"org/two@{shas['two']}"], merge_options=MergeOptions(progress=False),
+                      access=HubAccess(endpoint=olah["url"], cache_dir=str(tmp_path / "cache")),
+                      output_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
     snapshots = [p for p, _, files in os.walk(tmp_path / "cache") for f in files if f.endswith(".safetensors")]
     assert not snapshots  # headers only: no weights were downloaded
@@ -96,6 +101,7 @@ def test_unpinned_refs_resolve_main_through_olah(olah, tmp_path):
     shas = olah["shas"]
     report = check_compatibility(["org/c", "org/d"], endpoint=olah["url"], cache_dir=str(tmp_path / "cache"))
     assert report.compatible
-    soup = soup_from_hub(["org/c", "org/d"], endpoint=olah["url"], cache_dir=str(tmp_path / "cache"),
-                         output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(["org/c", "org/d"], merge_options=MergeOptions(progress=False),
+                         access=HubAccess(endpoint=olah["url"], cache_dir=str(tmp_path / "cache")),
+                         output_dir=tmp_path / "soup")
     assert [i.revision for i in soup.ingredients] == [shas["c"], shas["d"]]

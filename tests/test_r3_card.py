@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard
 from markdown_it import MarkdownIt
 
 from hf_soups import RecipeError, SoupError
-from hf_soups.card import _PIPELINES, build_card, escape_markdown, recipe_from_card, usage_lines
+from hf_soups.card import build_card, escape_markdown, recipe_from_card, usage_lines
 from hf_soups.compat import Problem
 from hf_soups.errors import EvaluationError
 from hf_soups.evaluation.metrics import UserCallableMetric, resolve_metric
@@ -241,7 +241,9 @@ def test_every_usage_snippet_names_an_installed_pipeline_and_class():
 
     tasks = set(PIPELINE_REGISTRY.get_supported_tasks())
     archs = _all_architectures()
-    suffixes = {suffix for suffix, *_ in _PIPELINES}
+    from hf_soups.evaluation.tasks import TASKS
+
+    suffixes = {suffix for task in TASKS for suffix in task.architectures}
     assert {s for s in suffixes if any(a.endswith(s) for a in archs)} == suffixes  # every entry is exercised
     seen = 0
     for arch in sorted(a for a in archs if any(a.endswith(s) for s in suffixes)):
@@ -300,7 +302,8 @@ def test_soup_with_callable_metric_evaluates_and_replay_asks_for_it(family, tmp_
 
     data = Dataset.from_dict(sentiment_examples(16, seed=1))
     scorer = _Scorer()
-    soup = soup_from_hub([family["a"], family["d"]], method="greedy", eval_dataset=data, metric=scorer,
+    soup = soup_from_hub([family["a"], family["d"]], method="greedy", eval_dataset=data,
+                         eval_spec=EvalSpec(metric=scorer),
                          output_dir=tmp_path / "g", merge_options=MergeOptions(progress=False))
     assert soup.recipe.to_dict()["evaluation"]["metric_callable"] == "test_r3_card._Scorer"
     report = soup.evaluate({"val": data}, methods=["soup"], bootstrap=0, progress=False)  # was "cannot load 'metric'"

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from conftest import WRITE_TOKEN
 from hf_soups import SoupError, check_compatibility, run_checkpoints, soup_from_hub
 from hf_soups.testing import make_tiny_bert, sentiment_examples
+from hf_soups import HubAccess
 
 STEPS = [4, 8, 12]
 NEVER_CARRIED = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "trainer_state.json"}
@@ -405,7 +406,7 @@ def test_hub_every_save_run(run, hub, api, tmp_path):
     history = json.load(open(os.path.join(ckpt(run, 12), "trainer_state.json")))["log_history"]
     losses = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}
     assert top.steps == sorted(STEPS, key=lambda s: losses[s])
-    soup = soup_from_hub(found, output_dir=tmp_path / "soup", endpoint=hub.url, token=WRITE_TOKEN)
+    soup = soup_from_hub(found, output_dir=tmp_path / "soup", access=HubAccess(endpoint=hub.url, token=WRITE_TOKEN))
     assert_soup_is_mean(soup.output_dir, [ckpt(run, 8), ckpt(run, 12)])
     assert soup.recipe.ingredients == (f"{repo}@{shas[8]}", f"{repo}@{shas[12]}")
     assert f"steps 8, 12 of `{repo}`" in open(tmp_path / "soup" / "README.md").read()
@@ -537,8 +538,9 @@ def test_a_trainer_state_that_is_a_fifo_or_huge_is_never_read(run, tmp_path, mon
     with open(huge, "wb") as f:
         f.truncate(65 << 20)
     opened = []
-    monkeypatch.setattr(runs_module, "open", lambda p, *a, **k: opened.append(p) or builtins.open(p, *a, **k),
-                        raising=False)
+    for module in (runs_module, runs_module.folders):  # read_log_history, and _global_step (runs/folders.py)
+        monkeypatch.setattr(module, "open", lambda p, *a, **k: opened.append(p) or builtins.open(p, *a, **k),
+                            raising=False)
     assert run_checkpoints(copied, last=2).steps == [8, 12]
     assert huge not in opened
     os.remove(os.path.join(copied, "checkpoint-12", "trainer_state.json"))
@@ -565,7 +567,8 @@ def test_a_hub_run_folder_soup_replays_from_its_recipe(run, hub, api, tmp_path):
     soup_from_hub(found, output_dir=tmp_path / "soup")
     recipe = Recipe.load(tmp_path / "soup" / "recipe.yaml")
     assert list(recipe.ingredients) == [f"{repo}@{sha}/checkpoint-{s}" for s in (8, 12)]
-    replay_recipe(recipe, tmp_path / "again", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c2"))
+    replay_recipe(recipe, tmp_path / "again",
+                  access=HubAccess(endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c2")))
     a, b = tensors(tmp_path / "soup"), tensors(tmp_path / "again")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert_soup_is_mean(tmp_path / "again", [ckpt(run, 8), ckpt(run, 12)])
@@ -574,5 +577,6 @@ def test_a_hub_run_folder_soup_replays_from_its_recipe(run, hub, api, tmp_path):
     missing = Recipe.from_dict({**recipe.to_dict(), "ingredients": [f"{repo}@{sha}/checkpoint-8",
                                                                     f"{repo}@{sha}/checkpoint-99"]})
     with pytest.raises(IngredientNotFoundError, match="checkpoint-99"):
-        replay_recipe(missing, tmp_path / "never", endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c3"))
+        replay_recipe(missing, tmp_path / "never",
+                      access=HubAccess(endpoint=hub.url, token=WRITE_TOKEN, cache_dir=str(tmp_path / "c3")))
     assert not os.path.exists(tmp_path / "never")

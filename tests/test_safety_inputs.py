@@ -37,6 +37,7 @@ from hf_soups import (
 from hf_soups import constants
 from hf_soups.api import replay_recipe
 from hf_soups.testing import make_tiny_bert
+from hf_soups import HubAccess, MergeOptions
 
 FAKE_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
@@ -157,7 +158,8 @@ def test_bad_arguments_fail_before_any_request(hub, hub_refs, family, tmp_path, 
     kwargs = dict(kwargs)
     merge = {k: kwargs.pop(k) for k in ("dtype", "int_rule", "max_shard_size") if k in kwargs}
     with pytest.raises(SoupError) as err:  # InvalidArgumentError; the method registry raises RecipeError
-        soup_from_hub([hub_refs["a"], hub_refs["d"]], output_dir=out, cache_dir=str(tmp_path / "cache"),
+        soup_from_hub([hub_refs["a"], hub_refs["d"]], output_dir=out,
+                      access=HubAccess(cache_dir=str(tmp_path / "cache")),
                       merge_options=MergeOptions(progress=False, **merge), **kwargs)
     assert isinstance(err.value, (InvalidArgumentError, RecipeError)) and isinstance(err.value, ValueError)
     assert culprit in str(err.value) and "Fix:" in str(err.value)
@@ -167,20 +169,21 @@ def test_bad_arguments_fail_before_any_request(hub, hub_refs, family, tmp_path, 
 
 
 def test_huge_weights_normalise_to_a_correct_soup(family, tmp_path):
-    soup = soup_from_hub([family["a"], family["d"]], weights=[1e308, 1e308], output_dir=tmp_path / "s",
-                         progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], "weighted", weights=[1e308, 1e308], output_dir=tmp_path / "s",
+                         merge_options=MergeOptions(progress=False))
     assert [i.weight for i in soup.ingredients] == [0.5, 0.5]
     got, a, d = state_dict_of(soup.output_dir), state_dict_of(family["a"]), state_dict_of(family["d"])
     for k in got:
         if got[k].is_floating_point():
             assert torch.allclose(got[k], torch.stack([a[k], d[k]]).mean(0), atol=1e-6)
-    tiny = soup_from_hub([family["a"], family["d"]], weights=[5e-324, 5e-324], output_dir=tmp_path / "t",
-                         progress=False)
+    tiny = soup_from_hub([family["a"], family["d"]], "weighted", weights=[5e-324, 5e-324], output_dir=tmp_path / "t",
+                         merge_options=MergeOptions(progress=False))
     assert [i.weight for i in tiny.ingredients] == [0.5, 0.5]
 
 
 def test_dtype_aliases_are_canonical_everywhere(family, tmp_path):
-    soup = soup_from_hub([family["a"], family["d"]], dtype="fp16", output_dir=tmp_path / "s", progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], merge_options=MergeOptions(dtype="fp16", progress=False),
+                         output_dir=tmp_path / "s")
     assert soup.recipe.dtype == "float16"
     config = json.load(open(os.path.join(soup.output_dir, "config.json")))
     assert config.get("torch_dtype", config.get("dtype")) == "float16"
@@ -204,7 +207,8 @@ def test_fp16_output_overflow_names_the_tensor(family, tmp_path):
     out = tmp_path / "soup"
     guard = Guard(tmp_path, family["d"], big, output=out)
     with pytest.raises(NonFiniteTensorError) as err:
-        soup_from_hub([family["d"], big], dtype=torch.float16, output_dir=out, progress=False)
+        soup_from_hub([family["d"], big], merge_options=MergeOptions(dtype=torch.float16, progress=False),
+                      output_dir=out)
     text = str(err.value)
     assert NAME in text and "float16" in text and "dtype=torch.float32" in text and "diverged" not in text
     guard.check()
@@ -214,14 +218,15 @@ def test_float8_output_overflow_is_refused_not_saturated(family, tmp_path):
     big = single_file_copy(family["d"], tmp_path / "big", edit=lambda s: s[NAME].fill_(1000.0))
     big2 = single_file_copy(family["d"], tmp_path / "big2", edit=lambda s: s[NAME].fill_(1000.0))
     with pytest.raises(NonFiniteTensorError, match="float8_e4m3fn") as err:  # two copies: one twice is refused
-        soup_from_hub([big, big2], dtype="float8_e4m3fn", output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([big, big2], merge_options=MergeOptions(dtype="float8_e4m3fn", progress=False),
+                      output_dir=tmp_path / "soup")
     assert err.value.tensor == NAME
 
 
 def test_sum_then_divide_overflow_is_not_an_error(family, tmp_path):
     a = single_file_copy(family["d"], tmp_path / "a", edit=lambda s: s[NAME].fill_(3e38))
     b = single_file_copy(family["d"], tmp_path / "b", edit=lambda s: s[NAME].fill_(2e38))
-    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     got = state_dict_of(soup.output_dir)[NAME]
     assert torch.isfinite(got).all()
     assert torch.equal(got, torch.full_like(got, 2.5e38))
@@ -230,11 +235,13 @@ def test_sum_then_divide_overflow_is_not_an_error(family, tmp_path):
 def test_fp64_values_of_1e300_are_averaged_not_blamed_on_training(family, tmp_path):
     a = single_file_copy(family["d"], tmp_path / "a", dtype=torch.float64, edit=lambda s: s[NAME].fill_(1e300))
     b = single_file_copy(family["d"], tmp_path / "b", dtype=torch.float64, edit=lambda s: s[NAME].fill_(3e300))
-    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", progress=False, arch_check=False)
+    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False,
+                         arch_check=False))
     got = state_dict_of(soup.output_dir)[NAME]
     assert got.dtype == torch.float64 and torch.allclose(got, torch.full_like(got, 2e300), rtol=1e-12)
     with pytest.raises(NonFiniteTensorError) as err:
-        soup_from_hub([a, b], dtype="float32", output_dir=tmp_path / "f32", progress=False, arch_check=False)
+        soup_from_hub([a, b], merge_options=MergeOptions(dtype="float32", progress=False, arch_check=False),
+                      output_dir=tmp_path / "f32")
     assert "diverged" not in str(err.value) and "float32" in str(err.value) and err.value.tensor == NAME
 
 
@@ -243,8 +250,9 @@ def test_float8_ingredients_average_in_fp32(family, tmp_path, dtype):
     f8 = getattr(torch, dtype)
     a = single_file_copy(family["d"], tmp_path / "a", dtype=f8)
     b = single_file_copy(family["b"], tmp_path / "b", dtype=f8)
-    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", progress=False)
-    got, sa, sb = state_dict_of(soup.output_dir), load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    soup = soup_from_hub([a, b], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
+    got, sa, sb = (state_dict_of(soup.output_dir), load_file(f"{a}/model.safetensors"),
+                   load_file(f"{b}/model.safetensors"))
     for k, v in got.items():
         if sa[k].dtype == f8:
             assert v.dtype == f8
@@ -263,7 +271,8 @@ def test_unsigned_buffers_with_int_rule_max(family, tmp_path, bits):
 
     a = single_file_copy(family["d"], tmp_path / "a", edit=lambda s: s.__setitem__("counter", as_tensor(first)))
     b = single_file_copy(family["d"], tmp_path / "b", edit=lambda s: s.__setitem__("counter", as_tensor(second)))
-    soup = soup_from_hub([a, b], int_rule="max", arch_check=False, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([a, b], merge_options=MergeOptions(int_rule="max", arch_check=False, progress=False),
+                         output_dir=tmp_path / "soup")
     got = state_dict_of(soup.output_dir)["counter"]
     assert got.dtype == dtype
     values = got.view(torch.int64).tolist() if bits == 64 else got.to(torch.int64).tolist()
@@ -301,7 +310,7 @@ def test_corrupt_headers_are_refused_like_safetensors_does(family, tmp_path, cas
     out = tmp_path / "soup"
     guard = Guard(tmp_path, family["d"], bad, output=out)
     with pytest.raises(CorruptCheckpointError) as err:
-        soup_from_hub([family["d"], bad], output_dir=out, progress=False)
+        soup_from_hub([family["d"], bad], output_dir=out, merge_options=MergeOptions(progress=False))
     assert culprit in str(err.value) and err.value.file == "model.safetensors" and err.value.ingredient == str(bad)
     with pytest.raises(CorruptCheckpointError):
         check_compatibility([family["d"], bad])
@@ -330,7 +339,8 @@ def test_hub_headers_get_the_same_validation_before_downloads(api, hub, family, 
     assert culprit in str(err.value) and err.value.file == "model.safetensors" and "si-" + case in str(err.value)
     out = tmp_path / "soup"
     with pytest.raises(CorruptCheckpointError):
-        soup_from_hub([good, evil], cache_dir=cache, output_dir=out, progress=False)
+        soup_from_hub([good, evil], merge_options=MergeOptions(progress=False), access=HubAccess(cache_dir=cache),
+                      output_dir=out)
     assert not out.exists() and no_weights_downloaded(hub, cache)
 
 
@@ -376,14 +386,15 @@ def test_non_contiguous_id2label_with_align_labels_is_a_clear_problem(family, tm
     out = tmp_path / "soup"
     guard = Guard(tmp_path, a, b, output=out)
     with pytest.raises(IncompatibleIngredientsError, match="id2label"):
-        soup_from_hub([a, b], align_labels=True, output_dir=out, progress=False)
+        soup_from_hub([a, b], merge_options=MergeOptions(align_labels=True, progress=False), output_dir=out)
     guard.check()
 
 
 def test_contiguous_permuted_labels_are_aligned_correctly(family, tmp_path):
     a = _edit_config(family["d"], tmp_path / "a", id2label={"0": "neg", "1": "neu", "2": "pos"})
     b = _edit_config(family["a"], tmp_path / "b", id2label={"0": "pos", "1": "neg", "2": "neu"})
-    soup = soup_from_hub([a, b], align_labels=True, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([a, b], merge_options=MergeOptions(align_labels=True, progress=False),
+                         output_dir=tmp_path / "soup")
     got, sa, sb = state_dict_of(soup.output_dir), state_dict_of(a), state_dict_of(b)
     w = "classifier.weight"
     assert torch.allclose(got[w], (sa[w] + sb[w][[1, 2, 0]]) / 2, atol=1e-6)
@@ -412,15 +423,15 @@ def test_auto_map_makes_the_verdict_negative_unless_trusted(family, tmp_path):
 @pytest.mark.parametrize("fault", ["fail_ranges", "drop_ranges", "stall_ranges"])
 def test_streamed_range_reads_are_retried(hub, hub_refs, tmp_path, fast_retries, monkeypatch, fault):
     refs = [hub_refs["a"], hub_refs["d"]]
-    reference = state_dict_of(soup_from_hub(refs, stream=True, output_dir=tmp_path / "ref", progress=False,
-                                            cache_dir=str(tmp_path / "c0")).output_dir)
+    reference = state_dict_of(soup_from_hub(refs, merge_options=MergeOptions(stream=True, progress=False),
+                              access=HubAccess(cache_dir=str(tmp_path / "c0")), output_dir=tmp_path / "ref").output_dir)
     if fault == "stall_ranges":
         monkeypatch.setattr(constants, "HTTP_TIMEOUT", 0.5)
         hub.stall_seconds = 2.0
     setattr(hub, fault, 2)
     try:
-        soup = soup_from_hub(refs, stream=True, output_dir=tmp_path / "soup", progress=False,
-                             cache_dir=str(tmp_path / "c1"))
+        soup = soup_from_hub(refs, merge_options=MergeOptions(stream=True, progress=False),
+                             access=HubAccess(cache_dir=str(tmp_path / "c1")), output_dir=tmp_path / "soup")
     finally:
         setattr(hub, fault, 0)
     got = state_dict_of(soup.output_dir)
@@ -432,8 +443,8 @@ def test_exhausted_retries_raise_a_typed_error_naming_ingredient_and_file(hub, h
     hub.fail_ranges = 10**6
     try:
         with pytest.raises(HubConnectionError) as err:
-            soup_from_hub([hub_refs["a"], hub_refs["d"]], stream=True, output_dir=out, progress=False,
-                          cache_dir=str(tmp_path / "c"))
+            soup_from_hub([hub_refs["a"], hub_refs["d"]], merge_options=MergeOptions(stream=True, progress=False),
+                          access=HubAccess(cache_dir=str(tmp_path / "c")), output_dir=out)
     finally:
         hub.fail_ranges = 0
     assert isinstance(err.value, ConnectionError)
@@ -490,8 +501,8 @@ def test_token_passed_as_revision_is_never_echoed(hub, hub_refs, tmp_path, caplo
     refs = [f"alice/si-a@{FAKE_TOKEN}", hub_refs["d"]] if how == "at" else ["alice/si-a", "alice/si-d"]
     revision = None if how == "at" else FAKE_TOKEN
     with pytest.raises(RevisionNotFoundError) as err:
-        soup_from_hub(refs, revision=revision, output_dir=tmp_path / "s", progress=False,
-                      cache_dir=str(tmp_path / "cache"))
+        soup_from_hub(refs, revision=revision, output_dir=tmp_path / "s", merge_options=MergeOptions(progress=False),
+                      access=HubAccess(cache_dir=str(tmp_path / "cache")))
     assert FAKE_TOKEN not in str(err.value) and "hf_***" in str(err.value)
     assert FAKE_TOKEN[3:] not in caplog.text
 
@@ -549,7 +560,8 @@ def test_every_recipe_field_is_validated(change, culprit):
 def test_recipe_with_local_or_unpinned_ingredients_is_refused_before_the_network(hub, hub_refs, family, tmp_path):
     out = tmp_path / "soup"
     guard = Guard(tmp_path, family["a"], family["d"], output=out)
-    for ingredients in ([hub_refs["a"], family["d"]], [hub_refs["a"], "alice/si-d"], [hub_refs["a"], "alice/si-d@main"]):
+    for ingredients in ([hub_refs["a"], family["d"]], [hub_refs["a"], "alice/si-d"], [hub_refs["a"],
+                        "alice/si-d@main"]):
         recipe = Recipe(method="weighted", ingredients=tuple(ingredients), weights=(0.0, 1.0))
         hub.reset_counters()
         with pytest.raises(RecipeError) as err:
@@ -583,7 +595,8 @@ def test_crafted_card_recipe_cannot_publish_a_local_finetune(api, hub, hub_refs,
 def test_invalid_method_is_never_rendered_into_a_card(family, tmp_path):
     from hf_soups.card import build_card
 
-    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "s", progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "s",
+                         merge_options=MergeOptions(progress=False))
     with pytest.raises(RecipeError, match="unknown method"):
         build_card(method="<script>alert(1)</script>", ingredients=soup.ingredients, config={}, recipe=soup.recipe)
 

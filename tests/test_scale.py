@@ -13,6 +13,7 @@ from datasets import Dataset
 from hf_soups import soup_from_hub
 from hf_soups.evaluation import evaluate_checkpoint
 from hf_soups.testing import make_tiny_sweep, sentiment_examples, write_csv
+from hf_soups import EvalSpec, MergeOptions
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,10 @@ def test_offloaded_evaluation_matches_in_memory(ingredients, tmp_path):
     offloaded = evaluate_checkpoint(path, val, max_memory={"cpu": "40KB"}, offload_folder=str(tmp_path / "off"))
     assert offloaded == in_memory
     mem = soup_from_hub(ingredients["refs"], method="greedy", eval_dataset=val, output_dir=tmp_path / "mem",
-                        progress=False)
+                        merge_options=MergeOptions(progress=False))
     disk = soup_from_hub(ingredients["refs"], method="greedy", eval_dataset=val, output_dir=tmp_path / "disk",
-                         max_memory={"cpu": "40KB"}, offload_folder=str(tmp_path / "off2"), progress=False)
+                         merge_options=MergeOptions(progress=False), eval_spec=EvalSpec(max_memory={"cpu": "40KB"},
+                                                                                        offload_folder=str(tmp_path / "off2")))
     assert disk.scores == mem.scores
     assert [(s["ingredient"], s["accepted"]) for s in disk.trace] == [(s["ingredient"], s["accepted"])
                                                                        for s in mem.trace]

@@ -18,6 +18,7 @@ from conftest import state_dict_of
 from hf_soups import DiskFullError, SoupError, UnsafeCheckpointError, soup_from_hub
 from hf_soups.modeling import load_model
 from hf_soups.testing import make_tiny_bert
+from hf_soups import HubAccess, MergeOptions
 
 
 def _with_auto_map(src, dst):
@@ -33,12 +34,13 @@ def _with_auto_map(src, dst):
 def test_remote_code_is_refused_unless_opted_in(family, tmp_path):
     evil = _with_auto_map(family["d"], tmp_path / "evil")
     with pytest.raises(UnsafeCheckpointError) as err:
-        soup_from_hub([family["a"], evil], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([family["a"], evil], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert "auto_map" in str(err.value) and "trust_remote_code=True" in str(err.value)
     with pytest.raises(UnsafeCheckpointError):
         load_model(evil)
     assert not (evil / "PWNED").exists()
-    soup = soup_from_hub([family["a"], evil], output_dir=tmp_path / "soup", trust_remote_code=True, progress=False)
+    soup = soup_from_hub([family["a"], evil], output_dir=tmp_path / "soup", trust_remote_code=True,
+                         merge_options=MergeOptions(progress=False))
     assert soup.trust_remote_code and os.path.exists(os.path.join(soup.output_dir, "model.safetensors"))
 
 
@@ -51,8 +53,8 @@ _KILL_SCRIPT = textwrap.dedent("""
         print("WROTE", flush=True)
         time.sleep(0.05)
     writer.ShardedSafetensorsWriter.write = slow
-    from hf_soups import soup_from_hub
-    soup_from_hub(sys.argv[2:], output_dir=sys.argv[1], progress=False)
+    from hf_soups import MergeOptions, soup_from_hub
+    soup_from_hub(sys.argv[2:], output_dir=sys.argv[1], merge_options=MergeOptions(progress=False))
 """)
 
 
@@ -72,7 +74,7 @@ def test_sigkill_mid_merge_leaves_nothing_that_looks_complete(family, tmp_path):
     assert not out.exists()  # only a hidden temporary sibling may remain
     leftovers = [p for p in os.listdir(tmp_path) if "hf-soups-tmp" in p]
     assert leftovers and all(p.startswith(".soup") for p in leftovers)
-    soup = soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=MergeOptions(progress=False))
     assert os.path.exists(os.path.join(soup.output_dir, "model.safetensors"))
     assert not [p for p in os.listdir(tmp_path) if "hf-soups-tmp" in p]  # the stale sibling was cleaned up
 
@@ -113,7 +115,7 @@ def test_disk_full_gives_clear_error_and_cleans_up(tmp_path, small_disk, monkeyp
 
         monkeypatch.setattr(builtins, "open", fake_open)
     with pytest.raises(DiskFullError) as err:
-        soup_from_hub(big, output_dir=mount / "soup", progress=False)
+        soup_from_hub(big, output_dir=mount / "soup", merge_options=MergeOptions(progress=False))
     assert isinstance(err.value, OSError) and "Fix:" in str(err.value) and "soup" in str(err.value)
     assert os.listdir(mount) == []  # partial output removed
 
@@ -131,12 +133,13 @@ def test_load_streaming_eight_ingredients_concurrently_with_a_push(api, hub, fam
                                   max_shard_size="30KB" if i % 2 else "5GB")
         publish(api, path, f"alice/load-{i}")
         refs.append(f"alice/load-{i}")
-    reference = state_dict_of(soup_from_hub(refs, output_dir=tmp_path / "ref", progress=False).output_dir)
-    pusher = soup_from_hub(refs[:2], output_dir=tmp_path / "pusher", progress=False)
+    reference = state_dict_of(soup_from_hub(refs, output_dir=tmp_path / "ref",
+                              merge_options=MergeOptions(progress=False)).output_dir)
+    pusher = soup_from_hub(refs[:2], output_dir=tmp_path / "pusher", merge_options=MergeOptions(progress=False))
 
     def stream(k):
-        return soup_from_hub(refs, output_dir=tmp_path / f"stream{k}", stream=True, progress=False,
-                             cache_dir=str(tmp_path / f"cache{k}"))
+        return soup_from_hub(refs, output_dir=tmp_path / f"stream{k}", merge_options=MergeOptions(stream=True,
+                             progress=False), access=HubAccess(cache_dir=str(tmp_path / f"cache{k}")))
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(stream, k) for k in range(3)]
@@ -151,12 +154,14 @@ def test_load_streaming_eight_ingredients_concurrently_with_a_push(api, hub, fam
 
 def test_every_error_is_a_soup_error_with_a_fix(family, tmp_path):
     cases = [
-        lambda: soup_from_hub([str(tmp_path / "nowhere"), family["a"]], progress=False),
-        lambda: soup_from_hub(["not a repo id!!", family["a"]], progress=False),
-        lambda: soup_from_hub([family["a"], family["d"]], method="weighted", progress=False),
-        lambda: soup_from_hub([family["a"], family["d"]], method="weighted", weights=[1, -1], progress=False),
-        lambda: soup_from_hub([family["a"], family["d"]], method="greedy", progress=False),
-        lambda: soup_from_hub([family["a"], family["d"]], method="nope", progress=False),
+        lambda: soup_from_hub([str(tmp_path / "nowhere"), family["a"]], merge_options=MergeOptions(progress=False)),
+        lambda: soup_from_hub(["not a repo id!!", family["a"]], merge_options=MergeOptions(progress=False)),
+        lambda: soup_from_hub([family["a"], family["d"]], method="weighted",
+                              merge_options=MergeOptions(progress=False)),
+        lambda: soup_from_hub([family["a"], family["d"]], method="weighted", weights=[1, -1],
+                              merge_options=MergeOptions(progress=False)),
+        lambda: soup_from_hub([family["a"], family["d"]], method="greedy", merge_options=MergeOptions(progress=False)),
+        lambda: soup_from_hub([family["a"], family["d"]], method="nope", merge_options=MergeOptions(progress=False)),
     ]
     for case in cases:
         with pytest.raises(SoupError) as err:

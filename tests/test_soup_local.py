@@ -9,7 +9,7 @@ import torch
 from conftest import state_dict_of
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hf_soups import MergeOptions, NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
+from hf_soups import InvalidArgumentError, MergeOptions, NonFiniteTensorError, OutputExistsError, Soup, SoupError, soup_from_hub
 from hf_soups.testing import make_tiny_bert, make_tiny_resnet, make_tiny_vit, perturb_checkpoint
 
 
@@ -23,7 +23,7 @@ def _assert_close_to(soup_dir, expected, atol=1e-6):
 
 def test_uniform_soup_equals_stacked_mean(family, tmp_path):
     paths = [family["a"], family["c"], family["d"]]  # fp32, each sharded differently
-    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert isinstance(soup, Soup) and soup.method == "uniform"
     sds = [state_dict_of(p) for p in paths]
     expected = {k: torch.stack([sd[k] for sd in sds]).float().mean(0) for k in sds[0]}
@@ -34,33 +34,37 @@ def test_uniform_soup_equals_stacked_mean(family, tmp_path):
 
 def test_weighted_soup(family, tmp_path):
     paths = [family["a"], family["d"]]
-    soup = soup_from_hub(paths, method="weighted", weights=[3, 1], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(paths, method="weighted", weights=[3, 1], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     assert [i.weight for i in soup.ingredients] == pytest.approx([0.75, 0.25])
     a, d = (state_dict_of(p) for p in paths)
     _assert_close_to(soup.output_dir, {k: 0.75 * a[k].float() + 0.25 * d[k].float() for k in a}, atol=1e-6)
-    implied = soup_from_hub(paths, weights=[3, 1], output_dir=tmp_path / "implied", progress=False)
-    assert implied.method == "weighted" and implied.weights == soup.weights
+    with pytest.raises(InvalidArgumentError, match="method='weighted'"):  # never a silent switch to weighted
+        soup_from_hub(paths, weights=[3, 1], output_dir=tmp_path / "implied",
+                      merge_options=MergeOptions(progress=False))
+    assert not (tmp_path / "implied").exists()
 
 
 def test_bf16_soup_keeps_dtype_and_mixed_dtypes_upcast(family, tmp_path):
     bf = perturb_checkpoint(family["base"], tmp_path / "bf2", seed=9, dtype=torch.bfloat16)
-    soup = soup_from_hub([family["b"], bf], output_dir=tmp_path / "bf16", progress=False)
+    soup = soup_from_hub([family["b"], bf], output_dir=tmp_path / "bf16", merge_options=MergeOptions(progress=False))
     sds = [state_dict_of(p) for p in (family["b"], bf)]
     out = state_dict_of(soup.output_dir)
     for k in sds[0]:
         assert out[k].dtype == torch.bfloat16
         assert torch.equal(out[k], torch.stack([sd[k] for sd in sds]).float().mean(0).to(torch.bfloat16)), k
-    mixed = soup_from_hub([family["a"], family["b"]], output_dir=tmp_path / "mixed", progress=False)
+    mixed = soup_from_hub([family["a"], family["b"]], output_dir=tmp_path / "mixed",
+                          merge_options=MergeOptions(progress=False))
     assert all(t.dtype == torch.float32 for t in state_dict_of(mixed.output_dir).values())  # documented upcast
     assert any(w.field == "dtype" for w in mixed.report.warnings)
-    forced = soup_from_hub([family["a"], family["b"]], output_dir=tmp_path / "forced", dtype=torch.float16,
-                           progress=False)
+    forced = soup_from_hub([family["a"], family["b"]], output_dir=tmp_path / "forced",
+                           merge_options=MergeOptions(dtype=torch.float16, progress=False))
     assert all(t.dtype == torch.float16 for t in state_dict_of(forced.output_dir).values())
 
 
 def test_soup_loads_with_from_pretrained_and_matches_hand_averaged_logits(family, tmp_path):
     paths = [family["a"], family["c"], family["d"]]
-    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     model, info = AutoModelForSequenceClassification.from_pretrained(soup.output_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     hand = AutoModelForSequenceClassification.from_pretrained(paths[0])
@@ -81,7 +85,7 @@ def test_vit_soup(tmp_path):
     base = make_tiny_vit(tmp_path / "base", seed=0)
     paths = [perturb_checkpoint(base, tmp_path / f"v{i}", seed=i, max_shard_size="30KB" if i == 1 else "5GB")
              for i in (1, 2)]
-    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     sds = [state_dict_of(p) for p in paths]
     _assert_close_to(soup.output_dir, {k: torch.stack([sd[k] for sd in sds]).mean(0) for k in sds[0]})
     assert os.path.exists(os.path.join(soup.output_dir, "preprocessor_config.json"))
@@ -112,16 +116,18 @@ def test_integer_buffers_are_copied_never_averaged(tmp_path):
 
     _edit_safetensors(a, set_count(7))
     _edit_safetensors(b, set_count(7))
-    same = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "same", progress=False).output_dir)
+    same = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "same",
+                         merge_options=MergeOptions(progress=False)).output_dir)
     assert same[key].dtype == torch.int64 and same[key].item() == 7
     _edit_safetensors(b, set_count(10))
-    first = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "first", progress=False).output_dir)
+    first = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "first",
+                          merge_options=MergeOptions(progress=False)).output_dir)
     assert first[key].item() == 7  # int_rule="first": the first ingredient's value, not 8.5 or 8
-    biggest = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "max", int_rule="max",
-                                          progress=False).output_dir)
+    biggest = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "max",
+                            merge_options=MergeOptions(int_rule="max", progress=False)).output_dir)
     assert biggest[key].item() == 10
     with pytest.raises(SoupError, match="never averaged") as err:
-        soup_from_hub([a, b], output_dir=tmp_path / "err", int_rule="error", progress=False)
+        soup_from_hub([a, b], output_dir=tmp_path / "err", merge_options=MergeOptions(int_rule="error", progress=False))
     assert key in str(err.value)
     assert not os.path.exists(tmp_path / "err")
     # floating BatchNorm statistics are averaged like weights
@@ -133,7 +139,7 @@ def test_integer_buffers_are_copied_never_averaged(tmp_path):
 def test_tied_weights_stay_tied(tmp_path):
     base = make_tiny_bert(tmp_path / "base", seed=0, head="mlm", tie_word_embeddings=True)
     paths = [perturb_checkpoint(base, tmp_path / f"m{i}", seed=i) for i in (1, 2)]
-    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(paths, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     stored = state_dict_of(soup.output_dir)
     assert "cls.predictions.decoder.weight" not in stored  # stored once, as in the ingredients
     model = soup.model
@@ -154,7 +160,7 @@ def test_duplicated_tensors_stay_identical(tmp_path):
         save_file({"emb.weight": w, "head.weight": w.clone()}, d / "model.safetensors", metadata={"format": "pt"})
         (d / "config.json").write_text('{"model_type": "toy"}')
     out = state_dict_of(soup_from_hub([tmp_path / "ing0", tmp_path / "ing1"], output_dir=tmp_path / "s",
-                                      progress=False).output_dir)
+                                      merge_options=MergeOptions(progress=False)).output_dir)
     assert torch.equal(out["emb.weight"], out["head.weight"])
 
 
@@ -163,12 +169,12 @@ def test_nan_in_an_ingredient_is_refused(family, tmp_path):
     key = "classifier.weight"
     _edit_safetensors(bad, lambda t: t[key].__setitem__((0, 0), float("nan")))
     with pytest.raises(NonFiniteTensorError) as err:
-        soup_from_hub([family["d"], bad], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([family["d"], bad], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     assert str(bad) in str(err.value) and key in str(err.value) and "Fix:" in str(err.value)
     assert not os.path.exists(tmp_path / "soup")
     _edit_safetensors(bad, lambda t: t[key].__setitem__((0, 0), float("inf")))
     with pytest.raises(NonFiniteTensorError, match=key):
-        soup_from_hub([family["d"], bad], output_dir=tmp_path / "soup", progress=False)
+        soup_from_hub([family["d"], bad], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
 
 
 def test_failure_mid_merge_leaves_no_output_and_rerun_succeeds(family, tmp_path, monkeypatch):
@@ -186,11 +192,11 @@ def test_failure_mid_merge_leaves_no_output_and_rerun_succeeds(family, tmp_path,
     monkeypatch.setattr(writer_mod.ShardedSafetensorsWriter, "write", failing)
     out = tmp_path / "soup"
     with pytest.raises(RuntimeError, match="simulated"):
-        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=MergeOptions(progress=False))
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if "hf-soups-tmp" in p]  # temporary sibling removed
     monkeypatch.setattr(writer_mod.ShardedSafetensorsWriter, "write", original)
-    soup = soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=MergeOptions(progress=False))
     assert os.path.exists(os.path.join(soup.output_dir, "model.safetensors"))
 
 
@@ -199,20 +205,24 @@ def test_existing_output_dir_needs_overwrite(family, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(OutputExistsError, match="keep.txt"):
-        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=MergeOptions(progress=False))
     with pytest.raises(OutputExistsError, match="did not write"):  # overwrite replaces only a soup hf_soups wrote
-        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, overwrite=True,
+                      merge_options=MergeOptions(progress=False))
     assert (out / "keep.txt").read_text() == "precious"
     (out / "keep.txt").unlink()
-    soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)  # an empty directory is fine
+    soup_from_hub([family["a"], family["d"]], output_dir=out,
+                  merge_options=MergeOptions(progress=False))  # an empty directory is fine
     with pytest.raises(OutputExistsError, match="overwrite=True"):
-        soup_from_hub([family["a"], family["d"]], output_dir=out, progress=False)
-    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True, progress=False)
+        soup_from_hub([family["a"], family["d"]], output_dir=out, merge_options=MergeOptions(progress=False))
+    soup_from_hub([family["a"], family["c"]], output_dir=out, overwrite=True,
+                  merge_options=MergeOptions(progress=False))
     assert (out / "model.safetensors").exists() and (out / ".hf_soups").exists()
 
 
 def test_save_pretrained_and_card(family, tmp_path):
-    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([family["a"], family["d"]], output_dir=tmp_path / "soup",
+                         merge_options=MergeOptions(progress=False))
     copy = soup.save_pretrained(tmp_path / "copy")
     assert state_dict_of(copy).keys() == state_dict_of(soup.output_dir).keys()
     from huggingface_hub import ModelCard
@@ -239,10 +249,11 @@ def test_align_labels_permutes_classifier_rows(tmp_path):
     from hf_soups import IncompatibleIngredientsError
 
     with pytest.raises(IncompatibleIngredientsError, match="align_labels=True"):
-        soup_from_hub([a, tmp_path / "b_perm"], output_dir=tmp_path / "s0", progress=False)
-    aligned = state_dict_of(soup_from_hub([a, tmp_path / "b_perm"], output_dir=tmp_path / "s1", align_labels=True,
-                                          progress=False).output_dir)
-    plain = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "s2", progress=False).output_dir)
+        soup_from_hub([a, tmp_path / "b_perm"], output_dir=tmp_path / "s0", merge_options=MergeOptions(progress=False))
+    aligned = state_dict_of(soup_from_hub([a, tmp_path / "b_perm"], output_dir=tmp_path / "s1",
+                            merge_options=MergeOptions(align_labels=True, progress=False)).output_dir)
+    plain = state_dict_of(soup_from_hub([a, b], output_dir=tmp_path / "s2",
+                          merge_options=MergeOptions(progress=False)).output_dir)
     for k in plain:
         torch.testing.assert_close(aligned[k], plain[k], atol=1e-6, rtol=0)
 
@@ -266,8 +277,9 @@ def test_accumulation_device_path_is_bit_identical(family, tmp_path):
         staged = collect(device=dev, stage=True, slots=3)
         assert [(n, s) for n, s, _ in staged] == [(n, s) for n, s, _ in plain]
         assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(staged, plain))
-    on_disk = state_dict_of(soup_from_hub([family["a"], family["b"], family["d"]], weights=[1, 2, 3], device="cpu",
-                                          output_dir=tmp_path / "cpu", progress=False).output_dir)
+    on_disk = state_dict_of(soup_from_hub([family["a"], family["b"], family["d"]], "weighted", weights=[1, 2, 3],
+                                          merge_options=MergeOptions(device="cpu", progress=False),
+                                          output_dir=tmp_path / "cpu").output_dir)
     merged = {}
     for name, start, chunk in plain:
         merged.setdefault(name, []).append(chunk)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from hf_soups import EvalSpec, EvaluationError, LabelMismatchError, soup_from_hub
 from hf_soups.card import usage_lines
 from hf_soups.evaluation import Evaluator, task_of
-from hf_soups.evaluation.data import check_eval_data
+from hf_soups.evaluation.tasks import check_eval_data
 from hf_soups.evaluation.tasks import TASKS, scores
 from hf_soups.recipes.greedy import greedy_select
 from hf_soups.testing import perturb_checkpoint, write_tiny_tokenizer
@@ -253,16 +253,17 @@ def test_unknown_label_names_are_a_label_mismatch(made):
 def test_every_task_card_names_an_installed_pipeline():
     """The card's "How to use" names a pipeline only where the installed transformers has it (transformers 5 has no
     question-answering pipeline); each task's pipeline tag is the card's for its architecture."""
-    from hf_soups.card import _has_class, _head_for, pipeline_tag_for
+    from hf_soups.card import pipeline_tag_for
+    from hf_soups.evaluation.tasks.base import has_transformers_class, head_for
 
-    assert {t.name for t in TASKS} == {"text", "image", "regression", "multi_label", "token", "qa"}
+    assert {t.name for t in TASKS if t.evaluates} == {"text", "image", "regression", "multi_label", "token", "qa"}
     for task in TASKS:
         arch = f"Bert{task.architectures[0]}"
         assert pipeline_tag_for([arch]) == task.pipeline_tag
         code = "\n".join(usage_lines({"architectures": [arch]}, "user/soup"))
         named = [line.split('"')[1] for line in code.splitlines() if line.startswith("pipe = pipeline(")]
-        head = _head_for([arch])
-        assert named == ([task.pipeline_tag] if _has_class(head[3]) else [])
+        head = head_for({"architectures": [arch]})
+        assert named == ([task.pipeline_tag] if has_transformers_class(head.pipeline_class) else [])
         for tag in named:
             assert tag in transformers.pipelines.SUPPORTED_TASKS
 

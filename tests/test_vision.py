@@ -12,6 +12,7 @@ from PIL import Image
 
 from hf_soups import soup_from_hub
 from hf_soups.testing import make_tiny_resnet, perturb_checkpoint
+from hf_soups import MergeOptions
 
 
 def _images(n, size=32, seed=0):
@@ -35,7 +36,7 @@ def test_batchnorm_statistics_are_averaged_by_default_and_recomputed_on_request(
         from transformers import ConvNextImageProcessor
 
         ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(r)
-    soup = soup_from_hub(refs, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(refs, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     sds = [state_dict_of(r) for r in refs]
     out = state_dict_of(soup.output_dir)
     var = "resnet.embedder.embedder.normalization.running_var"
@@ -78,7 +79,7 @@ def test_clip_vision_tower_classifier(tmp_path):
     torch.manual_seed(0)
     CLIPForImageClassification(config).save_pretrained(tmp_path / "base")
     refs = [perturb_checkpoint(tmp_path / "base", tmp_path / f"c{i}", seed=i) for i in (1, 2)]
-    soup = soup_from_hub(refs, output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub(refs, output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     sds = [state_dict_of(r) for r in refs]
     out = state_dict_of(soup.output_dir)
     for k in out:
@@ -93,7 +94,8 @@ def test_half_precision_ingredients(tmp_path, dtype):
 
     base = make_tiny_vit(tmp_path / "base", seed=0)
     refs = [perturb_checkpoint(base, tmp_path / f"h{i}", seed=i, dtype=dtype) for i in (1, 2, 3)]
-    out = state_dict_of(soup_from_hub(refs, output_dir=tmp_path / "soup", progress=False).output_dir)
+    out = state_dict_of(soup_from_hub(refs, output_dir=tmp_path / "soup",
+                        merge_options=MergeOptions(progress=False)).output_dir)
     sds = [state_dict_of(r) for r in refs]
     for k, v in out.items():
         assert v.dtype == dtype
@@ -116,7 +118,7 @@ def test_efficientnet_lite0_conversion_matches_reference_and_soups(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, reference_lite0()(x), atol=1e-4, rtol=1e-4)
     refs = [perturb_checkpoint(base, tmp_path / f"e{i}", seed=i, scale=0.01) for i in (1, 2)]
-    soup = soup_from_hub([base, *refs], output_dir=tmp_path / "soup", progress=False)
+    soup = soup_from_hub([base, *refs], output_dir=tmp_path / "soup", merge_options=MergeOptions(progress=False))
     sds = [state_dict_of(p) for p in (base, *refs)]
     out = state_dict_of(soup.output_dir)
     bn = [k for k in out if k.endswith("running_var")]

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -55,7 +56,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
 #: Python argument -> the CLI flag that sets it (errors name the argument; the CLI speaks its flags).
 FLAGS: dict[str, str] = {
     "eval_dataset": "--eval-dataset", "overwrite": "--overwrite", "token": "--token", "text_column": "--text-column",
-    "label_column": "--label-column", "image_column": "--image-column", "split": "--split", "weights": "--weights",
+    "label_column": "--label-column", "image_column": "--image-column", "split": "--eval-split", "weights": "--weights",
     "method": "--method", "metric": "--metric", "revision": "--revision", "allow_single": "--allow-single",
     "align_labels": "--align-labels", "allow_pickle": "--allow-pickle", "trust_remote_code": "--trust-remote-code",
     "dtype": "--dtype", "int_rule": "--int-rule", "max_shard_size": "--max-shard-size", "output_dir": "--output",
@@ -69,7 +70,7 @@ FLAGS: dict[str, str] = {
 #: The fix in CLI terms, for errors about one argument (a "did you mean ...?" of the error is kept in front).
 _CLI_FIXES: dict[str, str] = {
     "eval_dataset": "pass --eval-dataset FILE_OR_ID (a csv/json/parquet file, a save_to_disk directory or a Hub "
-                    "dataset id), with --split, --text-column and --label-column as needed.",
+                    "dataset id), with --eval-split, --text-column and --label-column as needed.",
     "token": "pass --token hf_..., set HF_TOKEN, or run `hf auth login`.",
     "rank": "pass --as-adapter --rank R (R a positive integer), or neither.",
     "as_adapter": "drop --as-adapter (the soup is then a full model), or soup LoRA adapters only.",
@@ -77,7 +78,7 @@ _CLI_FIXES: dict[str, str] = {
     "text_column": "pass --text-column NAME with one of the dataset's columns.",
     "label_column": "pass --label-column NAME with one of the dataset's columns.",
     "image_column": "pass --image-column NAME with one of the dataset's columns.",
-    "split": "pass --split NAME with one of the dataset's splits.",
+    "split": "pass --eval-split NAME with one of the dataset's splits.",
     "allow_single": "pass two or more REFs (--allow-single makes a one-ingredient soup, for testing).",
 }
 
@@ -126,34 +127,6 @@ _EPILOG_SOUP = """examples:
 """
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--revision", default=None, help="revision (branch, tag or sha) for refs without their own @rev")
-    p.add_argument("--token", default=None, help="Hub token (defaults to HF_TOKEN or the saved login); never printed")
-    p.add_argument("--align-labels", action="store_true",
-                   help="accept id2label permutations by permuting classifier rows")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pytorch_model.bin ingredients, loaded with torch.load(weights_only=True)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-
-
-def _add_base_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", default=None, metavar="REPO",
-                   help="the base model of LoRA adapter REFs (default: each adapter's base_model_name_or_path)")
-
-
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    """`REF` is one Trainer run (an output_dir or a Hub repo) whose checkpoints are chosen by these flags."""
-    p.add_argument("--last", type=int, default=None, metavar="N",
-                   help="REF is a Trainer run (output_dir or Hub repo): its last N checkpoints, in step order")
-    p.add_argument("--top", type=int, default=None, metavar="N",
-                   help="REF is a Trainer run: its N best checkpoints by --metric (default eval_loss) from "
-                        "trainer_state.json")
-    p.add_argument("--greater-is-better", action="store_true", default=None,
-                   help="with --top: a larger --metric is better (default: lower for *loss, else higher)")
-    p.add_argument("--since-step", type=int, default=None, metavar="STEP",
-                   help="with --last/--top: only checkpoints saved at STEP or later")
-
-
 def _run_refs(args: argparse.Namespace) -> Any:
     """With --last/--top: the one RUN's chosen checkpoints (a `RunCheckpoints`); else the refs as given."""
     if args.last is None and args.top is None:
@@ -173,8 +146,196 @@ def _run_refs(args: argparse.Namespace) -> Any:
     return chosen
 
 
+@dataclass(frozen=True)
+class Flag:
+    """One row of the CLI's flag table.
+
+    Attributes:
+        names (`tuple[str, ...]`): `("--output",)`, or a positional's name.
+        commands (`tuple[str, ...]`): the subcommands that take it.
+        help (`str` or `dict[str, str]`): its help, or one per subcommand where the meaning narrows.
+        options (`dict`): the rest of `add_argument`'s keywords (`type`, `default`, `action`, `metavar`, ...).
+    """
+
+    names: tuple[str, ...]
+    commands: tuple[str, ...]
+    help: str | dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def help_for(self, command: str) -> str:
+        return self.help if isinstance(self.help, str) else self.help[command]
+
+
+_REFS_HELP = "repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)"
+_ALL = ("check", "soup", "find", "push", "recipe")
+
+
+def _method_help() -> str:
+    from ..recipes import METHODS
+
+    return "; ".join(f"{m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
+                     for m in METHODS.values()).replace("%", "%%")
+
+
+#: Every flag of every subcommand, once: argparse is built from this table (in this order).
+FLAG_TABLE: tuple[Flag, ...] = (
+    Flag(("refs",), ("check", "soup"), _REFS_HELP, {"nargs": "+", "metavar": "REF"}),
+    Flag(("directory",), ("push",), "a soup directory written by hf-soups", {"metavar": "DIR"}),
+    Flag(("repo_id",), ("push",), "target repo id, created when missing", {"metavar": "REPO"}),
+    Flag(("source",), ("recipe",), "a recipe YAML file, a soup directory, a soup's README.md, or a soup repo id",
+         {"metavar": "RECIPE"}),
+    Flag(("--json",), ("check", "find"), {"check": "print the report as JSON", "find": "print the result as JSON"},
+         {"action": "store_true"}),
+    Flag(("--method",), ("soup",), "", {"default": "uniform"}),  # choices and help: the registry, when built
+    Flag(("--weights",), ("soup",), "one weight per REF (--method weighted)",
+         {"nargs": "+", "type": float, "default": None}),
+    Flag(("--eval-dataset",), ("soup",),
+         "held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id. Images: a "
+         "save_to_disk folder or parquet file with an Image column, an imagefolder (one sub-folder of images per "
+         "class; classes are matched to id2label by name), a csv whose image column holds image file paths, or a Hub "
+         "dataset id with --eval-split", {"default": None}),
+    Flag(("--eval-split",), ("soup",), "split of --eval-dataset (Hub datasets and DatasetDicts)",
+         {"default": None, "metavar": "SPLIT"}),
+    Flag(("--max-eval-samples",), ("soup",), "evaluate only the first N examples of --eval-dataset",
+         {"type": int, "default": None, "metavar": "N"}),
+    Flag(("--text-column",), ("soup",),
+         "text column (default: text or sentence); twice for a sentence pair (--text-column sentence1 --text-column "
+         "sentence2; GLUE pairs are found by name) or extractive QA (question, context); token classification: the "
+         "word-list column (default: tokens)", {"default": None, "action": "append"}),
+    Flag(("--label-column",), ("soup",), "label column (default: label; token classification: ner_tags; QA: answers)",
+         {"default": None}),
+    Flag(("--threshold",), ("soup",),
+         "multi-label models: sigmoid probability of a positive label (default 0.5, recorded)",
+         {"type": float, "default": None}),
+    Flag(("--image-column",), ("soup",), "image column (default: image or img)", {"default": None}),
+    Flag(("--last",), ("check", "soup"),
+         "REF is a Trainer run (output_dir or Hub repo): its last N checkpoints, in step order",
+         {"type": int, "default": None, "metavar": "N"}),
+    Flag(("--top",), ("check", "soup"),
+         "REF is a Trainer run: its N best checkpoints by --metric (default eval_loss) from trainer_state.json",
+         {"type": int, "default": None, "metavar": "N"}),
+    Flag(("--greater-is-better",), ("check", "soup"),
+         "with --top: a larger --metric is better (default: lower for *loss, else higher)",
+         {"action": "store_true", "default": None}),
+    Flag(("--since-step",), ("check", "soup"), "with --last/--top: only checkpoints saved at STEP or later",
+         {"type": int, "default": None, "metavar": "STEP"}),
+    Flag(("--metric",), ("check", "soup"),
+         {"check": "with --top: the logged metric to rank by (default eval_loss)",
+          "soup": "an evaluate metric name or local metric script directory (default: accuracy); with --top, also "
+                  "the logged metric to rank the run's checkpoints by (default: eval_loss)"}, {"default": None}),
+    Flag(("--strict",), ("soup",), "greedy accepts only strict improvements (>)", {"action": "store_true"}),
+    Flag(("--eval-device",), ("soup",),
+         "where held-out evaluations run, e.g. cuda:1 or cpu (default: the accelerate launch rank's device, else "
+         "cuda/mps when available, else cpu)", {"default": None, "metavar": "DEVICE"}),
+    Flag(("--eval-dtype",), ("soup",), "evaluate under autocast in this dtype (default: exact float32)",
+         {"default": None, "choices": ["bfloat16", "float16"]}),
+    Flag(("--recompute-batchnorm",), ("soup",),
+         "after averaging, recompute BatchNorm statistics on --calibration-dataset (recorded in the recipe and "
+         "replayed by `hf-soups recipe`); without it, --eval-dataset is reused and the card flags that the "
+         "calibration data also chose the weights", {"action": "store_true"}),
+    Flag(("--calibration-dataset",), ("soup", "recipe"),
+         {"soup": "calibration images for --recompute-batchnorm (same forms as --eval-dataset)",
+          "recipe": "the BatchNorm calibration data, when the recipe recomputed statistics on a dataset it does not "
+                    "record (a save_to_disk folder, parquet/csv file, imagefolder or Hub id)"},
+         {"default": None, "metavar": "DATA"}),
+    Flag(("--calibration-split",), ("soup", "recipe"), "split of --calibration-dataset", {"default": None}),
+    Flag(("--calibration-batches",), ("soup",),
+         "recompute on a seeded sample of N batches (default: every calibration example)",
+         {"type": int, "default": None, "metavar": "N"}),
+    Flag(("--calibration-batch-size",), ("soup",), "examples per calibration batch (default: 64)",
+         {"type": int, "default": 64, "metavar": "B"}),
+    Flag(("--output",), ("soup", "recipe"), "directory to write the soup to", {"required": True, "metavar": "DIR"}),
+    Flag(("--overwrite",), ("soup", "recipe"), "replace a soup hf-soups wrote at --output", {"action": "store_true"}),
+    Flag(("--push-to",), ("soup", "recipe"),
+         {"soup": "push the soup to this Hub repo", "recipe": "push the re-created soup to this repo"},
+         {"default": None, "metavar": "REPO"}),
+    Flag(("--private",), ("soup", "push", "recipe"),
+         {"soup": "create the --push-to repo as private", "push": "create the repo as private",
+          "recipe": "create the --push-to repo as private"}, {"action": "store_true"}),
+    Flag(("--stream",), ("soup",), "read Hub weights by HTTP ranges, never downloading them", {"action": "store_true"}),
+    Flag(("--dtype",), ("soup",), "output dtype (default: the ingredients')",
+         {"default": None, "choices": ["float32", "bfloat16", "float16"]}),
+    Flag(("--int-rule",), ("soup",), "how differing integer buffers are resolved (never averaged)",
+         {"default": "first", "choices": ["first", "max", "error"]}),
+    Flag(("--max-shard-size",), ("soup",), "largest output shard (default: 5GB)", {"default": "5GB"}),
+    Flag(("--trust-remote-code",), ("soup",), "accept configs that need repository code", {"action": "store_true"}),
+    Flag(("--allow-single",), ("soup",), "accept a single REF (a 'soup' identical to it, for testing pipelines)",
+         {"action": "store_true"}),
+    Flag(("--base",), ("check", "soup", "find"),
+         {"check": "the base model of LoRA adapter REFs, instead of each adapter's base_model_name_or_path",
+          "soup": "the pretrained checkpoint the REFs were fine-tuned from (LoRA adapters: instead of each adapter's "
+                  "base_model_name_or_path), pinned to a sha and recorded in the recipe and card",
+          "find": "the base model the fine-tunes declare in their card (base_model: REPO)"},
+         {"default": None, "metavar": "REPO"}),
+    Flag(("--as-adapter",), ("soup",),
+         "write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)",
+         {"action": "store_true"}),
+    Flag(("--rank",), ("soup",), "the rank of the --as-adapter output", {"type": int, "default": None, "metavar": "R"}),
+    Flag(("--author",), ("find",), "only repos of this user or organisation", {"default": None}),
+    Flag(("--task",), ("find",), "only this pipeline tag, e.g. text-classification", {"default": None}),
+    Flag(("--search",), ("find",), "only repo ids containing this string", {"default": None}),
+    Flag(("--collection",), ("find",), "check the models of this collection", {"default": None, "metavar": "SLUG"}),
+    Flag(("--limit",), ("find",), "list at most N candidates", {"type": int, "default": None, "metavar": "N"}),
+    Flag(("--write-refs",), ("find",), "write the compatible refs, pinned to their sha, for `hf-soups soup @FILE`",
+         {"default": None, "metavar": "FILE"}),
+    Flag(("--adapters",), ("find",), "list the base's LoRA adapters as ingredients too (read as their merged weights)",
+         {"action": "store_true"}),
+    Flag(("--max-workers",), ("find",), "repos checked at the same time (default: 8)",
+         {"type": int, "default": 8, "metavar": "N"}),
+    Flag(("--commit-message",), ("push",), "commit message", {"default": None}),
+    Flag(("--branch",), ("push",), "branch to push to (created when missing)", {"default": None}),
+    Flag(("--allow-local-ingredients",), ("recipe",),
+         "accept local directories among the recipe's ingredients (only for recipes you wrote; by default only Hub "
+         "repos pinned to full commit shas are replayed)", {"action": "store_true"}),
+    Flag(("--revision",), ("check", "soup"), "revision (branch, tag or sha) for refs without their own @rev",
+         {"default": None}),
+    Flag(("--token",), _ALL,
+         {"check": "Hub token (defaults to HF_TOKEN or the saved login); never printed",
+          "soup": "Hub token (defaults to HF_TOKEN or the saved login); never printed",
+          "find": "Hub token for private or gated repos; never printed", "push": "Hub write token; never printed",
+          "recipe": "Hub token; never printed"}, {"default": None}),
+    Flag(("--align-labels",), ("check", "soup", "find"),
+         {"check": "accept id2label permutations by permuting classifier rows",
+          "soup": "accept id2label permutations by permuting classifier rows",
+          "find": "accept id2label permutations"}, {"action": "store_true"}),
+    Flag(("--allow-pickle",), ("check", "soup"),
+         "accept pytorch_model.bin ingredients, loaded with torch.load(weights_only=True)", {"action": "store_true"}),
+    Flag(("--debug",), _ALL, "show full tracebacks on errors", {"action": "store_true"}),
+)
+
+#: A flag a user is likely to try -> the flag (or setting) that says it.
+WRONG_FLAGS: dict[str, str] = {
+    "--split": "--eval-split (the held-out split; --calibration-split for the BatchNorm data)",
+    "--dataset": "--eval-dataset", "--eval-data": "--eval-dataset", "--val": "--eval-dataset",
+    "--max-samples": "--max-eval-samples", "--eval-samples": "--max-eval-samples",
+    "--eval-metric": "--metric", "--output-dir": "--output", "--out": "--output", "-o": "--output",
+    "--base-model": "--base", "--push": "--push-to", "--repo-id": "--push-to", "--hub-token": "--token",
+    "--hf-token": "--token", "--endpoint": "the HF_ENDPOINT environment variable",
+    "--cache-dir": "the HF_HUB_CACHE environment variable", "--device": "--eval-device (where evaluations run)",
+    "--batchnorm": "--recompute-batchnorm", "--adapter-rank": "--rank", "--lora-rank": "--rank",
+}
+
+_COMMAND_HELP: dict[str, dict[str, Any]] = {
+    "check": {"help": "print the compatibility verdict (exit 0 if compatible, 1 if not)",
+              "epilog": "example:\n  hf-soups check user/ft-1 user/ft-2@v2 ./local-ft-3\n"},
+    "soup": {"help": "make a soup from two or more fine-tunes", "epilog": None},  # _EPILOG_SOUP, set below
+    "find": {"help": "find fine-tunes of a base model (or a collection) on the Hub and check them (exit 0 if at "
+                     "least two are compatible, 1 if not)",
+             "epilog": "examples:\n  hf-soups find --base org/base --author me --write-refs refs.txt\n"
+                       "  hf-soups soup @refs.txt --method greedy --eval-dataset val.csv --output soup/\n"
+                       "  hf-soups find --collection user/my-sweep-64f9a55bb3115b4f513ec026 --json\n"},
+    "push": {"help": "upload a soup directory to the Hub in one commit",
+             "epilog": "example:\n  hf-soups push soup/ user/my-soup --private\n"},
+    "recipe": {"help": "re-create a soup bit for bit from its recipe",
+               "epilog": "examples:\n  hf-soups recipe recipe.yaml --output soup/\n"
+                         "  hf-soups recipe old-soup/ --output soup/      # reads old-soup/recipe.yaml\n"
+                         "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n"},
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ..recipes import METHODS, method_names
+    """The `hf-soups` parser, built from [`FLAG_TABLE`]: each flag is declared once, for the subcommands it serves."""
+    from ..recipes import method_names
 
     parser = argparse.ArgumentParser(
         prog="hf-soups", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,140 +344,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    check = sub.add_parser("check", help="print the compatibility verdict (exit 0 if compatible, 1 if not)",
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="example:\n  hf-soups check user/ft-1 user/ft-2@v2 ./local-ft-3\n")
-    check.add_argument("refs", nargs="+", metavar="REF",
-                       help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--metric", default=None, help="with --top: the logged metric to rank by (default eval_loss)")
-    _add_base_flag(check)
-    _add_run_flags(check)
-    _add_common(check)
-
-    soup = sub.add_parser("soup", help="make a soup from two or more fine-tunes",
-                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_SOUP)
-    soup.add_argument("refs", nargs="+", metavar="REF",
-                      help="repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)")
-    soup.add_argument("--method", choices=list(method_names()), default="uniform",
-                      help="; ".join(f"{m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
-                                     for m in METHODS.values()).replace("%", "%%"))
-    soup.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per REF (--method weighted)")
-    soup.add_argument("--eval-dataset", default=None,
-                      help="held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id. "
-                           "Images: a save_to_disk folder or parquet file with an Image column, an imagefolder "
-                           "(one sub-folder of images per class; classes are matched to id2label by name), a csv "
-                           "whose image column holds image file paths, or a Hub dataset id with --split")
-    soup.add_argument("--split", default=None, help="dataset split (Hub datasets and DatasetDicts)")
-    soup.add_argument("--max-eval-samples", type=int, default=None, metavar="N",
-                      help="evaluate only the first N examples of --eval-dataset")
-    soup.add_argument("--text-column", default=None, action="append",
-                      help="text column (default: text or sentence); twice for a sentence pair (--text-column "
-                           "sentence1 --text-column sentence2; GLUE pairs are found by name) or extractive QA "
-                           "(question, context); token classification: the word-list column (default: tokens)")
-    soup.add_argument("--label-column", default=None,
-                      help="label column (default: label; token classification: ner_tags; QA: answers)")
-    soup.add_argument("--threshold", type=float, default=None,
-                      help="multi-label models: sigmoid probability of a positive label (default 0.5, recorded)")
-    soup.add_argument("--image-column", default=None, help="image column (default: image or img)")
-    _add_run_flags(soup)
-    soup.add_argument("--metric", default=None,
-                      help="an evaluate metric name or local metric script directory (default: accuracy); with "
-                           "--top, also the logged metric to rank the run's checkpoints by (default: eval_loss)")
-    soup.add_argument("--strict", action="store_true", help="greedy accepts only strict improvements (>)")
-    soup.add_argument("--eval-device", default=None, metavar="DEVICE",
-                      help="where held-out evaluations run, e.g. cuda:1 or cpu (default: the accelerate launch rank's "
-                           "device, else cuda/mps when available, else cpu)")
-    soup.add_argument("--eval-dtype", default=None, choices=["bfloat16", "float16"],
-                      help="evaluate under autocast in this dtype (default: exact float32)")
-    soup.add_argument("--recompute-batchnorm", action="store_true",
-                      help="after averaging, recompute BatchNorm statistics on --calibration-dataset (recorded in the "
-                           "recipe and replayed by `hf-soups recipe`); without it, --eval-dataset is reused and the "
-                           "card flags that the calibration data also chose the weights")
-    soup.add_argument("--calibration-dataset", default=None, metavar="DATA",
-                      help="calibration images for --recompute-batchnorm (same forms as --eval-dataset)")
-    soup.add_argument("--calibration-split", default=None, help="split of --calibration-dataset")
-    soup.add_argument("--calibration-batches", type=int, default=None, metavar="N",
-                      help="recompute on a seeded sample of N batches (default: every calibration example)")
-    soup.add_argument("--calibration-batch-size", type=int, default=64, metavar="B",
-                      help="examples per calibration batch (default: 64)")
-    soup.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
-    soup.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
-    soup.add_argument("--push-to", default=None, metavar="REPO", help="push the soup to this Hub repo")
-    soup.add_argument("--private", action="store_true", help="create the --push-to repo as private")
-    soup.add_argument("--stream", action="store_true", help="read Hub weights by HTTP ranges, never downloading them")
-    soup.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                      help="output dtype (default: the ingredients')")
-    soup.add_argument("--int-rule", default="first", choices=["first", "max", "error"],
-                      help="how differing integer buffers are resolved (never averaged)")
-    soup.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
-    soup.add_argument("--trust-remote-code", action="store_true", help="accept configs that need repository code")
-    soup.add_argument("--allow-single", action="store_true",
-                      help="accept a single REF (a 'soup' identical to it, for testing pipelines)")
-    _add_base_flag(soup)
-    soup.add_argument("--as-adapter", action="store_true",
-                      help="write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)")
-    soup.add_argument("--rank", type=int, default=None, metavar="R", help="the rank of the --as-adapter output")
-    _add_common(soup)
-
-    find = sub.add_parser("find", help="find fine-tunes of a base model (or a collection) on the Hub and check them "
-                          "(exit 0 if at least two are compatible, 1 if not)",
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="examples:\n  hf-soups find --base org/base --author me --write-refs refs.txt\n"
-                                 "  hf-soups soup @refs.txt --method greedy --eval-dataset val.csv --output soup/\n"
-                                 "  hf-soups find --collection user/my-sweep-64f9a55bb3115b4f513ec026 --json\n")
-    find.add_argument("--base", dest="base_model", default=None, metavar="REPO",
-                      help="the base model the fine-tunes declare in their card (base_model: REPO)")
-    find.add_argument("--author", default=None, help="only repos of this user or organisation")
-    find.add_argument("--task", default=None, help="only this pipeline tag, e.g. text-classification")
-    find.add_argument("--search", default=None, help="only repo ids containing this string")
-    find.add_argument("--collection", default=None, metavar="SLUG", help="check the models of this collection")
-    find.add_argument("--limit", type=int, default=None, metavar="N", help="list at most N candidates")
-    find.add_argument("--write-refs", default=None, metavar="FILE",
-                      help="write the compatible refs, pinned to their sha, for `hf-soups soup @FILE`")
-    find.add_argument("--json", action="store_true", help="print the result as JSON")
-    find.add_argument("--adapters", action="store_true",
-                      help="list the base's LoRA adapters as ingredients too (read as their merged weights)")
-    find.add_argument("--align-labels", action="store_true", help="accept id2label permutations")
-    find.add_argument("--max-workers", type=int, default=8, metavar="N",
-                      help="repos checked at the same time (default: 8)")
-    find.add_argument("--token", default=None, help="Hub token for private or gated repos; never printed")
-    find.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    find.set_defaults(find_parser=find)
-
-    push = sub.add_parser("push", help="upload a soup directory to the Hub in one commit",
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="example:\n  hf-soups push soup/ user/my-soup --private\n")
-    push.add_argument("directory", metavar="DIR", help="a soup directory written by hf-soups")
-    push.add_argument("repo_id", metavar="REPO", help="target repo id, created when missing")
-    push.add_argument("--private", action="store_true", help="create the repo as private")
-    push.add_argument("--token", default=None, help="Hub write token; never printed")
-    push.add_argument("--commit-message", default=None, help="commit message")
-    push.add_argument("--branch", default=None, help="branch to push to (created when missing)")
-    push.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-
-    recipe = sub.add_parser("recipe", help="re-create a soup bit for bit from its recipe",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  hf-soups recipe recipe.yaml --output soup/\n"
-                                   "  hf-soups recipe old-soup/ --output soup/      # reads old-soup/recipe.yaml\n"
-                                   "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n")
-    recipe.add_argument("source", metavar="RECIPE",
-                        help="a recipe YAML file, a soup directory, a soup's README.md, or a soup repo id")
-    recipe.add_argument("--output", required=True, metavar="DIR", help="directory to write the soup to")
-    recipe.add_argument("--overwrite", action="store_true", help="replace a soup hf-soups wrote at --output")
-    recipe.add_argument("--push-to", default=None, metavar="REPO", help="push the re-created soup to this repo")
-    recipe.add_argument("--private", action="store_true", help="create the --push-to repo as private")
-    recipe.add_argument("--token", default=None, help="Hub token; never printed")
-    recipe.add_argument("--allow-local-ingredients", action="store_true",
-                        help="accept local directories among the recipe's ingredients (only for recipes you wrote; "
-                             "by default only Hub repos pinned to full commit shas are replayed)")
-    recipe.add_argument("--calibration-dataset", default=None, metavar="DATA",
-                        help="the BatchNorm calibration data, when the recipe recomputed statistics on a dataset it "
-                             "does not record (a save_to_disk folder, parquet/csv file, imagefolder or Hub id)")
-    recipe.add_argument("--calibration-split", default=None, help="split of --calibration-dataset")
-    recipe.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    for command in _ALL:
+        about = _COMMAND_HELP[command]
+        p = sub.add_parser(command, help=about["help"], formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=_EPILOG_SOUP if command == "soup" else about["epilog"])
+        for flag in FLAG_TABLE:
+            if command not in flag.commands:
+                continue
+            options = dict(flag.options)
+            if flag.names == ("--method",):
+                options["choices"] = list(method_names())
+                help_text = _method_help()
+            else:
+                help_text = flag.help_for(command)
+            if flag.names == ("--base",) and command == "find":
+                options["dest"] = "base_model"  # find_ingredients' filter, named as list_models names it
+            p.add_argument(*flag.names, help=help_text, **options)
+        p.set_defaults(command_parser=p)
     return parser
+
+
+def unknown_flag(command: str, flag: str) -> errors.UnknownArgumentError:
+    """The error for a flag `command` does not take: the flag that says it, the subcommands that take it, or the
+    closest of `command`'s own flags.
+
+    Args:
+        command (`str`): the subcommand.
+        flag (`str`): the unrecognised argument, as typed (`--split`, `--split=validation`).
+
+    Returns:
+        [`UnknownArgumentError`]: to report (exit code 2).
+    """
+    import difflib
+
+    name = flag.split("=", 1)[0]
+    own = [n for f in FLAG_TABLE if command in f.commands for n in f.names if n.startswith("-")]
+    elsewhere = [f.commands for f in FLAG_TABLE if name in f.names]
+    if name in WRONG_FLAGS and not (name == "--device" and command != "soup"):
+        fix = f"use {WRONG_FLAGS[name]}."
+    elif elsewhere:
+        fix = f"{name} is a flag of `hf-soups {' / '.join(elsewhere[0])}`; see `hf-soups {command} --help`."
+    else:
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]}?" if close else f"see `hf-soups {command} --help` for its flags."
+    return errors.UnknownArgumentError(f"`hf-soups {command}` has no flag {name}.", fix=fix)
 
 
 def _prefetch_architectures(refs: Sequence[str]) -> None:
@@ -345,7 +416,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
     from ..hub.discovery import find_ingredients
 
     if not any((args.base_model, args.author, args.task, args.search, args.collection)):
-        args.find_parser.error("say what to look for: --base, --collection, --author, --task or --search.")
+        args.command_parser.error("say what to look for: --base, --collection, --author, --task or --search.")
     if args.write_refs:
         _check_write_refs(args.write_refs)  # before any request: a bad path fails now, not after the listing
     found = find_ingredients(args.base_model, author=args.author, task=args.task, search=args.search,
@@ -418,25 +489,29 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     refs = _run_refs(args)
     _prefetch_architectures([getattr(r, "local_dir", r) for r in refs])
     from ..api import soup_from_hub
+    from ..hub.access import HubAccess
     from ..merge.options import MergeOptions
     from ..recipes import EvalSpec
 
     eval_dataset = None  # soup_from_hub loads the spec's dataset (file or Hub id) and checks it before any download
     text_column = args.text_column[0] if args.text_column and len(args.text_column) == 1 else \
         tuple(args.text_column) if args.text_column else None
-    spec = EvalSpec(dataset=args.eval_dataset, split=args.split, metric=args.metric or "accuracy", text_column=text_column,
-                    label_column=args.label_column, image_column=args.image_column, strict=args.strict,
-                    device=args.eval_device, dtype=args.eval_dtype, max_samples=args.max_eval_samples,
-                    threshold=args.threshold)
+    spec = EvalSpec(dataset=args.eval_dataset, split=args.eval_split, metric=args.metric or "accuracy",
+                    text_column=text_column, label_column=args.label_column, image_column=args.image_column,
+                    strict=args.strict, device=args.eval_device, dtype=args.eval_dtype,
+                    max_samples=args.max_eval_samples, threshold=args.threshold)
     calibration = _calibration_source(args)  # flag errors before any download
 
     options = MergeOptions(dtype=args.dtype, int_rule=args.int_rule, align_labels=args.align_labels,
                            max_shard_size=args.max_shard_size, stream=args.stream)
+    if (args.as_adapter and (args.rank is None or args.rank < 1)) or (args.rank is not None and not args.as_adapter):
+        raise errors.InvalidArgumentError("--as-adapter writes an adapter of rank --rank: pass both, or neither.",
+                                          fix="pass --as-adapter --rank R.", param="rank")
     soup = soup_from_hub(
-        refs, method=args.method, weights=args.weights, output_dir=args.output, token=args.token,
+        refs, method=args.method, weights=args.weights, output_dir=args.output, access=HubAccess(token=args.token),
         revision=args.revision, eval_dataset=eval_dataset, eval_spec=spec, merge_options=options,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-        allow_single=args.allow_single, base=args.base, as_adapter=args.as_adapter, rank=args.rank,
+        allow_single=args.allow_single, base=args.base, as_adapter=args.rank if args.as_adapter else None,
     )
     from ..evaluation.distributed import is_main_process
 
@@ -445,7 +520,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     progress: _Progress = args.progress
     if calibration is not None:
         progress.recomputing = progress.identity(args.output)
-        layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.split,
+        layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.eval_split,
                                           num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
                                           image_column=args.image_column)
         progress.recomputing = None
@@ -518,6 +593,7 @@ def _retarget_card(directory: str, repo_id: str) -> None:
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
     from ..api import load_recipe, replay_recipe
+    from ..hub.access import HubAccess
 
     recipe = load_recipe(args.source, token=args.token)
     calibration = args.calibration_dataset
@@ -525,7 +601,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         from ..evaluation.data import load_eval_dataset
 
         calibration = load_eval_dataset(calibration, args.calibration_split)
-    soup = replay_recipe(recipe, output_dir=args.output, token=args.token, overwrite=args.overwrite,
+    soup = replay_recipe(recipe, output_dir=args.output, access=HubAccess(token=args.token), overwrite=args.overwrite,
                          allow_local=args.allow_local_ingredients, calibration_dataset=calibration)
     _print_soup(soup)
     _push_soup(soup, args)
@@ -651,9 +727,25 @@ class _Interrupts:
         os._exit(130)
 
 
-def _run(argv: Sequence[str] | None, progress: _Progress) -> int:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code of a flag the subcommand does not take (one line naming the flag that
+    says it: `--split` -> `--eval-split`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    flags = [e for e in extras if e.startswith("-")]
+    if flags:
+        error = unknown_flag(args.command, flags[0])
+        print(f"hf-soups {args.command}: error: {render_error(error)}", file=sys.stderr)
+        return next(c for cls, c in EXIT_CODES if isinstance(error, cls))
+    if extras:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _run(argv: Sequence[str] | None, progress: _Progress) -> int:
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
     args.progress = progress
     if args.command in ("soup", "recipe"):
         progress.watch(args.output, "the soup")

@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
-from ..merge.ops import weighted_sum
+from ..merge.ops import equal_weights_scale, weighted_sum
 from ..merge.plan import MergePlan, TensorPlan, build_plan, normalize_weights
 from ..modeling import load_model
 
@@ -23,7 +23,7 @@ __all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
 def _aligned(plan: MergePlan, reader: CheckpointReader, index: int, tp: TensorPlan) -> torch.Tensor:
     """Ingredient `index`'s tensor `tp`, classifier rows aligned per the plan (its own dtype)."""
     t = reader.read(tp.name)
-    perm = plan.label_permutations[index] if plan.label_permutations and tp.permute_rows else None
+    perm = plan.row_order(tp, index)
     return t[list(perm)] if perm is not None else t
 
 
@@ -106,17 +106,26 @@ class ModelHolder:
         return self.model
 
     def load_plan(self, plan: MergePlan, readers: Sequence[CheckpointReader]) -> Any:
-        """Compute the soup `plan` describes (its weights; zero weights skipped) into the model, tensor by tensor,
-        reading each ingredient's tensor when it is needed; returns the model."""
-        active = [i for i, w in enumerate(plan.weights) if w > 0]
-        weights = [plan.weights[i] for i in active]
+        """Compute the soup `plan` describes (its weights, per tensor where it says so; zero weights skipped) into
+        the model, tensor by tensor, reading each input's tensor when it is needed; returns the model.
+
+        `readers` holds one reader per plan input (the ingredients, then the base when `plan.base`).
+
+        Raises:
+            [`SoupError`]: an input lacks a tensor the plan takes from it (see `MergePlan.check_inputs`)."""
+        plan.check_inputs([r.tensors for r in readers],
+                          [getattr(r, "ingredient", None) or f"input {i}" for i, r in enumerate(readers)])
         with torch.no_grad():
             for tp in plan.tensors:
                 if tp.average:
+                    active, weights = plan.mix(tp)
                     target = self._target(tp.name)
                     tensors: Iterator[torch.Tensor] = (
                         _aligned(plan, readers[i], i, tp).to(target.device) for i in active)
                     weighted_sum(tensors, weights, out=target)
+                    scale = equal_weights_scale(weights) if tp.weights is not None else None
+                    if scale is not None:  # per-tensor weights are applied as given (see merge.ops.mix_sum)
+                        target.mul_(scale)
         return self.model
 
     def load_combination(self, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> Any:

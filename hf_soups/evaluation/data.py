@@ -13,7 +13,7 @@ from ..errors import EvaluationError, LabelMismatchError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalSet", "as_eval_dataset", "register_eval_data_form", "check_eval_data", "model_id2label",
+__all__ = ["EvalSet", "as_eval_dataset", "register_eval_data_form", "model_id2label",
            "is_transformed", "untransformed",
            "load_eval_dataset", "find_column", "check_labels", "label_id", "TEXT_COLUMNS", "IMAGE_COLUMNS", "LABEL_COLUMNS"]
 
@@ -211,37 +211,6 @@ def _pick_split(data: Mapping[str, Any], split: str | None, parameter: str) -> A
         raise EvaluationError(f"{parameter} has no split '{split}' (it has {names}).",
                               fix="pass split=<one of those>.", param="split")
     return data[split]
-
-
-def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: Any = None,
-                    label_column: str | None = None, image_column: str | None = None,
-                    name: str = "the model") -> dict[str, Any]:
-    """Check evaluation data against a model config before any weight is read: the task's columns and every row of
-    its labels (see `hf_soups.evaluation.tasks`).
-
-    Args:
-        dataset (`datasets.Dataset`): from [`as_eval_dataset`].
-        config (`Mapping`): the (first) ingredient's `config.json`.
-        text_column (`str` or a list/tuple of two, *optional*): the text column(s) asked for (a sentence pair, or
-            QA's question and context).
-        label_column, image_column (`str`, *optional*): the columns asked for.
-        name (`str`): the ingredient named in errors.
-
-    Returns:
-        `dict[str, Any]`: the columns found (`{"label": ..., "text": (...)}` or `{"label": ..., "image": ...}`).
-
-    Raises:
-        [`EvaluationError`]: no task serves the model, a column is missing, or a label is not of the task's form.
-        [`LabelMismatchError`]: the labels do not match the model's `id2label`.
-    """
-    from .tasks import Columns, task_for
-
-    task = task_for(config)
-    dataset = untransformed(dataset)  # labels and columns are read from the raw columns, not through a transform
-    asked = Columns.of(text_column, label_column, image_column)
-    found = task.check_columns(list(dataset.column_names), asked)
-    task.references(dataset, task.find_columns(list(dataset.column_names), asked), name)
-    return found
 
 
 def model_id2label(config: Mapping[str, Any]) -> dict[int, str]:

@@ -291,11 +291,11 @@ def evaluators_by_processor(dataset: Any, directories: Sequence[str], config: Ma
         `list[Evaluator]`: aligned with `directories`.
     """
     dataset = as_eval_dataset(dataset, max_samples=max_samples)  # an IterableDataset is read once, for every model
-    task = task_of(config)
+    per_model = task_for(config).processor_per_model
     shared: dict[str | None, Evaluator] = {}
     out = []
     for k, directory in enumerate(directories):
-        key = _processor_identity(directory) if task == "image" else None
+        key = _processor_identity(directory) if per_model else None
         if key not in shared:
             shared[key] = Evaluator(dataset, directory, config, name=names[k] if names else None, **kwargs)
         out.append(shared[key])

@@ -1,12 +1,14 @@
-"""Choosing weights from held-out scores (greedy and learned soups): evaluation drives the recipes' pure selection.
+"""The held-out evaluation a method with `Needs(held_out=True)` receives ([`HeldOut`] of the method protocol).
 
-This glue lives in `evaluation/` because it loads models and scores them; it calls the registered method functions
-of `recipes/` (which never import `evaluation/`).
+This glue lives in `evaluation/` because it loads models and scores them; it calls the registered method function
+of `recipes/` (which never imports `evaluation/`) and names no method: what it prepares follows the method's
+[`Needs`].
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,15 +22,16 @@ from ..checkpoint.companions import copy_companion_files, lead_index
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.plan import MergePlan
-from ..recipes import EvalSpec, get_method
-from ..recipes.greedy import Trial, degenerate_steps
+from ..recipes import EvalSpec, MethodContext, SoupMethod
+from ..recipes.greedy import Trial
+from ..recipes.protocol import as_result
 from ..refs import Ingredient
 from .candidates import ModelHolder, read_float_state
 from .device import CPU_BATCH_SIZE, fits_on, resolve_eval_device
 from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import paired_bootstrap, separation_warning
 
-__all__ = ["Chosen", "choose_weights"]
+__all__ = ["Chosen", "HeldOutEvaluation", "choose_weights"]
 
 
 class OffloadedCandidates:
@@ -54,23 +57,17 @@ class OffloadedCandidates:
         finally:
             del model
 
-    def score_ingredient(self, i: int) -> tuple[float, torch.Tensor]:
-        return self._score_members({i})
-
-    def score_with(self, members: list[int], candidate: int) -> Trial:
-        score, logits = self._score_members(set(members) | {candidate})
-        return Trial(score, self.evaluator.problem(logits))
-
-    def _score_members(self, chosen: set[int]) -> tuple[float, torch.Tensor]:
+    def score_plan(self, plan: MergePlan, evaluator: Evaluator) -> tuple[float, torch.Tensor]:
+        """Write the soup `plan` describes to a temporary checkpoint and score it through accelerate's offload."""
         import shutil
 
         from ..merge.engine import merge_to_directory
 
-        weights = [1.0 if i in chosen else 0.0 for i in range(len(self.readers))]
+        self.evaluator = evaluator
         target = os.path.join(self.workdir, "candidate")
         shutil.rmtree(target, ignore_errors=True)
         os.makedirs(target)
-        merge_to_directory(self.plan.with_weights(weights), self.readers, target, progress=False)
+        merge_to_directory(plan, self.readers, target, progress=False)
         copy_companion_files(self.ingredients[0].local_dir or "", target, ingredient=self.ingredients[0].name,
                              names=("config.json",))
         return self._evaluate_dir(target)
@@ -95,6 +92,7 @@ class Chosen:
     evaluator: Evaluator
     warnings: list[str] = field(default_factory=list)
     spec: EvalSpec | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder: ModelHolder) -> list[dict[str, Any]]:
@@ -105,10 +103,71 @@ def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder
     return [holder.model_names(read_float_state(plan, r, i, device=device)) for i, r in enumerate(readers)]
 
 
+class HeldOutEvaluation:
+    """[`HeldOut`] of the method protocol: each ingredient scored once, then any plan scored on demand (in memory
+    through the model skeleton, or on disk through accelerate's offload with `max_memory`); with `gradients`, the
+    ingredients' fp32 states, the batches and the task's loss for an optimiser."""
+
+    def __init__(self, *, names: Sequence[str], plan: MergePlan, readers: Sequence[CheckpointReader],
+                 evaluators: Sequence[Evaluator], spec: EvalSpec, seed: int) -> None:
+        self.names, self.plan, self.readers, self.spec, self.seed = list(names), plan, readers, spec, seed
+        self.evaluators = evaluators
+        self.evaluator = evaluators[0]  # until the scores are known; then the best individual's
+        self.scores: list[float] = []
+        self.problems: list[str | None] = []
+        self.higher_is_better = self.evaluator.metric.higher_is_better
+        self.holder: ModelHolder | None = None
+        self.offload: OffloadedCandidates | None = None
+        self._states: list[dict[str, Any]] | None = None
+        self._ranked: list[float] = []
+
+    def score(self, plan: MergePlan) -> Trial:
+        value, logits = self._score_plan(plan, self.evaluator)
+        return Trial(value, self.evaluator.problem(logits))
+
+    def _score_plan(self, plan: MergePlan, by: Evaluator) -> tuple[float, torch.Tensor]:
+        if self.offload is not None:
+            return self.offload.score_plan(plan, by)
+        if self.holder is None:
+            raise EvaluationError("no model to score candidates with.", fix="report this bug.")
+        return by.score(self.holder.load_plan(plan, self.readers))
+
+    @property
+    def model(self) -> Any:
+        return self._holder().model
+
+    @property
+    def batches(self) -> Any:
+        return self.evaluator.batches
+
+    @property
+    def references(self) -> torch.Tensor:
+        return self.evaluator.references
+
+    @property
+    def loss(self) -> Any:
+        return self.evaluator.loss
+
+    def states(self) -> list[dict[str, Any]]:
+        if self._states is None:
+            self._states = _learned_states(self.plan, self.readers, self._holder())
+        return self._states
+
+    def score_states(self, weights: Sequence[float]) -> float:
+        by = self.evaluators[lead_index(weights, self._ranked)] if self._ranked else self.evaluator
+        return by.score(self._holder().load_combination(self.states(), weights))[0]
+
+    def _holder(self) -> ModelHolder:
+        if self.holder is None:
+            raise EvaluationError("max_memory (offloaded evaluation) supports methods that only score candidate "
+                                  "soups; this one needs the model in memory.",
+                                  fix="drop EvalSpec(max_memory=...), or use method='greedy'.")
+        return self.holder
+
+
 def choose_weights(
-    method: str,
-    plan: MergePlan,
-    readers: Sequence[CheckpointReader],
+    entry: SoupMethod,
+    ctx: MethodContext,
     ingredients: Sequence[Ingredient],
     config: dict[str, Any],
     eval_dataset: Any,
@@ -116,19 +175,18 @@ def choose_weights(
     *,
     trust_remote_code: bool = False,
     progress: bool = True,
-    seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Chosen:
-    """Score every ingredient on `eval_dataset`, then run the greedy or learned recipe.
+    """Score every ingredient on `eval_dataset`, then run the registered method `entry` with `ctx.held_out` set.
 
     Evaluations run on `device` (else `spec.device`, else [`resolve_eval_device`]'s rule: accelerate's
     `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU). The model skeleton
-    and each candidate (computed into it by the merge kernel) live on that device; the learned soup's ingredients
-    too when they fit.
+    and each candidate (computed into it by the merge kernel) live on that device; a method's ingredient states
+    (`Needs(gradients=True)`) too when they fit.
 
     With `max_memory` (accelerate's `{device: size}`), nothing is held in memory beyond what accelerate places
     there: each candidate soup is streamed to a temporary checkpoint on disk by the merge engine and loaded with
-    `from_pretrained(device_map="auto", max_memory=..., offload_folder=...)`.
+    `from_pretrained(device_map="auto", max_memory=..., offload_folder=...)`; a method needing gradients is refused.
 
     Raises:
         [`LabelMismatchError`]: the dataset labels do not match the model's label map.
@@ -137,33 +195,36 @@ def choose_weights(
     from .tasks import settle_spec
 
     spec = settle_spec(spec, config)  # the task's default metric and threshold, recorded in the recipe
+    method, plan, readers = entry.name, ctx.plan, ctx.readers
     names = [i.name for i in ingredients]
     reference_dir = ingredients[0].local_dir
     if reference_dir is None:
         raise EvaluationError("the first ingredient's files are not on disk; it cannot be evaluated.",
                               ingredient=names[0], fix="report this bug.")
-    select = get_method(method).fn
+    if spec.max_memory is not None and entry.needs.gradients:
+        raise EvaluationError(f"max_memory (offloaded evaluation) does not support method={method!r}: it needs "
+                              "gradients through the model in memory.",
+                              fix="drop EvalSpec(max_memory=...), or use a method that only scores candidates "
+                                  "(method='greedy').")
     eval_device = resolve_eval_device(device if device is not None else spec.device)
-    # a learned soup optimises on these batches: its default batch size does not depend on the device
-    batch_size = spec.batch_size if spec.batch_size is not None or method != "learned" else CPU_BATCH_SIZE
+    # a method taking gradients optimises on these batches: its default batch size does not depend on the device
+    batch_size = spec.batch_size if spec.batch_size is not None or not entry.needs.gradients else CPU_BATCH_SIZE
     # each ingredient is scored through its own image processor, candidate soups through their lead ingredient's
     evaluators = evaluators_by_processor(eval_dataset, [i.local_dir or reference_dir for i in ingredients], config,
                                          names=names, metric=spec.metric, text_column=spec.text_column,
                                          label_column=spec.label_column, image_column=spec.image_column,
                                          batch_size=batch_size, device=eval_device, dtype=spec.dtype,
                                          max_samples=spec.max_samples, threshold=spec.threshold)
-    evaluator = evaluators[0]  # until the scores are known; then the best individual's (a greedy soup's first member)
-    total = len(readers) * (2 if method == "greedy" else 1)
-    bar = tqdm(total=total, desc=f"{method} soup: evaluating", disable=not progress or constants.progress_disabled())
-    scores: list[float] = []
+    k = len(names)
+    held = HeldOutEvaluation(names=names, plan=plan, readers=readers, evaluators=evaluators, spec=spec,
+                             seed=ctx.seed)
+    bar = tqdm(total=k * (1 + entry.progress_steps), desc=f"{method} soup: evaluating",
+               disable=not progress or constants.progress_disabled())
     own_logits: list[torch.Tensor] = []
     predictions: dict[str, torch.Tensor] = {}
 
-    def onehot(members: Sequence[int]) -> list[float]:
-        return [1.0 if i in members else 0.0 for i in range(len(readers))]
-
     def individual(i: int, result: tuple[float, torch.Tensor]) -> None:
-        scores.append(result[0])
+        held.scores.append(result[0])
         own_logits.append(result[1])
         predictions[names[i]] = evaluators[i].predictions(result[1])
         bar.update()
@@ -171,55 +232,30 @@ def choose_weights(
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
         if spec.max_memory is not None:  # big-model path: candidates live on disk, accelerate offloads evaluation
-            if method != "greedy":
-                raise EvaluationError("max_memory (offloaded evaluation) supports method='greedy' only.",
-                                      fix="drop EvalSpec(max_memory=...), or use method='greedy'.")
-            offload = stack.enter_context(OffloadedCandidates(plan, readers, ingredients, evaluator, spec.max_memory,
-                                                              spec.offload_folder, trust_remote_code))
-            for i in range(len(readers)):
-                offload.evaluator = evaluators[i]
-                individual(i, offload.score_ingredient(i))
-            score_with = offload.score_with
+            held.offload = stack.enter_context(OffloadedCandidates(plan, readers, ingredients, held.evaluator,
+                                                                   spec.max_memory, spec.offload_folder,
+                                                                   trust_remote_code))
         else:
             # the model skeleton lives on the evaluation device; each candidate is computed into it by the merge
             # kernel, tensor by tensor, so it is bit for bit the soup the engine would write for these weights
-            holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
-
-            def score(weights: Sequence[float], by: Evaluator) -> tuple[float, torch.Tensor]:
-                return by.score(holder.load_plan(plan.with_weights(weights), readers))
-
-            if method == "greedy":
-                for i in range(len(readers)):
-                    individual(i, score(onehot([i]), evaluators[i]))
-
-                def score_with(members: list[int], candidate: int) -> Trial:
-                    value, logits = score(onehot([*members, candidate]), evaluator)
-                    return Trial(value, evaluator.problem(logits))
-            else:
-                states = _learned_states(plan, readers, holder)
-                for i in range(len(readers)):
-                    individual(i, evaluators[i].score(holder.load(states[i])))
-        score_map = dict(zip(names, scores))
-        metric = evaluator.metric
-        ranked = [metric.key(s) for s in scores]  # larger is better, whatever the metric's direction
-        evaluator = evaluators[lead_index([1.0] * len(scores), ranked)]
-        if spec.max_memory is not None:
-            offload.evaluator = evaluator
-        best = max(names, key=lambda n: metric.key(score_map[n]))
-        intervals, _ = paired_bootstrap({best: predictions[best]}, evaluator.references, evaluator.metric)
-        warning = separation_warning("the held-out set", len(evaluator), score_map, intervals.get(best))
-        warnings = [warning] if warning else []
-        if method == "greedy":
-            # judged after every ingredient was scored: a collapse counts once some model's logits varied
-            problems = [evaluators[i].problem(own_logits[i]) for i in range(len(readers))]
-            accepted, trace = select(names, scores, score_with, strict=spec.strict, progress=bar.update,
-                                     problems=problems, higher_is_better=metric.higher_is_better)
-            weights = onehot(accepted)
-            warnings += degenerate_steps(trace)
+            held.holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
+        if entry.needs.gradients:  # the states are loaded once; each ingredient is scored from its own
+            for i in range(k):
+                individual(i, evaluators[i].score(held._holder().load(held.states()[i])))
         else:
-            weights, trace = select(
-                holder.model, states, evaluator.batches, evaluator.references,
-                lambda ws: evaluators[lead_index(ws, ranked)].score(holder.load_combination(states, ws))[0],
-                steps=spec.learned_steps, seed=seed, loss=evaluator.loss, higher_is_better=metric.higher_is_better,
-            )
-    return Chosen(plan.with_weights(weights), trace, score_map, evaluator, warnings, spec)
+            for i in range(k):
+                individual(i, held._score_plan(plan.with_weights([float(j == i) for j in range(k)]), evaluators[i]))
+        score_map = dict(zip(names, held.scores))
+        metric = held.evaluator.metric
+        held._ranked = [metric.key(s) for s in held.scores]  # larger is better, whatever the metric's direction
+        held.evaluator = evaluators[lead_index([1.0] * k, held._ranked)]
+        best = max(names, key=lambda n: metric.key(score_map[n]))
+        intervals, _ = paired_bootstrap({best: predictions[best]}, held.evaluator.references, held.evaluator.metric)
+        warning = separation_warning("the held-out set", len(held.evaluator), score_map, intervals.get(best),
+                                     unit=held.evaluator.task_impl.unit)
+        warnings = [warning] if warning else []
+        # judged after every ingredient was scored: a collapse counts once some model's logits varied
+        held.problems = [evaluators[i].problem(own_logits[i]) for i in range(k)]
+        result = as_result(entry.fn(dataclasses.replace(ctx, held_out=held, progress=bar.update)), method)
+    return Chosen(result.plan, result.trace, {**score_map, **result.scores}, held.evaluator,
+                  warnings + result.warnings, spec, result.parameters)

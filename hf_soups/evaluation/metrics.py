@@ -71,7 +71,7 @@ def resolve_metric(metric: Any = "accuracy", task: Any = None) -> Metric:
             f"the metric was the user callable '{metric.name}', which a recipe records by name only and cannot "
             "replay.",
             fix="pass the callable again: metric=<the function> (soup.evaluate(..., metric=f), "
-                "soup_from_hub(..., metric=f)), or use a metric name evaluate.load can load.")
+                "soup_from_hub(..., eval_spec=EvalSpec(metric=f))), or use a metric name evaluate.load can load.")
     try:
         import evaluate
     except ImportError:  # pragma: no cover - evaluate is a dependency

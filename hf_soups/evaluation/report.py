@@ -508,7 +508,7 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
         if len(scores) >= 2:
             top = max(scores, key=lambda n: ev.metric.key(scores[n]))
             warning = separation_warning(f"evaluation set '{s}'", len(ev), scores, intervals.get(f"ingredient:{top}"),
-                                         bootstrap.confidence)
+                                         bootstrap.confidence, ev.task_impl.unit)
             if warning:
                 report.warnings.append(warning)
     return report

@@ -85,8 +85,9 @@ def paired_bootstrap(
     """Confidence intervals of each method's score, and of its difference to `baseline`, on one evaluation set.
 
     Args:
-        predictions (`Mapping[str, array]`): predicted label ids of each method, in dataset order.
-        references (`array`): the label ids.
+        predictions (`Mapping[str, array]`): each method's predictions, one per unit of the task ([`Task.unit`]:
+            an example, a sentence, a question), in dataset order; the units are what the bootstrap resamples.
+        references (`array`): the references, one per unit ([`Evaluator.references`]).
         metric ([`Metric`]): the metric; accuracy is resampled vectorised, any other metric is recomputed per
             resample.
         baseline (`str`, *optional*): the method differences are taken to (e.g. `"best_individual"`).
@@ -119,15 +120,18 @@ def paired_bootstrap(
 
 
 def separation_warning(what: str, n: int, scores: Mapping[str, float], best: Interval | None,
-                       confidence: float = DEFAULT_CONFIDENCE) -> str | None:
+                       confidence: float = DEFAULT_CONFIDENCE, unit: str = "example") -> str | None:
     """A warning when the held-out set is too small to separate the candidates: the confidence interval's
     half-width of the best candidate's score is larger than the spread of all candidates' scores.
 
     Args:
         what (`str`): the set, as named in the message (e.g. `"the held-out set"`, `"evaluation set 'test'"`).
-        n (`int`): its number of examples.
+        n (`int`): its number of units (the references the bootstrap resamples).
         scores (`Mapping[str, float]`): each candidate's score on it.
         best ([`Interval`]): the best candidate's score interval.
+        confidence (`float`): the intervals' confidence level.
+        unit (`str`, *optional*, defaults to `"example"`): what one reference is, as the task names it
+            ([`Task.unit`]: `"sentence"` for token classification, `"question"` for QA).
 
     Returns:
         `str` or `None`: the warning (also logged), or `None` when the set separates the candidates.
@@ -137,7 +141,7 @@ def separation_warning(what: str, n: int, scores: Mapping[str, float], best: Int
     spread = max(scores.values()) - min(scores.values())
     if best.half_width <= spread:
         return None
-    message = (f"{what} ({n} examples) is too small to separate the candidates: the "
+    message = (f"{what} ({n} {unit}s) is too small to separate the candidates: the "
                f"{confidence:.0%} confidence interval of a score is ±{best.half_width:.4f}, wider than the spread of "
                f"the candidates' scores ({spread:.4f}); rankings and greedy decisions on it are mostly noise. "
                "Fix: use a larger held-out set.")

@@ -6,14 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import huggingface_hub
 from huggingface_hub import errors as hf_errors
-
-# huggingface_hub >= 2 talks HTTP through httpx2, 1.x through httpx: catch the transport errors of the one in use
-if int(huggingface_hub.__version__.split(".", 1)[0]) >= 2:
-    from httpx2 import TransportError
-else:  # pragma: no cover - exercised by `make test-min` (huggingface_hub 1.3)
-    from httpx import TransportError
 
 from ..errors import (
     AuthenticationError,
@@ -23,6 +16,7 @@ from ..errors import (
     RevisionNotFoundError,
     SoupError,
 )
+from ._transport import TransportError
 
 _NOT_FOUND_FIX = "check the repo id, e.g. 'user/model'."
 _LOGIN_FIX = "pass token='hf_...' (or token=True to use the saved token), set HF_TOKEN, or run `hf auth login`."

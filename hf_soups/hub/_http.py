@@ -27,7 +27,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from .. import constants
 from ..errors import HubConnectionError
 from ..validation import mask_secrets
-from ._errors import TransportError
+from ._transport import TransportError
 
 __all__ = ["endpoint_url", "origin_of", "same_origin", "foreign_origin_error", "api_get_json", "paged_json",
            "Deadline", "MAX_REDIRECTS", "shown_url", "raise_for_status", "join_url"]

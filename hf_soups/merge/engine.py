@@ -29,7 +29,7 @@ from ..checkpoint.reader import CheckpointReader
 from ..checkpoint.writer import ShardedSafetensorsWriter
 from ..errors import SoupError
 from .numerics import check_cast, computable, exact_piece, int_maximum
-from .ops import weighted_sum
+from .ops import mix_sum
 from .plan import MergePlan, TensorPlan
 
 __all__ = ["merge_to_directory", "merge_state_dict", "iter_merged_chunks", "chunk_elements", "merge_threads"]
@@ -85,13 +85,16 @@ class _Merger:
 
     def __init__(self, plan: MergePlan, readers: Sequence[CheckpointReader], names: Sequence[str] | None,
                  device: str | torch.device | None, stage: bool | None) -> None:
-        if len(readers) != len(plan.weights):
-            raise SoupError(f"{len(readers)} readers for {len(plan.weights)} weights.")
+        if len(readers) != plan.num_inputs:
+            raise SoupError(f"{len(readers)} readers for {plan.num_inputs} inputs"
+                            + (" (the ingredients, then the base)." if plan.base else "."), fix="report this bug.")
         self.plan = plan
         self.readers = readers
         self.names = list(names or [getattr(r, "ingredient", None) or f"ingredient {i}" for i, r in enumerate(readers)])
+        self.names += [getattr(r, "ingredient", None) or "base" for r in readers[len(self.names):]]
         self.active = [i for i, w in enumerate(plan.weights) if w > 0]
         self.weights = [plan.weights[i] for i in self.active]
+        plan.check_inputs([r.tensors for r in readers], self.names)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.staged = self.device.type != "cpu" if stage is None else stage
         self.cpu = torch.device("cpu")
@@ -105,7 +108,7 @@ class _Merger:
             chunk = reader.read_range(tp.name, piece.start, piece.count,
                                       bufs.get(f"in{slot}", nbytes, torch.uint8, self.cpu))
         chunk = computable(chunk)  # float8 is storage-only in torch
-        perm = self.plan.label_permutations[i] if tp.permute_rows and self.plan.label_permutations else None
+        perm = self.plan.row_order(tp, i)
         if perm is not None:
             chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
         return chunk
@@ -115,17 +118,23 @@ class _Merger:
         tp = piece.tensor
         if not tp.average:
             return self._integer(piece, bufs)
+        active, weights = (self.active, self.weights) if tp.weights is None and tp.source is None \
+            else self.plan.mix(tp)
         acc = bufs.get("acc", piece.count, torch.float32, self.device)
-        chunks = (self._input(i, piece, bufs, n % 2) for n, i in enumerate(self.active))
+        chunks = (self._input(i, piece, bufs, n % 2) for n, i in enumerate(active))
         if self.staged:
             chunks = (chunk.to(self.device) for chunk in chunks)
         # at most two input chunks are alive at once (the kernel fuses the first two), hence the two input slots
-        acc = weighted_sum(chunks, self.weights, out=acc, scratch=self._scratch(piece, bufs))
+        acc = mix_sum(chunks, weights, out=acc, scratch=self._scratch(piece, bufs, active), exact_weights=
+                      tp.weights is not None)
         # NaN and Inf propagate through the sum, so one reduction finds them; the exact check runs only then
         if self.plan.check_finite and piece.count and not bool(torch.isfinite(acc.sum())) \
                 and not bool(torch.isfinite(acc).all()):
             # fp32 sum overflowed or an input is NaN/Inf: exact fp64 recomputation, or an error naming the culprit
-            exact = exact_piece(tp, piece.start, piece.count, self.readers, self.active, self.plan.weights,
+            full = [0.0] * self.plan.num_inputs
+            for i, w in zip(active, weights):
+                full[i] = w
+            exact = exact_piece(tp, piece.start, piece.count, self.readers, active, full,
                                 self.names, self.plan.label_permutations)
             return exact.to(tp.torch_dtype)
         if self.staged:
@@ -140,16 +149,18 @@ class _Merger:
             check_cast(tp, acc, out)  # what is written must be finite too
         return out
 
-    def _scratch(self, piece: _Piece, bufs: _Buffers) -> torch.Tensor | None:
+    def _scratch(self, piece: _Piece, bufs: _Buffers, active: Sequence[int]) -> torch.Tensor | None:
         """A reused fp32 buffer for the kernel to convert bf16/fp16 inputs into (on the CPU, torch would allocate a
         temporary per add: churn that fragments the allocator's heaps and grows private memory), else `None`."""
         if self.device.type != "cpu" or not any(self.readers[i].tensors[piece.tensor.name].dtype in _HALF_CODES
-                                                for i in self.active):
+                                                for i in active):
             return None
         return bufs.get("cast", piece.count, torch.float32, self.device)
 
     def _integer(self, piece: _Piece, bufs: _Buffers) -> torch.Tensor:
         tp = piece.tensor
+        if tp.source is not None:
+            return self._input(tp.source, piece, bufs, 0).clone().to(tp.torch_dtype)
         current: torch.Tensor | None = None
         for n, i in enumerate(self.active):
             chunk = self._input(i, piece, bufs, n % 2)

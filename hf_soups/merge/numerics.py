@@ -100,7 +100,7 @@ def exact_piece(
     acc = torch.zeros(count, dtype=torch.float64)
     for i in active:
         chunk = readers[i].read_range(tp.name, start, count)
-        perm = permutations[i] if tp.permute_rows and permutations else None
+        perm = permutations[i] if tp.permute_rows and i < len(permutations) else None  # (a base has none)
         if perm is not None:
             chunk = chunk.view(tp.shape)[list(perm)].reshape(-1)
         x = computable(chunk).to(torch.float64)

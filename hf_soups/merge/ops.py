@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["weighted_sum"]
+__all__ = ["weighted_sum", "mix_sum"]
 
 _HALF = (torch.bfloat16, torch.float16)  # promoted to fp32 exactly: a copy into fp32 then an fp32 add is what torch does
 
@@ -71,4 +71,28 @@ def weighted_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float],
         raise ValueError("weighted_sum got no tensor with a non-zero weight.")
     if equal:
         out.div_(len(active))
+    return out
+
+
+def equal_weights_scale(weights: Sequence[float]) -> float | None:
+    """For weights applied as given (a plan's per-tensor weights): the factor to multiply [`weighted_sum`]'s result
+    by when its equal-weights path (sum, then divide by the count) does not give `sum_k w_k * t_k`, else `None`."""
+    active = [float(w) for w in weights if w != 0]
+    if len(set(active)) == 1 and active[0] * len(active) != 1.0:
+        return active[0] * len(active)
+    return None
+
+
+def mix_sum(tensors: Iterable[torch.Tensor], weights: Sequence[float], out: torch.Tensor | None = None, *,
+            scratch: torch.Tensor | None = None, exact_weights: bool = False) -> torch.Tensor:
+    """[`weighted_sum`], or with `exact_weights=True` (a plan's per-tensor weights, applied as given, not normalised)
+    `sum_k weights[k] * tensors[k]` also when the weights are equal but not `1/count`.
+
+    Returns:
+        `torch.Tensor`: `out`.
+    """
+    out = weighted_sum(tensors, weights, out, scratch=scratch)
+    scale = equal_weights_scale(weights) if exact_weights else None
+    if scale is not None:
+        out.mul_(scale)
     return out

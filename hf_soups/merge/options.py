@@ -36,8 +36,6 @@ class MergeOptions:
             Refuse ingredients holding NaN or Inf.
         arch_check (`bool`, *optional*, defaults to `True`):
             Check the checkpoints against their config's model built on the meta device.
-        base_model (`str`, *optional*):
-            The shared pretrained checkpoint, recorded in the card.
         progress (`bool`, *optional*, defaults to `True`):
             Show progress bars (huggingface_hub's tqdm; `HF_HUB_DISABLE_PROGRESS_BARS` turns them off too).
     """
@@ -50,7 +48,6 @@ class MergeOptions:
     stream: bool = False
     check_finite: bool = True
     arch_check: bool = True
-    base_model: str | None = None
     progress: bool = True
 
     @property

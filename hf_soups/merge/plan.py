@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +25,7 @@ __all__ = ["TensorPlan", "MergePlan", "build_plan", "output_dtype", "normalize_w
 #: `"error"` refuses.
 IntRule = Literal["first", "max", "error"]
 
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 _PRECISION = {"F64": 3, "F32": 2, "BF16": 1, "F16": 1, "F8_E4M3": 0, "F8_E5M2": 0}
 
 
@@ -51,13 +54,20 @@ def normalize_weights(weights: Sequence[float]) -> list[float]:
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One output tensor: its name, shape, output dtype code and whether it is averaged."""
+    """One output tensor: its name, shape, output dtype code and whether it is averaged.
+
+    `weights` (one per input: the ingredients, then the base when the plan has one) overrides the plan-wide weights
+    for this tensor; they are applied as given (not normalised; the base term may be negative). `source` sets the
+    tensor from that one input, unchanged (integer tensors too). Both `None`: the plan-wide weights.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     average: bool
     permute_rows: bool = False
+    weights: tuple[float, ...] | None = None
+    source: int | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -72,9 +82,14 @@ class TensorPlan:
 class MergePlan:
     """What to compute: a weighted average of `len(weights)` ingredients, tensor by tensor.
 
+    The inputs are the ingredients, then (with `base=True`) the base checkpoint at index `len(weights)`: the engine
+    is given one reader per input. A tensor may override the plan-wide weights (`TensorPlan.weights`, one per
+    input) or be set from one input (`TensorPlan.source`); see [`with_tensor_weights`] and [`with_sources`].
+
     Attributes:
         tensors (`tuple[TensorPlan, ...]`): every output tensor, in the first ingredient's order.
         weights (`tuple[float, ...]`): one weight per ingredient, summing to 1 (0 skips an ingredient).
+        base (`bool`): the base checkpoint is an extra input (index `len(weights)`), used by per-tensor weights.
         int_rule (`IntRule`): how differing integer buffers are resolved.
         label_permutations (`tuple[tuple[int, ...] | None, ...]`): per ingredient, the row order that aligns its
             classifier with the first ingredient's labels (`None`: already aligned).
@@ -87,19 +102,153 @@ class MergePlan:
     label_permutations: tuple[tuple[int, ...] | None, ...] = ()
     check_finite: bool = True
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    base: bool = False
+
+    @property
+    def num_inputs(self) -> int:
+        """Readers the engine needs: one per ingredient, plus the base when the plan has one."""
+        return len(self.weights) + int(self.base)
 
     def with_weights(self, weights: Sequence[float]) -> MergePlan:
-        """The same plan with other weights (normalised)."""
-        return MergePlan(self.tensors, tuple(normalize_weights(weights)), self.int_rule, self.label_permutations,
-                         self.check_finite, self.metadata)
+        """The same plan with other plan-wide weights (normalised); per-tensor weights and sources are kept."""
+        return dataclasses.replace(self, weights=tuple(normalize_weights(weights)))
+
+    def with_base(self) -> MergePlan:
+        """The same plan with the base checkpoint as an extra input (index `len(self.weights)`)."""
+        return dataclasses.replace(self, base=True)
+
+    def with_tensor_weights(self, weights: Mapping[str, Sequence[float]]) -> MergePlan:
+        """The same plan where each named tensor is `sum_i weights[name][i] * input_i` (inputs: the ingredients, then
+        the base), the weights applied as given.
+
+        Raises:
+            [`SoupError`]: an unknown or non-floating tensor, not one weight per input, a weight not finite, or
+                all zero.
+        """
+        checked = {}
+        for name, ws in weights.items():
+            tp = self.tensor(name)
+            row = tuple(float(w) for w in ws)
+            if not tp.average:
+                raise SoupError("integer tensors are never averaged.", tensor=name,
+                                fix="set it from one input (with_sources) or leave it to the plan's int_rule.")
+            if len(row) != self.num_inputs:
+                raise SoupError(f"got {len(row)} weights for {self.num_inputs} inputs.", tensor=name,
+                                fix="give one weight per ingredient" + (", then one for the base." if self.base
+                                                                         else "."))
+            if not all(math.isfinite(w) and abs(w) <= _FP32_MAX for w in row) or not any(row):
+                raise SoupError(f"weights {list(row)} are not finite, beyond fp32's range, or all zero.", tensor=name,
+                                fix="give finite weights (|w| <= 3.4e38, the kernel's fp32) with one non-zero.")
+            checked[name] = row
+        return self._replace_tensors(lambda tp: dataclasses.replace(tp, weights=checked[tp.name], source=None)
+                                     if tp.name in checked else tp)
+
+    def with_sources(self, sources: Mapping[str, int]) -> MergePlan:
+        """The same plan where each named tensor is copied from one input (an ingredient index, or the base's,
+        `len(self.weights)`).
+
+        Raises:
+            [`SoupError`]: an unknown tensor or an input index out of range.
+        """
+        for name, index in sources.items():
+            self.tensor(name)
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_inputs:
+                raise SoupError(f"input {index!r} does not exist ({self.num_inputs} inputs).", tensor=name,
+                                fix=f"give an index from 0 to {self.num_inputs - 1}.")
+        return self._replace_tensors(lambda tp: dataclasses.replace(tp, source=sources[tp.name], weights=None)
+                                     if tp.name in sources else tp)
+
+    def mix(self, tp: TensorPlan) -> tuple[list[int], list[float]]:
+        """The inputs of one floating tensor and their weights (zero weights left out), as the engine applies them."""
+        if tp.source is not None:
+            return [tp.source], [1.0]
+        if tp.weights is not None:
+            active = [i for i, w in enumerate(tp.weights) if w != 0]
+            return active, [tp.weights[i] for i in active]
+        active = [i for i, w in enumerate(self.weights) if w > 0]
+        return active, [self.weights[i] for i in active]
+
+    def check_inputs(self, tensor_maps: Sequence[Mapping[str, TensorInfo]], names: Sequence[str]) -> None:
+        """Every input a per-tensor weight or a source names holds that tensor, in that shape ([`build_plan`]
+        checked the ingredients against each other, not the base, which may lack the head or have another).
+
+        Raises:
+            [`SoupError`]: a tensor is missing or has another shape in an input the plan takes it from.
+        """
+        for tp in self.tensors:
+            if tp.weights is None and tp.source is None:
+                continue
+            for i in self.mix(tp)[0] if tp.average else [tp.source]:
+                info = tensor_maps[i].get(tp.name)
+                if info is None or tuple(info.shape) != tp.shape:
+                    found = "is missing" if info is None else f"has shape {list(info.shape)}, not {list(tp.shape)}"
+                    raise SoupError(f"the tensor {found} in an input the plan takes it from.", ingredient=names[i],
+                                    tensor=tp.name, fix="give this tensor no weight from that input (for the base: "
+                                                        "keep the ingredients' mean there), or use a base of the "
+                                                        "same architecture.")
+
+    def row_order(self, tp: TensorPlan, index: int) -> tuple[int, ...] | None:
+        """The row order aligning input `index`'s tensor `tp` to the first ingredient's labels (`None`: as stored;
+        always for the base input)."""
+        perms = self.label_permutations
+        return perms[index] if tp.permute_rows and index < len(perms) else None
+
+    def overrides(self) -> list[dict[str, Any]]:
+        """The per-tensor part of the plan, grouped (for a recipe): `{"weights": [...], "tensors": [...]}` and
+        `{"source": i, "tensors": [...]}` entries, in plan order. Empty for a plan-wide plan."""
+        groups: dict[tuple[str, Any], list[str]] = {}
+        for tp in self.tensors:
+            if tp.source is not None:
+                groups.setdefault(("source", tp.source), []).append(tp.name)
+            elif tp.weights is not None:
+                groups.setdefault(("weights", tp.weights), []).append(tp.name)
+        return [{kind: list(value) if kind == "weights" else value, "tensors": names}
+                for (kind, value), names in groups.items()]
+
+    def with_overrides(self, overrides: Sequence[Mapping[str, Any]]) -> MergePlan:
+        """The inverse of [`overrides`].
+
+        Raises:
+            [`SoupError`]: as [`with_tensor_weights`] and [`with_sources`].
+        """
+        plan = self
+        for entry in overrides:
+            if "source" in entry:
+                plan = plan.with_sources({n: entry["source"] for n in entry["tensors"]})
+            else:
+                plan = plan.with_tensor_weights({n: entry["weights"] for n in entry["tensors"]})
+        return plan
+
+    def tensor(self, name: str) -> TensorPlan:
+        """The plan of tensor `name`.
+
+        Raises:
+            [`SoupError`]: the plan has no such tensor.
+        """
+        for tp in self.tensors:
+            if tp.name == name:
+                return tp
+        raise SoupError("the plan has no such tensor.", tensor=name, fix="name a tensor of the ingredients.")
+
+    def _replace_tensors(self, fn: Any) -> MergePlan:
+        return dataclasses.replace(self, tensors=tuple(fn(tp) for tp in self.tensors))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        for t in data["tensors"]:  # per-tensor fields only when set: a plan-wide plan's JSON is unchanged
+            for key in ("weights", "source"):
+                if t[key] is None:
+                    del t[key]
+        if not data["base"]:
+            del data["base"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> MergePlan:
         data = json.loads(text)
-        tensors = tuple(TensorPlan(**{**t, "shape": tuple(t["shape"])}) for t in data.pop("tensors"))
+        tensors = tuple(TensorPlan(**{**t, "shape": tuple(t["shape"]),
+                                      "weights": tuple(t["weights"]) if t.get("weights") is not None else None})
+                        for t in data.pop("tensors"))
         perms = tuple(tuple(p) if p is not None else None for p in data.pop("label_permutations"))
         metadata = tuple(tuple(m) for m in data.pop("metadata"))
         return cls(tensors=tensors, weights=tuple(data.pop("weights")), label_permutations=perms,

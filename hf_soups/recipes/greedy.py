@@ -9,30 +9,44 @@ caller scores each trial soup (in memory or offloaded, always through the merge 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EvaluationError
+from .protocol import MethodContext, MethodResult, Needs, Trial
 from .registry import register_method
 
 if TYPE_CHECKING:  # torch is imported by the code that runs a greedy soup, not by the registry (CLI --help)
     import torch
 
-__all__ = ["greedy_select", "greedy_ensemble", "degenerate_steps", "Trial"]
+__all__ = ["greedy_soup", "greedy_select", "greedy_ensemble", "degenerate_steps", "Trial"]
 
 
-@dataclass(frozen=True)
-class Trial:
-    """The outcome of scoring one trial soup: its held-out score and, when its outputs are degenerate (non-finite,
-    absurdly large, or the same for every example), why; such a trial is rejected whatever its score."""
-
-    score: float
-    problem: str | None = None
-
-
-@register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
+@register_method("greedy", paper="https://arxiv.org/abs/2203.05482", needs=Needs(held_out=True), progress_steps=1,
                  description="Greedy soup: add ingredients best-first while the held-out score does not drop "
                              "(arXiv:2203.05482).")
+def greedy_soup(ctx: MethodContext) -> MethodResult:
+    """The greedy recipe on the held-out evaluation: [`greedy_select`] with each trial soup scored as the engine
+    would compute it (`EvalSpec.strict` for strict improvements).
+
+    Raises:
+        [`EvaluationError`]: every ingredient's outputs are degenerate.
+    """
+    held_out = ctx.held_out
+    if held_out is None:
+        raise EvaluationError("method='greedy' needs held-out data.", fix="pass eval_dataset=...")
+
+    def onehot(members: Sequence[int]) -> list[float]:
+        return [1.0 if i in members else 0.0 for i in range(ctx.k)]
+
+    def score_with(members: list[int], candidate: int) -> Trial:
+        return held_out.score(ctx.plan.with_weights(onehot([*members, candidate])))
+
+    accepted, trace = greedy_select(ctx.names, held_out.scores, score_with, strict=held_out.spec.strict,
+                                    progress=ctx.progress, problems=held_out.problems,
+                                    higher_is_better=held_out.higher_is_better)
+    return MethodResult(ctx.plan.with_weights(onehot(accepted)), trace, warnings=degenerate_steps(trace))
+
+
 def greedy_select(
     names: Sequence[str],
     scores: Sequence[float],

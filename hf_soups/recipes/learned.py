@@ -17,16 +17,34 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import EvaluationError
+from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
 if TYPE_CHECKING:  # imported where it runs, not by the registry (CLI --help)
     import torch
 
-__all__ = ["learn_weights"]
+__all__ = ["learned_soup", "learn_weights"]
 
 
-@register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs_eval=True,
+@register_method("learned", paper="https://arxiv.org/abs/2203.05482", needs=Needs(gradients=True),
                  description="Learned soup: mixing weights optimised on held-out data (arXiv:2203.05482, appendix).")
+def learned_soup(ctx: MethodContext) -> MethodResult:
+    """The learned recipe on the held-out evaluation: [`learn_weights`] (the one optimiser call) with
+    `EvalSpec.learned_steps` steps and the recipe's seed.
+
+    Raises:
+        [`EvaluationError`]: no held-out evaluation was given.
+    """
+    held_out = ctx.held_out
+    if held_out is None:
+        raise EvaluationError("method='learned' needs held-out data.", fix="pass eval_dataset=...")
+    weights, trace = learn_weights(held_out.model, held_out.states(), held_out.batches, held_out.references,
+                                   held_out.score_states, steps=held_out.spec.learned_steps, seed=held_out.seed,
+                                   loss=held_out.loss, higher_is_better=held_out.higher_is_better)
+    return MethodResult(ctx.plan.with_weights(weights), trace)
+
+
 def learn_weights(
     model: Any,
     states: Sequence[Mapping[str, torch.Tensor]],
@@ -37,7 +55,7 @@ def learn_weights(
     steps: int = 30,
     lr: float = 0.2,
     seed: int = 0,
-    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    loss: Callable[[Any, torch.Tensor], torch.Tensor],
     higher_is_better: bool = True,
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """Optimise per-model mixing weights.
@@ -47,14 +65,14 @@ def learn_weights(
         states (`Sequence[Mapping[str, Tensor]]`): fp32 floating tensors of each ingredient (parameters and floating
             buffers such as BatchNorm running statistics, keyed by the model's names).
         batches: `(indices, inputs)` held-out batches (from [`Evaluator`]).
-        references (`torch.Tensor`): label ids in dataset order.
+        references (`torch.Tensor`): the references in dataset order (the task's loss reads its own targets).
         score (`Callable[[Sequence[float]], float]`): held-out metric of the soup with the given weights.
         steps (`int`, *optional*, defaults to `30`): optimisation steps (one batch each, cycling).
         lr (`float`, *optional*, defaults to `0.2`): Adam learning rate on the logits of the weights.
         seed (`int`, *optional*, defaults to `0`): batch-order seed.
-        loss (`Callable[[ModelOutput, Tensor], Tensor]`, *optional*): the task's loss of a model output on the batch
-            of rows `idx` (`Evaluator.loss`: MSE for regression, BCE for multi-label, span cross-entropy for QA, ...);
-            defaults to the cross-entropy of the logits against `references[idx]`.
+        loss (`Callable[[ModelOutput, Tensor], Tensor]`): the task's loss of a model output on the batch of rows
+            `idx` (`Evaluator.loss`, i.e. [`Task.loss`]: cross-entropy for classification, MSE for regression, BCE
+            for multi-label, span cross-entropy for QA, ...).
         higher_is_better (`bool`, *optional*, defaults to `True`): the direction of `score`.
 
     Returns:
@@ -84,8 +102,7 @@ def learn_weights(
         stats = {n: weighted_sum((states[j][n].to(device) for j in range(k)), fixed) for n in statistics}
         out = functional_call(model, {**buffers, **stats, **params}, args=(), kwargs={key: v.to(device) for key, v in
                                                                             inputs.items()})
-        value = loss(out, idx) if loss is not None else \
-            torch.nn.functional.cross_entropy(out.logits.float(), references[idx].to(device))
+        value = loss(out, idx)  # the task's loss ([`Task.loss`] through `Evaluator.loss`)
         opt.zero_grad()
         value.backward()
         opt.step()

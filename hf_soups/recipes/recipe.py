@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -183,6 +184,11 @@ class Recipe:
         as_adapter (`int`, *optional*): the rank of a soup of adapters written as one LoRA adapter (`as_adapter=True,
             rank=r`); a replay writes the adapter again.
         hf_soups_version (`str`): the version that made the soup.
+        tensors (`tuple[dict, ...]`): the plan's per-tensor part (`MergePlan.overrides()`): `{"weights": [...],
+            "tensors": [...]}` (one weight per ingredient, then the base's when `base_input`) and `{"source": i,
+            "tensors": [...]}` entries; empty when every tensor takes `weights`.
+        parameters (`dict`, *optional*): the method's own parameters (`MethodResult.parameters`), for the card.
+        base_input (`bool`): the base (`base`, pinned) is an input of the plan, after the ingredients.
     """
 
     method: str
@@ -197,6 +203,9 @@ class Recipe:
     batchnorm: BatchNormCalibration | None = None
     base: str | None = None
     as_adapter: int | None = None
+    tensors: tuple[dict[str, Any], ...] = ()
+    parameters: dict[str, Any] | None = None
+    base_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -210,9 +219,13 @@ class Recipe:
             data.pop("batchnorm")
         else:
             data["batchnorm"] = {f.name: getattr(self.batchnorm, f.name) for f in fields(self.batchnorm)}
-        for optional in ("base", "as_adapter"):
+        for optional in ("base", "as_adapter", "parameters"):
             if data[optional] is None:
                 data.pop(optional)
+        data["tensors"] = [dict(entry) for entry in self.tensors]
+        for default in ("tensors", "base_input"):  # a plan-wide recipe reads as before
+            if not data[default]:
+                data.pop(default)
         return data
 
     def to_yaml(self) -> str:
@@ -328,7 +341,11 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
         out["int_rule"] = validate_int_rule(data.get("int_rule", "first"), parameter="int_rule")
     except InvalidArgumentError as e:
         raise RecipeError(f"field {e.message}", fix=e.fix) from None
-    for name in ("align_labels",):
+    if data.get("tensors"):
+        out["tensors"] = _validated_tensors(data["tensors"], len(ingredients) + int(data.get("base_input") is True))
+    if data.get("parameters") is not None:
+        out["parameters"] = _validated_parameters(data["parameters"])
+    for name in ("align_labels", "base_input"):
         if name in data:
             if not isinstance(data[name], bool):
                 raise _field_error(name, "expected true or false.")
@@ -389,7 +406,51 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
         out["evaluation"] = EvalSpec(**spec)
     if data.get("batchnorm") is not None:
         out["batchnorm"] = _validated_batchnorm(data["batchnorm"])
+    if out.get("base_input") and not out.get("base"):
+        raise _field_error("base_input", "a plan with the base as an input needs the pinned 'base'.")
     return out
+
+
+def _validated_tensors(value: Any, inputs: int) -> tuple[dict[str, Any], ...]:
+    """The recipe's per-tensor plan entries: each names tensors and either one finite weight per input or one
+    input index (the plan checks the tensor names against the ingredients when the soup is made)."""
+    if not isinstance(value, list) or len(value) > 100_000:
+        raise _field_error("tensors", "expected a list of {weights, tensors} or {source, tensors} entries.")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) not in ({"weights", "tensors"}, {"source", "tensors"}):
+            raise _field_error("tensors", "each entry has 'tensors' and one of 'weights' or 'source'.")
+        names = entry["tensors"]
+        if not isinstance(names, list) or not names or len(names) > 100_000:
+            raise _field_error("tensors", "each entry names a non-empty list of tensors.")
+        checked: dict[str, Any] = {"tensors": [_text("tensors", n, 1024) for n in names]}
+        if "source" in entry:
+            source = entry["source"]
+            if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < inputs:
+                raise _field_error("tensors", f"a source must be an input index below {inputs}; got {source!r}.")
+            checked = {"source": source, **checked}
+        else:
+            ws = entry["weights"]
+            if not isinstance(ws, list) or len(ws) != inputs or not all(
+                    isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in ws):
+                raise _field_error("tensors", f"weights must be {inputs} finite numbers (one per input).")
+            checked = {"weights": [float(w) for w in ws], **checked}
+        out.append(checked)
+    return tuple(out)
+
+
+def _validated_parameters(value: Any, depth: int = 0) -> Any:
+    """A method's recorded parameters: JSON-like values (mappings with string keys, lists, strings, numbers, bools,
+    null), at most 8 levels deep."""
+    if depth > 8:
+        raise _field_error("parameters", "nested too deeply (at most 8 levels).")
+    if isinstance(value, dict):
+        return {_text("parameters", k, 128): _validated_parameters(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_validated_parameters(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    raise _field_error("parameters", f"expected JSON-like values; got {type(value).__name__}.")
 
 
 def _validated_batchnorm(value: Any) -> BatchNormCalibration:

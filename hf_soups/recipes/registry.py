@@ -1,6 +1,7 @@
-"""The method registry: every soup method, registered once with its function, paper link and description.
+"""The method registry: every soup method, registered once with its function, paper link, description and needs.
 
-`soup_from_hub`, the CLI's `--method` choices and the model card all read the method list from here.
+`soup_from_hub`, the held-out evaluation, the CLI's `--method` choices and the model card all read the method list
+from here; the protocol a method follows (what it declares, receives and returns) is in [`hf_soups.recipes.protocol`].
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import RecipeError
+from .protocol import Needs
 
 __all__ = ["SoupMethod", "METHODS", "register_method", "get_method", "method_names"]
 
@@ -23,37 +25,57 @@ class SoupMethod:
 
     Attributes:
         name (`str`): the method name (`method=` of `soup_from_hub`, `--method` of the CLI).
-        fn (`Callable`): the function that chooses the weights.
+        fn (`Callable[[MethodContext], MethodResult | MergePlan]`): the function that plans the soup.
         paper (`str`): a link to the paper (or section) the method comes from.
         description (`str`): one sentence, shown in the model card and the CLI help.
-        needs_eval (`bool`): whether the method scores candidates on held-out data (`eval_dataset`).
-        user_weights (`bool`): whether the user gives the weights (`weights=`).
+        needs ([`Needs`]): what the method needs (user weights, held-out data, the base, statistics, gradients).
+        progress_steps (`int`): progress-bar steps the method reports per ingredient (`ctx.progress()`), beyond the
+            held-out scoring of each ingredient.
     """
 
     name: str
     fn: Callable[..., Any]
     paper: str
     description: str
-    needs_eval: bool = False
-    user_weights: bool = False
+    needs: Needs = Needs()
+    progress_steps: int = 0
+
+    @property
+    def needs_eval(self) -> bool:
+        """Whether the method scores candidates on held-out data (`eval_dataset`)."""
+        return self.needs.held_out
+
+    @property
+    def user_weights(self) -> bool:
+        """Whether the user gives the weights (`weights=`)."""
+        return self.needs.user_weights
 
 
 #: `{name: SoupMethod}`, in registration order.
 METHODS: dict[str, SoupMethod] = {}
 
 
-def register_method(name: str, *, paper: str, description: str, needs_eval: bool = False,
-                    user_weights: bool = False) -> Callable[[F], F]:
-    """Decorator registering a soup method under `name`.
+def register_method(name: str, *, paper: str, description: str, needs: Needs = Needs(),
+                    progress_steps: int = 0) -> Callable[[F], F]:
+    """Decorator registering a soup method under `name` (see [`hf_soups.recipes.protocol`]).
+
+    Args:
+        name (`str`): the method name, for `method=` and `--method`.
+        paper (`str`): a link to the paper, shown in the card.
+        description (`str`): one sentence, shown in the card and the CLI help.
+        needs ([`Needs`], *optional*): what the method needs; defaults to nothing (a data-free method).
+        progress_steps (`int`, *optional*, defaults to `0`): progress steps it reports per ingredient.
 
     Raises:
-        `ValueError`: `name` is already registered.
+        `ValueError`: `name` is already registered, or is not a short identifier.
     """
 
     def wrap(fn: F) -> F:
         if name in METHODS:
             raise ValueError(f"soup method {name!r} is already registered.")
-        METHODS[name] = SoupMethod(name, fn, paper, description, needs_eval, user_weights)
+        if not name.isidentifier() or len(name) > 64:
+            raise ValueError(f"soup method names are short identifiers (letters, digits, _); got {name!r}.")
+        METHODS[name] = SoupMethod(name, fn, paper, description, needs, progress_steps)
         return fn
 
     return wrap

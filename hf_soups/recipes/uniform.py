@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
-__all__ = ["uniform_weights"]
+__all__ = ["uniform_soup"]
 
 
-@register_method("uniform", paper="https://arxiv.org/abs/2203.05482",
+@register_method("uniform", paper="https://arxiv.org/abs/2203.05482", needs=Needs(),
                  description="Uniform soup: the mean of all ingredients (Wortsman et al., 2022, arXiv:2203.05482).")
-def uniform_weights(n: int, weights: Sequence[float] | None = None) -> list[float]:
-    """One weight `1/n` per ingredient (`weights` must be `None`)."""
-    from ..merge.plan import normalize_weights  # (imports torch: not at registration, which --help does)
-
-    return normalize_weights([1.0] * n)
+def uniform_soup(ctx: MethodContext) -> MethodResult:
+    """One weight `1/K` per ingredient."""
+    return MethodResult(ctx.plan.with_weights([1.0] * ctx.k))

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..errors import SoupError
+from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
-__all__ = ["user_weights"]
+__all__ = ["weighted_soup"]
 
 
-@register_method("weighted", paper="https://arxiv.org/abs/2203.05482", user_weights=True,
+@register_method("weighted", paper="https://arxiv.org/abs/2203.05482", needs=Needs(user_weights=True),
                  description="Weighted soup: a convex combination with user-given weights.")
-def user_weights(n: int, weights: Sequence[float] | None = None) -> list[float]:
-    """The user's `weights`, normalised to sum to 1.
+def weighted_soup(ctx: MethodContext) -> MethodResult:
+    """The user's weights, normalised to sum to 1.
 
     Raises:
         [`SoupError`]: no weights, not one per ingredient, negative, not finite, or all zero.
     """
-    if weights is None:
+    if ctx.weights is None:
         raise SoupError("method='weighted' needs weights.", fix="pass weights=[...] with one weight per ingredient.")
-    if len(weights) != n:
-        raise SoupError(f"got {len(weights)} weights for {n} ingredients.", fix="pass one weight per ingredient.")
-    from ..merge.plan import normalize_weights  # (imports torch: not at registration, which --help does)
-
-    return normalize_weights(weights)
+    if len(ctx.weights) != ctx.k:
+        raise SoupError(f"got {len(ctx.weights)} weights for {ctx.k} ingredients.",
+                        fix="pass one weight per ingredient.")
+    return MethodResult(ctx.plan.with_weights(ctx.weights))

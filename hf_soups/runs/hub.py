@@ -13,8 +13,8 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from ..checkpoint.layout import TRAINER_STATE
 from ..errors import SoupError
 from ..refs import IngredientRef
-from . import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
-                    consolidation_problem)
+from .folders import (CHECKPOINT_RE, TRAINING_STATE_PATTERNS, RunCheckpoint, _STEP_IN_MESSAGE, _WEIGHT_FILES,
+                      _global_step, consolidation_problem)
 from ..hub._errors import hub_errors
 
 __all__ = ["hub_run"]
@@ -156,8 +156,6 @@ def _every_save(api: HfApi, repo_id: str, sha: str, token: Any, endpoint: str | 
         m = _STEP_IN_MESSAGE.search(f"{commit.title}\n{commit.message}")
         step = int(m.group(1)) if m else None
         if step is None and state_changed:  # a trainer state carried over from an older commit names no step here
-            from . import _global_step
-
             found = _global_step(_download(repo_id, commit.commit_id, TRAINER_STATE, token, endpoint,
                                            cache_dir))
             step = found if found >= 0 else None

@@ -9,6 +9,8 @@ and the card's pipeline tag. [`task_for`] picks the task of a config; the [`Eval
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,9 +18,11 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import EvaluationError, LabelMismatchError
+from ..data import _shown, untransformed
 from ..metrics import Metric
 
-__all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures"]
+__all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures",
+           "check_eval_data", "head_for", "usage_code"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ class Task:
         pipeline_tag (`str`): the Hub's pipeline tag for the card.
         unit (`str`): what one reference is, and what the bootstrap resamples (`"example"`, `"sentence"`, ...).
         loss_name (`str`): the loss of learned soups, for docs.
+        auto_class (`str`): the transformers Auto class of the head, for the card's "How to use".
+        pipeline_class (`str`): the transformers pipeline class serving `pipeline_tag` (the snippet names the
+            pipeline only where the installed transformers has it).
+        evaluates (`bool`): `False` for a head the card knows but held-out evaluation does not (causal LM, ...).
+        processor_per_model (`bool`): each model preprocesses with its own processor (images), so models whose
+            processors differ get their own evaluator.
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +92,10 @@ class Task:
     unit: ClassVar[str] = "example"
     loss_name: ClassVar[str] = "cross-entropy"
     columns_help: ClassVar[str] = ""
+    auto_class: ClassVar[str] = ""
+    pipeline_class: ClassVar[str] = ""
+    evaluates: ClassVar[bool] = True
+    processor_per_model: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any], *, threshold: float | None = None) -> None:
         self.config = config
@@ -147,6 +161,14 @@ class Task:
     def default_metric(self) -> str:
         return next(iter(self.metrics()))
 
+    # -- the card -----------------------------------------------------------------------------------------------
+    @classmethod
+    def usage(cls, config: Mapping[str, Any], model_path: str) -> list[str]:
+        """The Python lines of the card's "How to use" for a model of `config` loaded from `model_path`: the class
+        named in `config.architectures` (the Auto class with `trust_remote_code` for custom code) and the pipeline
+        of `pipeline_tag` where the installed transformers has it. See [`usage_code`]."""
+        return usage_code(config, model_path, cls)
+
 
 #: Registered tasks, in the order [`task_for`] tries them (problem_type-specific ones before the generic head).
 TASKS: list[type[Task]] = []
@@ -160,7 +182,67 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def supported_architectures() -> str:
     """The heads and problem types held-out evaluation supports, for error messages."""
-    return "; ".join(f"{t.title} (*{'/*'.join(t.architectures)})" for t in TASKS)
+    return "; ".join(f"{t.title} (*{'/*'.join(t.architectures)})" for t in TASKS if t.evaluates)
+
+
+def head_for(config: Mapping[str, Any]) -> type[Task] | None:
+    """The registered [`Task`] class describing the head of `config` for the card (pipeline tag, "How to use"),
+    including heads held-out evaluation does not score: the first architecture with a known suffix decides, and among
+    the tasks of that suffix the one serving `config` (e.g. its `problem_type`) wins, else the first registered.
+    `None` for an unknown head. This registry is the one architecture -> task table of the package."""
+    for arch in config.get("architectures") or []:
+        if not isinstance(arch, str):
+            continue
+        matching = [cls for cls in TASKS if cls.architectures and arch.endswith(cls.architectures)]
+        if matching:
+            return next((cls for cls in matching if cls.serves(config)), matching[0])
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def has_transformers_class(name: str) -> bool:
+    """Whether the installed transformers exports `name`, without importing it (transformers 5 dropped some
+    pipelines, e.g. `question-answering`, that the Hub still uses as pipeline tags)."""
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    exported = getattr(transformers, "_class_to_module", None)  # the lazy module's table: no import of pipelines
+    return name in exported if isinstance(exported, dict) else name in dir(transformers)
+
+
+def usage_code(config: Mapping[str, Any], model_path: str, head: type[Task] | None) -> list[str]:
+    """The card's "How to use" Python lines for a model of `config` with the head `head` (`None`: unknown).
+
+    Args:
+        config (`Mapping`): the soup's `config.json` (a config's text never becomes code: only an identifier is
+            named).
+        model_path (`str`): the repo id (or local directory) the snippet loads.
+        head (`type[Task]`, *optional*): the head from [`head_for`].
+
+    Returns:
+        `list[str]`: the lines, without the fence.
+    """
+    arch = next(iter(config.get("architectures") or []), None)
+    if not (isinstance(arch, str) and arch.isidentifier()):
+        arch = None
+    auto_map = config.get("auto_map") or {}
+    task = head.pipeline_tag if head and has_transformers_class(head.pipeline_class) else None
+    path = json.dumps(str(model_path))  # a Python string literal on one line, whatever the path holds
+    lines: list[str] = []
+    if arch and not auto_map:
+        lines += [f"from transformers import {arch}" + (", pipeline" if task else ""), "",
+                  f"model = {arch}.from_pretrained({path})"]
+    elif head and not task:  # custom code and no pipeline for this head: its Auto class resolves it
+        lines += [f"from transformers import {head.auto_class}", "",
+                  f"model = {head.auto_class}.from_pretrained({path}, trust_remote_code=True)"]
+    else:  # custom code: the Auto class resolves it (and needs trust_remote_code)
+        lines += ["from transformers import AutoModel" + (", pipeline" if task else ""), "",
+                  f"model = AutoModel.from_pretrained({path}, trust_remote_code=True)"]
+    if task:
+        lines.append(f'pipe = pipeline("{task}", model={path}' + (", trust_remote_code=True" if auto_map else "")
+                     + ")")
+    return lines
 
 
 def task_for(config: Mapping[str, Any], *, threshold: float | None = None) -> Task:
@@ -170,7 +252,7 @@ def task_for(config: Mapping[str, Any], *, threshold: float | None = None) -> Ta
         [`EvaluationError`]: no registered task serves the config (the supported ones are named).
     """
     for cls in TASKS:
-        if cls.serves(config):
+        if cls.evaluates and cls.serves(config):
             return cls(config, threshold=threshold)
     raise EvaluationError(f"cannot evaluate architectures {config.get('architectures')} with problem_type "
                           f"{config.get('problem_type')!r}: held-out evaluation supports {supported_architectures()}.",
@@ -211,8 +293,6 @@ def bad_rows(invalid: Sequence[tuple[int, Any]], column: str, expected: str, nam
              param: str = "label_column") -> EvaluationError:
     """The error for rows whose values are not of the expected form: the first row, its column and value, the count
     of the others, and the form expected."""
-    from ..data import _shown
-
     row, value = invalid[0]
     more = f" ({len(invalid) - 1} more rows are invalid too)" if len(invalid) > 1 else ""
     return EvaluationError(f"row {row} of column '{column}' holds {_shown(value)} ({type(value).__name__}){more}; "
@@ -252,3 +332,32 @@ def settle_spec(spec: Any, config: Mapping[str, Any]) -> Any:
     if isinstance(spec.text_column, list):
         changes["text_column"] = tuple(spec.text_column) if len(spec.text_column) != 1 else spec.text_column[0]
     return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def check_eval_data(dataset: Any, config: Mapping[str, Any], *, text_column: Any = None,
+                    label_column: str | None = None, image_column: str | None = None,
+                    name: str = "the model") -> dict[str, Any]:
+    """Check evaluation data against a model config before any weight is read: the task's columns and every row of
+    its labels (see `hf_soups.evaluation.tasks`).
+
+    Args:
+        dataset (`datasets.Dataset`): from [`hf_soups.evaluation.data.as_eval_dataset`].
+        config (`Mapping`): the (first) ingredient's `config.json`.
+        text_column (`str` or a list/tuple of two, *optional*): the text column(s) asked for (a sentence pair, or
+            QA's question and context).
+        label_column, image_column (`str`, *optional*): the columns asked for.
+        name (`str`): the ingredient named in errors.
+
+    Returns:
+        `dict[str, Any]`: the columns found (`{"label": ..., "text": (...)}` or `{"label": ..., "image": ...}`).
+
+    Raises:
+        [`EvaluationError`]: no task serves the model, a column is missing, or a label is not of the task's form.
+        [`LabelMismatchError`]: the labels do not match the model's `id2label`.
+    """
+    task = task_for(config)
+    dataset = untransformed(dataset)  # labels and columns are read from the raw columns, not through a transform
+    asked = Columns.of(text_column, label_column, image_column)
+    found = task.check_columns(list(dataset.column_names), asked)
+    task.references(dataset, task.find_columns(list(dataset.column_names), asked), name)
+    return found

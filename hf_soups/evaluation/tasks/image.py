@@ -23,6 +23,9 @@ class ImageClassification(Task):
     title = "image classification"
     architectures = ("ForImageClassification",)
     pipeline_tag = "image-classification"
+    auto_class = "AutoModelForImageClassification"
+    pipeline_class = "ImageClassificationPipeline"
+    processor_per_model = True
     columns_help = "--image-column, --label-column"
 
     @classmethod

@@ -38,6 +38,8 @@ class QuestionAnswering(Task):
     title = "extractive question answering"
     architectures = ("ForQuestionAnswering",)
     pipeline_tag = "question-answering"
+    auto_class = "AutoModelForQuestionAnswering"
+    pipeline_class = "QuestionAnsweringPipeline"
     unit = "question"
     loss_name = "span cross-entropy"
     columns_help = "--text-column QUESTION --text-column CONTEXT, --label-column ANSWERS"

@@ -36,6 +36,8 @@ class SequenceTask(Task):
 
     architectures = ("ForSequenceClassification",)
     pipeline_tag = "text-classification"
+    auto_class = "AutoModelForSequenceClassification"
+    pipeline_class = "TextClassificationPipeline"
     columns_help = "--text-column (twice for a sentence pair), --label-column"
 
     def find_columns(self, columns: Sequence[str], asked: Columns) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class TokenClassification(Task):
     title = "token classification"
     architectures = ("ForTokenClassification",)
     pipeline_tag = "token-classification"
+    auto_class = "AutoModelForTokenClassification"
+    pipeline_class = "TokenClassificationPipeline"
     unit = "sentence"
     columns_help = "--text-column TOKENS (word lists), --label-column TAGS (one label per word)"
 
