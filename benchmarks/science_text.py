@@ -217,7 +217,7 @@ def _soup_kwargs(entry, data, base: str) -> dict:
 
     kw = {}
     if entry.needs_eval:
-        kw["eval_dataset"] = by_length(data["val"])  # the order does not change a score, only the padding
+        kw["eval_dataset"] = by_length(data["val"])  # less padding; a score ignores the order (learned: its batches)
     needs = getattr(entry, "needs", None)
     if getattr(needs, "base", False) and "base" in inspect.signature(soup_from_hub).parameters:
         kw["base"] = base
