@@ -20,7 +20,8 @@ The protocol (issue #28; fixed, with the search space and its seed, before the f
 
 Nothing here is tuned to the result: the search space, seed, sizes and protocol were committed before any run.
 
-Usage: python benchmarks/science_text.py [--quick] [--probe] [--workdir .cache/demo]
+Usage: python benchmarks/science_text.py [--quick] [--probe] [--threads N] [--workdir .cache/demo]
+(benchmarks/demo_logged.sh runs it with a log under benchmarks/results/logs/.)
 """
 
 from __future__ import annotations
