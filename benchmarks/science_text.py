@@ -27,6 +27,7 @@ Usage: python benchmarks/science_text.py [--quick] [--probe] [--threads N] [--wo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import socket
@@ -252,7 +253,11 @@ def main() -> None:
         data = splits(n_train=N_TRAIN, n_val=N_VAL, n_test=None, n_ood=None, seed=SPLIT_SEED)
         draws = draw_search()
     print("sizes:", {k: len(v) for k, v in data.items()}, flush=True)
-    workdir = os.path.join(args.workdir, "quick" if args.quick else "full")
+    # The cache is keyed by the protocol: a changed draw, size or training setting never reuses a stale fine-tune.
+    protocol = {"draws": draws, "training": TRAINING, "linear_probe": LINEAR_PROBE, "split_seed": SPLIT_SEED,
+                "sizes": {k: len(v) for k, v in data.items()}}
+    digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:12]
+    workdir = os.path.join(args.workdir, f"{'quick' if args.quick else 'full'}-{digest}")
     os.makedirs(workdir, exist_ok=True)
     base = shared_base(workdir, data["train"])
     print(f"[{time.time() - t0:6.0f}s] shared LP start ready", flush=True)
@@ -301,7 +306,8 @@ def main() -> None:
         kept = sum(1 for s in greedy.trace if s["accepted"])
         print(f"[{time.time() - t0:6.0f}s] soups ready; greedy kept {kept} of {len(refs)}", flush=True)
         search = {"seed": SEARCH_SEED, "k": len(draws), "space": SEARCH_SPACE, "draws": draws, "training": TRAINING,
-                  "linear_probe": LINEAR_PROBE, "n_train": len(data["train"]), "split_seed": SPLIT_SEED}
+                  "linear_probe": LINEAR_PROBE, "n_train": len(data["train"]), "split_seed": SPLIT_SEED,
+                  "cache_key": digest}
         # Each set in length order: the evaluator's batches then pad little (about 1.5x faster on the CPU, measured by
         # --probe); every method sees the same order, and the paired bootstrap does not depend on it.
         sets = {k: by_length(v) for k, v in data.items() if k != "train"}
