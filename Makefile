@@ -76,6 +76,8 @@ bench: $(STAMP)
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/greedy.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/preflight.py
 	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/adapters.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/model_stock.py
+	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/learned_memory.py
 
 clean:
 	rm -rf $(VENV) .venv-mergekit .venv-olah .venv-min build *.egg-info benchmarks/.work

@@ -126,6 +126,45 @@ def mergekit(out: str, inputs: list[str]) -> None:
     report(start, anon)
 
 
+def hf_soups_model_stock(out: str, inputs: list[str]) -> None:
+    """hf_soups' Model Stock (`soup_from_hub(method="model_stock")`: the statistics pass, then the engine) on
+    BENCH_BASE and the fine-tunes."""
+    import transformers
+
+    from hf_soups import MergeOptions, soup_from_hub
+
+    getattr(transformers, "BertForSequenceClassification")  # imports outside the timer, as for the uniform soup
+    anon = rss_anon()
+    start = time.perf_counter()
+    soup_from_hub(inputs, method="model_stock", base=os.environ["BENCH_BASE"], output_dir=out,
+                  merge_options=MergeOptions(progress=False, max_shard_size=SHARD))
+    report(start, anon)
+
+
+def mergekit_model_stock(out: str, inputs: list[str]) -> None:
+    """mergekit's `model_stock` (its default, not filter-wise) through its Python API (run in mergekit's own venv).
+
+    BENCH_DTYPE is the dtype mergekit computes in; BENCH_OUT_DTYPE (optional) the dtype it writes.
+    """
+    import torch  # noqa: F401
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = MergeConfiguration.model_validate({
+        "merge_method": "model_stock",
+        "base_model": os.environ["BENCH_BASE"],
+        "models": [{"model": p} for p in inputs],
+        "dtype": os.environ.get("BENCH_DTYPE", "float32"),
+        "out_dtype": os.environ.get("BENCH_OUT_DTYPE") or None,
+    })
+    anon = rss_anon()
+    start = time.perf_counter()
+    run_merge(config, out, options=MergeOptions(copy_tokenizer=False, out_shard_size=int(SHARD.rstrip("MB")) * 10**6,
+                                                lazy_unpickle=True, safe_serialization=True))
+    report(start, anon)
+
+
 if __name__ == "__main__":
     name, out, *inputs = sys.argv[1:]
     globals()[name](out, inputs)

@@ -36,6 +36,8 @@ _LAZY = {
     "HubAccess": ".hub.access",
     "CompatibilityReport": ".compat",
     "Problem": ".compat",
+    "diagnose": ".diagnosis",
+    "Diagnosis": ".diagnosis",
 }
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .recipes import EvalSpec, Recipe
     from .refs import Ingredient, IngredientRef
     from .soup import Soup
+    from .diagnosis import Diagnosis, diagnose
 
 __all__ = [
     "__version__",
@@ -72,6 +75,8 @@ __all__ = [
     "HubAccess",
     "CompatibilityReport",
     "Problem",
+    "diagnose",
+    "Diagnosis",
     *_errors.__all__,
 ]
 

@@ -12,26 +12,22 @@ from typing import Any
 
 from . import adapters
 from .checkpoint.companions import config_dtype, copy_companion_files, lead_index
-from .checkpoint.local import local_meta
 from .checkpoint.reader import CheckpointReader, open_checkpoint
 from .checkpoint.writer import AtomicDirectory
 from .compat import (
     CompatibilityReport,
-    architecture_findings,
     label_permutations,
     normalize_id2label,
-    remote_code_problems,
     sample_tensor_names,
-    tied_extras,
-    verdict,
 )
 from .distance import init_distance_warnings
-from .errors import InvalidArgumentError, SoupError, UnknownArgumentError
-from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
-from .modeling import check_remote_code
 from .base import pin_base, shared_base_model
+from .errors import InvalidArgumentError, UnknownArgumentError
 from .hub.access import HubAccess
+from .merge import MergeOptions, build_plan, merge_to_directory, normalize_weights
+from .metas import read_metas
 from .options import guard_keywords, resolve_options
+from .preflight import Preflight, preflight, verdict
 from .recipes import EvalSpec, MethodContext, MethodResult, Recipe, get_method
 from .recipes.protocol import as_result, statistics_pass
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
@@ -54,9 +50,8 @@ RefLike = str | os.PathLike | IngredientRef
 
 
 
-def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, token: Any,
-                 endpoint: str | None, cache_dir: str | None, base: str | os.PathLike[str] | None = None,
-                 allow_pickle: bool = False) -> list[Ingredient]:
+def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] | None, access: HubAccess,
+                 base: str | os.PathLike[str] | None = None, allow_pickle: bool = False) -> list[Ingredient]:
     refs = getattr(refs, "refs", refs)  # a CandidateSet from find_ingredients, or any object with pinned `.refs`
     if isinstance(refs, (str, os.PathLike)):
         refs = [refs]
@@ -72,11 +67,8 @@ def _resolve_all(refs: Sequence[RefLike], revision: str | Sequence[str | None] |
     if all(p.is_local for p in parsed):
         resolved = [Ingredient(ref=p.ref, local_dir=p.local_dir) for p in parsed]
     else:
-        from . import hub
-
-        resolved = [hub.resolve(p, token=token, endpoint=endpoint, cache_dir=cache_dir) for p in parsed]
-    return adapters.attach_bases(resolved, base, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                 allow_pickle=allow_pickle)
+        resolved = [access.resolve(p) for p in parsed]
+    return adapters.attach_bases(resolved, base, allow_pickle=allow_pickle, **access.kwargs)
 
 
 def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
@@ -92,70 +84,8 @@ def _local_dirs(refs: Sequence[RefLike] | RefLike) -> list[str]:
     return dirs
 
 
-def _metas(ingredients: Sequence[Ingredient], token: Any, endpoint: str | None, cache_dir: str | None,
-           allow_pickle: bool) -> list[IngredientMeta]:
-    bases = adapters.base_metas(ingredients, lambda b: _metas([b], token, endpoint, cache_dir, allow_pickle)[0])
-    metas = []
-    for ing in ingredients:
-        if adapters.is_adapter(ing):
-            metas.append(adapters.adapter_meta(ing, bases[ing.adapter.base.name]))
-        elif ing.repo_id is None:
-            metas.append(local_meta(local_dir_of(ing), ing.name, allow_pickle=allow_pickle))
-        else:
-            from . import hub
-
-            metas.append(hub.fetch_meta(ing, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                        allow_pickle=allow_pickle))
-    return metas
-
-
-def _verdict(metas: Sequence[IngredientMeta], align_labels: bool, arch_check: bool,
-             trust_remote_code: bool = False, ingredients: Sequence[Ingredient] = ()) -> CompatibilityReport:
-    """The pure verdict (with the meta-device architecture check when `arch_check`), plus remote-code and adapter
-    problems."""
-    check = None
-    if arch_check:
-        from .architecture import architecture_problems as check
-    report = verdict(metas, align_labels=align_labels, architecture_check=check)
-    for problem in remote_code_problems(metas, trust_remote_code):  # the soup refuses them: so does the verdict
-        report.add(problem)
-    for problem in adapters.adapter_problems(ingredients, metas):
-        report.add(problem)
-    return report
-
-
-def _arch_problems(metas: Sequence[IngredientMeta]) -> list[Any]:
-    from .architecture import architecture_problems
-
-    return architecture_findings(metas, architecture_problems)
-
-
-class _BackgroundArchCheck:
-    """The architecture check (seconds, mostly importing the model's transformers module) run in a thread while the
-    weights are merged; [`settle`] adds its findings and raises on errors before any download, evaluation or commit.
-    """
-
-    def __init__(self, metas: Sequence[IngredientMeta]) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-soups-arch")
-        self._future = pool.submit(_arch_problems, metas)
-        pool.shutdown(wait=False)
-        self._settled = False
-
-    def settle(self, report: CompatibilityReport) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        for problem in self._future.result():
-            report.add(problem)
-            if problem.severity != "error":
-                logger.warning("%s", problem)
-        report.raise_if_incompatible()
-
-
-def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any, endpoint: str | None,
-                  cache_dir: str | None, allow_pickle: bool, stack: contextlib.ExitStack
+def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, access: HubAccess, allow_pickle: bool,
+                  stack: contextlib.ExitStack
                   ) -> tuple[list[Ingredient], list[CheckpointReader]]:
     """Fetch what each ingredient needs and open its weights; returns the ingredients with their `local_dir` set
     (new values) and one reader each, closed by `stack`."""
@@ -164,22 +94,19 @@ def _open_readers(ingredients: Sequence[Ingredient], *, stream: bool, token: Any
     bases: dict[str, Any] = {}
 
     def open_base(base: Ingredient) -> tuple[Ingredient, CheckpointReader]:
-        (base,), (reader,) = _open_readers([base], stream=stream, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                           allow_pickle=allow_pickle, stack=stack)
+        (base,), (reader,) = _open_readers([base], stream=stream, access=access, allow_pickle=allow_pickle,
+                                           stack=stack)
         return base, reader
 
     for ing in ingredients:
         if adapters.is_adapter(ing):
-            ing, reader = adapters.open_adapter(ing, open_base, bases, stack, token=token, endpoint=endpoint,
-                                                cache_dir=cache_dir, allow_pickle=allow_pickle)
+            ing, reader = adapters.open_adapter(ing, open_base, bases, stack, allow_pickle=allow_pickle,
+                                                **access.kwargs)
         elif ing.repo_id is not None and ing.local_dir is None:
-            from . import hub
-
-            local_dir = hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=not stream,
-                                     allow_pickle=allow_pickle)
+            local_dir = access.download(ing, weights=not stream, allow_pickle=allow_pickle)
             ing = dataclasses.replace(ing, local_dir=local_dir)
             if stream:
-                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=local_dir)
+                reader = access.open_stream(ing, snapshot_dir=local_dir)
             else:
                 reader = open_checkpoint(local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
         else:
@@ -251,12 +178,14 @@ def check_compatibility(
         True
         ```
     """
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
+    access = HubAccess.from_args(endpoint=endpoint, token=token, cache_dir=cache_dir)
+    ingredients = _resolve_all(refs, revision, access, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=True)  # one checkpoint can be checked; the same one twice cannot
-    metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    report = _verdict(metas, align_labels, arch_check, trust_remote_code, ingredients)
-    report.weight_check = _sampled_weight_check(ingredients, metas, report, enabled=weight_check, token=token,
-                                                endpoint=endpoint, cache_dir=cache_dir, allow_pickle=allow_pickle)
+    metas = read_metas(ingredients, access, allow_pickle)
+    report = verdict(metas, align_labels=align_labels, arch_check=arch_check, trust_remote_code=trust_remote_code,
+                     ingredients=ingredients)
+    report.weight_check = _sampled_weight_check(ingredients, metas, report, enabled=weight_check, access=access,
+                                                allow_pickle=allow_pickle)
     return report
 
 
@@ -267,8 +196,8 @@ _HUB_SAMPLE_NUMEL = 300_000
 
 
 def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[IngredientMeta],
-                          report: CompatibilityReport, *, enabled: bool, token: Any, endpoint: str | None,
-                          cache_dir: str | None, allow_pickle: bool) -> str:
+                          report: CompatibilityReport, *, enabled: bool, access: HubAccess,
+                          allow_pickle: bool) -> str:
     """Run the weight-space init check on a small sample of tensors (local reads, or HTTP range requests for Hub
     ingredients), add its warnings to `report`, and say what it did or why it was skipped."""
     if not enabled:
@@ -293,11 +222,9 @@ def _sampled_weight_check(ingredients: Sequence[Ingredient], metas: Sequence[Ing
             if ing.local_dir is not None:
                 reader = open_checkpoint(ing.local_dir, ingredient=ing.name, allow_pickle=allow_pickle)
             else:
-                from . import hub
-
-                small = (hub.download(ing, token=token, endpoint=endpoint, cache_dir=cache_dir, weights=False)
+                small = (access.download(ing, weights=False)
                          if "model.safetensors.index.json" in ing.files else None)  # the shard index, when sharded
-                reader = hub.open_streaming_reader(ing, token=token, endpoint=endpoint, snapshot_dir=small, window=1)
+                reader = access.open_stream(ing, snapshot_dir=small, window=1)
             readers.append(stack.enter_context(reader))
         warnings, dist = init_distance_warnings([m.name for m in metas], readers, sample)
     report.warnings.extend(warnings)
@@ -449,10 +376,9 @@ def soup_from_hub(
     elif not isinstance(access, HubAccess):
         raise UnknownArgumentError(f"access must be a HubAccess, got {type(access).__name__}.", param="access",
                                    fix="pass access=HubAccess(endpoint=..., token=..., cache_dir=...).")
-    token, endpoint, cache_dir = access.token, access.endpoint, access.cache_dir
+    cache_dir = access.cache_dir
     if collection is not None:
-        refs = _from_collection(refs, collection, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                progress=options.progress)
+        refs = _from_collection(refs, collection, progress=options.progress, **access.kwargs)
     if refs is None:
         raise InvalidArgumentError("no ingredients were given.", fix="pass refs=[\"user/ft-1\", \"user/ft-2\"], the "
                                    "result of find_ingredients(...), or collection=\"user/slug\".", param="refs")
@@ -490,57 +416,27 @@ def soup_from_hub(
 
         eval_data = as_eval_dataset(eval_dataset if eval_dataset is not None else spec.dataset, spec.split,
                                     max_samples=spec.max_samples)
-    ingredients = _resolve_all(refs, revision, token, endpoint, cache_dir, base, allow_pickle)
+    ingredients = _resolve_all(refs, revision, access, base, allow_pickle)
     check_ingredient_set(ingredients, allow_single=allow_single)
     if weights is not None and len(weights) != len(ingredients):
         raise InvalidArgumentError(f"got {len(weights)} weights for {len(ingredients)} ingredients.",
                                    fix="pass one weight per ingredient.", param="weights")
-    metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, options=options,
-                                     needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
+    metas = read_metas(ingredients, access, allow_pickle)
+    checked = preflight(ingredients, metas, trust_remote_code=trust_remote_code, align_labels=options.align_labels,
+                        arch_check=options.arch_check, needs_eval=entry.needs_eval, eval_data=eval_data, spec=spec)
     pinned_base = None
     if not any(adapters.is_adapter(i) for i in ingredients):  # adapters pinned theirs in _resolve_all
-        pinned_base = pin_base(base, metas, report, access, needed=entry.needs.base, allow_pickle=allow_pickle)
-    return _brew(ingredients, metas, report, arch, entry.name, weights, output_dir, output, token=token,
-                 endpoint=endpoint, cache_dir=cache_dir, eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
+        pinned_base = pin_base(base, checked.metas, checked.report, access, needed=entry.needs.base,
+                               allow_pickle=allow_pickle)
+    return _brew(ingredients, checked, entry.name, weights, output_dir, output, access=access,
+                 eval_dataset=eval_dataset, eval_data=eval_data, spec=spec,
                  options=options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, discovery=discovery,
                  as_adapter=as_adapter, base=pinned_base, base_input=pinned_base if entry.needs.base else None)
 
 
-def _preflight(ingredients: Sequence[Ingredient], *, token: Any, endpoint: str | None, cache_dir: str | None,
-               allow_pickle: bool, trust_remote_code: bool, options: MergeOptions, needs_eval: bool,
-               eval_data: Any = None, spec: EvalSpec | None = None
-               ) -> tuple[list[IngredientMeta], CompatibilityReport, _BackgroundArchCheck | None]:
-    """Small files and headers -> the verdict, logged; raises when it is negative. No weight is read.
-
-    The architecture check (when `options.arch_check`) runs in the background; it is settled here already when
-    weights will be downloaded or evaluated, otherwise beside the merge (returned). `eval_data` (loaded up front)
-    is checked against the first ingredient's config here, before any weight moves.
-    """
-    metas = _metas(ingredients, token, endpoint, cache_dir, allow_pickle)
-    for meta in metas:
-        check_remote_code(meta.config, meta.name, trust_remote_code)
-    report = _verdict(metas, options.align_labels, False, trust_remote_code, ingredients)
-    arch = _BackgroundArchCheck(metas) if options.arch_check else None
-    for w in report.warnings:
-        logger.warning("%s", w)
-    report.raise_if_incompatible()
-    if arch is not None and (needs_eval or any(i.repo_id is not None for i in ingredients)):
-        arch.settle(report)  # before any weight is downloaded or evaluated
-    if eval_data is not None:  # columns, label values and names, against the config: before any weight moves
-        from .evaluation.tasks import check_eval_data
-
-        if spec is None:
-            raise SoupError("evaluation data was given without its evaluation settings.", fix="report this bug.")
-        check_eval_data(eval_data, metas[0].config, text_column=spec.text_column, label_column=spec.label_column,
-                        image_column=spec.image_column, name=metas[0].name)
-    return metas, report, arch
-
-
-def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: CompatibilityReport,
-          arch: _BackgroundArchCheck | None, method: str, weights: Sequence[float] | None,
+def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weights: Sequence[float] | None,
           output_dir: str | os.PathLike[str] | None, output: AtomicDirectory | None,
-          *, token: Any, endpoint: str | None, cache_dir: str | None, eval_dataset: Any, spec: EvalSpec,
+          *, access: HubAccess, eval_dataset: Any, spec: EvalSpec,
           options: MergeOptions, trust_remote_code: bool, allow_pickle: bool, recipe: Recipe | None = None,
           discovery: Any = None, eval_data: Any = None, calibration: Any = None, as_adapter: int | None = None,
           base: Ingredient | None = None, base_input: Ingredient | None = None) -> Soup:
@@ -551,17 +447,17 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
     With `as_adapter` (a rank), the soup of LoRA adapters is written as one adapter of that rank. With `base_input`
     (the pinned base, for a method that `Needs(base=True)`), the base is the plan's last input.
     """
+    metas, report, tied = checked.metas, checked.report, checked.tied
     entry = get_method(method)
     if entry.needs_eval or eval_dataset is not None:  # the task's default metric and threshold, for the recipe
         from .evaluation.tasks import settle_spec
 
         spec = settle_spec(spec, metas[0].config)
     with contextlib.ExitStack() as stack:
-        ingredients, readers = _open_readers(ingredients, stream=options.stream, token=token, endpoint=endpoint,
-                                             cache_dir=cache_dir, allow_pickle=allow_pickle, stack=stack)
+        ingredients, readers = _open_readers(ingredients, stream=options.stream, access=access,
+                                             allow_pickle=allow_pickle, stack=stack)
         tensor_maps = [r.tensors for r in readers]
-        tied = tied_extras(metas)  # stored by some only, re-tied on load: left out of the soup
-        if tied:
+        if tied:  # stored by some only, re-tied on load: left out of the soup
             tensor_maps = [{n: i for n, i in m.items() if n not in tied} for m in tensor_maps]
         if len(readers) > 1:
             warnings, _ = init_distance_warnings([i.name for i in ingredients], readers,
@@ -577,8 +473,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                           check_finite=options.check_finite)
         inputs = list(readers)  # the plan's inputs: the ingredients, then the base when the method takes it
         if base_input is not None:
-            (base_input,), (base_reader,) = _open_readers([base_input], stream=options.stream, token=token,
-                                                          endpoint=endpoint, cache_dir=cache_dir,
+            (base_input,), (base_reader,) = _open_readers([base_input], stream=options.stream, access=access,
                                                           allow_pickle=allow_pickle, stack=stack)
             plan, inputs = plan.with_base(), [*inputs, base_reader]
         if recipe is not None:  # a replay: the recorded plan, applied as it is (the method is not re-run)
@@ -618,7 +513,7 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                 as_adapter=as_adapter, tensors=tuple(plan.overrides()), parameters=result.parameters or None,
                 base_input=plan.base,
             )
-        soup = Soup(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
+        made = dict(output_dir=target, method=recipe.method, ingredients=ingredients, recipe=recipe, report=report,
                     trace=trace, scores=scores,
                     base_model=shared_base_model(metas) if recorded_base is None else
                     recorded_base.repo_id or recorded_base.name,
@@ -627,15 +522,16 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                     warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))
         from .evaluation.distributed import is_main_process, wait_for_everyone
 
+        soup = None
         if is_main_process():  # under `accelerate launch`, only the main process merges and writes
             with output if output is not None else AtomicDirectory(target) as tmp:
+                export = None
                 if as_adapter is not None:
-                    soup.adapter_export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
+                    export = adapters.export_adapter(ingredients, readers, plan.weights, as_adapter, tmp)
                 else:
                     merge_to_directory(plan, inputs, tmp, max_shard_size=options.max_shard_size, names=names,
                                        progress=options.progress, device=options.device)
-                if arch is not None:
-                    arch.settle(report)  # an architecture error voids the soup before the card and the commit
+                checked.settle()  # an architecture error voids the soup before the card and the commit
                 first = adapters.companion_source(ingredients[0])  # an adapter's config and tokenizer: its base's
                 lead = adapters.companion_source(ingredients[lead_index(plan.weights, [i.score for i in ingredients])])
                 averaged = [t for t in plan.tensors if t.average]
@@ -647,10 +543,12 @@ def _brew(ingredients: list[Ingredient], metas: list[IngredientMeta], report: Co
                     from .evaluation.batchnorm import replay_batchnorm
 
                     replay_batchnorm(tmp, calibration, recipe.batchnorm)
-                soup.write_card(directory=tmp)
+                soup = Soup(**made, adapter_export=export)  # the result, once its weights are written
+                soup.write_card(directory=tmp)  # inside the commit: the card is the soup's from the start
         wait_for_everyone()
-        if arch is not None:
-            arch.settle(report)  # (processes that did not merge)
+        if soup is None:  # (processes that did not merge: the main process settled it inside the commit)
+            checked.settle()
+            soup = Soup(**made)
     return soup
 
 
@@ -768,7 +666,7 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
     from .recipes.recipe import check_replayable, replayable_base
 
     access = access if access is not None else HubAccess()
-    token, endpoint, cache_dir = access.token, access.endpoint, access.cache_dir
+    cache_dir = access.cache_dir
 
     recipe = Recipe.from_dict(recipe.to_dict())  # re-validate every field (a Recipe can be built by hand)
     refs = check_replayable(recipe, allow_local=allow_local)
@@ -793,20 +691,19 @@ def replay_recipe(recipe: Recipe, output_dir: str | os.PathLike[str] | None = No
                                  caches=[cache_dir or ""])
     from .runs.hub import fetch_run_folders
 
-    refs = fetch_run_folders(refs, token, endpoint, cache_dir)  # user/run@<sha>/checkpoint-<step>: that folder
+    refs = fetch_run_folders(refs, access.token, access.endpoint, access.cache_dir)  # user/run@<sha>/checkpoint-<step>
     # adapters are read against the recorded, pinned base, never the one their configs name today
-    ingredients = _resolve_all(refs, None, token, endpoint, cache_dir, recipe.base)
+    ingredients = _resolve_all(refs, None, access, recipe.base)
     check_ingredient_set(ingredients)  # as soup_from_hub does
-    metas, report, arch = _preflight(ingredients, token=token, endpoint=endpoint, cache_dir=cache_dir,
-                                     allow_pickle=False, trust_remote_code=False, options=options, needs_eval=False)
-    soup = _brew(ingredients, metas, report, arch, "weighted", list(recipe.weights), output_dir, output, token=token,
-                 endpoint=endpoint, cache_dir=cache_dir, eval_dataset=None, spec=EvalSpec(), options=options,
+    checked = preflight(ingredients, read_metas(ingredients, access, False), trust_remote_code=False,
+                        align_labels=options.align_labels, arch_check=options.arch_check, needs_eval=False)
+    soup = _brew(ingredients, checked, "weighted", list(recipe.weights), output_dir, output, access=access,
+                 eval_dataset=None, spec=EvalSpec(), options=options,
                  trust_remote_code=False, allow_pickle=False, recipe=recipe, calibration=calibration,
                  as_adapter=recipe.as_adapter,
-                 base_input=_resolve_all([recipe.base], None, token, endpoint, cache_dir)[0]
-                 if recipe.base_input and recipe.base else None)
-    soup.calibration_data = calibration  # Soup.evaluate recalibrates the baselines on it
-    if recipe.evaluation is not None:  # Soup.evaluate scores with the recipe's metric (a callable: asks for it again)
-        soup.metric = recipe.evaluation.metric_name
-        soup.metric_fn = None if recipe.evaluation.metric_replayable else recipe.evaluation.metric
-    return soup
+                 base_input=_resolve_all([recipe.base], None, access)[0] if recipe.base_input and recipe.base else None)
+    # Soup.evaluate recalibrates the baselines on the calibration data, and scores with the recipe's metric (a
+    # callable: asks for it again)
+    evaluation = recipe.evaluation
+    return dataclasses.replace(soup, calibration_data=calibration, **({} if evaluation is None else {
+        "metric": evaluation.metric_name, "metric_fn": None if evaluation.metric_replayable else evaluation.metric}))

@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import constants
 from .atomic_file import write_atomic
+from .problem import Problem
 
 if TYPE_CHECKING:
     from .checkpoint.format import TensorInfo
-    from .compat import Problem
 
 __all__ = ["ExpectedArchitecture", "expected_architecture", "architecture_problems", "prefetch"]
 
@@ -348,8 +348,6 @@ def architecture_problems(name: str, config: Mapping[str, Any], tensors: Mapping
         `list[Problem]`: errors for tensors the model does not know (e.g. renamed), expected tensors that are missing
         (tied weights stored once are fine) and shape mismatches; a warning when the model cannot be built.
     """
-    from .compat import Problem
-
     arch = expected_architecture(config)
     if arch is None:
         return [Problem(name, "architecture", f"could not instantiate {config.get('architectures')} from its config "

@@ -9,17 +9,18 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from . import constants
 from .checkpoint.format import TensorInfo
 from .checkpoint.meta import normalize_id2label
 from .errors import IncompatibleIngredientsError
+from .problem import Problem
 from .refs import IngredientMeta
 
-__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict", "architecture_findings",
+__all__ = ["IngredientMeta", "Problem", "CompatibilityReport", "compare", "verdict",
            "label_permutations", "sample_tensor_names", "init_outlier_warnings",
            "normalize_id2label", "label_problems", "remote_code_problems", "processor_findings", "SIZE_KEYS",
            "PIXEL_FIELDS", "MINOR_FIELDS", "tied_extras"]
@@ -38,28 +39,6 @@ _HEAD_MARKERS = (*constants.CLASSIFIER_MARKERS, "fc.")  # heads are re-initialis
 _OUTPUT_EMBEDDING = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|cls\.predictions\.decoder|vocab_projector|"
                                r"generator_lm_head|pred_layer\.proj|lm_loss)\.weight$")
 _INPUT_EMBEDDING = re.compile(r"(^|\.)(word_embeddings|embed_tokens|wte|shared|word_emb)\.weight$")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of the verdict.
-
-    Attributes:
-        ingredient (`str`): the ingredient concerned.
-        field (`str`): the config field, or `tensor <name>`.
-        message (`str`): what differs.
-        fix (`str`): what to do.
-        severity (`"error"` or `"warning"`): errors make the set incompatible.
-    """
-
-    ingredient: str
-    field: str
-    message: str
-    fix: str
-    severity: Literal["error", "warning"] = "error"
-
-    def __str__(self) -> str:
-        return f"[{self.ingredient}] {self.field}: {self.message} Fix: {self.fix}"
 
 
 @dataclass
@@ -322,29 +301,18 @@ def compare(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> C
     return report
 
 
-def verdict(
-    metas: Sequence[IngredientMeta],
-    *,
-    align_labels: bool = False,
-    architecture_check: Callable[[str, Mapping[str, Any], Mapping[str, TensorInfo]], list[Problem]] | None = None,
-) -> CompatibilityReport:
-    """The whole verdict: [`compare`], then `architecture_check` once per distinct (config, tensor names).
+def verdict(metas: Sequence[IngredientMeta], *, align_labels: bool = False) -> CompatibilityReport:
+    """The pure verdict on config files and headers ([`compare`]); the architecture check, the remote-code check and
+    the adapters' are added by [`hf_soups.preflight.verdict`].
 
     Args:
         metas (`Sequence[IngredientMeta]`): the ingredients; the first is the reference.
         align_labels (`bool`, *optional*, defaults to `False`): accept a permuted `id2label`.
-        architecture_check (`Callable`, *optional*): `(name, config, tensors) -> problems`, e.g.
-            [`hf_soups.architecture.architecture_problems`]. Ingredients whose tensors are unknown before download
-            (pickled Hub weights) are skipped; [`compare`] already warns about them.
 
     Returns:
         [`CompatibilityReport`]
     """
-    report = compare(metas, align_labels=align_labels)
-    if architecture_check is not None:
-        for problem in architecture_findings(metas, architecture_check):
-            report.add(problem)
-    return report
+    return compare(metas, align_labels=align_labels)
 
 
 #: Tensor-name parts that only a model still wrapped by peft saves (`PeftModel` state dicts, or
@@ -366,25 +334,6 @@ def peft_wrapper_problems(meta: IngredientMeta) -> list[Problem]:
                     "merge it with peft's `merge_and_unload()` and save that (`peft_model.merge_and_unload()"
                     ".save_pretrained(dir)`), or save the adapter alone (`peft_model.save_pretrained(dir)`) and soup "
                     "it as an adapter.")]
-
-
-def architecture_findings(
-    metas: Sequence[IngredientMeta],
-    architecture_check: Callable[[str, Mapping[str, Any], Mapping[str, TensorInfo]], list[Problem]],
-) -> list[Problem]:
-    """`architecture_check` run once per distinct (config, tensor names); ingredients with unknown tensors skipped."""
-    import json
-
-    seen: set[str] = set()
-    problems: list[Problem] = []
-    for meta in metas:
-        if meta.tensors is None:  # pickled Hub weights: names unknown before download (the verdict says so)
-            continue
-        key = json.dumps(meta.config, sort_keys=True, default=str) + "|".join(sorted(meta.tensors))
-        if key not in seen:
-            seen.add(key)
-            problems.extend(architecture_check(meta.name, meta.config, meta.tensors))
-    return problems
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def plot_soup(report: Any, path: str | os.PathLike[str], *, in_domain: str, ood:
     score against alpha for each set.
 
     Args:
-        report ([`SoupReport`]): from [`Soup.evaluate`].
+        report ([`EvaluationReport`]): from [`Soup.evaluate`].
         path (`str`): the PNG to write.
         in_domain (`str`): the evaluation set on the x axis.
         ood (`Sequence[str]`, *optional*): the sets averaged on the y axis.

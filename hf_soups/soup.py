@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from huggingface_hub import CommitInfo, ModelCard
 
-    from .evaluation.report import SoupReport
+    from .evaluation.report import EvaluationReport
 
 __all__ = ["Soup", "RECIPE_FILE", "PLOT_FILE"]
 
@@ -32,15 +34,21 @@ RECIPE_FILE = "recipe.yaml"
 #: The figure [`Soup.evaluate`] draws into the soup directory and the card embeds.
 PLOT_FILE = "soup_plot.png"
 
+logger = logging.getLogger(__name__)
+
 
 def _write_text(path: str, text: str) -> str:
     write_atomic(path, text)
     return path
 
 
-@dataclass
+@dataclass(frozen=True)
 class Soup:
-    """A model soup on disk.
+    """A model soup on disk: an immutable result, built once its weights are written.
+
+    Nothing changes a `Soup` in place: [`Soup.evaluate`] returns an [`EvaluationReport`] and
+    [`Soup.with_evaluation`] a new `Soup` whose card shows it; [`Soup.recompute_batchnorm`] returns the
+    recalibrated soup. Derive others with `dataclasses.replace`.
 
     Attributes:
         output_dir (`str`): the directory holding the soup (safetensors, config, tokenizer, README.md).
@@ -74,6 +82,8 @@ class Soup:
             were recalibrated for a like-for-like comparison).
         calibration_data (*optional*): the in-memory BatchNorm calibration data of [`Soup.recompute_batchnorm`],
             reused by [`Soup.evaluate`] to recalibrate the baselines.
+        batchnorm_layers (`int`, *optional*): the number of BatchNorm layers [`Soup.recompute_batchnorm`]
+            recomputed.
     """
 
     output_dir: str
@@ -99,7 +109,8 @@ class Soup:
     notes: list[str] = field(default_factory=list)
     adapter_export: dict[str, Any] | None = None
     calibration_data: Any = field(default=None, repr=False, compare=False)
-    _model: Any = field(default=None, repr=False)
+    batchnorm_layers: int | None = None
+    _model: Any = field(default=None, init=False, repr=False, compare=False)  # `.model`'s cache, never copied
 
     @property
     def config(self) -> dict[str, Any]:
@@ -115,8 +126,9 @@ class Soup:
         if self._model is None:
             from .modeling import load_model
 
-            self._model = load_model(self.output_dir, self.config, self.trust_remote_code)
-            self._model.eval()
+            model = load_model(self.output_dir, self.config, self.trust_remote_code)
+            model.eval()
+            object.__setattr__(self, "_model", model)  # a cache of what is on disk, not a change of the soup
         return self._model
 
     def card_for(self, repo_id: str | None = None, *, directory: str | os.PathLike[str] | None = None) -> ModelCard:
@@ -129,7 +141,7 @@ class Soup:
             base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
             repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
             differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
-            compat_warnings=self.report.warnings if self.report else (), datasets=self.datasets,
+            compat_warnings=self.report.warnings if self.report is not None else (), datasets=self.datasets,
             inherited=self.card_metadata, local_path=self.output_dir, notes=self.notes,
             adapter_export=self.adapter_export,
         )
@@ -149,20 +161,20 @@ class Soup:
         return path
 
     def save_pretrained(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:
-        """Copy the soup (weights, config, tokenizer, card) to `path`, atomically.
+        """Copy the soup (weights, config, tokenizer) to `path` with this soup's card, atomically.
 
         Raises:
             [`OutputExistsError`]: `path` is not empty and `overwrite=False`, or holds something hf_soups did not
                 write (see [`soup_from_hub`]'s `overwrite`).
             [`OutputNotWritableError`]: `path` is read-only or a mount point.
         """
-        self.write_card()
         with AtomicDirectory(path, overwrite=overwrite,
                              ingredients=[i.local_dir for i in self.ingredients if i.local_dir]) as tmp:
             for name in os.listdir(self.output_dir):
                 src = os.path.join(self.output_dir, name)
                 if os.path.isfile(src) and not os.path.islink(src) and not name.startswith("."):
                     shutil.copy2(src, os.path.join(tmp, name))
+            self.write_card(directory=tmp)
         return os.fspath(path)
 
     def push_to_hub(
@@ -198,12 +210,12 @@ class Soup:
                            "models (hf_soups)", revision=revision, endpoint=endpoint)
 
     def evaluate(self, datasets: Any, methods: Sequence[str] | None = None, device: str | torch.device | None = None,
-                 progress: bool = True, **kwargs: Any) -> SoupReport:
+                 progress: bool = True, **kwargs: Any) -> EvaluationReport:
         """Score the soup and its baselines (ingredients, uniform, ensembles, WiSE-FT, ...) on each dataset, with
         paired bootstrap confidence intervals; see [`hf_soups.evaluation.evaluate_soup`] for every option.
 
-        The card in `output_dir` is rewritten with the results and, when matplotlib is installed, the plot
-        (`soup_plot.png`).
+        Nothing is changed: the soup, its directory and its card stay as they are. Pass the report to
+        [`Soup.with_evaluation`] for a soup whose card shows it (and the plot).
 
         Args:
             datasets (`Mapping[str, Any]`): evaluation sets by name, in any form [`as_eval_dataset`] reads, or
@@ -215,42 +227,61 @@ class Soup:
             progress (`bool`, *optional*, defaults to `True`): show a progress bar.
 
         Returns:
-            [`SoupReport`]: `.results`, `.intervals`, `.differences`, `.rows()`, `.to_table()`.
+            [`EvaluationReport`]: `.results`, `.intervals`, `.differences`, `.rows()`, `.to_table()`, and what the
+            card shows of them.
         """
         from .evaluation.data import EvalSet, as_eval_dataset
         from .evaluation.report import evaluate_soup
 
         if not isinstance(datasets, Mapping):
             datasets = {"eval": datasets}
-        for name, value in datasets.items():
-            if isinstance(value, (EvalSet, str)):
-                self.datasets[name] = (value if isinstance(value, EvalSet) else EvalSet(value)).describe(name)
+        described = {name: (value if isinstance(value, EvalSet) else EvalSet(value)).describe(name)
+                     for name, value in datasets.items() if isinstance(value, (EvalSet, str))}
         data = {name: as_eval_dataset(value, parameter=f"datasets[{name!r}]", max_samples=kwargs.get("max_samples"))
                 for name, value in datasets.items()}
         report = evaluate_soup(self, data, methods=methods, device=device, progress=progress, **kwargs)
-        self._draw_plot(report, kwargs.get("held_out"))
-        self.write_card()
-        return report
+        return dataclasses.replace(report, datasets=described)
 
-    def _draw_plot(self, report: Any, held_out: str | None) -> None:
+    def with_evaluation(self, report: EvaluationReport) -> Soup:
+        """A new soup whose card shows `report` (results, intervals, differences, warnings, notes, the evaluation
+        sets and, when matplotlib is installed, the plot `soup_plot.png`); its card and plot are written to
+        `output_dir`, so that [`Soup.push_to_hub`] and [`Soup.save_pretrained`] carry them.
+
+        Args:
+            report ([`EvaluationReport`]): from [`Soup.evaluate`] on this soup.
+
+        Returns:
+            [`Soup`]
+        """
+        shown = report.card_values(self.metric, default_metric=self.metric_fn is None)
+        soup = dataclasses.replace(self, datasets={**self.datasets, **report.datasets}, **shown)
+        if soup._draw_plot(report):
+            soup = dataclasses.replace(soup, plot_file=PLOT_FILE)
+        soup.write_card()
+        return soup
+
+    def _draw_plot(self, report: Any) -> bool:
+        """Draw the figure of `report` into the soup directory; `False` without matplotlib (the `plots` extra)."""
         try:
             import matplotlib  # noqa: F401
         except ImportError:  # the `plots` extra is optional: the card then has no figure
-            return
+            return False
         from .plots import plot_soup
 
+        held_out = report.held_out
         sets = list(report.results)
         in_domain = held_out if held_out in sets and len(sets) == 1 else next((s for s in sets if s != held_out),
                                                                                sets[0])
         ood = [s for s in sets if s not in (in_domain, held_out)]
         plot_soup(report, os.path.join(self.output_dir, PLOT_FILE), in_domain=in_domain, ood=ood)
         record_files(self.output_dir, [PLOT_FILE])  # hf_soups' own file: `overwrite=True` may replace it later
-        self.plot_file = PLOT_FILE
+        return True
 
-    def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> int:
-        """Re-estimate BatchNorm running statistics on calibration data instead of averaging them, and record it in
-        the recipe (`num_batches=`, `batch_size=`, `seed=`, `split=`, `image_column=`); see
-        [`hf_soups.evaluation.batchnorm.recompute_batchnorm`]. Returns the number of layers recomputed."""
+    def recompute_batchnorm(self, dataset: Any, **kwargs: Any) -> Soup:
+        """Re-estimate BatchNorm running statistics on calibration data instead of averaging them; returns the
+        recalibrated soup, whose recipe records it (`num_batches=`, `batch_size=`, `seed=`, `split=`,
+        `image_column=`) and whose `batchnorm_layers` counts the layers recomputed; see
+        [`hf_soups.evaluation.batchnorm.recompute_batchnorm`]. The soup directory is rewritten in one commit."""
         from .evaluation.batchnorm import recompute_batchnorm
 
         return recompute_batchnorm(self, dataset, **kwargs)

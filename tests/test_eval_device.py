@@ -266,7 +266,7 @@ def test_report_rows_table_and_card_show_intervals(family, greedy_soup):
     assert len(report.to_pandas()) == len(rows)
     table = report.to_table()
     assert "paired bootstrap intervals (200 resamples" in table and f"[{row.low:.4f}, {row.high:.4f}]" in table
-    card = str(greedy_soup.card)
+    card = str(greedy_soup.with_evaluation(report).card)
     assert f"{row.score:.4f} [{row.low:.4f}, {row.high:.4f}]" in card
     assert "### Difference to the best individual" in card and f"{row.delta:+.4f}" in card
 

@@ -125,6 +125,7 @@ def test_model_index_names_the_real_dataset_rounded_and_the_plot_is_included(hub
                                     "test": datasets.Dataset.from_dict(_eval_data(12))})
     report = soup.evaluate({"test": EvalSet(test, dataset_id="org/reviews", config="en", split="test"),
                             "shifted": EvalSet(shifted, dataset_id="org/tweets", split="test")})
+    soup = soup.with_evaluation(report)
     card = ModelCard.load(os.path.join(soup.output_dir, "README.md"))
     results = {r.dataset_type: r for r in card.data.eval_results}
     assert set(results) == {"org/reviews", "org/tweets"}
@@ -133,7 +134,7 @@ def test_model_index_names_the_real_dataset_rounded_and_the_plot_is_included(hub
     for r, name in ((results["org/reviews"], "test"), (results["org/tweets"], "shifted")):
         assert r.metric_type == "accuracy" and r.metric_value == round(report.results[name]["uniform_soup"], 4)
         assert r.metric_value == round(r.metric_value, 4)
-    # the plot is drawn whenever the soup is evaluated, and the card embeds it
+    # the plot is drawn whenever an evaluation is shown, and the card embeds it
     assert os.path.getsize(os.path.join(soup.output_dir, "soup_plot.png")) > 1000
     assert "](soup_plot.png)" in card.text
 

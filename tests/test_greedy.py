@@ -92,8 +92,10 @@ def test_evaluate_baselines_and_ensemble_equals_mean_logits(trained, tmp_path):
     assert report.results["test"]["wise_ft@1"] == pytest.approx(greedy_acc)
     _, base_acc = _accuracy(trained["base"], trained["test"])
     assert report.results["test"]["wise_ft@0"] == pytest.approx(base_acc)
-    assert soup.results["test"]["greedy_soup"] == pytest.approx(greedy_acc)
-    assert "model-index" in str(soup.card) and "| greedy_soup |" in str(soup.card)
+    assert not soup.results and "| greedy_soup |" not in str(soup.card)  # evaluate changes nothing in place
+    shown = soup.with_evaluation(report)
+    assert shown.results["test"]["greedy_soup"] == pytest.approx(greedy_acc)
+    assert "model-index" in str(shown.card) and "| greedy_soup |" in str(shown.card)
 
 
 def test_learned_soup_weights_sum_to_one_and_beat_uniform(trained, tmp_path):

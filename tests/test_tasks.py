@@ -326,6 +326,7 @@ def test_evaluate_resamples_the_task_unit_with_intervals(made, case, tmp_path):
     if case == "regression":  # the labels are 5 x A's outputs: MSE is 16 x the mean square of the outputs
         assert report.also["val"]["uniform_soup"]["mse"] == pytest.approx(
             16 * float(np.mean(np.square(np.asarray(data["label"]) / 5))), rel=1e-4)
+    soup.with_evaluation(report)
     card = open(os.path.join(soup.output_dir, "README.md"), encoding="utf-8").read()
     assert f"type: {_CASES[case][1]}" in card
 

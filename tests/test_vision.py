@@ -43,7 +43,8 @@ def test_batchnorm_statistics_are_averaged_by_default_and_recomputed_on_request(
     torch.testing.assert_close(out[var], (sds[0][var] + sds[1][var]) / 2, atol=1e-6, rtol=0)
 
     calib = _images(48, seed=3)
-    assert soup.recompute_batchnorm(calib, batch_size=16) > 0
+    soup = soup.recompute_batchnorm(calib, batch_size=16)
+    assert soup.batchnorm_layers > 0
     recomputed = state_dict_of(soup.output_dir)
     # independent truth: cumulative average of per-batch statistics, as torch.optim.swa_utils.update_bn computes
     from transformers import AutoImageProcessor, ResNetForImageClassification

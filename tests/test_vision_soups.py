@@ -243,7 +243,9 @@ def test_recalibration_is_recorded_replayed_bit_for_bit_and_compared_like_for_li
     soup = soup_from_hub(resnets, "greedy", eval_dataset=val, output_dir=tmp_path / "soup")
     averaged = state_dict_of(soup.output_dir)
     assert "bit for bit:" in str(soup.card)
-    assert soup.recompute_batchnorm(calib, num_batches=3, batch_size=32, seed=5) > 0
+    averaged_soup = soup
+    soup = soup.recompute_batchnorm(calib, num_batches=3, batch_size=32, seed=5)
+    assert soup.batchnorm_layers > 0 and averaged_soup.recipe.batchnorm is None  # a new soup: the old one unchanged
     bn = soup.recipe.batchnorm
     assert (bn.dataset, bn.num_batches, bn.batch_size, bn.seed, bn.examples) == ("<in-memory dataset>", 3, 32, 5, 96)
     recalibrated = state_dict_of(soup.output_dir)
@@ -269,6 +271,7 @@ def test_recalibration_is_recorded_replayed_bit_for_bit_and_compared_like_for_li
 
     # like for like: every baseline recalibrated on the same 96 calibration images
     report = soup.evaluate({"val": val, "test": test}, held_out="val")
+    soup = soup.with_evaluation(report)
     test_scores = report.results["test"]
     best = max(range(3), key=lambda i: report.ingredient_scores["val"][resnets[i]])
     sample = sorted(torch.randperm(200, generator=torch.Generator().manual_seed(5))[:96].tolist())
@@ -288,7 +291,7 @@ def test_recalibration_keeps_the_soup_dtype_and_its_other_files(resnets, fashion
 
     soup = soup_from_hub(resnets, output_dir=tmp_path / "soup", merge_options=MergeOptions(dtype="bfloat16"))
     before = state_dict_of(soup.output_dir)
-    soup.recompute_batchnorm(to_dataset(*fashion["test"]), batch_size=32)
+    soup = soup.recompute_batchnorm(to_dataset(*fashion["test"]), batch_size=32)
     after = state_dict_of(soup.output_dir)
     assert {t.dtype for t in after.values() if t.is_floating_point()} == {torch.bfloat16}
     assert [k for k in before if not torch.equal(before[k], after[k])] and all(
@@ -323,10 +326,10 @@ def test_calibrating_on_a_reported_set_is_flagged_and_recorded_paths_replay(resn
     assert _tensors_equal(tmp_path / "soup", tmp_path / "replay") == []
 
     soup = soup_from_hub(resnets, "greedy", eval_dataset=val, output_dir=tmp_path / "soup2")
-    soup.recompute_batchnorm(val, batch_size=40)
+    soup = soup.recompute_batchnorm(val, batch_size=40)
     report = soup.evaluate({"val": val})
     assert any("'val' is the BatchNorm calibration set" in w for w in report.warnings)
-    assert "'val' is the BatchNorm calibration set" in str(soup.card)
+    assert "'val' is the BatchNorm calibration set" in str(soup.with_evaluation(report).card)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from .. import errors
 from ..constants import VERSION as __version__
+from . import diagnose as _diagnose
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (errors.IncompatibleIngredientsError, 1),
@@ -167,7 +168,7 @@ class Flag:
 
 
 _REFS_HELP = "repo id, repo@revision, local checkpoint directory, or @FILE (one ref per line)"
-_ALL = ("check", "soup", "find", "push", "recipe")
+_ALL = ("check", "soup", "find", "push", "recipe", "diagnose")
 
 
 def _method_help() -> str:
@@ -179,30 +180,31 @@ def _method_help() -> str:
 
 #: Every flag of every subcommand, once: argparse is built from this table (in this order).
 FLAG_TABLE: tuple[Flag, ...] = (
-    Flag(("refs",), ("check", "soup"), _REFS_HELP, {"nargs": "+", "metavar": "REF"}),
+    Flag(("refs",), ("check", "soup", "diagnose"), _REFS_HELP, {"nargs": "+", "metavar": "REF"}),
     Flag(("directory",), ("push",), "a soup directory written by hf-soups", {"metavar": "DIR"}),
     Flag(("repo_id",), ("push",), "target repo id, created when missing", {"metavar": "REPO"}),
     Flag(("source",), ("recipe",), "a recipe YAML file, a soup directory, a soup's README.md, or a soup repo id",
          {"metavar": "RECIPE"}),
-    Flag(("--json",), ("check", "find"), {"check": "print the report as JSON", "find": "print the result as JSON"},
+    Flag(("--json",), ("check", "find", "diagnose"), {"check": "print the report as JSON", "find": "print the result as "
+                                                      "JSON", "diagnose": "print the diagnosis as JSON"},
          {"action": "store_true"}),
     Flag(("--method",), ("soup",), "", {"default": "uniform"}),  # choices and help: the registry, when built
     Flag(("--weights",), ("soup",), "one weight per REF (--method weighted)",
          {"nargs": "+", "type": float, "default": None}),
-    Flag(("--eval-dataset",), ("soup",),
+    Flag(("--eval-dataset",), ("soup", "diagnose"),
          "held-out data: a csv/json/parquet file, a save_to_disk directory, or a Hub dataset id. Images: a "
          "save_to_disk folder or parquet file with an Image column, an imagefolder (one sub-folder of images per "
          "class; classes are matched to id2label by name), a csv whose image column holds image file paths, or a Hub "
          "dataset id with --eval-split", {"default": None}),
-    Flag(("--eval-split",), ("soup",), "split of --eval-dataset (Hub datasets and DatasetDicts)",
+    Flag(("--eval-split",), ("soup", "diagnose"), "split of --eval-dataset (Hub datasets and DatasetDicts)",
          {"default": None, "metavar": "SPLIT"}),
-    Flag(("--max-eval-samples",), ("soup",), "evaluate only the first N examples of --eval-dataset",
+    Flag(("--max-eval-samples",), ("soup", "diagnose"), "evaluate only the first N examples of --eval-dataset",
          {"type": int, "default": None, "metavar": "N"}),
-    Flag(("--text-column",), ("soup",),
+    Flag(("--text-column",), ("soup", "diagnose"),
          "text column (default: text or sentence); twice for a sentence pair (--text-column sentence1 --text-column "
          "sentence2; GLUE pairs are found by name) or extractive QA (question, context); token classification: the "
          "word-list column (default: tokens)", {"default": None, "action": "append"}),
-    Flag(("--label-column",), ("soup",), "label column (default: label; token classification: ner_tags; QA: answers)",
+    Flag(("--label-column",), ("soup", "diagnose"), "label column (default: label; token classification: ner_tags; QA: answers)",
          {"default": None}),
     Flag(("--threshold",), ("soup",),
          "multi-label models: sigmoid probability of a positive label (default 0.5, recorded)",
@@ -219,10 +221,11 @@ FLAG_TABLE: tuple[Flag, ...] = (
          {"action": "store_true", "default": None}),
     Flag(("--since-step",), ("check", "soup"), "with --last/--top: only checkpoints saved at STEP or later",
          {"type": int, "default": None, "metavar": "STEP"}),
-    Flag(("--metric",), ("check", "soup"),
+    Flag(("--metric",), ("check", "soup", "diagnose"),
          {"check": "with --top: the logged metric to rank by (default eval_loss)",
           "soup": "an evaluate metric name or local metric script directory (default: accuracy); with --top, also "
-                  "the logged metric to rank the run's checkpoints by (default: eval_loss)"}, {"default": None}),
+                  "the logged metric to rank the run's checkpoints by (default: eval_loss)",
+          "diagnose": "the metric of the interpolation curves (default: accuracy)"}, {"default": None}),
     Flag(("--strict",), ("soup",), "greedy accepts only strict improvements (>)", {"action": "store_true"}),
     Flag(("--eval-device",), ("soup",),
          "where held-out evaluations run, e.g. cuda:1 or cpu (default: the accelerate launch rank's device, else "
@@ -258,14 +261,15 @@ FLAG_TABLE: tuple[Flag, ...] = (
     Flag(("--int-rule",), ("soup",), "how differing integer buffers are resolved (never averaged)",
          {"default": "first", "choices": ["first", "max", "error"]}),
     Flag(("--max-shard-size",), ("soup",), "largest output shard (default: 5GB)", {"default": "5GB"}),
-    Flag(("--trust-remote-code",), ("soup",), "accept configs that need repository code", {"action": "store_true"}),
+    Flag(("--trust-remote-code",), ("soup", "diagnose"), "accept configs that need repository code", {"action": "store_true"}),
     Flag(("--allow-single",), ("soup",), "accept a single REF (a 'soup' identical to it, for testing pipelines)",
          {"action": "store_true"}),
-    Flag(("--base",), ("check", "soup", "find"),
+    Flag(("--base",), ("check", "soup", "find", "diagnose"),
          {"check": "the base model of LoRA adapter REFs, instead of each adapter's base_model_name_or_path",
           "soup": "the pretrained checkpoint the REFs were fine-tuned from (LoRA adapters: instead of each adapter's "
                   "base_model_name_or_path), pinned to a sha and recorded in the recipe and card",
-          "find": "the base model the fine-tunes declare in their card (base_model: REPO)"},
+          "find": "the base model the fine-tunes declare in their card (base_model: REPO)",
+          "diagnose": "the pretrained checkpoint the REFs were fine-tuned from: adds task-vector cosines"},
          {"default": None, "metavar": "REPO"}),
     Flag(("--as-adapter",), ("soup",),
          "write the soup of LoRA adapters as one LoRA adapter of rank --rank (truncated SVD)",
@@ -287,19 +291,21 @@ FLAG_TABLE: tuple[Flag, ...] = (
     Flag(("--allow-local-ingredients",), ("recipe",),
          "accept local directories among the recipe's ingredients (only for recipes you wrote; by default only Hub "
          "repos pinned to full commit shas are replayed)", {"action": "store_true"}),
-    Flag(("--revision",), ("check", "soup"), "revision (branch, tag or sha) for refs without their own @rev",
+    Flag(("--revision",), ("check", "soup", "diagnose"), "revision (branch, tag or sha) for refs without their own @rev",
          {"default": None}),
     Flag(("--token",), _ALL,
          {"check": "Hub token (defaults to HF_TOKEN or the saved login); never printed",
           "soup": "Hub token (defaults to HF_TOKEN or the saved login); never printed",
           "find": "Hub token for private or gated repos; never printed", "push": "Hub write token; never printed",
-          "recipe": "Hub token; never printed"}, {"default": None}),
+          "recipe": "Hub token; never printed", "diagnose": "Hub token; never printed"}, {"default": None}),
     Flag(("--align-labels",), ("check", "soup", "find"),
          {"check": "accept id2label permutations by permuting classifier rows",
           "soup": "accept id2label permutations by permuting classifier rows",
           "find": "accept id2label permutations"}, {"action": "store_true"}),
-    Flag(("--allow-pickle",), ("check", "soup"),
+    Flag(("--allow-pickle",), ("check", "soup", "diagnose"),
          "accept pytorch_model.bin ingredients, loaded with torch.load(weights_only=True)", {"action": "store_true"}),
+    Flag(("--plot",), ("diagnose",), "write the curves and the cosine heatmap to this PNG",
+         {"default": None, "metavar": "PNG"}),
     Flag(("--debug",), _ALL, "show full tracebacks on errors", {"action": "store_true"}),
 )
 
@@ -330,6 +336,9 @@ _COMMAND_HELP: dict[str, dict[str, Any]] = {
                "epilog": "examples:\n  hf-soups recipe recipe.yaml --output soup/\n"
                          "  hf-soups recipe old-soup/ --output soup/      # reads old-soup/recipe.yaml\n"
                          "  hf-soups recipe user/my-soup --output soup/   # reads the recipe from the card\n"},
+    "diagnose": {"help": "tell whether fine-tunes share a basin (distances, task-vector cosines, interpolation "
+                         "curves)", "epilog": "examples:\n  hf-soups diagnose user/ft-1 user/ft-2 --base org/base\n"
+                                             "  hf-soups diagnose ./ft-* --eval-dataset val.csv --plot basin.png\n"},
 }
 
 
@@ -520,11 +529,11 @@ def _cmd_soup(args: argparse.Namespace) -> int:
     progress: _Progress = args.progress
     if calibration is not None:
         progress.recomputing = progress.identity(args.output)
-        layers = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.eval_split,
-                                          num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
-                                          image_column=args.image_column)
+        soup = soup.recompute_batchnorm(calibration, split=args.calibration_split or args.eval_split,
+                                             num_batches=args.calibration_batches, batch_size=args.calibration_batch_size,
+                                        image_column=args.image_column)
         progress.recomputing = None
-        print(f"Recomputed the statistics of {layers} BatchNorm layers on {calibration}")
+        print(f"Recomputed the statistics of {soup.batchnorm_layers} BatchNorm layers on {calibration}")
     _print_soup(soup)
     _push_soup(soup, args)
     return 0
@@ -608,7 +617,8 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe}
+_COMMANDS = {"check": _cmd_check, "soup": _cmd_soup, "find": _cmd_find, "push": _cmd_push, "recipe": _cmd_recipe,
+             "diagnose": _diagnose.run}
 
 
 class _Progress:

@@ -152,9 +152,9 @@ def replay_batchnorm(directory: str, data: Any, record: BatchNormCalibration, *,
 
 def recompute_batchnorm(soup: Any, dataset: Any, *, num_batches: int | None = None, batch_size: int = 64,
                         seed: int = 0, split: str | None = None, image_column: str | None = None,
-                        expected_sha256: str | None = None, **deprecated: Any) -> int:
-    """Replace a soup's BatchNorm running statistics by their average over calibration data, in place, and record
-    it in the soup's recipe (so `replay_recipe` re-creates it and the card says so).
+                        expected_sha256: str | None = None, **deprecated: Any) -> Any:
+    """Replace a soup's BatchNorm running statistics by their average over calibration data, and return the new soup,
+    whose recipe records it (so `replay_recipe` re-creates it and the card says so). `soup` itself is not changed.
 
     Every BatchNorm layer's statistics are reset and re-estimated with `momentum=None` (an exact average of the
     per-batch statistics), the rest of the network in eval mode; the images go through the soup's own image
@@ -175,7 +175,8 @@ def recompute_batchnorm(soup: Any, dataset: Any, *, num_batches: int | None = No
         expected_sha256 (`str`, *optional*): refuse calibration pixels with another sha256.
 
     Returns:
-        `int`: the number of BatchNorm layers recomputed.
+        [`Soup`]: the recalibrated soup (its `batchnorm_layers` counts the BatchNorm layers recomputed, its
+        `calibration_data` is the data, reused by [`Soup.evaluate`]).
 
     Raises:
         [`SoupError`]: the model has no BatchNorm layer, or the calibration data differs from `expected_sha256`.
@@ -202,11 +203,10 @@ def recompute_batchnorm(soup: Any, dataset: Any, *, num_batches: int | None = No
         record = BatchNormCalibration(dataset=reference, split=split, image_column=image_column,
                                       num_batches=num_batches, batch_size=batch_size, seed=seed, examples=examples,
                                       sha256=sha)
-        soup.recipe = dataclasses.replace(soup.recipe, batchnorm=record)
-        soup.write_card(directory=tmp)
-    soup.calibration_data = data
-    soup._model = None
-    return layers
+        recalibrated = dataclasses.replace(soup, recipe=dataclasses.replace(soup.recipe, batchnorm=record),
+                                           calibration_data=data, batchnorm_layers=layers)
+        recalibrated.write_card(directory=tmp)
+    return recalibrated
 
 
 def is_calibration_set(dataset: Any, calibration_data: Any, record: BatchNormCalibration | None) -> bool:

@@ -157,6 +157,19 @@ class HeldOutEvaluation:
         by = self.evaluators[lead_index(weights, self._ranked)] if self._ranked else self.evaluator
         return by.score(self._holder().load_combination(self.states(), weights))[0]
 
+    def learn(self, plan: MergePlan, readers: Sequence[CheckpointReader], groups: str) -> Any:
+        """Mixing weights per ingredient and parameter group (`"layer"` or `"model"`), optimised on the held-out
+        batches with the task's loss, the ingredients streamed from their files (`evaluation.learned_stream`)."""
+        from .learned_stream import StreamedSoup, learn_layer_weights
+
+        if self.holder is None:
+            self._holder()
+        soup = StreamedSoup(plan, readers, self.holder, groups)
+        evaluator = self.evaluator
+        return learn_layer_weights(soup, self.batches, self.loss, lambda model: evaluator.score(model)[0],
+                                   steps=self.spec.learned_steps, seed=self.seed,
+                                   higher_is_better=self.higher_is_better)
+
     def _holder(self) -> ModelHolder:
         if self.holder is None:
             raise EvaluationError("max_memory (offloaded evaluation) supports methods that only score candidate "

@@ -30,7 +30,7 @@ from .device import resolve_eval_device
 from .evaluator import Evaluator, evaluators_by_processor
 from .uncertainty import Bootstrap, Interval, paired_bootstrap, separation_warning
 
-__all__ = ["SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
+__all__ = ["EvaluationReport", "SoupReport", "ResultRow", "evaluate_soup", "BASELINE"]
 
 #: The method differences are taken to.
 BASELINE = "best_individual"
@@ -52,8 +52,9 @@ class ResultRow:
 
 
 @dataclass
-class SoupReport:
-    """Scores of the soup and its baselines on every evaluation set, with their uncertainty.
+class EvaluationReport:
+    """Scores of the soup and its baselines on every evaluation set, with their uncertainty: what
+    [`Soup.evaluate`] returns, and what [`Soup.with_evaluation`] shows on a new soup's card.
 
     Attributes:
         results (`dict[str, dict[str, float]]`): `{set: {method: score}}`.
@@ -71,6 +72,9 @@ class SoupReport:
         also (`dict[str, dict[str, dict[str, float]]]`): `{set: {method: {metric: score}}}`, the task's other
             metrics reported beside the main one (regression: Spearman's rho and MSE; multi-label: exact match;
             QA: exact match; token classification: token accuracy); empty for classification.
+        datasets (`dict[str, dict[str, str]]`): per evaluation set named by an [`EvalSet`] or a path / Hub id,
+            what it really is (`id`, `config`, `split`, `name`), for the card's `model-index`.
+        held_out (`str`, *optional*): the set that chose the best individual and the greedy ensemble, when named.
     """
 
     results: dict[str, dict[str, float]]
@@ -84,6 +88,32 @@ class SoupReport:
     notes: list[str] = field(default_factory=list)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
     also: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    held_out: str | None = None
+
+    def card_values(self, metric: str, *, default_metric: bool) -> dict[str, Any]:
+        """What a soup's card shows of this report, as [`Soup`] fields: `results` (no `ingredient:` rows), their
+        `intervals` and `differences`, `evaluation_warnings`, `notes` and the `metric` name.
+
+        Args:
+            metric (`str`): the soup's metric name.
+            default_metric (`bool`): the metric is the soup's own (not a user callable): a soup still on the
+                library default `"accuracy"` then shows the task's default metric the evaluation used.
+
+        Returns:
+            `dict[str, Any]`: keyword arguments for `dataclasses.replace(soup, ...)`.
+        """
+        results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")} for s, r in self.results.items()}
+        return {
+            "results": results,
+            "intervals": {s: {m: (i.low, i.high) for m, i in t.items() if m in results[s]}
+                          for s, t in self.intervals.items()},
+            "differences": {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in results[s]}
+                            for s, t in self.differences.items()},
+            "evaluation_warnings": list(self.warnings),
+            "notes": list(self.notes),
+            "metric": self.metric if metric == "accuracy" and default_metric else metric,
+        }
 
     @property
     def methods(self) -> list[str]:
@@ -202,7 +232,7 @@ def evaluate_soup(
     seed: int = 0,
     max_samples: int | None = None,
     calibration_dataset: Any = None,
-) -> SoupReport:
+) -> EvaluationReport:
     """Evaluate the soup and its baselines on each dataset, with paired bootstrap confidence intervals.
 
     Methods: `best_individual` (best on the held-out set), `uniform_soup`, the soup itself (named by its method,
@@ -247,8 +277,8 @@ def evaluate_soup(
             in-memory set in another session (by default the soup's own `calibration_data`, or the recorded path).
 
     Returns:
-        [`SoupReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`, `.to_table()`;
-        the scores, intervals, warnings and notes are also stored on the soup for its model card.
+        [`EvaluationReport`]: `.results`, `.intervals`, `.differences` (to `best_individual`), `.rows()`,
+        `.to_table()`; the soup is not changed ([`Soup.with_evaluation`] gives one whose card shows the report).
 
     Raises:
         [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, unusable data, or
@@ -300,14 +330,12 @@ def evaluate_soup(
         + (len({label, "uniform_soup"} & wanted) * len(sets) if record is not None else 0)
     bar = tqdm(total=total, desc="Evaluating the soup and its baselines",
                disable=not progress or constants.progress_disabled())
-    suffix = " (no BN recalibration)"
 
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
         readers = [stack.enter_context(open_checkpoint(i.local_dir, ingredient=i.name)) for i in ingredients]
         plan = build_plan([r.tensors for r in readers], [1.0] * len(readers), names=names)
         eval_device = resolve_eval_device(device)
-        holder = ModelHolder(reference_dir, config, soup.trust_remote_code, device=eval_device)
         dirs = [i.local_dir or reference_dir for i in ingredients]
         # per set: one evaluator per ingredient and one for the soup (shared where the image processors agree)
         evaluators = {name: evaluators_by_processor(ds, [*dirs, soup.output_dir], config, names=[*names, "soup"],
@@ -316,142 +344,204 @@ def evaluate_soup(
                                                     device=eval_device, dtype=dtype, max_samples=max_samples,
                                                     threshold=_recorded_threshold(soup))
                       for name, ds in datasets.items()}
-        key = next(iter(evaluators.values()))[-1].metric.key  # larger is better, whatever the metric's direction
-        logits: dict[str, dict[int, torch.Tensor]] = {s: {} for s in sets}
-        ingredient_scores: dict[str, dict[str, float]] = {s: {} for s in sets}
-        results: dict[str, dict[str, float]] = {s: {} for s in sets}
-        predictions: dict[str, dict[str, torch.Tensor]] = {s: {} for s in sets}
-        degenerate: list[str] = []  # rows whose logits are non-finite, absurdly large or collapsed
-
-        def score(s: str, name: str, model: Any, by: int = -1) -> torch.Tensor:
-            ev = evaluators[s][by]
-            value, lg = ev.score(model)
-            problem = ev.problem(lg)
-            if problem is not None:
-                degenerate.append(f"'{name}' on '{s}' gives {problem}: its score ({value:.4f}) is not meaningful.")
-            results[s][name] = value
-            predictions[s][name] = ev.predictions(lg)
-            bar.update()
-            return lg
-
-        def recalibrated(processor_dir: str) -> Any:
-            """The loaded model with BatchNorm statistics recomputed as the soup's were (its own processor)."""
-            if record is None:
-                raise EvaluationError("no recalibration record to replay.", fix="report this bug.")
-            recalibrate(holder.model, calibration_batches(
-                calibration, processor_dir, config, batch_size=record.batch_size, num_batches=record.num_batches,
-                seed=record.seed, image_column=record.image_column))
-            return holder.model
-
-        def score_ingredient(i: int, on: Sequence[str], state: Mapping[str, torch.Tensor] | None = None) -> None:
-            if state is None:
-                state = read_float_state(plan, readers[i], i, device=holder.device)
-            model = holder.load(state)
-            if record is not None:  # its own statistics first, then recalibrated like the soup
-                for s in on:
-                    score(s, f"ingredient:{names[i]}{suffix}", model, by=i)
-                model = recalibrated(dirs[i])
-            for s in on:
-                logits[s][i] = score(s, f"ingredient:{names[i]}", model, by=i)
-                ingredient_scores[s][names[i]] = results[s][f"ingredient:{names[i]}"]
-
-        for i in range(len(names)):
-            if need.get(i):
-                score_ingredient(i, need[i])
-        best = known_best if known_best is not None else \
-            max(range(len(names)), key=lambda i: key(ingredient_scores[sel_set].get(names[i], float("nan")))
-                if names[i] in ingredient_scores[sel_set] else float("-inf"))
-        if later:
-            score_ingredient(best, later)
+        run = _Run(names=names, sets=sets, sel_set=sel_set, evaluators=evaluators, readers=readers, plan=plan,
+                   dirs=dirs, config=config, record=record, calibration=calibration, bar=bar,
+                   holder=ModelHolder(reference_dir, config, soup.trust_remote_code, device=eval_device))
+        best = _ingredient_rows(run, need, later, known_best)
         if "best_individual" in wanted:
-            for s in sets:
-                for row in ("best_individual", *([f"best_individual{suffix}"] if record is not None else [])):
-                    source = f"ingredient:{names[best]}" + row.removeprefix("best_individual")
-                    results[s][row] = results[s][source]
-                    predictions[s][row] = predictions[s][source]
-        members: list[int] = []
+            _best_individual(run, best)
+        members = _greedy_ensemble(run) if "greedy_ensemble" in wanted else []
+        if "ensemble" in wanted:
+            _ensemble(run, list(range(len(names))), "ensemble")
         if "greedy_ensemble" in wanted:
-            members = greedy_ensemble([logits[sel_set][i] for i in range(len(names))],
-                                      [ingredient_scores[sel_set][n] for n in names],
-                                      evaluators[sel_set][-1].score_logits, problem=evaluators[sel_set][-1].problem,
-                                      higher_is_better=evaluators[sel_set][-1].metric.higher_is_better)
-        for s, evs in evaluators.items():
-            ev = evs[-1]
-            for name, chosen in (("ensemble", list(range(len(names)))), ("greedy_ensemble", members)):
-                if name in wanted:
-                    mean = weighted_sum([logits[s][i] for i in chosen], [1.0] * len(chosen))  # the merge kernel
-                    results[s][name] = ev.score_logits(mean)
-                    predictions[s][name] = ev.predictions(mean)
+            _ensemble(run, members, "greedy_ensemble")
         if "uniform_soup" in wanted:
-            model = holder.load_plan(plan, readers)  # the uniform soup, exactly as the engine computes it
-            lead = lead_index(plan.weights)  # the ingredient whose image processor the uniform soup ships
-            if record is not None:
-                for s in sets:
-                    score(s, f"uniform_soup{suffix}", model, by=lead)
-                model = recalibrated(dirs[lead])
-            for s in sets:
-                score(s, "uniform_soup", model, by=lead)
-        soup_state = None
-        if label in wanted and label != "uniform_soup" or wise:
-            soup_state = checkpoint_float_state(stack.enter_context(open_checkpoint(soup.output_dir,
-                                                                                    ingredient="soup")))
-            soup_state = {k: v.to(holder.device) for k, v in soup_state.items()}
+            _uniform_soup(run)
+        soup_state = _soup_state(run, soup.output_dir, stack) if label in wanted and label != "uniform_soup" or wise \
+            else None
         if label in wanted and label != "uniform_soup":
-            if record is not None:  # the soup's weights with averaged statistics, as the engine computed them
-                model = holder.load_plan(plan.with_weights(soup.weights), readers)
-                for s in sets:
-                    score(s, f"{label}{suffix}", model)
-            model = holder.load(soup_state)
-            for s in sets:
-                score(s, label, model)
+            _the_soup(run, label, soup.weights, soup_state)
         for label_extra, path in (extra_soups or {}).items():
             if label_extra in wanted:
-                model = holder.load(checkpoint_float_state(stack.enter_context(open_checkpoint(
-                    path, ingredient=label_extra))))
-                for s in sets:
-                    score(s, label_extra, model)
+                _extra_soup(run, label_extra, path, stack)
         if base is not None and wise and wanted & set(wise):
-            base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
-            base_state = {k: v.to(holder.device) for k, v in checkpoint_float_state(base_reader).items()}
-            if soup_state is None:
-                raise EvaluationError("the soup's weights were not loaded before the WiSE points.",
-                                      fix="report this bug.")
-            for alpha, name in zip(alphas, wise):
-                if name in wanted:
-                    model = holder.load_combination([base_state, soup_state], [1 - alpha, alpha])
-                    for s in sets:
-                        score(s, name, model)
+            _wise_ft(run, base, soup_state, [(a, w) for a, w in zip(alphas, wise) if w in wanted], stack)
+        results = run.results
         if not show_ingredients:
             for s in sets:
                 results[s] = {m: v for m, v in results[s].items() if not m.startswith("ingredient:")}
         elif methods is not None and "ingredients" not in wanted:
             for s in sets:
                 results[s] = {m: v for m, v in results[s].items()
-                              if not m.startswith("ingredient:") or m.removesuffix(suffix) in wanted}
-    report = _with_uncertainty(results, predictions, {s: evs[-1] for s, evs in evaluators.items()},
-                               ingredient_scores, best=names[best] if "best_individual" in wanted else None,
+                              if not m.startswith("ingredient:") or m.removesuffix(_NO_BN) in wanted}
+    report = _with_uncertainty(results, run.predictions, {s: evs[-1] for s, evs in evaluators.items()},
+                               run.ingredient_scores, best=names[best] if "best_individual" in wanted else None,
                                bootstrap=Bootstrap(bootstrap, confidence, seed))
     if record is not None:
         report.notes.append(f"BatchNorm statistics of the soup were recomputed on {record.describe()}; every "
                             "ingredient (hence best_individual and the ensembles) and uniform_soup were recalibrated "
-                            f"the same way (rows '{suffix.strip()}' keep their own or averaged statistics).")
+                            f"the same way (rows '{_NO_BN.strip()}' keep their own or averaged statistics).")
         report.warnings += [f"'{s}' is the BatchNorm calibration set: scores on it are not held-out scores."
                             for s in sets if is_calibration_set(datasets[s], calibration, record)]
-    report.warnings += degenerate
+    report.warnings += run.degenerate
     report.members = {}
     if "greedy_ensemble" in wanted:
         report.members["greedy_ensemble"] = [names[m] for m in members]
     report.members[label] = [i.name for i in ingredients if (i.weight or 0) > 0]
-    soup.results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")} for s, r in results.items()}
-    soup.intervals = {s: {m: (i.low, i.high) for m, i in t.items() if m in soup.results[s]}
-                      for s, t in report.intervals.items()}
-    soup.differences = {s: {m: (i.value, i.low, i.high) for m, i in t.items() if m in soup.results[s]}
-                        for s, t in report.differences.items()}
-    soup.evaluation_warnings = list(report.warnings)
-    soup.notes = list(report.notes)
-    if soup.metric == "accuracy" and soup.metric_fn is None:  # the library default: the task's own default metric
-        soup.metric = report.metric
+    report.held_out = held_out
     return report
+
+
+#: The suffix of the rows that keep their own (ingredients) or averaged (soups) BatchNorm statistics.
+_NO_BN = " (no BN recalibration)"
+
+
+@dataclass
+class _Run:
+    """One evaluation's shared state: the evaluators per set, the loaded model, the ingredients' readers and logits,
+    and the rows scored so far (`results`, `predictions`, `degenerate`)."""
+
+    names: list[str]
+    sets: list[str]
+    sel_set: str
+    evaluators: dict[str, list[Evaluator]]
+    readers: list[Any]
+    plan: Any
+    dirs: list[str]
+    config: Mapping[str, Any]
+    record: BatchNormCalibration | None
+    calibration: Any
+    bar: Any
+    holder: ModelHolder
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    predictions: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    logits: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    ingredient_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    degenerate: list[str] = field(default_factory=list)  # rows whose logits are non-finite, absurd or collapsed
+
+    def __post_init__(self) -> None:
+        for table in (self.results, self.predictions, self.logits, self.ingredient_scores):
+            table.update({s: {} for s in self.sets})
+
+    def score(self, s: str, name: str, model: Any, by: int = -1) -> torch.Tensor:
+        """Score `model` on set `s` as row `name` (through evaluator `by`: an ingredient's, or the soup's)."""
+        ev = self.evaluators[s][by]
+        value, lg = ev.score(model)
+        problem = ev.problem(lg)
+        if problem is not None:
+            self.degenerate.append(f"'{name}' on '{s}' gives {problem}: its score ({value:.4f}) is not meaningful.")
+        self.results[s][name] = value
+        self.predictions[s][name] = ev.predictions(lg)
+        self.bar.update()
+        return lg
+
+    def score_all(self, name: str, model: Any, by: int = -1) -> None:
+        """Score `model` on every set as row `name`."""
+        for s in self.sets:
+            self.score(s, name, model, by=by)
+
+    def recalibrated(self, processor_dir: str) -> Any:
+        """The loaded model with BatchNorm statistics recomputed as the soup's were (its own processor)."""
+        if self.record is None:
+            raise EvaluationError("no recalibration record to replay.", fix="report this bug.")
+        record = self.record
+        recalibrate(self.holder.model, calibration_batches(
+            self.calibration, processor_dir, self.config, batch_size=record.batch_size,
+            num_batches=record.num_batches, seed=record.seed, image_column=record.image_column))
+        return self.holder.model
+
+    def score_ingredient(self, i: int, on: Sequence[str]) -> None:
+        """Ingredient `i` on the sets `on` (its own statistics first when the soup was recalibrated)."""
+        model = self.holder.load(read_float_state(self.plan, self.readers[i], i, device=self.holder.device))
+        name = f"ingredient:{self.names[i]}"
+        if self.record is not None:
+            for s in on:
+                self.score(s, name + _NO_BN, model, by=i)
+            model = self.recalibrated(self.dirs[i])
+        for s in on:
+            self.logits[s][i] = self.score(s, name, model, by=i)
+            self.ingredient_scores[s][self.names[i]] = self.results[s][name]
+
+
+def _ingredient_rows(run: _Run, need: Mapping[int, list[str]], later: Sequence[str], known_best: int | None) -> int:
+    """Each ingredient on the sets it is needed on; returns the best one (known, else the best on the held-out set),
+    scored on the `later` sets too."""
+    for i in range(len(run.names)):
+        if need.get(i):
+            run.score_ingredient(i, need[i])
+    held = run.ingredient_scores[run.sel_set]
+    key = next(iter(run.evaluators.values()))[-1].metric.key  # larger is better, whatever the direction
+    best = known_best if known_best is not None else \
+        max(range(len(run.names)), key=lambda i: key(held.get(run.names[i], float("nan")))
+            if run.names[i] in held else float("-inf"))
+    if later:
+        run.score_ingredient(best, later)
+    return best
+
+
+def _best_individual(run: _Run, best: int) -> None:
+    """`best_individual`: the best ingredient's rows, on every set."""
+    for s in run.sets:
+        for row in ("best_individual", *([f"best_individual{_NO_BN}"] if run.record is not None else [])):
+            source = f"ingredient:{run.names[best]}" + row.removeprefix("best_individual")
+            run.results[s][row] = run.results[s][source]
+            run.predictions[s][row] = run.predictions[s][source]
+
+
+def _greedy_ensemble(run: _Run) -> list[int]:
+    """The greedy ensemble's members, chosen on the held-out set."""
+    ev = run.evaluators[run.sel_set][-1]
+    return greedy_ensemble([run.logits[run.sel_set][i] for i in range(len(run.names))],
+                           [run.ingredient_scores[run.sel_set][n] for n in run.names], ev.score_logits,
+                           problem=ev.problem, higher_is_better=ev.metric.higher_is_better)
+
+
+def _ensemble(run: _Run, members: Sequence[int], name: str) -> None:
+    """Row `name`: the mean logits of `members` (the merge kernel), on every set."""
+    for s, evs in run.evaluators.items():
+        mean = weighted_sum([run.logits[s][i] for i in members], [1.0] * len(members))
+        run.results[s][name] = evs[-1].score_logits(mean)
+        run.predictions[s][name] = evs[-1].predictions(mean)
+
+
+def _uniform_soup(run: _Run) -> None:
+    """`uniform_soup`, exactly as the engine computes it, through the image processor it ships."""
+    model = run.holder.load_plan(run.plan, run.readers)
+    lead = lead_index(run.plan.weights)  # the ingredient whose image processor the uniform soup ships
+    if run.record is not None:
+        run.score_all(f"uniform_soup{_NO_BN}", model, by=lead)
+        model = run.recalibrated(run.dirs[lead])
+    run.score_all("uniform_soup", model, by=lead)
+
+
+def _soup_state(run: _Run, directory: str, stack: contextlib.ExitStack) -> dict[str, torch.Tensor]:
+    """The soup's weights as written, on the evaluation device."""
+    state = checkpoint_float_state(stack.enter_context(open_checkpoint(directory, ingredient="soup")))
+    return {k: v.to(run.holder.device) for k, v in state.items()}
+
+
+def _the_soup(run: _Run, label: str, weights: Sequence[float], state: Mapping[str, torch.Tensor] | None) -> None:
+    """The soup itself (and, when recalibrated, its weights with averaged statistics, as the engine computed them)."""
+    if run.record is not None:
+        run.score_all(f"{label}{_NO_BN}", run.holder.load_plan(run.plan.with_weights(weights), run.readers))
+    run.score_all(label, run.holder.load(state))
+
+
+def _extra_soup(run: _Run, label: str, path: str | os.PathLike[str], stack: contextlib.ExitStack) -> None:
+    """Another soup directory, scored as row `label`."""
+    run.score_all(label, run.holder.load(checkpoint_float_state(stack.enter_context(open_checkpoint(
+        path, ingredient=label)))))
+
+
+def _wise_ft(run: _Run, base: str | os.PathLike[str], soup_state: Mapping[str, torch.Tensor] | None,
+             points: Sequence[tuple[float, str]], stack: contextlib.ExitStack) -> None:
+    """WiSE-FT: `(1 - alpha) * base + alpha * soup` for each `(alpha, row)` of `points`."""
+    base_reader = stack.enter_context(open_checkpoint(base, ingredient=str(base)))
+    base_state = {k: v.to(run.holder.device) for k, v in checkpoint_float_state(base_reader).items()}
+    if soup_state is None:
+        raise EvaluationError("the soup's weights were not loaded before the WiSE points.", fix="report this bug.")
+    for alpha, name in points:
+        run.score_all(name, run.holder.load_combination([base_state, soup_state], [1 - alpha, alpha]))
 
 
 def _calibration(soup: Any, calibration_dataset: Any) -> tuple[BatchNormCalibration | None, Any]:
@@ -489,10 +579,10 @@ def _recorded_threshold(soup: Any) -> float | None:
 
 def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[str, dict[str, torch.Tensor]],
                       evaluators: Mapping[str, Evaluator], ingredient_scores: dict[str, dict[str, float]], *,
-                      best: str | None, bootstrap: Bootstrap) -> SoupReport:
+                      best: str | None, bootstrap: Bootstrap) -> EvaluationReport:
     """The report: paired bootstrap intervals per set, and the small-set warnings."""
     first = next(iter(evaluators.values()))
-    report = SoupReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
+    report = EvaluationReport(results, first.metric.name, ingredient_scores, bootstrap=bootstrap)
     for s, ev in evaluators.items():
         report.sizes[s] = len(ev)
         preds = {m: _array(p) for m, p in predictions[s].items()}
@@ -512,3 +602,7 @@ def _with_uncertainty(results: dict[str, dict[str, float]], predictions: dict[st
             if warning:
                 report.warnings.append(warning)
     return report
+
+
+#: The former name of [`EvaluationReport`].
+SoupReport = EvaluationReport

@@ -118,6 +118,12 @@ class HeldOut(Protocol):
     def score_states(self, weights: Sequence[float]) -> float:
         """The held-out score of `sum_k w_k * states()[k]`."""
 
+    def learn(self, plan: MergePlan, readers: Sequence[CheckpointReader], groups: str) -> Any:
+        """Softmax mixing weights per ingredient and parameter group (`"layer"`: embeddings, each block, the head;
+        `"model"`: one per ingredient), optimised with the task's loss on the held-out batches while the ingredients
+        stream from their files (memory flat in K). Returns the learned weights: `.tensor_groups`, `.of(name)` (one
+        weight per ingredient), `.trace`, `.to_dict()` (what the recipe records)."""
+
 
 @dataclass
 class MethodContext:
