@@ -27,6 +27,7 @@ Usage: python benchmarks/science_text.py [--quick] [--probe] [--threads N] [--wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import random
@@ -315,20 +316,17 @@ def main() -> None:
         report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=(0.0, 0.25, 0.5, 0.75),
                                  progress=False)
         print(f"[{time.time() - t0:6.0f}s] evaluated", flush=True)
-        greedy.notes.append(  # after evaluate, which sets the notes
-            f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over " + ", ".join(SEARCH_SPACE)
-            + "; LP-FT from one shared linear probe. Draws: "
-            + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
+        search_note = (f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
+                       + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
+                       + "; ".join(f"{d['name']}: {_describe(d)}" for d in draws) + ".")
+        pushed = greedy.with_evaluation(report)  # the card shows the report and its plot
+        pushed = dataclasses.replace(pushed, notes=[*pushed.notes, search_note])
         ood = ["ood_amazon", "ood_tweets", "ood_nyt"]
         os.makedirs(args.results, exist_ok=True)
         suffix = "_quick" if args.quick else ""
         plot = plot_soup(report, os.path.join(args.results, f"science_text{suffix}.png"), in_domain="test", ood=ood,
                          title="MiniLM sentiment soups (LP-FT, random search): in-domain vs. shifted")
-        shutil.copyfile(plot, os.path.join(greedy.output_dir, "soup_plot.png"))
-        greedy.plot_file = "soup_plot.png"
-        greedy.results = {s: {m: v for m, v in r.items() if not m.startswith("ingredient:")}
-                          for s, r in report.results.items()}
-        commit = greedy.push_to_hub("demo/minilm-sentiment-greedy-soup", token=TOKEN)
+        commit = pushed.push_to_hub("demo/minilm-sentiment-greedy-soup", token=TOKEN)
         from huggingface_hub import ModelCard
 
         card = ModelCard.load("demo/minilm-sentiment-greedy-soup")
