@@ -32,7 +32,7 @@ from .recipes import EvalSpec, MethodContext, MethodResult, Recipe, get_method
 from .recipes.protocol import as_result, statistics_pass
 from .refs import Ingredient, IngredientMeta, IngredientRef, local_dir_of
 from .guards import check_ingredient_set
-from .soup import Soup
+from .soup import Soup, facts_of
 from .validation import (
     validate_dtype,
     validate_int_rule,
@@ -543,7 +543,7 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                     from .evaluation.batchnorm import replay_batchnorm
 
                     replay_batchnorm(tmp, calibration, recipe.batchnorm)
-                soup = Soup(**made, adapter_export=export)  # the result, once its weights are written
+                soup = Soup(**made, adapter_export=export, facts=facts_of(tmp))  # the result, once written
                 soup.write_card(directory=tmp)  # inside the commit: the card is the soup's from the start
         wait_for_everyone()
         if soup is None:  # (processes that did not merge: the main process settled it inside the commit)

@@ -183,7 +183,9 @@ class SoupCallback(TrainerCallback):
             from .api import soup_from_hub
 
             kwargs_ = {"overwrite": True, "allow_single": True, **self.soup_kwargs}
-            if self.method != "uniform":
+            from .recipes import get_method
+
+            if get_method(self.method).needs_eval:  # held-out data from the trainer's eval set (the registry says)
                 kwargs_.update(self._selection(kwargs.get("model"), kwargs_.get("eval_spec")))
             self.soup = soup_from_hub(chosen, self.method, output_dir=target, **kwargs_)
         if self.trainer is not None:

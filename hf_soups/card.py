@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -15,7 +16,8 @@ from .recipes import METHODS, Recipe, get_method
 from .refs import Ingredient
 from .text import escape_markdown, one_line
 
-__all__ = ["build_card", "escape_markdown", "one_line", "pipeline_tag_for", "recipe_from_card", "retarget_card",
+__all__ = ["ModelFacts", "CardValues", "render_card", "build_card", "escape_markdown", "one_line", "pipeline_tag_for",
+           "recipe_from_card", "retarget_card",
            "usage_lines", "INHERITED_FIELDS"]
 
 _TAGS = ["merge", "model-soup", "hf-soups"]
@@ -78,7 +80,9 @@ def usage_lines(config: Mapping[str, Any], model_path: str) -> list[str]:
     return [_USAGE_HEADING, "", "```python", *code, "```", ""]
 
 
-def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient]) -> list[str]:
+def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient], base_input: bool = False) -> list[str]:
+    """The card's opening: which soup of how many checkpoints, then what the method does (its registered
+    description, linked to its paper)."""
     kept = [i for i in ingredients if i.weight is None or i.weight > 0]
     n, k = len(ingredients), len(kept)
     link = "[hf_soups](https://github.com/hf-soups/hf_soups)"
@@ -92,8 +96,107 @@ def _soup_size_sentence(method: str, ingredients: Sequence[Ingredient]) -> list[
     if n == 1:
         return [f"A single-ingredient **{method} model soup** made with {link} (allowed for testing): its weights are "
                 f"those of {_code(kept[0].repo_id or kept[0].ref)}."]
-    kept_text = f"kept {k} of {n}" if k < n else f"averages all {n}"
-    return [f"A **{method} model soup** made with {link} that {kept_text} fine-tuned checkpoints. " + _describe(method)]
+    kept_text = f"that kept {k} of {n}" if k < n else f"of {n}"
+    base = " and their pretrained base" if base_input else ""
+    return [f"A **{method} model soup** made with {link} {kept_text} fine-tuned checkpoints{base}. "
+            + _describe(method)]
+
+
+def _method_lines(entry: Any, parameters: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The card's "Method parameters" section: the method's own summary of its recorded parameters
+    (`register_method(card_section=...)`); none when it records none (what the method does and its paper open the
+    card)."""
+    section = entry.card_section(parameters, list(names)) if parameters else ""
+    return ["", f"## Method parameters ({escape_markdown(entry.name)})", "", section] if section else []
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the card needs to know of the soup's model, taken once from its `config.json` ([`ModelFacts.from_config`])
+    so that rendering reads no file.
+
+    Attributes:
+        architectures (`tuple[str, ...]`): `config.architectures`.
+        problem_type (`str`, *optional*): `config.problem_type` (decides the task among heads of one architecture).
+        labels (`tuple[str, ...]`): the label names, in id order (`config.id2label`).
+        num_labels (`int`, *optional*): `config.num_labels`, when there is no `id2label`.
+        auto_map (`tuple[tuple[str, str], ...]`): `config.auto_map` (custom code: the snippet uses an Auto class).
+    """
+
+    architectures: tuple[str, ...] = ()
+    problem_type: str | None = None
+    labels: tuple[str, ...] = ()
+    num_labels: int | None = None
+    auto_map: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelFacts:
+        """The facts of a `config.json` (its values as they are; the card escapes what it shows)."""
+        arch = config.get("architectures")
+        id2label = config.get("id2label")
+        labels: tuple[str, ...] = ()
+        if isinstance(id2label, Mapping):
+            try:
+                labels = tuple(str(v) for _, v in sorted(id2label.items(), key=lambda kv: int(kv[0])))
+            except (TypeError, ValueError):
+                labels = tuple(str(v) for v in id2label.values())
+        auto_map = config.get("auto_map")
+        num = config.get("num_labels")
+        problem = config.get("problem_type")
+        return cls(
+            architectures=tuple(a for a in arch if isinstance(a, str)) if isinstance(arch, (list, tuple)) else (),
+            problem_type=problem if isinstance(problem, str) else None,
+            labels=labels,
+            num_labels=num if isinstance(num, int) and not isinstance(num, bool) else None,
+            auto_map=tuple((str(k), str(v)) for k, v in auto_map.items()) if isinstance(auto_map, Mapping) else (),
+        )
+
+    def as_config(self) -> dict[str, Any]:
+        """The facts as the `config` mapping the task registry reads ([`head_for`], [`Task.usage`])."""
+        config: dict[str, Any] = {"architectures": list(self.architectures)}
+        if self.problem_type is not None:
+            config["problem_type"] = self.problem_type
+        if self.labels:
+            config["id2label"] = dict(enumerate(self.labels))
+        if self.num_labels is not None:
+            config["num_labels"] = self.num_labels
+        if self.auto_map:
+            config["auto_map"] = dict(self.auto_map)
+        return config
+
+    @property
+    def pipeline_tag(self) -> str | None:
+        """The head's pipeline tag, from the task registry ([`pipeline_tag_for`])."""
+        return pipeline_tag_for(self.architectures, self.as_config())
+
+
+@dataclass(frozen=True)
+class CardValues:
+    """Everything a soup's card shows: [`render_card`] turns these values into the card and reads nothing else.
+
+    Attributes: as the arguments of [`build_card`], with `facts` ([`ModelFacts`]) in place of the `config`.
+    """
+
+    method: str
+    ingredients: Sequence[Ingredient]
+    facts: ModelFacts
+    recipe: Recipe
+    base_model: str | None = None
+    trace: Sequence[Mapping[str, Any]] = ()
+    results: Mapping[str, Mapping[str, float]] | None = None
+    metric: str = "accuracy"
+    repo_id: str | None = None
+    plot_file: str | None = None
+    discovery: Mapping[str, Any] | None = None
+    intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+    differences: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+    warnings: Sequence[str] = ()
+    compat_warnings: Sequence[Any] = ()
+    datasets: Mapping[str, Mapping[str, str]] | None = None
+    inherited: Mapping[str, Any] | None = None
+    local_path: str | None = None
+    notes: Sequence[str] = ()
+    adapter_export: Mapping[str, Any] | None = None
 
 
 def _eval_results(results: Mapping[str, Mapping[str, float]], key: str, metric: str, task: str | None,
@@ -162,17 +265,39 @@ def build_card(
             statistics were recalibrated for a like-for-like comparison).
 
     Returns:
-        `ModelCard`: front matter with `base_model` (the ingredients in the soup, plus the pretrained base),
+        `ModelCard`: [`render_card`] of these values (`config` as [`ModelFacts`]): front matter with `base_model`
+        (the ingredients in the soup, plus the pretrained base),
         `base_model_relation: merge`, tags, pipeline tag, inherited metadata and `model-index` results (rounded to
         4 decimals); body with the method, ingredient table, trace, results, plot, compatibility warnings, recipe
         and usage.
     """
-    get_method(method)  # never render an unvalidated method string (it may come from a recipe on a card)
+    values = {k: v for k, v in locals().items() if k != "config"}
+    return render_card(CardValues(facts=ModelFacts.from_config(config), **values))
+
+
+def render_card(values: CardValues) -> ModelCard:
+    """Render a soup's model card from its values, and nothing else (no file is read): the one renderer behind
+    [`build_card`], [`Soup.card`], [`Soup.write_card`], [`Soup.push_to_hub`] and [`Soup.with_evaluation`].
+
+    Args:
+        values ([`CardValues`]): what the card shows.
+
+    Returns:
+        `ModelCard`: as [`build_card`].
+    """
+    cv = values
+    method, ingredients, recipe, base_model, trace = cv.method, cv.ingredients, cv.recipe, cv.base_model, cv.trace
+    results, metric, repo_id, plot_file, discovery = cv.results, cv.metric, cv.repo_id, cv.plot_file, cv.discovery
+    intervals, differences, warnings, compat_warnings = cv.intervals, cv.differences, cv.warnings, cv.compat_warnings
+    datasets, inherited, local_path, notes, adapter_export = cv.datasets, cv.inherited, cv.local_path, cv.notes, \
+        cv.adapter_export
+    entry = get_method(method)  # never render an unvalidated method string (it may come from a recipe on a card)
+    config = values.facts.as_config()
     kept = [i for i in ingredients if i.weight is None or i.weight > 0]
     bases = list(dict.fromkeys(i.repo_id for i in kept if i.repo_id))
     if base_model and base_model not in bases:
         bases.append(base_model)
-    pipeline_tag = pipeline_tag_for(config.get("architectures"), config)
+    pipeline_tag = values.facts.pipeline_tag
     name = str(repo_id).split("/")[-1] if repo_id else "model-soup"
     model_path = repo_id or (_shown_path(local_path) if local_path else "path/to/soup")
     eval_results = _eval_results(results or {}, f"{method}_soup", metric, pipeline_tag, datasets or {})
@@ -187,7 +312,8 @@ def build_card(
         base_model_relation="merge",
         **extra,
     )
-    lines = [f"# {escape_markdown(name)}", "", *_soup_size_sentence(method, ingredients), "",
+    per_tensor = any("weights" in entry_ for entry_ in recipe.tensors)  # the weights vary by tensor
+    lines = [f"# {escape_markdown(name)}", "", *_soup_size_sentence(method, ingredients, recipe.base_input), "",
              "Model soups average the weights of models fine-tuned from one pretrained checkpoint "
              "(Wortsman et al., ICML 2022, [arXiv:2203.05482](https://arxiv.org/abs/2203.05482)): one model's "
              "inference cost, often better accuracy, above all under distribution shift.",
@@ -197,12 +323,16 @@ def build_card(
     for k, ing in enumerate(ingredients, 1):
         inside = "yes" if ing.weight is None or ing.weight > 0 else "no"
         lines.append(f"| {k} | {escape_markdown(ing.repo_id or ing.ref)} | {_code(ing.revision or 'local')} | "
-                     f"{_fmt(ing.weight)} | {inside} | {_fmt(ing.score)} |")
+                     f"{'per tensor' if per_tensor and inside == 'yes' else _fmt(ing.weight)} | {inside} | "
+                     f"{_fmt(ing.score)} |")
     if base_model:
         lines += ["", f"Pretrained base: {_code(base_model)}."]
     if recipe.base:
         shown = _code(_shown_path(recipe.base))
-        lines += ["", f"The LoRA adapters are read against the base {shown} (pinned; a replay uses it)."]
+        lines += ["", f"The pretrained base {shown} is an input of the soup (pinned; a replay uses it)." if
+                  recipe.base_input else
+                  f"The LoRA adapters are read against the base {shown} (pinned; a replay uses it)."]
+    lines += _method_lines(entry, recipe.parameters or {}, [i.repo_id or i.ref for i in ingredients])
     if discovery:
         lines += _discovery_lines(discovery)
     if trace:

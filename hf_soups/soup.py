@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .atomic_file import write_atomic
-from .card import build_card
+from .card import CardValues, ModelFacts, render_card
 from .checkpoint.atomic import record_files
 from .checkpoint.meta import read_config
 from .checkpoint.writer import AtomicDirectory
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .evaluation.report import EvaluationReport
 
-__all__ = ["Soup", "RECIPE_FILE", "PLOT_FILE"]
+__all__ = ["Soup", "RECIPE_FILE", "PLOT_FILE", "facts_of"]
 
 #: The recipe written into every soup directory (`hf-soups recipe DIR/recipe.yaml` replays it).
 RECIPE_FILE = "recipe.yaml"
@@ -35,6 +35,15 @@ RECIPE_FILE = "recipe.yaml"
 PLOT_FILE = "soup_plot.png"
 
 logger = logging.getLogger(__name__)
+
+
+def facts_of(directory: str | os.PathLike[str]) -> ModelFacts:
+    """What the card needs of the `config.json` in `directory` (a soup being written, or written).
+
+    Raises:
+        [`SoupError`]: as [`read_config`] (a missing or unreadable `config.json`).
+    """
+    return ModelFacts.from_config(read_config(os.path.join(directory, "config.json"), os.fspath(directory)))
 
 
 def _write_text(path: str, text: str) -> str:
@@ -84,6 +93,8 @@ class Soup:
             reused by [`Soup.evaluate`] to recalibrate the baselines.
         batchnorm_layers (`int`, *optional*): the number of BatchNorm layers [`Soup.recompute_batchnorm`]
             recomputed.
+        facts ([`ModelFacts`], *optional*): what the card needs of the soup's `config.json` (architecture, pipeline
+            tag, labels), taken when the soup is written; read from `output_dir` when not given.
     """
 
     output_dir: str
@@ -110,6 +121,7 @@ class Soup:
     adapter_export: dict[str, Any] | None = None
     calibration_data: Any = field(default=None, repr=False, compare=False)
     batchnorm_layers: int | None = None
+    facts: ModelFacts | None = None
     _model: Any = field(default=None, init=False, repr=False, compare=False)  # `.model`'s cache, never copied
 
     @property
@@ -131,20 +143,23 @@ class Soup:
             object.__setattr__(self, "_model", model)  # a cache of what is on disk, not a change of the soup
         return self._model
 
-    def card_for(self, repo_id: str | None = None, *, directory: str | os.PathLike[str] | None = None) -> ModelCard:
-        """The model card, with the loading snippet pointing at `repo_id` (the config read from `directory`, by
-        default the soup's)."""
-        config = self.config if directory is None else read_config(os.path.join(directory, "config.json"),
-                                                                     os.fspath(directory))
-        return build_card(
-            method=self.method, ingredients=self.ingredients, config=config, recipe=self.recipe,
-            base_model=self.base_model, trace=self.trace, results=self.results, metric=self.metric,
-            repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery, intervals=self.intervals,
-            differences=self.differences, warnings=[*self.warnings, *self.evaluation_warnings],
+    def card_values(self, repo_id: str | None = None) -> CardValues:
+        """What the card shows ([`render_card`] renders it without reading any file), the snippet loading
+        `repo_id`."""
+        return CardValues(
+            method=self.method, ingredients=self.ingredients, facts=self.facts or facts_of(self.output_dir),
+            recipe=self.recipe, base_model=self.base_model, trace=self.trace, results=self.results,
+            metric=self.metric, repo_id=repo_id, plot_file=self.plot_file, discovery=self.discovery,
+            intervals=self.intervals, differences=self.differences, warnings=[*self.warnings,
+                                                                               *self.evaluation_warnings],
             compat_warnings=self.report.warnings if self.report is not None else (), datasets=self.datasets,
             inherited=self.card_metadata, local_path=self.output_dir, notes=self.notes,
             adapter_export=self.adapter_export,
         )
+
+    def card_for(self, repo_id: str | None = None) -> ModelCard:
+        """The model card, with the loading snippet pointing at `repo_id`."""
+        return render_card(self.card_values(repo_id))
 
     @property
     def card(self) -> ModelCard:
@@ -156,7 +171,7 @@ class Soup:
         `directory`, e.g. the soup's directory while it is being committed), atomically; returns the card's path."""
         where = os.fspath(directory) if directory is not None else self.output_dir
         _write_text(os.path.join(where, RECIPE_FILE), self.recipe.to_yaml())
-        path = _write_text(os.path.join(where, "README.md"), str(self.card_for(repo_id, directory=directory)))
+        path = _write_text(os.path.join(where, "README.md"), str(self.card_for(repo_id)))
         record_files(where, ["README.md", RECIPE_FILE])
         return path
 

@@ -41,3 +41,59 @@ def test_every_test_named_in_the_security_page_exists():
         if name not in defined[file]:
             missing.append(f"{file}::{name}")
     assert not missing, f"docs/SECURITY.md cites tests that do not exist: {missing}"
+
+
+def _readme_block(start: str) -> str:
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("## Extending hf_soups"):]
+    i = section.index(start)
+    return section[i:section.index("```", i)]
+
+
+def test_readme_smallest_method_file_soups_and_replays(family, tmp_path):
+    """The README's smallest complete method, run as shown (under another name: tests/toy_method.py registers the
+    same one): the classifier is the first ingredient's, everything else the mean, and a replay gives the same."""
+    import torch
+    from conftest import state_dict_of
+
+    from hf_soups import replay_recipe, soup_from_hub
+    from hf_soups.recipes import METHODS
+
+    code = _readme_block("from hf_soups.recipes import").replace("head_from_first", "readme_head_from_first")
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        refs = [family["a"], family["c"], family["d"]]
+        soup = soup_from_hub(refs, method="readme_head_from_first", output_dir=tmp_path / "s")
+        got, sds = state_dict_of(soup.output_dir), [state_dict_of(r) for r in refs]
+        for name, tensor in got.items():
+            if name.startswith("classifier."):
+                assert torch.equal(tensor, sds[0][name])
+            elif tensor.is_floating_point():
+                torch.testing.assert_close(tensor, torch.stack([sd[name].float() for sd in sds]).mean(0),
+                                           rtol=1e-6, atol=1e-7)
+        again = replay_recipe(soup.recipe, tmp_path / "r", allow_local=True)
+        assert all(torch.equal(t, state_dict_of(again.output_dir)[n]) for n, t in got.items())
+    finally:
+        METHODS.pop("readme_head_from_first", None)
+
+
+def test_readme_smallest_task_file_is_dispatched_and_scores():
+    """The README's smallest complete task, run as shown: a config of its problem_type gets it, and its metric is
+    the mean of the per-class recalls."""
+    from transformers import BertConfig
+
+    from hf_soups.evaluation.tasks import TASKS, task_for
+
+    namespace: dict = {}
+    before = list(TASKS)
+    try:
+        exec(compile(_readme_block("import numpy as np"), "README.md", "exec"), namespace)
+        config = BertConfig(num_labels=2, problem_type="balanced_binary",
+                            architectures=["BertForSequenceClassification"]).to_dict()
+        task = task_for(config)
+        assert type(task) is namespace["BalancedBinary"]
+        metric = task.metrics()["balanced_accuracy"]
+        assert metric.higher_is_better
+        assert metric.compute([1, 1, 1, 0], [1, 1, 0, 0]) == (1.0 + 0.5) / 2
+    finally:
+        TASKS[:] = before

@@ -174,8 +174,16 @@ _ALL = ("check", "soup", "find", "push", "recipe", "diagnose")
 def _method_help() -> str:
     from ..recipes import METHODS
 
-    return "; ".join(f"{m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
-                     for m in METHODS.values()).replace("%", "%%")
+    return "the soup method: " + ", ".join(METHODS) + " (each described under 'methods:' below)"
+
+
+def _methods_epilog() -> str:
+    """The soup command's "methods:" list, from the registry: each method, its description and its paper."""
+    from ..recipes import METHODS
+
+    return "\nmethods:\n" + "".join(
+        f"  {m.name}: {m.description}" + (" Needs --eval-dataset." if m.needs_eval else "")
+        + (" Needs --base." if m.needs.base else "") + f"\n      paper: {m.paper}\n" for m in METHODS.values())
 
 
 #: Every flag of every subcommand, once: argparse is built from this table (in this order).
@@ -356,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in _ALL:
         about = _COMMAND_HELP[command]
         p = sub.add_parser(command, help=about["help"], formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=_EPILOG_SOUP if command == "soup" else about["epilog"])
+                           epilog=_EPILOG_SOUP + _methods_epilog() if command == "soup" else about["epilog"])
         for flag in FLAG_TABLE:
             if command not in flag.commands:
                 continue

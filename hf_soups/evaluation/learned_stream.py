@@ -29,26 +29,13 @@ from typing import Any
 import torch
 
 from ..errors import EvaluationError
+from ..merge.groups import group_of
 from ..merge.ops import weighted_sum
 from ..merge.plan import MergePlan
 from .candidates import _aligned
 
 __all__ = ["group_of", "layer_groups", "LayerWeights", "StreamedSoup", "learn_layer_weights", "held_out_model",
            "learn_by_layer"]
-
-_BLOCKS = frozenset({"layer", "layers", "blocks", "block", "h"})
-
-
-def group_of(name: str) -> str:
-    """The parameter group of a tensor name: its block (`...layer.<n>`, `...layers.<n>`, `...blocks.<n>`,
-    `...h.<n>`, the first such part of the name), else the first two parts of its module path
-    (`bert.embeddings`, `bert.pooler`, `classifier`)."""
-    parts = name.split(".")  # one pass over the components: linear in the name, whatever a checkpoint holds
-    for i in range(len(parts) - 2):
-        if parts[i] in _BLOCKS and parts[i + 1].isascii() and parts[i + 1].isdigit():
-            return ".".join(parts[: i + 2])
-    return ".".join(parts[:-1][:2]) if len(parts) > 1 else name
-
 
 def layer_groups(names: Sequence[str], groups: str = "layer") -> dict[str, str]:
     """Tensor name -> group, in the order of `names`.

@@ -10,6 +10,7 @@ per tensor; the recipe records every group's weights (`parameters["groups"]`), a
 from __future__ import annotations
 
 from ..errors import EvaluationError
+from .card_sections import learned_by_layer_section
 from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
@@ -17,6 +18,7 @@ __all__ = ["learned_by_layer"]
 
 
 @register_method("learned_by_layer", paper="https://arxiv.org/abs/2203.05482", needs=Needs(held_out=True),
+                 card_section=learned_by_layer_section,
                  description="Learned soup by layer: a softmax weight per ingredient per layer, optimised on held-out "
                              "data, ingredients streamed (arXiv:2203.05482, appendix).")
 def learned_by_layer(ctx: MethodContext) -> MethodResult:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SoupError
+from .card_sections import model_stock_section
 from .protocol import MethodContext, MethodResult, Needs
 from .registry import register_method
 
@@ -133,7 +134,7 @@ def summarise_ratios(weights: Mapping[str, StockWeights]) -> dict[str, dict[str,
 
 
 @register_method(
-    "model_stock", paper=PAPER, needs=Needs(base=True, statistics=True),
+    "model_stock", paper=PAPER, needs=Needs(base=True, statistics=True), card_section=model_stock_section,
     description="Model Stock (Jang et al. 2024): per tensor, t = K·cos / (1 + (K−1)·cos) from the task vectors' mean "
                 "pairwise cosine, then t·mean + (1−t)·base. Data-free; needs the base and two or more fine-tunes.",
 )
