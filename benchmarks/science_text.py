@@ -51,7 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from _hutto import ID2LABEL, splits  # noqa: E402
-from _search import K, N_TRAIN, N_VAL, SEARCH_SEED, SEARCH_SPACE, SPLIT_SEED, augment, draw_search  # noqa: E402
+from _search import (K, N_TRAIN, N_VAL, PRECISION, SEARCH_SEED, SEARCH_SPACE, SPLIT_SEED, WISE_FT_ALPHAS,  # noqa: E402
+                     augment, draw_search)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKEN = "hf_demo_write_token"
@@ -60,7 +61,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # ---- the protocol (fixed before the first run; see the module docstring) ----
 TRAINING = {"optimizer": "AdamW", "batch_size": 32, "max_length": 64, "warmup": 0.1, "schedule": "linear",
             "frozen": "nothing (the whole model is fine-tuned)",
-            "start": "LP-FT: shared linear probe on frozen features"}
+            "start": "LP-FT: shared linear probe on frozen features",
+            "precision": f"{PRECISION} autocast for the forward pass, fp32 weights, gradients and AdamW state"}
 LINEAR_PROBE = {"features": "pooled output of the frozen pretrained MiniLM", "l2": 1e-3, "optimizer": "L-BFGS",
                 "max_iter": 200, "head_seed": 1234}
 QUICK = {"n_train": 600, "n_val": 300, "n_test": 400, "n_ood": 300, "k": 3, "max_epochs": 1}
@@ -147,7 +149,9 @@ def finetune(base: str, out: str, train, draw: dict, batch_size: int = TRAINING[
             idx = order[start : start + batch_size]
             batch = tok([augment(texts[i], draw["augmentation"], draw["augmentation_rate"], aug_rng, tok.mask_token)
                          for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            loss = loss_fn(model(**batch).logits, labels[idx])
+            with _autocast():
+                logits = model(**batch).logits
+            loss = loss_fn(logits.float(), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -161,6 +165,11 @@ def finetune(base: str, out: str, train, draw: dict, batch_size: int = TRAINING[
     tok.save_pretrained(tmp)
     os.replace(tmp, out)
     return out
+
+
+def _autocast():
+    """The protocol's reduced precision for the forward pass (`PRECISION`; fp32 weights stay fp32)."""
+    return torch.autocast("cpu", dtype=getattr(torch, PRECISION))
 
 
 def by_length(ds):
@@ -218,9 +227,12 @@ def _soup_kwargs(entry, data, base: str) -> dict:
 
     from hf_soups import soup_from_hub
 
+    from hf_soups import EvalSpec
+
     kw = {}
     if entry.needs_eval:
         kw["eval_dataset"] = by_length(data["val"])  # less padding; a score ignores the order (learned: its batches)
+        kw["eval_spec"] = EvalSpec(dtype=PRECISION)
     needs = getattr(entry, "needs", None)
     if getattr(needs, "base", False) and "base" in inspect.signature(soup_from_hub).parameters:
         kw["base"] = base
@@ -259,6 +271,9 @@ def main() -> None:
                 "sizes": {k: len(v) for k, v in data.items()}}
     digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:12]
     workdir = os.path.join(args.workdir, f"{'quick' if args.quick else 'full'}-{digest}")
+    # hf_soups' logits cache (keyed by the weights' sha256 and the data) next to the fine-tunes: a fresh clone starts
+    # cold, and a second run finds every ingredient's and every (bit-for-bit reproduced) soup's logits.
+    os.environ.setdefault("HF_SOUPS_CACHE", os.path.join(os.path.abspath(args.workdir), "hf_soups-cache"))
     os.makedirs(workdir, exist_ok=True)
     base = shared_base(workdir, data["train"])
     print(f"[{time.time() - t0:6.0f}s] shared LP start ready", flush=True)
@@ -313,8 +328,8 @@ def main() -> None:
         # --probe); every method sees the same order, and the paired bootstrap does not depend on it.
         sets = {k: by_length(v) for k, v in data.items() if k != "train"}
         extra = {f"{m}_soup": s.output_dir for m, s in soups.items() if m not in ("greedy", "uniform")}
-        report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=(0.0, 0.25, 0.5, 0.75),
-                                 progress=False)
+        report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=WISE_FT_ALPHAS,
+                                 dtype=PRECISION, progress=False)
         print(f"[{time.time() - t0:6.0f}s] evaluated", flush=True)
         search_note = (f"Ingredients: {len(draws)} draws of a random search (seed {SEARCH_SEED}) over "
                        + ", ".join(SEARCH_SPACE) + "; LP-FT from one shared linear probe. Draws: "
@@ -377,7 +392,8 @@ def main() -> None:
             "results": report.results, "mean_ood": mean_ood,
             "greedy_ensemble_members": report.members.get("greedy_ensemble"),
             "intervals": report.to_dict()["intervals"], "differences": report.to_dict()["differences"],
-            "warnings": warnings, "soup_seconds": seconds,
+            "warnings": warnings, "soup_seconds": seconds, "precision": PRECISION,
+            "wise_ft_alphas": list(WISE_FT_ALPHAS),
             "total_seconds": time.time() - t0, "cpu_seconds": {"training": train_cpu, "total": total_cpu},
             "idle_2core_minutes_estimate": total_cpu / 2 / 60,
             "pushed": {"repo": "demo/minilm-sentiment-greedy-soup", "commit": commit.oid},
