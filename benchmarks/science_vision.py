@@ -48,7 +48,7 @@ TRAINING = {"optimizer": "AdamW", "batch_size": 64, "warmup": 0.1, "schedule": "
             "start": "LP-FT: shared linear probe on frozen features"}
 LINEAR_PROBE = {"features": "pooled output of the frozen ImageNet EfficientNet-Lite0", "l2": 1e-3,
                 "optimizer": "L-BFGS", "max_iter": 200, "head_seed": 1234}
-QUICK = {"n_train": 300, "n_val": 300, "n_test": 300, "k": 3, "max_epochs": 1}
+QUICK = {"n_train": 300, "n_val": 300, "n_test": 300, "k": 3, "max_epochs": 1, "fisher_examples": 16}
 
 
 def _cpu_seconds() -> float:
@@ -203,15 +203,18 @@ def probe(workdir: str) -> None:
           f"greedy/learned/fisher passes on val = {N_VAL / eval_rate / 60:.2f} CPU-min per candidate", flush=True)
 
 
-def _soup_kwargs(entry, val, base: str) -> dict:
-    """What a registered method needs, read from the registry (held-out data, the base checkpoint)."""
+def _soup_kwargs(method: str, entry, val, base: str, fisher_examples: int) -> dict:
+    """What a registered method needs, read from the registry (held-out data, the base checkpoint); Fisher's
+    example count is the protocol's `FISHER_EXAMPLES`."""
     import inspect
 
-    from hf_soups import soup_from_hub
+    from hf_soups import EvalSpec, soup_from_hub
 
     kw = {}
     if entry.needs_eval:
         kw["eval_dataset"] = val
+        if method == "fisher":
+            kw["eval_spec"] = EvalSpec(max_samples=fisher_examples)
     needs = getattr(entry, "needs", None)
     if getattr(needs, "base", False) and "base" in inspect.signature(soup_from_hub).parameters:
         kw["base"] = base
@@ -222,7 +225,7 @@ def lite0_main(args) -> None:
     """The protocol run (see the module docstring)."""
     import torch
     from _fashion import to_dataset
-    from _vision_search import (AUGMENTATIONS, IMAGE_SIZE, K, PRECISION, SEARCH_SEED, SEARCH_SPACE, SIZES_NOTE,
+    from _vision_search import (AUGMENTATIONS, FISHER_EXAMPLES, IMAGE_SIZE, K, PRECISION, SEARCH_SEED, SEARCH_SPACE, SIZES_NOTE,
                                 SPLIT_SEED, describe, draw_search)
 
     from hf_soups import MergeOptions, soup_from_hub
@@ -234,6 +237,7 @@ def lite0_main(args) -> None:
     draws = ([dict(d, epochs=min(d["epochs"], QUICK["max_epochs"])) for d in draw_search(QUICK["k"])] if args.quick
              else draw_search())
     sizes = {k: len(v[1]) for k, v in arrays.items()}
+    fisher_examples = QUICK["fisher_examples"] if args.quick else FISHER_EXAMPLES
     print("sizes:", sizes, flush=True)
     # The cache is keyed by the protocol: a changed draw, size or training setting never reuses a stale fine-tune.
     protocol = {"draws": draws, "training": TRAINING, "linear_probe": LINEAR_PROBE, "split_seed": SPLIT_SEED,
@@ -265,7 +269,7 @@ def lite0_main(args) -> None:
             continue
         t = time.time()
         soups[method] = soup_from_hub(refs, method=method, output_dir=os.path.join(out, method), merge_options=quiet,
-                                      **_soup_kwargs(entry, sets["val"], base))
+                                      **_soup_kwargs(method, entry, sets["val"], base, fisher_examples))
         seconds[method] = time.time() - t
         print(f"[{time.time() - t0:6.0f}s] {method} soup ready ({seconds[method]:.0f}s)", flush=True)
     greedy = soups["greedy"]
@@ -318,7 +322,8 @@ def lite0_main(args) -> None:
     threads = torch.get_num_threads()
     search = {"seed": SEARCH_SEED, "k": len(draws), "space": SEARCH_SPACE, "augmentations": AUGMENTATIONS,
               "draws": draws, "training": TRAINING, "linear_probe": LINEAR_PROBE, "split_seed": SPLIT_SEED,
-              "image_size": IMAGE_SIZE, "sizes_note": SIZES_NOTE, "cache_key": digest}
+              "image_size": IMAGE_SIZE, "fisher_examples": fisher_examples, "sizes_note": SIZES_NOTE,
+              "cache_key": digest}
     summary = {
         "task": "ImageNet EfficientNet-Lite0 fine-tuned at 64x64 on Fashion-MNIST (Debian dataset-fashion-mnist); "
                 "held-out val from the training split; shifts: noise, contrast, rotation, blur of test images",
