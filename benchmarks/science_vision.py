@@ -203,18 +203,16 @@ def probe(workdir: str) -> None:
           f"greedy/learned/fisher passes on val = {N_VAL / eval_rate / 60:.2f} CPU-min per candidate", flush=True)
 
 
-def _soup_kwargs(method: str, entry, val, base: str, fisher_examples: int) -> dict:
-    """What a registered method needs, read from the registry (held-out data, the base checkpoint); Fisher's
-    example count is the protocol's `FISHER_EXAMPLES`."""
+def _soup_kwargs(entry, val, base: str) -> dict:
+    """What a registered method needs, read from the registry (held-out data, the base checkpoint)."""
     import inspect
 
-    from hf_soups import EvalSpec, soup_from_hub
+    from hf_soups import soup_from_hub
 
     kw = {}
     if entry.needs_eval:
         kw["eval_dataset"] = val
-        if method == "fisher":
-            kw["eval_spec"] = EvalSpec(max_samples=fisher_examples)
+
     needs = getattr(entry, "needs", None)
     if getattr(needs, "base", False) and "base" in inspect.signature(soup_from_hub).parameters:
         kw["base"] = base
@@ -238,6 +236,12 @@ def lite0_main(args) -> None:
              else draw_search())
     sizes = {k: len(v[1]) for k, v in arrays.items()}
     fisher_examples = QUICK["fisher_examples"] if args.quick else FISHER_EXAMPLES
+    # The Fisher's per-ingredient example cap (the library's default 256) lowered for time. Not through
+    # EvalSpec(max_samples=...): that would also cut the held-out scoring of the Fisher soup's candidates to these
+    # few examples (and warn that they cannot separate them). The recipe records the count (`examples`).
+    import hf_soups.recipes.fisher as fisher_recipe
+
+    fisher_recipe.FISHER_EXAMPLES = fisher_examples
     print("sizes:", sizes, flush=True)
     # The cache is keyed by the protocol: a changed draw, size or training setting never reuses a stale fine-tune.
     protocol = {"draws": draws, "training": TRAINING, "linear_probe": LINEAR_PROBE, "split_seed": SPLIT_SEED,
@@ -269,7 +273,7 @@ def lite0_main(args) -> None:
             continue
         t = time.time()
         soups[method] = soup_from_hub(refs, method=method, output_dir=os.path.join(out, method), merge_options=quiet,
-                                      **_soup_kwargs(method, entry, sets["val"], base, fisher_examples))
+                                      **_soup_kwargs(entry, sets["val"], base))
         seconds[method] = time.time() - t
         print(f"[{time.time() - t0:6.0f}s] {method} soup ready ({seconds[method]:.0f}s)", flush=True)
     greedy = soups["greedy"]
