@@ -16,7 +16,7 @@ first full run):
    AdamW, linear warmup (10%) and decay, batch 64, in fp32. Cached under `--workdir`.
 4. One soup per registered method (`hf_soups.recipes.method_names()`; methods that need user weights are listed as
    skipped), scored with `Soup.evaluate` on val, test and the shifted sets (bfloat16 autocast) with paired bootstrap
-   intervals against the best single model (chosen on val); WiSE-FT from the shared LP start. fp32 throughout:
+   intervals against the best single model (chosen on val); WiSE-FT (alpha 0 and 0.5) from the shared LP start. fp32 throughout:
    bfloat16 autocast measured no faster for this depthwise-convolution net on the CPU (`PRECISION`).
 
 `--model vit`: the older functional check (small ViTs from one random initialisation, a fixed grid) stays as it was.
@@ -48,6 +48,7 @@ TRAINING = {"optimizer": "AdamW", "batch_size": 64, "warmup": 0.1, "schedule": "
             "start": "LP-FT: shared linear probe on frozen features"}
 LINEAR_PROBE = {"features": "pooled output of the frozen ImageNet EfficientNet-Lite0", "l2": 1e-3,
                 "optimizer": "L-BFGS", "max_iter": 200, "head_seed": 1234}
+WISE_FT_ALPHAS = (0.0, 0.5)  # 0: the shared LP start itself (what fine-tuning adds); 0.5: WiSE-FT's midpoint
 QUICK = {"n_train": 300, "n_val": 300, "n_test": 300, "k": 3, "max_epochs": 1, "fisher_examples": 16}
 
 
@@ -280,7 +281,7 @@ def lite0_main(args) -> None:
     kept = sum(1 for s in greedy.trace if s["accepted"])
     print(f"[{time.time() - t0:6.0f}s] soups ready; greedy kept {kept} of {len(refs)}", flush=True)
     extra = {f"{m}_soup": s.output_dir for m, s in soups.items() if m not in ("greedy", "uniform")}
-    report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=(0.5,), progress=False)
+    report = greedy.evaluate(sets, held_out="val", base=base, extra_soups=extra, alphas=WISE_FT_ALPHAS, progress=False)
     print(f"[{time.time() - t0:6.0f}s] evaluated", flush=True)
     ood = [k for k in sets if k.startswith("ood_")]
     os.makedirs(args.results, exist_ok=True)
@@ -332,7 +333,7 @@ def lite0_main(args) -> None:
         "task": "ImageNet EfficientNet-Lite0 fine-tuned at 64x64 on Fashion-MNIST (Debian dataset-fashion-mnist); "
                 "held-out val from the training split; shifts: noise, contrast, rotation, blur of test images",
         "quick": args.quick, "metric": report.metric, "n_ingredients": len(refs), "sizes": sizes, "search": search,
-        "precision": PRECISION, "torch_threads": threads, "k_protocol": K,
+        "precision": PRECISION, "torch_threads": threads, "wise_ft_alphas": list(WISE_FT_ALPHAS), "k_protocol": K,
         "methods_run": list(soups), "methods_skipped": skipped,
         "ingredients": [{"name": short(i.name), "held_out": greedy.scores.get(i.name), "greedy_weight": i.weight}
                         for i in greedy.ingredients],
