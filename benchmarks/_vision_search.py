@@ -23,8 +23,8 @@ SIZES_NOTE = ("set from the 16:18-16:28 UTC probes (1 thread: training 70 images
               "evaluation 338 images/CPU-s fp32 from PIL, 252 bf16 from pixel_values) for about 1,100 CPU-s in all, "
               "before any full run; nothing here was tuned to a result. FISHER_EXAMPLES: the 16:29 quick run's Fisher "
               "took minutes for 3 ingredients at 256 examples (expected Fisher over 10 classes, per-example "
-              "gradients), so it was cut to 64 before the full run's soups. The 16:48 --probe (1 thread, loaded machine): "
-              "training 64.0 images/CPU-s fp32, 62.7 bf16; library evaluation 355 fp32, 401 bf16: fp32 kept, "
+              "gradients), so it was cut to 64 before the full run's soups. The 16:48 --probe (1 thread, loaded "
+              "machine): training 64.0 images/CPU-s fp32, 62.7 bf16; library evaluation 355 fp32, 401 bf16: fp32 kept, "
               "exact, for at most 13% more evaluation time")
 IMAGE_SIZE = 64
 SEARCH_SEED = 28
