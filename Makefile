@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_DISABLE_XET=1 $(BIN)/python benchmarks/science_text.py
+	PY=$(BIN)/python sh benchmarks/demo_logged.sh
 
 # olah (an independent Hub implementation for the download tests) lives in its own venv: its pins differ from ours.
 $(OLAH):

@@ -37,8 +37,13 @@ def read_domain(domain: str, min_abs: float = 0.25) -> list[tuple[str, int]]:
     return out
 
 
-def splits(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, n_ood: int = 800, seed: int = 0):
-    """In-domain train/val/test from movie reviews, and shifted sets from Amazon reviews, tweets and NYT editorials."""
+def splits(n_train: int = 2000, n_val: int = 500, n_test: int | None = 1000, n_ood: int | None = 800, seed: int = 0):
+    """In-domain train/val/test from movie reviews, and shifted sets from Amazon reviews, tweets and NYT editorials.
+
+    The movie snippets are shuffled once (`seed`) and cut in order: train (`n_train`), val (`n_val`), test (`n_test`,
+    or every remaining snippet when `None`), so the three never overlap. Each shifted set is shuffled and cut to
+    `n_ood` (whole when `None`).
+    """
     from datasets import ClassLabel, Dataset, Features, Value
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=[ID2LABEL[0], ID2LABEL[1]])})
@@ -49,10 +54,13 @@ def splits(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, n_ood: int
     rng = random.Random(seed)
     movie = read_domain("movie")
     rng.shuffle(movie)
+    if n_val + n_train > len(movie):
+        raise ValueError(f"{n_val} held-out + {n_train} training snippets exceed the {len(movie)} movie snippets.")
+    end = None if n_test is None else n_train + n_val + n_test
     out = {"train": to_ds(movie[:n_train]), "val": to_ds(movie[n_train : n_train + n_val]),
-           "test": to_ds(movie[n_train + n_val : n_train + n_val + n_test])}
+           "test": to_ds(movie[n_train + n_val : end])}
     for domain in ("amazon", "tweets", "nyt"):
         pairs = read_domain(domain)
         rng.shuffle(pairs)
-        out[f"ood_{domain}"] = to_ds(pairs[:n_ood])
+        out[f"ood_{domain}"] = to_ds(pairs if n_ood is None else pairs[:n_ood])
     return out

@@ -526,6 +526,7 @@ def _brew(ingredients: list[Ingredient], checked: Preflight, method: str, weight
                     trace=trace, scores=scores,
                     base_model=shared_base_model(metas) if recorded_base is None else
                     recorded_base.repo_id or recorded_base.name,
+                    pinned_base=recorded_base, access=access,  # WiSE-FT's default base in Soup.evaluate
                     metric=spec.metric_name, metric_fn=None if spec.metric_replayable else spec.metric,
                     trust_remote_code=trust_remote_code, discovery=discovery,
                     warnings=held_out_warnings, card_metadata=_agreed_card_metadata(ingredients))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitInfo, ModelCard
 
     from .evaluation.report import EvaluationReport
+    from .hub.access import HubAccess
 
 __all__ = ["Soup", "RECIPE_FILE", "PLOT_FILE", "facts_of"]
 
@@ -76,6 +77,11 @@ class Soup:
         evaluation_warnings (`list[str]`): the same for the sets of the last [`Soup.evaluate`].
         base_model (`str`, *optional*): the shared pretrained checkpoint, when known (the repo of `soup_from_hub(base=...)`,
             or the one every ingredient's card declares).
+        pinned_base ([`Ingredient`], *optional*): the base of full-model ingredients, pinned (`repo@sha`, or its
+            directory) as the recipe records it: given as `soup_from_hub(base=...)`, or read by a method that needs
+            it. [`Soup.evaluate`]'s WiSE-FT rows start from it when no `base=` is passed.
+        access ([`HubAccess`], *optional*): the Hub endpoint, token and cache the soup was made with (the pinned base
+            is downloaded through it); never shown.
         metric (`str`): the metric name of the held-out scores and results (a callable's qualified name).
         metric_fn (*optional*): the metric itself when its name cannot re-load it: the user's callable (reused by
             [`Soup.evaluate`]), or, for a replayed soup, the recipe's [`UserCallableMetric`], which asks for the
@@ -122,6 +128,8 @@ class Soup:
     calibration_data: Any = field(default=None, repr=False, compare=False)
     batchnorm_layers: int | None = None
     facts: ModelFacts | None = None
+    pinned_base: Ingredient | None = None
+    access: HubAccess | None = field(default=None, repr=False, compare=False)
     _model: Any = field(default=None, init=False, repr=False, compare=False)  # `.model`'s cache, never copied
 
     @property
@@ -142,6 +150,26 @@ class Soup:
             model.eval()
             object.__setattr__(self, "_model", model)  # a cache of what is on disk, not a change of the soup
         return self._model
+
+    def base_checkpoint(self) -> str | None:
+        """The soup's pinned base on disk (WiSE-FT's default base): downloaded at the pinned sha the recipe and the
+        card record, through the soup's Hub access and cache, never another revision.
+
+        Returns:
+            `str` or `None`: the base's directory; `None` when the soup pinned no base (a soup of adapters, or one
+            made without `base=` by a method that does not read it: the cards' `base_model` alone is not pinned).
+
+        Raises:
+            [`IngredientNotFoundError`], [`RevisionNotFoundError`]: the pinned base cannot be downloaded.
+        """
+        base = self.pinned_base
+        if base is None:
+            return None
+        if base.repo_id is None:  # a local directory, recorded as such
+            return base.local_dir or base.ref
+        from .hub.access import HubAccess
+
+        return (self.access or HubAccess()).download(base)
 
     def card_values(self, repo_id: str | None = None) -> CardValues:
         """What the card shows ([`render_card`] renders it without reading any file), the snippet loading
@@ -240,6 +268,8 @@ class Soup:
             device (`str` or `torch.device`, *optional*): where evaluations run; defaults to accelerate's
                 `PartialState().device` under `accelerate launch` or with an accelerator, else the CPU.
             progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+            **kwargs: the options of [`evaluate_soup`]; `base=` defaults to the soup's pinned base
+                ([`Soup.base_checkpoint`]), so a soup made with `soup_from_hub(base=...)` shows `wise_ft@alpha` rows.
 
         Returns:
             [`EvaluationReport`]: `.results`, `.intervals`, `.differences`, `.rows()`, `.to_table()`, and what the

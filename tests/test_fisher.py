@@ -103,6 +103,32 @@ def test_diagonal_fisher_values_and_example_cap(trio):
         assert bool((value >= 1e-6).all())
 
 
+def test_two_class_fisher_takes_one_gradient_and_matches_both_labels(tmp_path):
+    """Two classes: one gradient of the log-odds per example (p_0 p_1 dz^2), against the direct sum over both labels."""
+    path = os.fspath(make_tiny_bert(tmp_path / "binary", seed=4, num_labels=2, initializer_range=0.2))
+    data = sentiment_examples(6, seed=5)
+    _, _, holder, evaluator = _setup([path], data, batch_size=4)
+    calls = []
+    task = evaluator.task_impl
+    real_output = task.output
+
+    class Counting:  # counts the forward passes inside the gradients (one per example, not one per label)
+        name = task.name
+
+        def output(self, out):
+            calls.append(1)
+            return real_output(out)
+
+    fisher = diagonal_fisher(holder.model, evaluator.batches, Counting())
+    assert fisher.examples == 6
+    # per batch: one forward for p(y|x), then one vmapped gradient call for both labels (two before the shortcut)
+    assert len(evaluator.batches) == 2 and len(calls) == 2 * 2
+    want = _direct_fisher(path, data["text"])
+    for name, value in fisher.values.items():
+        scale = want[name].abs().max()
+        assert torch.allclose(value, want[name], rtol=1e-3, atol=1e-4 * float(scale) + 1e-9), name
+
+
 def test_memory_mapped_buffers_give_the_same_bits(trio, tmp_path):
     refs, data = trio["refs"], trio["data"]
     plan, readers, holder, evaluator = _setup(refs[:2], data)

@@ -1,7 +1,8 @@
 """Fisher-weighted averaging (Matena & Raffel, NeurIPS 2022, arXiv:2111.09832): the diagonal Fisher and the merge.
 
 The diagonal Fisher of one model on held-out examples is the expected Fisher over the model's own predictive
-distribution, `F = mean_x sum_y p(y|x) * (d log p(y|x) / d theta)^2`, floored at `1e-6`. Per-example gradients are
+distribution, `F = mean_x sum_y p(y|x) * (d log p(y|x) / d theta)^2`, floored at `1e-6` (with two classes, one
+gradient per example: `p_0 p_1 (d(l_1 - l_0) / d theta)^2`, the same sum). Per-example gradients are
 batched with `torch.func` (`functional_call`, `vmap`, `grad`); the examples of a batch are split into chunks so that
 the per-example gradients alive at once total at most one model (at least one example per chunk).
 
@@ -119,8 +120,18 @@ def diagonal_fisher(model: Any, batches: Sequence[tuple[torch.Tensor, Mapping[st
         logits = task.output(functional_call(model, (params, fixed), args=(), kwargs=one))
         return torch.log_softmax(logits.float().reshape(-1), 0)[y]
 
-    per_example = vmap(grad(log_prob), in_dims=(None, 0, None))
-    single = grad(log_prob)
+    def log_odds(params: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], y: int) -> torch.Tensor:
+        one = {k: v.unsqueeze(0) for k, v in inputs.items()}
+        logits = task.output(functional_call(model, (params, fixed), args=(), kwargs=one)).float().reshape(-1)
+        return logits[1] - logits[0]
+
+    def terms(probs: torch.Tensor) -> tuple[Any, list[tuple[int, torch.Tensor]]]:
+        """The function to differentiate and its `(y, weight)` terms. Two classes need one gradient, not two: with
+        `z = l_1 - l_0`, `d log p_1 = p_0 dz` and `d log p_0 = -p_1 dz`, so `sum_y p_y (d log p_y)^2 = p_0 p_1 dz^2`."""
+        if probs.shape[-1] == 2:
+            return log_odds, [(1, probs[:, 0] * probs[:, 1])]
+        return log_prob, [(y, probs[:, y]) for y in range(probs.shape[-1])]
+
     batched = True
     examples = 0
     for _, inputs in batches:
@@ -133,12 +144,14 @@ def diagonal_fisher(model: Any, batches: Sequence[tuple[torch.Tensor, Mapping[st
             inputs = {k: v[:size] for k, v in inputs.items()}
         with torch.no_grad():
             probs = torch.softmax(task.output(model(**inputs)).float(), -1)
-        classes = probs.shape[-1]
+        function, weighted = terms(probs)
+        per_example = vmap(grad(function), in_dims=(None, 0, None))
+        single = grad(function)
         prepared = _vmappable(inputs, torch.float32)
         for start in range(0, size, chunk):
             part = slice(start, min(size, start + chunk))
-            for y in range(classes):
-                weight = probs[part, y]
+            for y, weights in weighted:
+                weight = weights[part]
                 if batched:
                     try:
                         with warnings.catch_warnings():

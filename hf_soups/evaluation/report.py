@@ -75,6 +75,8 @@ class EvaluationReport:
         datasets (`dict[str, dict[str, str]]`): per evaluation set named by an [`EvalSet`] or a path / Hub id,
             what it really is (`id`, `config`, `split`, `name`), for the card's `model-index`.
         held_out (`str`, *optional*): the set that chose the best individual and the greedy ensemble, when named.
+        base (`str`, *optional*): the WiSE-FT rows' base: the soup's pinned base (`repo@sha`) by default, else the
+            `base=` given; `None` without WiSE-FT rows.
     """
 
     results: dict[str, dict[str, float]]
@@ -90,6 +92,7 @@ class EvaluationReport:
     also: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     datasets: dict[str, dict[str, str]] = field(default_factory=dict)
     held_out: str | None = None
+    base: str | None = None
 
     def card_values(self, metric: str, *, default_metric: bool) -> dict[str, Any]:
         """What a soup's card shows of this report, as [`Soup`] fields: `results` (no `ingredient:` rows), their
@@ -190,7 +193,7 @@ class EvaluationReport:
                 "members": self.members, "intervals": ivs(self.intervals), "differences": ivs(self.differences),
                 "sizes": self.sizes, "warnings": self.warnings, "notes": self.notes, "also": self.also,
                 "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence,
-                              "seed": self.bootstrap.seed}}
+                              "seed": self.bootstrap.seed}, "base": self.base}
 
 
 def _wanted(methods: Sequence[str] | None, soup_label: str, available: Sequence[str]) -> set[str]:
@@ -262,7 +265,9 @@ def evaluate_soup(
         progress (`bool`, *optional*, defaults to `True`): show a progress bar (huggingface_hub's tqdm).
         held_out (`str`, *optional*): the set used to pick the best individual and the greedy ensemble; defaults to
             the held-out scores of a greedy/learned soup, else the first set.
-        base (`str`, *optional*): the pretrained (or zero-shot) checkpoint for WiSE-FT.
+        base (`str`, *optional*): the pretrained (or zero-shot) checkpoint directory for WiSE-FT; defaults to the
+            soup's pinned base ([`Soup.base_checkpoint`]: the recipe's `repo@sha`, downloaded at that sha), and without
+            one there are no WiSE-FT rows.
         alphas (`Sequence[float]`, *optional*): the WiSE-FT grid.
         metric (*optional*): defaults to the soup's metric.
         batch_size (`int`, *optional*): defaults to 64 on the CPU, 256 on an accelerator.
@@ -281,8 +286,8 @@ def evaluate_soup(
         `.to_table()`; the soup is not changed ([`Soup.with_evaluation`] gives one whose card shows the report).
 
     Raises:
-        [`EvaluationError`]: an unknown method, WiSE-FT without `base`, ingredients not on disk, unusable data, or
-            a recalibrated soup whose calibration data is not available.
+        [`EvaluationError`]: an unknown method, WiSE-FT without `base` on a soup that pinned none, ingredients not
+            on disk, unusable data, or a recalibrated soup whose calibration data is not available.
     """
     metric = metric or (soup.metric_fn if soup.metric_fn is not None else soup.metric)
     ingredients = soup.ingredients
@@ -290,21 +295,28 @@ def evaluate_soup(
     config = soup.config
     reference_dir = ingredients[0].local_dir or soup.output_dir
     label = f"{soup.method}_soup"
-    wise = [f"wise_ft@{a:g}" for a in alphas] if base is not None else []
-    available = ["best_individual", "uniform_soup", label, "ensemble", "greedy_ensemble", *wise,
-                 *(["wise_ft"] if wise else []), *(extra_soups or {}), "ingredients",
-                 *(f"ingredient:{n}" for n in names)]
-    if methods is not None and any(str(m).startswith("wise_ft") for m in methods) and base is None:
-        raise EvaluationError("WiSE-FT needs the pretrained checkpoint.", fix="pass base=<checkpoint directory>.")
-    wanted = _wanted(methods, label, available)
-    if "wise_ft" in wanted:
-        wanted |= set(wise)
-    for ing in ingredients:
+    for ing in ingredients:  # before the base is downloaded
         if not ing.local_dir or not any(os.path.exists(os.path.join(ing.local_dir, f))
                                         for f in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX)):
             raise EvaluationError("its weights are not on disk (the soup was streamed), and evaluating the baselines "
                                   "needs every ingredient.", ingredient=ing.name,
                                   fix="make the soup with stream=False to evaluate it against its ingredients.")
+    asked_wise = methods is not None and any(str(m).startswith("wise_ft") for m in methods)
+    base_name = None if base is None else os.fspath(base)
+    if base is None and (methods is None or asked_wise):
+        base = soup.base_checkpoint()  # the soup's pinned base (repo@sha or directory), when it has one
+        base_name = soup.pinned_base.name if base is not None else None
+    wise = [f"wise_ft@{a:g}" for a in alphas] if base is not None else []
+    available = ["best_individual", "uniform_soup", label, "ensemble", "greedy_ensemble", *wise,
+                 *(["wise_ft"] if wise else []), *(extra_soups or {}), "ingredients",
+                 *(f"ingredient:{n}" for n in names)]
+    if asked_wise and base is None:
+        raise EvaluationError("WiSE-FT needs the pretrained checkpoint, and this soup pinned none.",
+                              fix="pass evaluate(base=<checkpoint directory>), or make the soup with "
+                                  "soup_from_hub(..., base=<the checkpoint the ingredients were fine-tuned from>).")
+    wanted = _wanted(methods, label, available)
+    if "wise_ft" in wanted:
+        wanted |= set(wise)
     sets = list(datasets)
     sel_set = held_out or sets[0]
     if sel_set not in datasets:
@@ -389,6 +401,7 @@ def evaluate_soup(
         report.members["greedy_ensemble"] = [names[m] for m in members]
     report.members[label] = [i.name for i in ingredients if (i.weight or 0) > 0]
     report.held_out = held_out
+    report.base = base_name if wanted & set(wise) else None
     return report
 
 
