@@ -14,7 +14,10 @@ its value just before the measured call.
 (d) the workflow: greedy, `Soup.evaluate` on val and test, then a learned soup on val; this tree against
     `--base-tree` (a checkout of main before this change), the same numbers asserted.
 
+(e) with `--demo .cache/demo`: (a) on `make demo`'s real MiniLM fine-tunes and its held-out snippets.
+
 Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree /tmp/perf-base] [--note ...]
+       [--only abcde --demo .cache/demo --demo-n 1000]
 """
 
 from __future__ import annotations
@@ -112,6 +115,25 @@ def val_csv(root: str, n: int, seed: int = 5, name: str = "val.csv") -> str:
 
     path = os.path.join(root, f"{n}-{seed}-{name}")
     return path if os.path.exists(path) else write_csv(path, sentiment_examples(n, seed=seed))
+
+
+def demo_fine_tunes(demo_workdir: str, root: str, n: int) -> tuple[list[str], str]:
+    """`make demo`'s real MiniLM fine-tunes (its newest full run) and the first `n` of its held-out snippets as a CSV."""
+    import glob
+
+    sys.path.insert(0, HERE)
+    from _hutto import splits
+    from _search import N_TRAIN, N_VAL, SPLIT_SEED
+
+    runs = sorted(glob.glob(os.path.join(demo_workdir, "full-*")), key=os.path.getmtime)
+    refs = sorted(glob.glob(os.path.join(runs[-1], "ft-rs*"))) if runs else []
+    if not refs:
+        raise SystemExit(f"no fine-tunes under {demo_workdir}/full-*/: run `make demo` first")
+    path = os.path.join(root, f"demo-val-{n}.csv")
+    if not os.path.exists(path):
+        val = splits(n_train=N_TRAIN, n_val=N_VAL, n_test=None, n_ood=None, seed=SPLIT_SEED)["val"].select(range(n))
+        val.to_pandas().to_csv(path, index=False)
+    return refs, path
 
 
 # ----------------------------------------------------------------------------------------------------- workers
@@ -212,8 +234,11 @@ def worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.worker)
     os.environ["HF_SOUPS_CACHE"] = tempfile.mkdtemp(prefix="eval-perf-cache-")  # a cold cache: no head start
     kind, refs = spec["kind"], spec["refs"]
-    import hf_soups.api  # noqa: F401  (imports are not the measured call's memory or time)
+    import datasets  # noqa: F401  (imports are not the measured call's memory or time: greedy reads the CSV
+    import pandas  # noqa: F401    with datasets, the reference loop with pandas)
     import transformers  # noqa: F401
+
+    import hf_soups.api  # noqa: F401
 
     start = time.perf_counter()
     with RssAnon() as mem:
@@ -261,6 +286,9 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "eval_perf.json"))
     parser.add_argument("--only", default="abcd")
     parser.add_argument("--note", default=None, help="recorded with this run (e.g. the machine's load)")
+    parser.add_argument("--demo", default=None, help="(e): the `make demo` workdir (.cache/demo): greedy against the "
+                        "reference loop on its real MiniLM fine-tunes and the first --demo-n of its held-out snippets")
+    parser.add_argument("--demo-n", type=int, default=1000)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -293,6 +321,24 @@ def main() -> None:
                              "non_forward_fraction_of_selection": statistics.median(
                                  1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
             print(label, json.dumps(result[label]))
+    if "e" in args.only and args.demo:
+        refs, demo_val = demo_fine_tunes(args.demo, args.workdir, args.demo_n)
+        runs = alternate({"greedy": ({"kind": "greedy", "refs": refs, "val": demo_val}, ROOT),
+                          "reference": ({"kind": "reference", "refs": refs, "val": demo_val}, ROOT)}, args.rounds)
+        if not all(g["decisions"] == r["decisions"] for g, r in zip(runs["greedy"], runs["reference"])):
+            raise SystemExit("demo fine-tunes: greedy and the reference loop decided differently")
+        g = runs["greedy"][0]
+        result["demo_minilm"] = {"k": len(refs), "n_held_out": g["n"], "same_decisions": True,
+                                 "fine_tunes": [os.path.basename(r) for r in refs],
+                                 "greedy_s": median(runs["greedy"], "seconds"),
+                                 "reference_s": median(runs["reference"], "seconds"),
+                                 "ratio": median(runs["reference"], "seconds") / median(runs["greedy"], "seconds"),
+                                 "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"]),
+                                 "greedy_selection_s": median(runs["greedy"], "selection_s"),
+                                 "greedy_forward_s": median(runs["greedy"], "forward_s"),
+                                 "non_forward_fraction_of_selection": statistics.median(
+                                     1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
+        print("demo_minilm", json.dumps(result["demo_minilm"]))
     if "b" in args.only or "c" in args.only:
         refs = bert_base_sweep(os.path.join(args.workdir, "bert" + ("-base" if args.bert_base else "-small")), 8,
                                args.bert_base)
