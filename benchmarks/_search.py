@@ -5,7 +5,7 @@ Fixed before the first training run; `science_text.py` trains one ingredient per
 
 from __future__ import annotations
 
-import math
+import _demo
 import random
 
 SPLIT_SEED = 0
@@ -28,27 +28,7 @@ SEARCH_SPACE = {
 
 def draw_search(k: int = K, seed: int = SEARCH_SEED, space: dict = SEARCH_SPACE) -> list[dict]:
     """The random search's `k` draws, in order (each with its own training seed: its index)."""
-    rng = random.Random(seed)
-
-    def sample(spec: dict):
-        kind = spec["distribution"]
-        if kind == "log-uniform":
-            return math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"])))
-        if kind == "uniform":
-            return rng.uniform(spec["low"], spec["high"])
-        if kind == "integer-uniform":
-            return rng.randint(spec["low"], spec["high"])
-        return rng.choice(spec["values"])
-
-    draws = []
-    for i in range(k):
-        d = {name: sample(spec) for name, spec in space.items()}
-        if d["augmentation"] == "none":
-            d["augmentation_rate"] = 0.0
-        d["seed"] = i
-        d["name"] = f"rs{i:02d}"
-        draws.append(d)
-    return draws
+    return _demo.draw_search(k, seed, space)
 
 
 def augment(text: str, kind: str, rate: float, rng: random.Random, mask_token: str) -> str:

@@ -7,8 +7,8 @@ never from a result. No side effects on import (numpy only).
 
 from __future__ import annotations
 
+import _demo
 import math
-import random
 
 import numpy as np
 
@@ -61,27 +61,7 @@ def split_indices(n_pool: int, n_val: int = N_VAL, n_train: int = N_TRAIN,
 
 def draw_search(k: int = K, seed: int = SEARCH_SEED, space: dict = SEARCH_SPACE) -> list[dict]:
     """The random search's `k` draws, in order (each with its own training seed: its index)."""
-    rng = random.Random(seed)
-
-    def sample(spec: dict):
-        kind = spec["distribution"]
-        if kind == "log-uniform":
-            return math.exp(rng.uniform(math.log(spec["low"]), math.log(spec["high"])))
-        if kind == "uniform":
-            return rng.uniform(spec["low"], spec["high"])
-        if kind == "integer-uniform":
-            return rng.randint(spec["low"], spec["high"])
-        return rng.choice(spec["values"])
-
-    draws = []
-    for i in range(k):
-        d = {name: sample(spec) for name, spec in space.items()}
-        if d["augmentation"] == "none":
-            d["augmentation_rate"] = 0.0
-        d["seed"] = i
-        d["name"] = f"rs{i:02d}"
-        draws.append(d)
-    return draws
+    return _demo.draw_search(k, seed, space)
 
 
 def describe(draw: dict) -> str:

@@ -275,6 +275,25 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def greedy_against_reference(label: str, refs: list[str], val: str, rounds: int) -> dict:
+    """(a)/(e): greedy and the reference loop, alternating; the same decisions asserted; medians, the ratio and
+    greedy's profile."""
+    runs = alternate({"greedy": ({"kind": "greedy", "refs": refs, "val": val}, ROOT),
+                      "reference": ({"kind": "reference", "refs": refs, "val": val}, ROOT)}, rounds)
+    if not all(g["decisions"] == r["decisions"] for g, r in zip(runs["greedy"], runs["reference"])):
+        raise SystemExit(f"{label}: greedy and the reference loop decided differently")
+    g = runs["greedy"][0]
+    return {"same_decisions": True, "n_held_out": g["n"],
+            "greedy_s": median(runs["greedy"], "seconds"),
+            "reference_s": median(runs["reference"], "seconds"),
+            "ratio": median(runs["reference"], "seconds") / median(runs["greedy"], "seconds"),
+            "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"]),
+            "greedy_selection_s": median(runs["greedy"], "selection_s"),
+            "greedy_forward_s": median(runs["greedy"], "forward_s"),
+            "non_forward_fraction_of_selection": statistics.median(
+                1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
+
+
 # -------------------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -305,39 +324,13 @@ def main() -> None:
     if "a" in args.only:
         for label, k, weak in (("tiny_fine_tunes_k6", 6, 0), ("k16_half_under_trained", 16, 8)):
             refs = tiny_sweep(os.path.join(args.workdir, label), k, weak)
-            runs = alternate({"greedy": ({"kind": "greedy", "refs": refs, "val": val}, ROOT),
-                              "reference": ({"kind": "reference", "refs": refs, "val": val}, ROOT)}, args.rounds)
-            same = all(g["decisions"] == r["decisions"] for g, r in zip(runs["greedy"], runs["reference"]))
-            if not same:
-                raise SystemExit(f"{label}: greedy and the reference loop decided differently")
-            g = runs["greedy"][0]
-            result[label] = {"k": k, "under_trained": weak, "same_decisions": same,
-                             "greedy_s": median(runs["greedy"], "seconds"),
-                             "reference_s": median(runs["reference"], "seconds"),
-                             "ratio": median(runs["reference"], "seconds") / median(runs["greedy"], "seconds"),
-                             "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"]),
-                             "greedy_selection_s": median(runs["greedy"], "selection_s"),
-                             "greedy_forward_s": median(runs["greedy"], "forward_s"),
-                             "non_forward_fraction_of_selection": statistics.median(
-                                 1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
+            result[label] = {"k": k, "under_trained": weak,
+                             **greedy_against_reference(label, refs, val, args.rounds)}
             print(label, json.dumps(result[label]))
     if "e" in args.only and args.demo:
         refs, demo_val = demo_fine_tunes(args.demo, args.workdir, args.demo_n)
-        runs = alternate({"greedy": ({"kind": "greedy", "refs": refs, "val": demo_val}, ROOT),
-                          "reference": ({"kind": "reference", "refs": refs, "val": demo_val}, ROOT)}, args.rounds)
-        if not all(g["decisions"] == r["decisions"] for g, r in zip(runs["greedy"], runs["reference"])):
-            raise SystemExit("demo fine-tunes: greedy and the reference loop decided differently")
-        g = runs["greedy"][0]
-        result["demo_minilm"] = {"k": len(refs), "n_held_out": g["n"], "same_decisions": True,
-                                 "fine_tunes": [os.path.basename(r) for r in refs],
-                                 "greedy_s": median(runs["greedy"], "seconds"),
-                                 "reference_s": median(runs["reference"], "seconds"),
-                                 "ratio": median(runs["reference"], "seconds") / median(runs["greedy"], "seconds"),
-                                 "candidate_examples_fraction": g["candidate_examples"] / (g["n"] * g["candidates"]),
-                                 "greedy_selection_s": median(runs["greedy"], "selection_s"),
-                                 "greedy_forward_s": median(runs["greedy"], "forward_s"),
-                                 "non_forward_fraction_of_selection": statistics.median(
-                                     1 - r["forward_s"] / r["selection_s"] for r in runs["greedy"])}
+        result["demo_minilm"] = {"k": len(refs), "fine_tunes": [os.path.basename(r) for r in refs],
+                                 **greedy_against_reference("demo fine-tunes", refs, demo_val, args.rounds)}
         print("demo_minilm", json.dumps(result["demo_minilm"]))
     if "b" in args.only or "c" in args.only:
         refs = bert_base_sweep(os.path.join(args.workdir, "bert" + ("-base" if args.bert_base else "-small")), 8,

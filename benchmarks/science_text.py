@@ -55,6 +55,7 @@ import shutil  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from _demo import fit_linear_probe, mean_ood, results_tables  # noqa: E402
 from _hutto import ID2LABEL, splits  # noqa: E402
 from _search import (K, N_TRAIN, N_VAL, PRECISION, SEARCH_SEED, SEARCH_SPACE, SPLIT_SEED, WISE_FT_ALPHAS,  # noqa: E402
                      augment, draw_search)
@@ -112,15 +113,7 @@ def shared_base(workdir: str, train) -> str:
     labels = torch.tensor(list(train["label"]))
     head = torch.nn.Linear(feats.shape[1], 2)
     head.load_state_dict(model.classifier.state_dict())
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=LINEAR_PROBE["max_iter"], line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(feats), labels) + LINEAR_PROBE["l2"] * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    fit_linear_probe(head, feats, labels, LINEAR_PROBE["l2"], LINEAR_PROBE["max_iter"])
     model.classifier.load_state_dict(head.state_dict())
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -376,33 +369,7 @@ def main() -> None:
         card = ModelCard.load("demo/minilm-sentiment-greedy-soup")
         if card.data.base_model_relation != "merge" or f"seed {SEARCH_SEED}" not in card.text:
             raise SystemExit("the pushed card lacks base_model_relation: merge or the search it came from")
-        soup_rows = ["uniform_soup", "greedy_soup"] + list(extra)
-        headline = ["best_individual", *soup_rows, "ensemble", "greedy_ensemble"]
-        headline = [m for m in headline if m in report.methods]
-        cols = ["val", "test", "ood_amazon", "ood_tweets", "ood_nyt", "mean_ood"]
-        mean_ood = {m: sum(report.results[s][m] for s in ood) / len(ood) for m in report.methods
-                    if all(m in report.results[s] for s in ood)}
-
-        def cell(c, m):  # the score with its 95% bootstrap interval (mean_ood: the plain mean)
-            if c == "mean_ood":
-                return f"{mean_ood[m]:.3f}" if m in mean_ood else "–"
-            if m not in report.results[c]:
-                return "–"
-            ci = report.intervals.get(c, {}).get(m)
-            return f"{report.results[c][m]:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")
-
-        lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for m in headline + [m for m in report.methods if m.startswith("wise_ft@")] + \
-                [m for m in report.methods if m.startswith("ingredient:")]:
-            lines.append(f"| {m} | " + " | ".join(cell(c, m) for c in cols) + " |")
-        sets_ci = [c for c in cols if c in report.differences]
-        lines += ["", "Difference to the best individual (chosen on val), with its paired 95% bootstrap interval (an "
-                  "interval containing 0 means no detectable difference):", "",
-                  "| method | " + " | ".join(sets_ci) + " |", "|---|" + "---|" * len(sets_ci)]
-        for m in headline[1:]:
-            diffs = [report.differences[c].get(m) for c in sets_ci]
-            lines.append(f"| {m} | " + " | ".join(f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" if d else "–"
-                                                  for d in diffs) + " |")
+        lines = results_tables(report, ood, list(extra))
         warnings = [*greedy.warnings, *report.warnings]
         lines += [f"\nWarning: {w}" for w in warnings]
         if skipped:
@@ -419,7 +386,7 @@ def main() -> None:
                              "greedy_weight": i.weight} for i in greedy.ingredients],
             "greedy_kept": kept, "greedy_trace": greedy.trace,
             "weights": {m: s["weights"] for m, s in made.items()},
-            "results": report.results, "mean_ood": mean_ood,
+            "results": report.results, "mean_ood": mean_ood(report, ood),
             "greedy_ensemble_members": report.members.get("greedy_ensemble"),
             "intervals": report.to_dict()["intervals"], "differences": report.to_dict()["differences"],
             "warnings": warnings, "soup_seconds": seconds, "precision": PRECISION,

@@ -39,6 +39,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _demo import fit_linear_probe, mean_ood, results_tables  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -89,16 +91,7 @@ def shared_base(workdir: str, train_x, train_y) -> str:
     labels = torch.tensor(train_y.astype("int64"))
     head = torch.nn.Linear(feats.shape[1], 10)
     head.load_state_dict(model.classifier.state_dict())
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=LINEAR_PROBE["max_iter"],
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(feats), labels) + LINEAR_PROBE["l2"] * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    fit_linear_probe(head, feats, labels, LINEAR_PROBE["l2"], LINEAR_PROBE["max_iter"])
     with torch.no_grad():
         accuracy = (head(feats).argmax(-1) == labels).float().mean().item()
     print(f"linear probe: training accuracy {accuracy:.3f} on {len(labels)} images", flush=True)
@@ -294,32 +287,7 @@ def lite0_main(args) -> None:
     def short(name: str) -> str:
         return name.replace(workdir + "/", "")
 
-    soup_rows = ["uniform_soup", "greedy_soup"] + list(extra)
-    headline = [m for m in ["best_individual", *soup_rows, "ensemble", "greedy_ensemble"] if m in report.methods]
-    cols = ["val", "test", *ood, "mean_ood"]
-    mean_ood = {m: sum(report.results[s][m] for s in ood) / len(ood) for m in report.methods
-                if all(m in report.results[s] for s in ood)}
-
-    def cell(c, m):  # the score with its 95% bootstrap interval (mean_ood: the plain mean)
-        if c == "mean_ood":
-            return f"{mean_ood[m]:.3f}" if m in mean_ood else "–"
-        if m not in report.results[c]:
-            return "–"
-        ci = report.intervals.get(c, {}).get(m)
-        return f"{report.results[c][m]:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")
-
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for m in headline + [m for m in report.methods if m.startswith("wise_ft@")] + \
-            [m for m in report.methods if m.startswith("ingredient:")]:
-        lines.append(f"| {short(m)} | " + " | ".join(cell(c, m) for c in cols) + " |")
-    sets_ci = [c for c in cols if c in report.differences]
-    lines += ["", "Difference to the best individual (chosen on val), with its paired 95% bootstrap interval (an "
-              "interval containing 0 means no detectable difference):", "",
-              "| method | " + " | ".join(sets_ci) + " |", "|---|" + "---|" * len(sets_ci)]
-    for m in headline[1:] + [m for m in report.methods if m.startswith("wise_ft@")]:
-        diffs = [report.differences[c].get(m) for c in sets_ci]
-        lines.append(f"| {m} | " + " | ".join(f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" if d else "–"
-                                              for d in diffs) + " |")
+    lines = results_tables(report, ood, list(extra), wise_differences=True, name=short)
     warnings = [short(w) for w in [*greedy.warnings, *report.warnings]]
     lines += [f"\nWarning: {w}" for w in warnings]
     if skipped:
@@ -342,7 +310,8 @@ def lite0_main(args) -> None:
         "greedy_kept": kept,
         "greedy_trace": [{**s, "ingredient": short(str(s["ingredient"]))} for s in greedy.trace],
         "weights": {m: s.weights for m, s in soups.items()},
-        "results": {s: {short(m): v for m, v in r.items()} for s, r in report.results.items()}, "mean_ood": mean_ood,
+        "results": {s: {short(m): v for m, v in r.items()} for s, r in report.results.items()},
+        "mean_ood": mean_ood(report, ood),
         "intervals": report.to_dict()["intervals"], "differences": report.to_dict()["differences"],
         "warnings": warnings, "soup_seconds": seconds,
         "total_seconds": time.time() - t0, "cpu_seconds": {"training": train_cpu, "total": total_cpu},
