@@ -3,7 +3,10 @@ greedy and of `Soup.evaluate` with ensembles, and the user's workflow against an
 
 Every measurement runs in its own process; contenders alternate round by round; medians are reported. Private
 memory is the growth of RssAnon (read from /proc/PID/status every 10 ms by a thread of the measured process) over
-its value just before the measured call.
+its value just before the measured call. Each worker imports what both contenders import the same way (torch,
+transformers and the model's own transformers module, datasets, pandas, hf_soups) before the measured call: a tiny
+model's forward passes take milliseconds, and the 1.8 s import of its modeling module would otherwise be most of
+either contender's time.
 
 (a) greedy vs a 60-line reference loop (length-sorted batches, `inference_mode`, every candidate evaluated in full,
     the same `>=` rule), same decisions asserted, on K=6 tiny real fine-tunes and on a K=16 sweep where half the
@@ -12,9 +15,8 @@ its value just before the measured call.
 (b) offloaded greedy (`EvalSpec(max_memory={"cpu": "100MiB"})`) at K=4/8 on a BERT-base-shaped model (random init).
 (c) `Soup.evaluate` with the ensembles at K=8 on the same model.
 (d) the workflow: greedy, `Soup.evaluate` on val and test, then a learned soup on val; this tree against
-    `--base-tree` (a checkout of main before this change), the same numbers asserted.
-
-(e) with `--demo .cache/demo`: (a) on `make demo`'s real MiniLM fine-tunes and its held-out snippets.
+    `--base-tree` (a checkout of main before #29: `git worktree add /tmp/perf-base 6bef35d`), the numbers compared.
+(e) (a) on `make demo`'s real MiniLM fine-tunes and its held-out snippets (`--demo`, default .cache/demo).
 
 Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree /tmp/perf-base] [--note ...]
        [--only abcde --demo .cache/demo --demo-n 1000]
@@ -23,6 +25,7 @@ Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--ba
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -119,8 +122,6 @@ def val_csv(root: str, n: int, seed: int = 5, name: str = "val.csv") -> str:
 
 def demo_fine_tunes(demo_workdir: str, root: str, n: int) -> tuple[list[str], str]:
     """`make demo`'s real MiniLM fine-tunes (its newest full run) and the first `n` of its held-out snippets as a CSV."""
-    import glob
-
     sys.path.insert(0, HERE)
     from _hutto import splits
     from _search import N_TRAIN, N_VAL, SPLIT_SEED
@@ -240,6 +241,9 @@ def worker(args: argparse.Namespace) -> None:
 
     import hf_soups.api  # noqa: F401
 
+    with open(os.path.join(refs[0], "config.json")) as f:  # the model's transformers module: imported by both
+        getattr(transformers, json.load(f)["architectures"][0])  # contenders the same way, not what is measured
+
     start = time.perf_counter()
     with RssAnon() as mem:
         if kind == "reference":
@@ -303,10 +307,12 @@ def main() -> None:
     parser.add_argument("--base-tree", default=None, help="a checkout of main before this change, for (d)")
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work", "eval_perf"))
     parser.add_argument("--output", default=os.path.join(HERE, "results", "eval_perf.json"))
-    parser.add_argument("--only", default="abcd")
+    parser.add_argument("--only", default="abcde")
     parser.add_argument("--note", default=None, help="recorded with this run (e.g. the machine's load)")
-    parser.add_argument("--demo", default=None, help="(e): the `make demo` workdir (.cache/demo): greedy against the "
-                        "reference loop on its real MiniLM fine-tunes and the first --demo-n of its held-out snippets")
+    parser.add_argument("--demo", default=os.path.join(ROOT, ".cache", "demo"),
+                        help="(e): the `make demo` workdir (default .cache/demo, there once `make demo` ran): greedy "
+                             "against the reference loop on its real MiniLM fine-tunes and the first --demo-n of its "
+                             "held-out snippets")
     parser.add_argument("--demo-n", type=int, default=1000)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -327,7 +333,9 @@ def main() -> None:
             result[label] = {"k": k, "under_trained": weak,
                              **greedy_against_reference(label, refs, val, args.rounds)}
             print(label, json.dumps(result[label]))
-    if "e" in args.only and args.demo:
+    if "e" in args.only and not glob.glob(os.path.join(args.demo, "full-*", "ft-rs*")):
+        print(f"(e) skipped: no `make demo` fine-tunes under {args.demo}/full-*/ (run `make demo`, or pass --demo)")
+    elif "e" in args.only:
         refs, demo_val = demo_fine_tunes(args.demo, args.workdir, args.demo_n)
         result["demo_minilm"] = {"k": len(refs), "fine_tunes": [os.path.basename(r) for r in refs],
                                  **greedy_against_reference("demo fine-tunes", refs, demo_val, args.rounds)}
@@ -349,7 +357,9 @@ def main() -> None:
             runs = alternate({"evaluate": ({"kind": "evaluate", "refs": refs, "val": small}, ROOT)}, args.rounds)
             result["evaluate_ensembles_k8"] = {"private_mib": median(runs["evaluate"], "private_mib")}
             print("evaluate K=8", json.dumps(result["evaluate_ensembles_k8"]))
-    if "d" in args.only and args.base_tree:
+    if "d" in args.only and not args.base_tree:
+        print("(d) skipped: pass --base-tree, a checkout of main before #29 (git worktree add /tmp/perf-base 6bef35d)")
+    elif "d" in args.only:
         refs = tiny_sweep(os.path.join(args.workdir, "k16_half_under_trained"), 16, 8)[:8]
         spec = {"kind": "workflow", "refs": refs, "val": val, "test": val_csv(args.workdir, args.n, seed=11)}
         runs = alternate({"this": (spec, ROOT), "base": (spec, args.base_tree)}, args.rounds)

@@ -77,6 +77,31 @@ def test_greedy_early_decisions_equal_full_evaluation(sweep, tmp_path, monkeypat
     assert evaluated < n * (k - 1) == sum(f["examples"] for f in full.trace[1:])
 
 
+def test_greedy_early_decisions_equal_full_evaluation_on_the_same_batches(sweep, tmp_path, monkeypatch):
+    """With the examples the ingredients missed first (5 candidates here), every score in the trace, the seed's bar
+    included, is bit for bit the full evaluation's on the same batches; only the examples evaluated differ."""
+    from hf_soups.evaluation.held_out import HeldOutEvaluation
+
+    ordered: list[bool] = []
+    bar_score = HeldOutEvaluation.bar_score
+    monkeypatch.setattr(HeldOutEvaluation, "bar_score", lambda self, i: (
+        bar_score(self, i), ordered.append(self.evaluator.candidate_batches is not None))[0])
+    early = _greedy(sweep, tmp_path, "early")
+    run = Evaluator._run
+    with monkeypatch.context() as m:  # no stop: every candidate on every example, on the same batches
+        m.setattr(Evaluator, "_run", lambda self, model, stop=None, every=1, batches=None:
+                  run(self, model, None, every, batches))
+        full = _greedy(sweep, tmp_path, "full")
+    assert ordered == [True, True]
+    assert [(s["ingredient"], s["accepted"]) for s in early.trace] == [(s["ingredient"], s["accepted"])
+                                                                         for s in full.trace]
+    assert early.trace[0]["score"] == full.trace[0]["score"]
+    for e, f in zip(early.trace[1:], full.trace[1:]):
+        assert f["examples"] == 96 and not f.get("stopped_early")
+        assert e["score"] == f["score"] if not e.get("stopped_early") else e["score"] >= f["score"]
+    assert any(e.get("stopped_early") for e in early.trace)
+
+
 def _evaluator(val, base, metric):
     from hf_soups.checkpoint.meta import read_config
 
@@ -112,6 +137,48 @@ def test_score_against_decides_as_the_full_score(sweep, higher_is_better):
                 assert fails and examples < n and (reach < bar if higher_is_better else reach > bar)
             else:
                 assert score == truth and examples == n and logits is not None
+
+
+def test_candidates_run_what_the_ingredients_missed_first(sweep):
+    """`order_candidates` batches the examples the ingredients missed first (the hardest quarter, then the other
+    missed ones, then the rest, each by length); `score_against` on those batches decides exactly as their full score
+    and stops a candidate just short of the bar once its misses are in, where the length order needs more. The
+    batches are rebuilt from the padded ones exactly: one priority for every row gives the evaluator's own batches."""
+    import math
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_soups.evaluation.metrics import accuracy_metric
+
+    ev = _evaluator(sweep["val"], sweep["base"], accuracy_metric())
+    n = len(ev)
+    model = AutoModelForSequenceClassification.from_pretrained(sweep["refs"][0]).eval()
+    truth, logits = ev.score(model)
+    missed = set(torch.nonzero(logits.argmax(-1) != ev.references).flatten().tolist())
+    assert 0 < len(missed) < n // 4  # (the fixture's fine-tunes are good: its misses are the hardest quarter)
+    _, _, unordered, _ = ev.score_against(model, truth + 1 / n)
+
+    same = ev.prepared.reorder([0] * n)
+    assert [i.tolist() for i, _ in same] == [i.tolist() for i, _ in ev.batches]
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+               for (_, a), (_, b) in zip(same, ev.batches))
+    values = ev.metric.per_example(logits.argmax(-1), ev.references)
+    assert ev.order_candidates([values, values])
+    rows = torch.cat([idx for idx, _ in ev.candidate_batches]).tolist()
+    assert sorted(rows) == list(range(n)) and set(rows[:len(missed)]) == missed
+    lengths = [int(inputs["attention_mask"].sum(1).max()) for _, inputs in ev.candidate_batches]
+    first = math.ceil(len(missed) / 8)  # the missed examples' batches, then the others', each in length order
+    assert lengths[first:] == sorted(lengths[first:])
+    on_candidates = ev.score_logits(ev._run(model, batches=ev.candidate_batches)[0])
+    for delta in (-2, 0, 1, 3):
+        bar = on_candidates + delta / n
+        score, _, examples, reach = ev.score_against(model, bar)
+        if score is None:
+            assert on_candidates < bar and reach < bar and examples < n
+        else:
+            assert score == on_candidates and examples == n
+    _, _, ordered, _ = ev.score_against(model, on_candidates + 1 / n)
+    assert ordered <= first * 8 < unordered
 
 
 def test_metric_without_per_example_values_is_evaluated_in_full(sweep, tmp_path):
@@ -167,9 +234,10 @@ def _count_passes(monkeypatch):
 
 
 def test_logits_computed_once_greedy_then_evaluate(sweep, tmp_path, monkeypatch):
-    """Greedy over 3 ingredients (one destroyed) makes 5 passes over val (3 ingredients, 2 candidates); evaluate on
-    val right after makes 1 (the uniform soup): the ingredients, the ensembles and the greedy soup (greedy's last
-    accepted candidate) come from the cache. Without the cache it is 5 + 5."""
+    """Greedy over 3 ingredients (one destroyed) makes 5 passes over val (3 ingredients, 2 candidates, too few to
+    reorder the examples for); evaluate on val right after makes 1 (the uniform soup): the ingredients, the
+    ensembles and the greedy soup (greedy's last accepted candidate, on the evaluator's own batches) come from the
+    cache. Without the cache it is 5 + 5."""
     from hf_soups.evaluation import logit_cache
 
     refs = [sweep["refs"][0], sweep["refs"][1], sweep["refs"][2]]  # the third is destroyed: uniform != greedy
@@ -294,8 +362,9 @@ def test_logits_cache_is_bounded_least_recently_used_first(monkeypatch):
 
 def test_model_digest_reads_the_weights_in_place():
     """A model's digest hashes each tensor's own buffer: no bytes copy of the model (4 MiB of weights here), and
-    the digest is the documented one (class, then each tensor's name, dtype, shape and bytes, sorted by name),
-    whatever the dtype or layout (a bf16 buffer, a transposed one)."""
+    the digest is the documented one (class, then each tensor's own sha256 of its name, dtype, shape and bytes,
+    sorted by name; those computed on up to one thread per core), whatever the dtype or layout (a bf16 buffer, a
+    transposed one)."""
     import hashlib
     import tracemalloc
 
@@ -306,8 +375,8 @@ def test_model_digest_reads_the_weights_in_place():
     model.register_buffer("transposed", torch.arange(12, dtype=torch.float32).reshape(3, 4).t())
     h = hashlib.sha256(b"Linear")
     for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(hashlib.sha256(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode()
+                                + t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).digest())
     tracemalloc.start()
     try:
         digest = logit_cache.model_digest(model)
@@ -339,11 +408,15 @@ def test_logits_cache_writes_without_fsync_and_ignores_a_torn_entry(monkeypatch,
     assert len(synced) == 1
 
 
-def test_greedy_hashes_only_the_candidates_it_keeps(sweep, tmp_path, monkeypatch):
-    """Every ingredient is hashed (its logits are looked up and kept), a candidate only when it passes the bar
-    (its logits are kept: the last one is the soup); a rejected candidate, stopped early or not, is never hashed.
-    The soup's logits are still found by `Soup.evaluate`."""
-    from hf_soups.evaluation import logit_cache
+@pytest.mark.parametrize("reordered", [False, True])
+def test_greedy_hashes_only_the_candidates_it_keeps(sweep, tmp_path, monkeypatch, reordered):
+    """Every ingredient is hashed (its logits are looked up and kept), a candidate only when it passes the bar on
+    the evaluator's own batches (its logits are kept); a rejected candidate, stopped early or not, is never hashed,
+    nor one that ran on the reordered batches (nothing reads those logits back). The soup here is bit for bit its
+    first ingredient (its twin joined), so `Soup.evaluate` finds its logits either way."""
+    from hf_soups.evaluation import held_out, logit_cache
+
+    monkeypatch.setattr(held_out, "_MIN_CANDIDATES_TO_ORDER", 3 if reordered else 99)
 
     import shutil
 
@@ -355,9 +428,41 @@ def test_greedy_hashes_only_the_candidates_it_keeps(sweep, tmp_path, monkeypatch
     soup = _greedy({"refs": refs, "val": sweep["val"]}, tmp_path, "soup")
     accepted = sum(step["accepted"] for step in soup.trace)
     assert 1 < accepted < len(refs) and any(step.get("stopped_early") for step in soup.trace), soup.trace
-    assert len(hashed) == len(refs) + accepted - 1
+    assert len(hashed) == len(refs) + (0 if reordered else accepted - 1)
     runs: list[int] = []
     run = Evaluator._run
     monkeypatch.setattr(Evaluator, "_run", lambda self, model, *a, **kw: runs.append(1) or run(self, model, *a, **kw))
     soup.evaluate({"val": sweep["val"]}, progress=False, batch_size=8)
     assert len(runs) == 1  # the uniform soup; the ingredients and the greedy soup come from the cache
+
+
+def test_small_csv_reads_as_datasets_csv_builder_without_it(tmp_path, monkeypatch):
+    """A held-out csv/tsv is read as `datasets.load_dataset("csv")` reads it (same features and rows: quoting, NA,
+    empty cells, a sentence pair, float labels), without running the builder (no copy under the datasets cache), and
+    with a fingerprint of its bytes (re-reading gives the same one; other bytes another); a file with no rows is
+    an `EvaluationError`."""
+    import datasets
+
+    from hf_soups import EvaluationError
+    from hf_soups.evaluation.data import load_eval_dataset
+
+    builder = datasets.load_dataset
+    bodies = {"one.csv": 'text,label\nhello,1\n"quoted, comma\nover two lines",0\nNA,1\n',
+              "pair.tsv": "sentence1\tsentence2\tlabel\na\tb\t0.5\nc\t\t1.5\n"}
+    for name, body in bodies.items():
+        path = tmp_path / name
+        path.write_text(body)
+        with monkeypatch.context() as m:
+            m.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("the csv builder ran"))
+            fast = load_eval_dataset(os.fspath(path))
+            again = load_eval_dataset(os.fspath(path))
+        kwargs = {"delimiter": "\t"} if name.endswith(".tsv") else {}
+        truth = builder("csv", data_files=os.fspath(path), split="train", cache_dir=tmp_path / "ref",
+                                      **kwargs)
+        assert fast.features == truth.features and fast.to_dict() == truth.to_dict()
+        assert fast._fingerprint == again._fingerprint
+    path.write_text(bodies["pair.tsv"] + "d\te\t2.5\n")
+    assert load_eval_dataset(os.fspath(path))._fingerprint != fast._fingerprint
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    with pytest.raises(EvaluationError, match="no rows"):
+        load_eval_dataset(os.fspath(tmp_path / "empty.csv"))

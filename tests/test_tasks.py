@@ -367,3 +367,34 @@ def test_vectorised_bootstrap_equals_recomputing_the_metric(made, case):
         slow_iv, _ = paired_bootstrap(preds, np.asarray(ev.references), slow, bootstrap=Bootstrap(resamples=50))
         for a, b in zip(dataclasses.astuple(fast_iv["destroyed"]), dataclasses.astuple(slow_iv["destroyed"])):
             assert a == pytest.approx(b, abs=1e-9), name
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_greedy_bar_is_the_seeds_score_on_the_candidates_own_batches(made, tmp_path, monkeypatch, strict):
+    """MSE with 4 candidates: greedy runs them on the examples the ingredients missed first, batched anew, and the bar
+    is the seed's MSE on those same batches (`bar_score`; a batching can move an MSE in its last bits, not on this
+    tiny model, see test_eval_perf's same-batches test), so a bit-identical twin of the seed (their uniform soup is
+    the seed, bit for bit) ties it exactly and is evaluated in full: `>=` takes it, strict `>` does not."""
+    from hf_soups.evaluation.held_out import HeldOutEvaluation
+
+    import shutil
+
+    family, data = made["regression"]
+    a = family[1]
+    model, tok = _model(a)
+    with torch.no_grad():  # labelled with A's own outputs (plus noise): A leads
+        raw = model(**tok(list(data["sentence1"]), list(data["sentence2"]), return_tensors="pt",
+                          padding=True)).logits[:, 0]
+    data = data.remove_columns("label").add_column("label", (raw + 0.1 * torch.randn(len(raw))).tolist())
+    twin = os.fspath(shutil.copytree(a, tmp_path / "twin"))
+    near = perturb_checkpoint(a, tmp_path / "near", seed=7, scale=0.01)
+    reordered = []
+    order = HeldOutEvaluation._order_candidates
+    monkeypatch.setattr(HeldOutEvaluation, "_order_candidates", lambda self: (
+        order(self), reordered.append(self.evaluator.candidate_batches is not None))[0])
+    soup = soup_from_hub([a, twin, family[2], near, family[0]], method="greedy", eval_dataset=data,
+                         output_dir=tmp_path / "m", eval_spec=EvalSpec(metric="mse", strict=strict, batch_size=8))
+    assert reordered and all(reordered)
+    assert [s["ingredient"] for s in soup.trace[:2]] == [a, twin], soup.trace
+    assert soup.trace[1]["score"] == soup.trace[0]["score"] and soup.trace[1]["examples"] == len(data)
+    assert soup.trace[1]["accepted"] is (not strict)

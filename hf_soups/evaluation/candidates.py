@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.format import numel
 from ..checkpoint.reader import CheckpointReader
 from ..errors import EvaluationError
 from ..merge.ops import equal_weights_scale, weighted_sum
@@ -20,11 +21,22 @@ from ..modeling import load_model
 __all__ = ["read_float_state", "checkpoint_float_state", "ModelHolder"]
 
 
-def _aligned(plan: MergePlan, reader: CheckpointReader, index: int, tp: TensorPlan) -> torch.Tensor:
-    """Ingredient `index`'s tensor `tp`, classifier rows aligned per the plan (its own dtype)."""
-    t = reader.read(tp.name)
+def _aligned(plan: MergePlan, reader: CheckpointReader, index: int, tp: TensorPlan, *, mapped: bool = False
+             ) -> torch.Tensor:
+    """Ingredient `index`'s tensor `tp`, classifier rows aligned per the plan (its own dtype). With `mapped`, a
+    read-only view of the file's mapped pages where the reader has them (no copy: a candidate re-reads the same
+    pages from the page cache), else a private copy."""
+    t = _mapped(reader, tp.name) if mapped else None
+    if t is None:
+        t = reader.read(tp.name)
     perm = plan.row_order(tp, index)
     return t[list(perm)] if perm is not None else t
+
+
+def _mapped(reader: CheckpointReader, name: str) -> torch.Tensor | None:
+    info = reader.tensors[name]
+    view = reader.view_range(name, 0, numel(info.shape))
+    return view.view(info.shape) if view is not None else None
 
 
 def read_float_state(plan: MergePlan, reader: CheckpointReader, index: int,
@@ -120,8 +132,8 @@ class ModelHolder:
                 if tp.average:
                     active, weights = plan.mix(tp)
                     target = self._target(tp.name)
-                    tensors: Iterator[torch.Tensor] = (
-                        _aligned(plan, readers[i], i, tp).to(target.device) for i in active)
+                    tensors: Iterator[torch.Tensor] = (  # read-only views: only weighted_sum reads them
+                        _aligned(plan, readers[i], i, tp, mapped=True).to(target.device) for i in active)
                     weighted_sum(tensors, weights, out=target)
                     scale = equal_weights_scale(weights) if tp.weights is not None else None
                     if scale is not None:  # per-tensor weights are applied as given (see merge.ops.mix_sum)

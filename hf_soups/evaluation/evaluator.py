@@ -131,6 +131,8 @@ class Evaluator:
         self.inputs_vary = False  # set once a model gives different logits on different examples of this set
         self._device_batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self._device_batch_device: torch.device | None = None
+        self._device_batches_of: Sequence[Any] | None = None  # the batches kept on the device (held: not an id)
+        self.candidate_batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
         raw = untransformed(dataset)  # labels and columns as stored, not through a transform
         self.columns = self.task_impl.find_columns(list(raw.column_names),
                                                    Columns.of(text_column, label_column, image_column))
@@ -152,18 +154,22 @@ class Evaluator:
             model.to(self.device)
         return model
 
-    def _inputs(self, device: torch.device) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """This process's batches with inputs on `device`, one at a time (image batches are preprocessed as they are
-        read); on an accelerator they are kept there across candidates while they total at most 1 GiB."""
+    def _inputs(self, device: torch.device, batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """This process's batches (`batches`, default [`batches`]) with inputs on `device`, one at a time (image
+        batches are preprocessed as they are read); on an accelerator one list of them is kept there across
+        candidates while it totals at most 1 GiB."""
         from .distributed import my_share
 
-        if device.type != "cpu" and self._device_batches is not None and self._device_batch_device == device:
+        batches = self.batches if batches is None else batches
+        if device.type != "cpu" and self._device_batches is not None and self._device_batch_device == device \
+                and self._device_batches_of is batches:
             yield from self._device_batches
             return
         kept: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = []
         nbytes = 0
-        for b in my_share(range(len(self.batches))):
-            idx, inputs = self.batches[b]
+        for b in my_share(range(len(batches))):
+            idx, inputs = batches[b]
             if device.type != "cpu":
                 nbytes += sum(v.numel() * v.element_size() for v in inputs.values())
                 inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
@@ -171,7 +177,7 @@ class Evaluator:
             yield idx, inputs
             del inputs  # the next batch is prepared without this one alive
         if kept is not None and device.type != "cpu":
-            self._device_batches, self._device_batch_device = kept, device
+            self._device_batches, self._device_batch_device, self._device_batches_of = kept, device, batches
 
     def logits(self, model: Any) -> torch.Tensor:
         """Logits of `model` on every example, in dataset order (float32, on the CPU).
@@ -182,8 +188,8 @@ class Evaluator:
         (each example is computed by exactly one), so every process returns the full logits.
 
         Logits of a model in memory are kept in the on-disk cache of `hf_soups.evaluation.logit_cache`, keyed by the
-        model's tensors and this evaluation set: a model already scored here (an ingredient, the greedy soup) is
-        not run again, in this process or the next.
+        model's tensors and this evaluation set: a model already scored here (an ingredient; the greedy soup when
+        greedy scored its candidates on these batches) is not run again, in this process or the next.
         """
         key = self._cache_key(model)
         cached = self._cached(key)
@@ -217,10 +223,11 @@ class Evaluator:
         return logits
 
     def _run(self, model: Any, stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
-             every: int = 1) -> tuple[torch.Tensor, int, bool]:
-        """The forward passes of [`logits`]; with `stop`, called every `every` batches with the logits so far and
-        the rows they fill, the passes end as soon as it returns `True`. Returns `(logits, rows computed, stopped)`
-        (a stopped run's logits are zero on the rows not computed)."""
+             every: int = 1, batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+             ) -> tuple[torch.Tensor, int, bool]:
+        """The forward passes of [`logits`] (over `batches`, default [`batches`]); with `stop`, called every `every`
+        batches with the logits so far and the rows they fill, the passes end as soon as it returns `True`. Returns
+        `(logits, rows computed, stopped)` (a stopped run's logits are zero on the rows not computed)."""
         from .distributed import sum_across
 
         model = self.place(model)
@@ -234,7 +241,7 @@ class Evaluator:
         out = torch.zeros(self.prepared.rows, *shape)
         stopped = False
         with torch.inference_mode(), autocast(device, self.dtype):
-            for b, (idx, inputs) in enumerate(self._inputs(device)):
+            for b, (idx, inputs) in enumerate(self._inputs(device, batches)):
                 output = self.task_impl.output(model(**inputs))
                 if output.dim() > 2 and output.shape[1] < shape[0]:  # per-token outputs: padded to the widest batch
                     output = torch.nn.functional.pad(output, (0, 0, 0, shape[0] - output.shape[1]))
@@ -269,13 +276,47 @@ class Evaluator:
         return (self.metric.per_example is not None and self.prepared.rows == len(self.references)
                 and not is_distributed())
 
+    def order_candidates(self, values: Sequence[Any]) -> bool:
+        """Evaluate candidates ([`score_against`]) on the examples most likely to fail first: `values` holds each
+        ingredient's per-example metric values (rows in dataset order). Examples split into three tiers by their
+        mean distance from the metric's best value (their badness): the missed ones (badness above 0) at or above
+        the 75th percentile of badness over the whole set (the hardest quarter of the set when a quarter or more was
+        missed; every missed example otherwise), the other missed ones, then those every ingredient got right; each
+        tier is batched by length (rebuilt from the padded batches by `Prepared.reorder`).
+
+        A candidate that will be rejected usually misses what its ingredients missed, so its shortfall shows within
+        the first tiers and [`score_against`] stops there; the decision is the one a full evaluation on these
+        batches gives, whatever the order. Only tasks whose rows are examples can be reordered (`Prepared.reorder`).
+
+        Returns:
+            `bool`: whether candidates now run on [`candidate_batches`].
+        """
+        import numpy as np
+
+        if not self.decides_early or self.prepared.reorder is None or not values:
+            return False
+        lo, hi = self.metric.per_example_range
+        best = hi if self.metric.higher_is_better else lo
+        mean = np.mean(np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in values]), axis=0)
+        badness = np.abs(best - mean)
+        if len(badness) != self.prepared.rows or not np.isfinite(badness).all() or not (badness > 0).any():
+            return False
+        missed = badness > 0
+        tiers = np.where(missed & (badness >= np.quantile(badness, 0.75)), 0, np.where(missed, 1, 2))
+        batches = self.prepared.reorder([int(t) for t in tiers])
+        if batches is None:
+            return False
+        self.candidate_batches = batches
+        return True
+
     def score_against(self, model: Any, bar: float, *, strict: bool = False
                       ) -> tuple[float | None, torch.Tensor | None, int, float | None]:
         """Score `model` against `bar`, stopping as soon as its score is certain to fail it.
 
-        For a metric that is a mean of per-example values in `[lo, hi]` ([`decides_early`]), the length-sorted
-        batches run in about 20 chunks; after each, the best score the model can still reach (every remaining
-        example at `hi`, or `lo` for a lower-is-better metric) is compared with `bar`. When it is worse than `bar`
+        For a metric that is a mean of per-example values in `[lo, hi]` ([`decides_early`]), the batches
+        ([`candidate_batches`] once [`order_candidates`] set them: the examples most likely to fail first; else the
+        length-sorted ones) run in up to 50 chunks; after each, the best score the model can still reach (every
+        remaining example at `hi`, or `lo` for a lower-is-better metric) is compared with `bar`. When it is worse than `bar`
         (by more than a rounding margin, so a score that would tie is always evaluated in full), the model cannot
         pass (`score >= bar`, or `>` with `strict`) and the evaluation stops. Otherwise (and for every other metric)
         the score is exactly [`score`]'s.
@@ -284,8 +325,9 @@ class Evaluator:
             `tuple`: `(score, logits, examples evaluated, None)` when evaluated in full; `(None, None, examples
             evaluated, best reachable score)` when stopped early. The candidate is not looked up in the logits
             cache and is hashed ([`logit_cache.model_digest`]) only when it passes the bar: its logits are then
-            kept (the last one is the soup, which `Soup.evaluate` finds); a rejected candidate is never needed
-            again.
+            kept (the last one is the soup, which `Soup.evaluate` finds), unless it ran on [`candidate_batches`]
+            (their logits may differ from the evaluator's own batches' in the last bits, so nothing reads them
+            back); a rejected candidate is never needed again.
         """
         import math
 
@@ -297,15 +339,18 @@ class Evaluator:
         total = len(self.references)
         sign = 1.0 if metric.higher_is_better else -1.0
 
+        batches = self.candidate_batches
+
         def kept(score: float, logits: torch.Tensor) -> tuple[float, torch.Tensor, int, None]:
             passes = sign * score > sign * bar if strict else sign * score >= sign * bar
-            key = self._cache_key(model) if passes else None  # the model still holds this candidate's weights
+            # the model still holds this candidate's weights
+            key = self._cache_key(model) if passes and batches is None else None
             if key is not None:
                 logit_cache.put(key, logits)
             return score, logits, total, None
 
         if not self.decides_early or not math.isfinite(reach_end) or not math.isfinite(bar) or total == 0:
-            logits = self._run(model)[0]
+            logits = self._run(model, batches=batches)[0]
             return kept(self.score_logits(logits), logits)
         margin = 1e-9 * max(1.0, abs(bar))
         reached: list[float] = []
@@ -321,8 +366,8 @@ class Evaluator:
             reached[:] = [reach]
             return reach < bar - margin if metric.higher_is_better else reach > bar + margin
 
-        every = max(1, math.ceil(len(self.batches) / 20))
-        logits, computed, stopped = self._run(model, stop, every)
+        every = max(1, math.ceil(len(batches if batches is not None else self.batches) / 50))
+        logits, computed, stopped = self._run(model, stop, every, batches)
         if stopped:
             return None, None, computed, reached[0]
         return kept(self.score_logits(logits), logits)

@@ -119,6 +119,8 @@ def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder
     return [holder.model_names(read_float_state(plan, r, i, device=device)) for i, r in enumerate(readers)]
 
 
+_MIN_CANDIDATES_TO_ORDER = 3  # candidates (ingredients after the seed) before greedy orders the examples
+
 class HeldOutEvaluation:
     """[`HeldOut`] of the method protocol: each ingredient scored once, then any plan scored on demand (in memory
     through the model skeleton, or on disk through accelerate's offload with `max_memory`); with `gradients`, the
@@ -136,12 +138,40 @@ class HeldOutEvaluation:
         self.offload: OffloadedCandidates | None = None
         self._states: list[dict[str, Any]] | None = None
         self._ranked: list[float] = []
+        self.own_predictions: list[Any] = []  # each ingredient's predictions on the set (set once they are scored)
+        self._ordered = False
+
+    def _order_candidates(self) -> None:
+        """Once, before the first bounded score: the candidates' evaluator runs the examples the ingredients missed
+        first ([`Evaluator.order_candidates`]), so a candidate that cannot reach the bar is stopped sooner. Only with
+        at least 3 candidates: the bar is then re-scored on the new batches ([`bar_score`], one more pass), which
+        fewer stopped candidates would not repay."""
+        if self._ordered:
+            return
+        self._ordered = True
+        by = self.evaluator
+        if by.metric.per_example is None or len(self.own_predictions) != len(self.evaluators) \
+                or sum(problem is None for problem in self.problems) < _MIN_CANDIDATES_TO_ORDER + 1:
+            return
+        by.order_candidates([by.metric.per_example(p, e.references) for p, e, problem
+                             in zip(self.own_predictions, self.evaluators, self.problems) if problem is None])
+
+    def bar_score(self, index: int) -> float:
+        """Ingredient `index`'s score on the batches bounded candidates run on (the bar's scale): its ranking score
+        when they are the evaluator's own batches, else one full pass on the candidate batches."""
+        self._order_candidates()
+        by = self.evaluator
+        if by.candidate_batches is None:
+            return self.scores[index]
+        with self._model(self.plan.with_weights([float(j == index) for j in range(len(self.names))])) as model:
+            return by.score_logits(by._run(model, batches=by.candidate_batches)[0])
 
     def score(self, plan: MergePlan, bar: float | None = None) -> Trial:
         by = self.evaluator
         if bar is None:
             value, logits = self._score_plan(plan, by)
             return Trial(value, by.problem(logits), examples=len(by))
+        self._order_candidates()
         with self._model(plan) as model:
             value, logits, examples, reach = by.score_against(model, bar, strict=self.spec.strict)
         if value is None or logits is None:
@@ -305,6 +335,7 @@ def choose_weights(
         warnings = [warning] if warning else []
         # judged after every ingredient was scored: a collapse counts once some model's logits varied
         held.problems = [evaluators[i].problem(own_logits[i]) for i in range(k)]
+        held.own_predictions = [predictions[n] for n in names]
         result = as_result(entry.fn(dataclasses.replace(ctx, held_out=held, progress=bar.update)), method)
     return Chosen(result.plan, result.trace, {**score_map, **result.scores}, held.evaluator,
                   warnings + result.warnings, spec, result.parameters, result.inputs)

@@ -3,11 +3,13 @@
 Every model an [`Evaluator`] scores in memory is identified by the sha256 of the tensors it runs with (every entry
 of its `state_dict`, fp32 as evaluated, with its config and class): an ingredient is the same model in greedy's
 ranking pass, in `Soup.evaluate`'s rows (best individual, ensembles, greedy ensemble), in the diagnosis and in the
-next run; the greedy soup is bit for bit greedy's last accepted candidate, so its logits are found too (a greedy
-candidate is hashed and kept only once it passes the bar: see `Evaluator.score_against`). The
-evaluation set is identified by its preprocessed inputs (the token batches themselves; a set preprocessed lazily,
-one batch at a time, e.g. images through a processor or a transform, is not cached), the task, its columns, `max_samples`, the batch size, the maximum length, the device
-type, the autocast dtype, the torch thread count and the torch/transformers versions.
+next run. A greedy candidate is hashed and kept only once it passes the bar and ran on the evaluator's own batches
+(see `Evaluator.score_against`; candidates may run the examples the ingredients missed first, on other batches:
+`Evaluator.order_candidates`). The digest is the
+sha256 of each tensor's own sha256 (computed on up to one thread per core). The evaluation set is identified by its
+preprocessed inputs (the token batches themselves; a set preprocessed lazily, one batch at a time, e.g. images
+through a processor or a transform, is not cached), the task, its columns, `max_samples`, the batch size, the
+maximum length, the device type, the autocast dtype, the torch thread count and the torch/transformers versions.
 
 Where: `$HF_SOUPS_CACHE/logits/` (else `$HF_HOME/hf_soups/logits/`), one safetensors file per entry (no pickle),
 written atomically ([`write_atomic`], not fsynced: a torn entry fails its HMAC), at most `HF_SOUPS_LOGIT_CACHE_MB`
@@ -29,6 +31,7 @@ import logging
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,7 +42,7 @@ __all__ = ["cache_dir", "model_digest", "dataset_key", "get", "put"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = "hf_soups-logits-1"
+_FORMAT = "hf_soups-logits-2"  # 2: a model digest hashes per-tensor digests
 _UNSAFE = stat.S_IWGRP | stat.S_IWOTH
 
 
@@ -79,11 +82,37 @@ def model_digest(model: Any) -> str | None:
     if config is not None and hasattr(config, "to_dict"):
         settings = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
         h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, t in sorted(model.state_dict().items()):
-        if getattr(t, "device", None) is not None and t.device.type == "meta":
-            return None
-        _hash_tensor(h, name, t)
+    tensors = sorted(model.state_dict().items())
+    if any(getattr(t, "device", None) is not None and t.device.type == "meta" for _, t in tensors):
+        return None
+    for digest in _tensor_digests(tensors):
+        h.update(digest)
     return h.hexdigest()
+
+
+_PARALLEL_DIGEST_BYTES = 16 * 1024 * 1024  # smaller models are hashed faster than threads start
+
+
+def _tensor_digests(tensors: list[tuple[str, torch.Tensor]]) -> Iterator[bytes]:
+    """Each tensor's own sha256 (name, dtype, shape, bytes), in order; for a model of 16 MiB or more, computed by up to
+    one thread per core (hashlib releases the GIL on large buffers: the digest takes about a core count's fraction
+    of one stream's time)."""
+    def one(item: tuple[str, torch.Tensor]) -> bytes:
+        h = hashlib.sha256()
+        _hash_tensor(h, *item)
+        return h.digest()
+
+    size = sum(t.numel() * t.element_size() for _, t in tensors)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    on_cpu = all(t.device.type == "cpu" for _, t in tensors)  # (a device's tensors are copied one at a time)
+    workers = min(len(tensors), cores, 8) if size >= _PARALLEL_DIGEST_BYTES and on_cpu else 1
+    if workers <= 1:
+        yield from map(one, tensors)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf-soups-digest") as pool:
+        yield from pool.map(one, tensors)
 
 
 def dataset_key(evaluator: Any) -> str | None:

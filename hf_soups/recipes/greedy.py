@@ -43,7 +43,8 @@ def greedy_soup(ctx: MethodContext) -> MethodResult:
 
     accepted, trace = greedy_select(ctx.names, held_out.scores, score_with, strict=held_out.spec.strict,
                                     progress=ctx.progress, problems=held_out.problems,
-                                    higher_is_better=held_out.higher_is_better, bounded=True)
+                                    higher_is_better=held_out.higher_is_better, bounded=True,
+                                    seed_score=held_out.bar_score)
     return MethodResult(ctx.plan.with_weights(onehot(accepted)), trace, warnings=degenerate_steps(trace))
 
 
@@ -58,6 +59,7 @@ def greedy_select(
     problems: Sequence[str | None] | None = None,
     higher_is_better: bool = True,
     bounded: bool = False,
+    seed_score: Callable[[int], float] | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run the greedy recipe.
 
@@ -82,6 +84,8 @@ def greedy_select(
         higher_is_better (`bool`, *optional*, defaults to `True`): the metric's direction; with `False` (e.g. MSE)
             ingredients are ranked lowest first and "does not drop" means "does not rise".
         bounded (`bool`, *optional*, defaults to `False`): pass the bar to `score_with` (early decisions).
+        seed_score (`Callable[[int], float]`, *optional*): the first bar, the seed ingredient's score as `score_with`
+            scores trials (its ranking score `scores[i]` otherwise).
 
     Returns:
         `tuple[list[int], list[dict]]`: accepted ingredient indices, and the trace (one entry per candidate with
@@ -103,7 +107,7 @@ def greedy_select(
                               + "; ".join(f"'{names[i]}': {problems[i]}" for i in order) + ".",
                               fix="check the ingredients (their classifier weights) and the held-out set.")
     accepted = [best]
-    best_score = scores[best]
+    best_score = seed_score(best) if seed_score is not None and len(order) > 1 else scores[best]
     trace = [{"ingredient": names[best], "score": best_score, "accepted": True, "soup_size": 1}]
     if accept:
         accept(best)

@@ -121,6 +121,11 @@ class HeldOut(Protocol):
         `bar`, the evaluation may stop as soon as the soup is certain to fail it (`spec.strict`'s comparison in the
         metric's direction): the trial is then `stopped_early` (see `Evaluator.score_against`)."""
 
+    def bar_score(self, index: int) -> float:
+        """Ingredient `index`'s held-out score exactly as bounded trials (`score(plan, bar=...)`) are scored: the
+        scale a bar is set on (`scores[index]`, unless candidates run on their own batching, which can move a score in
+        its last bits)."""
+
     # with Needs(gradients=True) only:
     model: Any
     batches: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]]

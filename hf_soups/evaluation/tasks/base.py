@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import EvaluationError, LabelMismatchError
-from ..data import _shown, untransformed
+from ..data import _shown, column_values, untransformed
 from ..metrics import Metric
 
 __all__ = ["Columns", "Prepared", "Task", "register_task", "task_for", "TASKS", "supported_architectures",
@@ -58,6 +58,10 @@ class Prepared:
         shape (`tuple[int, ...]`): each row's output shape (`(num_labels,)`; tokens: `(max_tokens, num_labels)`).
         targets (*any*): per-row training targets of the loss (learned soups).
         extra (*any*): what [`Task.predictions`] needs besides the outputs (word ids, offsets, contexts).
+        reorder (`Callable[[Sequence[int]], Sequence]`, *optional*): the same rows batched in another order: given
+            one priority per row, batches of the rows sorted by priority (lowest first; ties as in `batches`), or
+            `None` when they cannot be rebuilt. Set by tasks whose rows are examples (greedy's early decisions
+            evaluate the examples most likely to fail first).
     """
 
     batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -65,6 +69,7 @@ class Prepared:
     shape: tuple[int, ...]
     targets: Any = None
     extra: Any = None
+    reorder: Callable[[Sequence[int]], Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]] | None = None
 
 
 class Task:
@@ -285,7 +290,7 @@ def read_column(raw: Any, column: str, name: str, expected: str) -> list[Any]:
     import pyarrow
 
     try:
-        return list(raw[column])
+        return column_values(raw, column)
     except (TypeError, ValueError, pyarrow.ArrowException) as e:
         first = (str(e).splitlines() or [""])[0][:200]
         raise EvaluationError(f"the column '{column}' cannot be read ({type(e).__name__}: {first}).",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import EvaluationError
-from ..data import TEXT_COLUMNS, find_column
+from ..data import TEXT_COLUMNS, column_values, find_column
 
 __all__ = ["PAIR_COLUMNS", "find_text_columns"]
 
@@ -63,4 +63,4 @@ def find_text_columns(columns: Sequence[str], asked: str | tuple[str, ...] | Non
 
 def texts(dataset: Any, column: str) -> list[str]:
     """The column's values as strings (as the single-sentence path always read them)."""
-    return [str(t) for t in dataset[column]]
+    return [str(t) for t in column_values(dataset, column)]

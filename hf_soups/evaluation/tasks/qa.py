@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ...errors import EvaluationError
-from ..data import find_column
+from ..data import column_values, find_column
 from ..metrics import Metric
 from . import scores
 from .base import Columns, Prepared, Task, bad_rows, metric, read_column, register_task
@@ -86,8 +86,8 @@ class QuestionAnswering(Task):
                                   fix="save the checkpoint with a fast tokenizer (tokenizer.json).")
         positions = self.config.get("max_position_embeddings")
         max_length = min(max_length, int(positions)) if isinstance(positions, int) and positions > 0 else max_length
-        questions = [str(q).lstrip() for q in raw[found["text"][0]]]
-        contexts = [str(c) for c in raw[found["text"][1]]]
+        questions = [str(q).lstrip() for q in column_values(raw, found["text"][0])]
+        contexts = [str(c) for c in column_values(raw, found["text"][1])]
         pad_right = getattr(tokenizer, "padding_side", "right") == "right"
         encoded = tokenizer(questions if pad_right else contexts, contexts if pad_right else questions,
                             truncation="only_second" if pad_right else "only_first", max_length=max_length,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ...errors import EvaluationError
-from ..data import find_column, label_id, model_id2label
+from ..data import column_values, find_column, label_id, model_id2label
 from ..metrics import Metric
 from . import scores
 from .base import (Columns, Prepared, Task, bad_rows, metric, num_labels_of, raise_label_problems, read_column,
@@ -96,7 +96,7 @@ class TokenClassification(Task):
         if not getattr(tokenizer, "is_fast", False):
             raise EvaluationError("token classification needs a fast tokenizer (word_ids) to align word labels.",
                                   fix="save the checkpoint with a fast tokenizer (tokenizer.json).")
-        words = [list(w) for w in raw[found["text"]]]
+        words = [list(w) for w in column_values(raw, found["text"])]
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         width = max((len(ids) for ids in encoded["input_ids"]), default=1)
         targets = torch.full((len(words), width), -100, dtype=torch.long)
