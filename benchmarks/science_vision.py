@@ -15,9 +15,9 @@ first full run):
    crop + flip, or random erasing, at a drawn rate). Each fine-tunes the whole model from the shared start with
    AdamW, linear warmup (10%) and decay, batch 64, in fp32. Cached under `--workdir`.
 4. One soup per registered method (`hf_soups.recipes.method_names()`; methods that need user weights are listed as
-   skipped; Fisher on `FISHER_EXAMPLES` held-out examples per ingredient), scored with `Soup.evaluate` on val, test
-   and the shifted sets with paired bootstrap intervals against the best single model (chosen on val); WiSE-FT
-   (alpha 0, the LP start itself, and 0.5) from the shared LP start. fp32 throughout: bfloat16 autocast measured no
+   skipped; Fisher on `FISHER_EXAMPLES` held-out examples per ingredient, `EvalSpec(fisher_examples=...)`), scored
+   with `Soup.evaluate` on val, test and the shifted sets with paired bootstrap intervals against the best single
+   model (chosen on val); WiSE-FT (alpha 0, the LP start itself, and 0.5) from the shared LP start. fp32 throughout: bfloat16 autocast measured no
    faster for this depthwise-convolution net on the CPU (`PRECISION`).
 
 `--model vit`: the older functional check (small ViTs from one random initialisation, a fixed grid) stays as it was.
@@ -222,7 +222,7 @@ def lite0_main(args) -> None:
                                 SIZES_NOTE,
                                 SPLIT_SEED, describe, draw_search)
 
-    from hf_soups import MergeOptions, soup_from_hub
+    from hf_soups import EvalSpec, MergeOptions, soup_from_hub
     from hf_soups.plots import plot_soup
     from hf_soups.recipes import get_method, method_names
 
@@ -232,12 +232,6 @@ def lite0_main(args) -> None:
              else draw_search())
     sizes = {k: len(v[1]) for k, v in arrays.items()}
     fisher_examples = QUICK["fisher_examples"] if args.quick else FISHER_EXAMPLES
-    # The Fisher's per-ingredient example cap (the library's default 256) lowered for time. Not through
-    # EvalSpec(max_samples=...): that would also cut the held-out scoring of the Fisher soup's candidates to these
-    # few examples (and warn that they cannot separate them). The recipe records the count (`examples`).
-    import hf_soups.recipes.fisher as fisher_recipe
-
-    fisher_recipe.FISHER_EXAMPLES = fisher_examples
     print("sizes:", sizes, flush=True)
     # The cache is keyed by the protocol: a changed draw, size or training setting never reuses a stale fine-tune.
     protocol = {"draws": draws, "training": TRAINING, "linear_probe": LINEAR_PROBE, "split_seed": SPLIT_SEED,
@@ -268,8 +262,11 @@ def lite0_main(args) -> None:
             skipped[method] = "needs user-given weights (the demo has no principled choice of them)"
             continue
         t = time.time()
+        kwargs = _soup_kwargs(entry, sets["val"], base)
+        if method == "fisher":  # the Fisher's per-ingredient example cap (the library's default 256) lowered for
+            kwargs["eval_spec"] = EvalSpec(fisher_examples=fisher_examples)  # time; recorded in the recipe
         soups[method] = soup_from_hub(refs, method=method, output_dir=os.path.join(out, method), merge_options=quiet,
-                                      **_soup_kwargs(entry, sets["val"], base))
+                                      **kwargs)
         seconds[method] = time.time() - t
         print(f"[{time.time() - t0:6.0f}s] {method} soup ready ({seconds[method]:.0f}s)", flush=True)
     greedy = soups["greedy"]

@@ -91,6 +91,27 @@ def test_fisher_examples_are_capped_by_max_samples_and_recorded(pair, tmp_path):
     assert not (tmp_path / "again").exists()
 
 
+def test_fisher_examples_set_the_fishers_cap_only_and_are_replayed(pair, tmp_path):
+    """`EvalSpec(fisher_examples=3)` caps each ingredient's Fisher at 3 examples, not the held-out scoring; it is
+    recorded in the recipe and read back; a bad value in a recipe is refused naming the field."""
+    from hf_soups.recipes.recipe import Recipe
+
+    soup = soup_from_hub(pair["refs"], method="fisher", output_dir=tmp_path / "out", eval_dataset=pair["csv"],
+                         eval_spec=EvalSpec(dataset=pair["csv"], fisher_examples=3, batch_size=4, device="cpu"))
+    assert soup.recipe.parameters["examples"] == 3 and soup.recipe.parameters["max_examples"] == 3
+    assert soup.recipe.evaluation.fisher_examples == 3
+    record = soup.recipe.to_dict()
+    assert record["evaluation"]["fisher_examples"] == 3
+    assert Recipe.from_dict(record).evaluation.fisher_examples == 3
+    three = soup_from_hub(pair["refs"], method="fisher", output_dir=tmp_path / "three", eval_dataset=pair["csv"],
+                          eval_spec=EvalSpec(dataset=pair["csv"], max_samples=3, batch_size=4, device="cpu"))
+    assert torch.equal(state_dict_of(tmp_path / "out")["classifier.weight"],
+                       state_dict_of(tmp_path / "three")["classifier.weight"])  # the same 3 examples' Fisher
+    record["evaluation"]["fisher_examples"] = 0
+    with pytest.raises(RecipeError, match="fisher_examples"):
+        Recipe.from_dict(record)
+
+
 def test_cli_method_fisher(pair, tmp_path):
     out = tmp_path / "cli"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}

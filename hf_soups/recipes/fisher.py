@@ -8,7 +8,8 @@ method writes the merged tensors to a private checkpoint in `ctx.workdir`, and t
 (a private input). Floating buffers and parameters without a gradient, and integer buffers, follow the plan's
 normal rule (the uniform mean; the `int_rule`).
 
-The Fisher uses the first `FISHER_EXAMPLES` (256) held-out examples (fewer with `EvalSpec(max_samples=...)`); the
+The Fisher uses the first `EvalSpec.fisher_examples` held-out examples (`FISHER_EXAMPLES`, 256, when unset; fewer
+with `EvalSpec(max_samples=...)`, which also shortens held-out scoring); the
 number used is recorded in `parameters["examples"]`, and the batch size (it sets the summation order) in
 `parameters["batch_size"]`. Replay re-runs the method on the recipe's recorded held-out
 data (a path or Hub id); a soup made from an in-memory dataset cannot be replayed (`RecipeError` naming
@@ -25,7 +26,8 @@ from .registry import register_method
 
 __all__ = ["FISHER_EXAMPLES", "fisher"]
 
-#: Held-out examples each ingredient's Fisher uses at most (`EvalSpec.max_samples` lowers it).
+#: Held-out examples each ingredient's Fisher uses at most, unless `EvalSpec.fisher_examples` says (`max_samples`
+#: lowers it).
 FISHER_EXAMPLES = 256
 
 
@@ -48,7 +50,8 @@ def fisher(ctx: MethodContext) -> MethodResult:
     if held is None or holder is None or ctx.workdir is None:
         raise EvaluationError("method='fisher' needs held-out data and the model in memory.",
                               fix="pass eval_dataset=..., without EvalSpec(max_memory=...).")
-    cap = FISHER_EXAMPLES if held.spec.max_samples is None else min(FISHER_EXAMPLES, held.spec.max_samples)
+    cap = held.spec.fisher_examples or FISHER_EXAMPLES
+    cap = cap if held.spec.max_samples is None else min(cap, held.spec.max_samples)
     directory = os.path.join(ctx.workdir, "fisher")
     os.makedirs(directory, exist_ok=True)
     readers = list(ctx.readers[: ctx.k])

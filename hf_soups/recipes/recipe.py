@@ -31,7 +31,7 @@ class EvalSpec:
     """Evaluation settings of greedy and learned soups: the single home of everything about held-out scoring.
 
     Only the fields that decide the result (`dataset`, `split`, `metric`, the columns, `strict`, `learned_steps`, and
-    `max_samples` and `dtype` when set) are recorded in the recipe; the runtime ones (`batch_size`, `device`,
+    `max_samples`, `fisher_examples`, `dtype` and `threshold` when set) are recorded in the recipe; the runtime ones (`batch_size`, `device`,
     `max_memory`, `offload_folder`) are not.
 
     Args:
@@ -58,6 +58,9 @@ class EvalSpec:
             Optimisation steps of a learned soup.
         max_samples (`int`, *optional*):
             Evaluate only the first `max_samples` examples; required for a `datasets.IterableDataset`.
+        fisher_examples (`int`, *optional*):
+            Held-out examples each ingredient's Fisher uses at most (`method="fisher"`; 256 when unset;
+            `max_samples` lowers it). Unlike `max_samples`, it does not shorten held-out scoring.
         max_memory (`dict`, *optional*):
             accelerate's `{device: size}` budget for greedy evaluation of models larger than memory: each candidate
             is streamed to disk and evaluated with `device_map="auto"`, offloading to CPU and `offload_folder`.
@@ -84,6 +87,7 @@ class EvalSpec:
     batch_size: int | None = field(default=None, metadata={"runtime": True})
     learned_steps: int = 30
     max_samples: int | None = None
+    fisher_examples: int | None = None
     max_memory: dict[Any, Any] | None = field(default=None, metadata={"runtime": True})
     offload_folder: str | None = field(default=None, metadata={"runtime": True})
     device: str | None = field(default=None, metadata={"runtime": True})
@@ -118,7 +122,7 @@ class EvalSpec:
         data["dataset"] = self.dataset if self.dataset is not None else IN_MEMORY
         if isinstance(self.text_column, tuple):
             data["text_column"] = list(self.text_column)
-        for key in ("dtype", "max_samples", "threshold"):  # at their defaults: recipes stay as they were
+        for key in ("dtype", "max_samples", "fisher_examples", "threshold"):  # at defaults: recipes stay as they were
             if getattr(self, key) is None:
                 data.pop(key)
         if self.dtype is not None:
@@ -386,8 +390,8 @@ def _validated(data: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(v, bool):
                     raise _field_error("evaluation.strict", "expected true or false.")
                 spec[k] = v
-            elif k in ("learned_steps", "max_samples"):
-                if v is None and k == "max_samples":
+            elif k in ("learned_steps", "max_samples", "fisher_examples"):
+                if v is None and k != "learned_steps":
                     continue
                 if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= (
                         1_000_000 if k == "learned_steps" else 1_000_000_000):
