@@ -15,10 +15,11 @@ either contender's time.
 (b) offloaded greedy (`EvalSpec(max_memory={"cpu": "100MiB"})`) at K=4/8 on a BERT-base-shaped model (random init).
 (c) `Soup.evaluate` with the ensembles at K=8 on the same model.
 (d) the workflow: greedy, `Soup.evaluate` on val and test, then a learned soup on val; this tree against
-    `--base-tree` (a checkout of main before #29: `git worktree add /tmp/perf-base 6bef35d`), the numbers compared.
+    `--base-tree` (default: main before #29, `--base-rev 6bef35d`, exported from this repository's history with
+    `git archive` into the workdir), the numbers compared.
 (e) (a) on `make demo`'s real MiniLM fine-tunes and its held-out snippets (`--demo`, default .cache/demo).
 
-Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree /tmp/perf-base] [--note ...]
+Usage: python benchmarks/eval_perf.py [--rounds 3] [--n 400] [--bert-base] [--base-tree DIR | --base-rev REV] [--note ...]
        [--only abcde --demo .cache/demo --demo-n 1000]
 """
 
@@ -37,6 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+BASE_REV = "6bef35d"  # main before #29: the workflow's base
 
 
 class RssAnon:
@@ -135,6 +137,19 @@ def demo_fine_tunes(demo_workdir: str, root: str, n: int) -> tuple[list[str], st
         val = splits(n_train=N_TRAIN, n_val=N_VAL, n_test=None, n_ood=None, seed=SPLIT_SEED)["val"].select(range(n))
         val.to_pandas().to_csv(path, index=False)
     return refs, path
+
+
+def export_tree(rev: str, path: str) -> str | None:
+    """`rev`'s files (`git archive`) under `path`, once; `None` when git or the commit is not there."""
+    if os.path.exists(os.path.join(path, "hf_soups", "__init__.py")):
+        return path
+    try:
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", rev], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", path], input=archive.stdout, check=True)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------- workers
@@ -304,7 +319,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=400, help="held-out examples")
     parser.add_argument("--bert-base", action="store_true", help="memory rows on full BERT-base size (110M)")
-    parser.add_argument("--base-tree", default=None, help="a checkout of main before this change, for (d)")
+    parser.add_argument("--base-tree", default=None, help="(d)'s base: a checkout of main before #29 (default: "
+                        "--base-rev exported from this repository's git history into the workdir)")
+    parser.add_argument("--base-rev", default=BASE_REV, help="(d)'s base commit when --base-tree is not given")
     parser.add_argument("--workdir", default=os.path.join(HERE, ".work", "eval_perf"))
     parser.add_argument("--output", default=os.path.join(HERE, "results", "eval_perf.json"))
     parser.add_argument("--only", default="abcde")
@@ -357,8 +374,11 @@ def main() -> None:
             runs = alternate({"evaluate": ({"kind": "evaluate", "refs": refs, "val": small}, ROOT)}, args.rounds)
             result["evaluate_ensembles_k8"] = {"private_mib": median(runs["evaluate"], "private_mib")}
             print("evaluate K=8", json.dumps(result["evaluate_ensembles_k8"]))
-    if "d" in args.only and not args.base_tree:
-        print("(d) skipped: pass --base-tree, a checkout of main before #29 (git worktree add /tmp/perf-base 6bef35d)")
+    if "d" in args.only and args.base_tree is None:
+        args.base_tree = export_tree(args.base_rev, os.path.join(args.workdir, f"base-{args.base_rev}"))
+    if "d" in args.only and args.base_tree is None:
+        print(f"(d) skipped: {args.base_rev} is not in this repository's history (a shallow clone?); pass "
+              "--base-tree, a checkout of main before #29")
     elif "d" in args.only:
         refs = tiny_sweep(os.path.join(args.workdir, "k16_half_under_trained"), 16, 8)[:8]
         spec = {"kind": "workflow", "refs": refs, "val": val, "test": val_csv(args.workdir, args.n, seed=11)}
