@@ -1,5 +1,5 @@
 """What the text demo (`science_text.py`) and the image demo (`science_vision.py`) share: the seeded random search's
-draws, the linear probe of LP-FT, and the results tables. No side effects on import (torch is imported lazily)."""
+draws, the linear probe of LP-FT, the results tables and the output's run sections. No side effects on import (torch is imported lazily)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def fit_linear_probe(head: Any, feats: Any, labels: Any, l2: float, max_iter: in
         return loss
 
     opt.step(closure)
+
+
+def run_sections(draws: Sequence[dict], describe: Callable[[dict], str], trace: Sequence[Mapping[str, Any]],
+                 weights: Mapping[str, Sequence[float]], name: Callable[[str], str] = str) -> str:
+    """The output's search draws, greedy trace and weights (markdown), each ingredient shown by `name`."""
+    return ("Search draws:\n\n" + "\n".join(f"- {d['name']}: {describe(d)}" for d in draws)
+            + "\n\nGreedy trace:\n\n" + "\n".join(
+                f"- {name(str(s['ingredient']))}: {s['score']:.4f} -> {'accepted' if s['accepted'] else 'rejected'}"
+                for s in trace)
+            + "\n\nWeights: " + "; ".join(f"{m}: {[round(w, 3) for w in ws]}" for m, ws in weights.items()))
 
 
 def mean_ood(report: Any, ood: Sequence[str]) -> dict[str, float]:

@@ -55,7 +55,7 @@ import shutil  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _demo import fit_linear_probe, mean_ood, results_tables  # noqa: E402
+from _demo import fit_linear_probe, mean_ood, results_tables, run_sections  # noqa: E402
 from _hutto import ID2LABEL, splits  # noqa: E402
 from _search import (K, N_TRAIN, N_VAL, PRECISION, SEARCH_SEED, SEARCH_SPACE, SPLIT_SEED, WISE_FT_ALPHAS,  # noqa: E402
                      augment, draw_search)
@@ -402,12 +402,8 @@ def main() -> None:
                 f"random search (seed {SEARCH_SEED}) and trained on {len(data['train'])} movie-review snippets; "
                 f"held-out = val ({len(data['val'])}), in-domain test {len(data['test'])}, shifted sets whole "
                 f"(Amazon {len(data['ood_amazon'])}, tweets {len(data['ood_tweets'])}, NYT {len(data['ood_nyt'])}); "
-                f"metric = {report.metric}.\n\n{table}\n\nSearch draws:\n\n"
-                + "\n".join(f"- {d['name']}: {_describe(d)}" for d in draws) +
-                "\n\nGreedy trace:\n\n" + "\n".join(
-                    f"- {s['ingredient']}: {s['score']:.4f} -> {'accepted' if s['accepted'] else 'rejected'}"
-                    for s in greedy.trace) +
-                "\n\nWeights: " + "; ".join(f"{m}: {[round(w, 3) for w in s['weights']]}" for m, s in made.items()) +
+                f"metric = {report.metric}.\n\n{table}\n\n"
+                + run_sections(draws, _describe, greedy.trace, {m: s["weights"] for m, s in made.items()}) +
                 f"\n\nPushed `demo/minilm-sentiment-greedy-soup` @ {commit.oid}; wall time {time.time() - t0:.0f}s, "
                 f"CPU time {total_cpu:.0f}s (training {train_cpu:.0f}s).\n")
         with open(os.path.join(args.results, f"demo_output{suffix}.md"), "w") as f:

@@ -39,7 +39,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _demo import fit_linear_probe, mean_ood, results_tables  # noqa: E402
+from _demo import fit_linear_probe, mean_ood, results_tables, run_sections  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -322,12 +322,8 @@ def lite0_main(args) -> None:
           f"(LP-FT), drawn by a random search (seed {SEARCH_SEED}) and trained on {sizes['train']} Fashion-MNIST "
           f"images; held-out = val ({sizes['val']}, from the training split), test {sizes['test']}, shifted sets "
           f"{', '.join(f'{k} {sizes[k]}' for k in ood)}; metric = {report.metric}; {PRECISION}; "
-          f"{threads} torch thread(s).\n\n{table}\n\nSearch draws:\n\n"
-          + "\n".join(f"- {d['name']}: {describe(d)}" for d in draws) +
-          "\n\nGreedy trace:\n\n" + "\n".join(
-              f"- {short(str(s['ingredient']))}: {s['score']:.4f} -> {'accepted' if s['accepted'] else 'rejected'}"
-              for s in greedy.trace) +
-          "\n\nWeights: " + "; ".join(f"{m}: {[round(w, 3) for w in s.weights]}" for m, s in soups.items()) +
+          f"{threads} torch thread(s).\n\n{table}\n\n"
+          + run_sections(draws, describe, greedy.trace, {m: s.weights for m, s in soups.items()}, name=short) +
           f"\n\nWall time {time.time() - t0:.0f}s, CPU time {total_cpu:.0f}s (training {train_cpu:.0f}s); "
           f"idle 2-core estimate (CPU time / 2) {total_cpu / 2 / 60:.1f} min.\n")
     with open(os.path.join(args.results, f"science_vision_output{suffix}.md"), "w") as f:

@@ -98,3 +98,30 @@ def publish(api, path, repo_id, *, private=False, tag=None):
     if tag:
         api.create_tag(repo_id, tag=tag)
     return info.oid
+
+
+def check_random_search(search):
+    """A demo's random search (`_search` or `_vision_search`): seeded, `K >= 8` distinct draws inside `SEARCH_SPACE`
+    (a learning-rate decade, 1-3 epochs, a zero augmentation rate only without augmentation) and log-uniform in the
+    learning rate (a 64-draw sample covers both halves of the decade, in log). Returns the draws and the 64."""
+    import math
+
+    draws = search.draw_search()
+    assert draws == search.draw_search()  # the same seed, the same ingredients
+    assert draws != search.draw_search(seed=search.SEARCH_SEED + 1)
+    assert len(draws) == search.K >= 8 and len({d["name"] for d in draws}) == len(draws)
+    space = search.SEARCH_SPACE
+    lr = space["learning_rate"]
+    assert math.isclose(lr["high"] / lr["low"], 10.0)  # a decade wide
+    for d in draws:
+        for name, spec in space.items():
+            if spec["distribution"] == "choice":
+                assert d[name] in spec["values"]
+            elif name != "augmentation_rate" or d["augmentation"] != "none":
+                assert spec["low"] <= d[name] <= spec["high"], (d["name"], name)
+        assert isinstance(d["epochs"], int) and 1 <= d["epochs"] <= 3
+        assert d["augmentation_rate"] == 0.0 or d["augmentation"] != "none"
+    many = search.draw_search(k=64)
+    mid = math.sqrt(lr["low"] * lr["high"])
+    assert 16 <= sum(d["learning_rate"] < mid for d in many) <= 48
+    return draws, many

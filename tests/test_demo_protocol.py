@@ -3,13 +3,14 @@ protocol fixes, a seeded random search inside its declared space, and augmentati
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
 from collections import Counter
 
 import pytest
+
+from conftest import check_random_search
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
@@ -39,25 +40,7 @@ def test_demo_splits_are_disjoint_and_use_every_snippet():
 
 
 def test_demo_search_is_seeded_and_inside_its_space():
-    draws = _search.draw_search()
-    assert draws == _search.draw_search()  # the same seed, the same ingredients
-    assert draws != _search.draw_search(seed=_search.SEARCH_SEED + 1)
-    assert len(draws) == _search.K >= 8 and len({d["name"] for d in draws}) == len(draws)
-    space = _search.SEARCH_SPACE
-    lr = space["learning_rate"]
-    assert math.isclose(lr["high"] / lr["low"], 10.0)  # a decade wide
-    for d in draws:
-        for name, spec in space.items():
-            if spec["distribution"] == "choice":
-                assert d[name] in spec["values"]
-            elif name != "augmentation_rate" or d["augmentation"] != "none":
-                assert spec["low"] <= d[name] <= spec["high"], (d["name"], name)
-        assert isinstance(d["epochs"], int) and 1 <= d["epochs"] <= 3
-        assert d["augmentation_rate"] == 0.0 or d["augmentation"] != "none"
-    # the draws are log-uniform in the learning rate: a 64-draw sample covers both halves of the decade (in log)
-    many = _search.draw_search(k=64)
-    mid = math.sqrt(lr["low"] * lr["high"])
-    assert 16 <= sum(d["learning_rate"] < mid for d in many) <= 48
+    check_random_search(_search)
 
 
 @pytest.mark.parametrize("kind", ["word_dropout", "span_mask"])

@@ -121,6 +121,7 @@ def _learned_states(plan: MergePlan, readers: Sequence[CheckpointReader], holder
 
 _MIN_CANDIDATES_TO_ORDER = 3  # candidates (ingredients after the seed) before greedy orders the examples
 
+
 class HeldOutEvaluation:
     """[`HeldOut`] of the method protocol: each ingredient scored once, then any plan scored on demand (in memory
     through the model skeleton, or on disk through accelerate's offload with `max_memory`); with `gradients`, the
@@ -163,8 +164,12 @@ class HeldOutEvaluation:
         by = self.evaluator
         if by.candidate_batches is None:
             return self.scores[index]
-        with self._model(self.plan.with_weights([float(j == index) for j in range(len(self.names))])) as model:
+        with self._model(self.ingredient_plan(index)) as model:
             return by.score_logits(by._run(model, batches=by.candidate_batches)[0])
+
+    def ingredient_plan(self, index: int) -> MergePlan:
+        """The plan of ingredient `index` alone (weight 1, the others 0)."""
+        return self.plan.with_weights([float(j == index) for j in range(len(self.names))])
 
     def score(self, plan: MergePlan, bar: float | None = None) -> Trial:
         by = self.evaluator
@@ -323,7 +328,7 @@ def choose_weights(
             # kernel, tensor by tensor, so it is bit for bit the soup the engine would write for these weights
             held.holder = ModelHolder(reference_dir, config, trust_remote_code, device=eval_device)
         for i in range(k):  # streamed from the files: the states (K fp32 models) load only if a method asks
-            individual(i, held._score_plan(plan.with_weights([float(j == i) for j in range(k)]), evaluators[i]))
+            individual(i, held._score_plan(held.ingredient_plan(i), evaluators[i]))
         score_map = dict(zip(names, held.scores))
         metric = held.evaluator.metric
         held._ranked = [metric.key(s) for s in held.scores]  # larger is better, whatever the metric's direction
