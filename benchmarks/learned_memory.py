@@ -109,13 +109,14 @@ def measure(contender: str, paths: list[str], steps: int, examples: int) -> dict
     else:
         holder = ModelHolder(paths[0], config, device="cpu")
         if contender == "fisher":  # the registered method, then the engine reading its private input
-            from types import SimpleNamespace
-
+            from hf_soups.evaluation.held_out import HeldOutEvaluation
             from hf_soups.merge.engine import merge_to_directory
             from hf_soups.recipes import EvalSpec, MethodContext
             from hf_soups.recipes.fisher import fisher
 
-            held = SimpleNamespace(holder=holder, batches=evaluator.batches, evaluator=evaluator, spec=EvalSpec())
+            held = HeldOutEvaluation(names=paths, plan=plan, readers=readers, evaluators=[evaluator], spec=EvalSpec(),
+                                     seed=0)
+            held.holder = holder  # the skeleton in memory, as choose_weights sets it
             with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
                 ctx = MethodContext(names=tuple(paths), plan=plan, readers=readers, held_out=held, workdir=work)
                 result = fisher(ctx)
